@@ -1,0 +1,35 @@
+"""vlm_jax: interchangeable vision-language pretraining objectives in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Pinned to the versions the test suite runs against; bump together and re-run `pytest`.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "einops==0.8.2",
+    "ml-collections==1.1.0",
+    "pillow==13.0.0",
+    "tensorboardX==2.6.5",
+    "absl-py==2.5.1",
+    "sentencepiece==0.2.3",
+    "importlib-resources==7.1.0",  # tensorflow-datasets imports it for builders defined in packages
+    "numpy>=2.0,<3",
+]
+
+setup(
+    name="vlm_jax",
+    version="0.1.0",
+    description="One sharded training loop for CLIP/SigLIP/LiT/CoCa, ViLT/FLAVA and prefix-LM pretraining.",
+    packages=find_packages(include=["vlm_jax", "vlm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        "tf": ["tensorflow"],
+    },
+)

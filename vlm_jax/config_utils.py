@@ -1,0 +1,70 @@
+"""Loading and checking configs: `file.py:arg` variants and the checks that must fail before training."""
+import importlib.util
+import os
+
+import ml_collections
+
+from vlm_jax.registry import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/file.py[:arg]` by calling its `get_config(arg)`; the result is locked."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location("vlm_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  config.lock()
+  return config
+
+
+def parse_mesh(spec) -> dict:
+  """Parses 'data:4,fsdp:2' (missing axes default to 1, one axis may be -1 = the rest)."""
+  sizes = {axis: 1 for axis in MESH_AXES}
+  if not spec:
+    sizes["data"] = -1
+    return sizes
+  for part in str(spec).split(","):
+    name, sep, size = part.strip().partition(":")
+    if not sep or name not in MESH_AXES:
+      raise ConfigError(f"cannot read mesh {spec!r}; write e.g. 'data:4,fsdp:2' over axes {'/'.join(MESH_AXES)} "
+                        "(-1 = the remaining devices)")
+    try:
+      sizes[name] = int(size)
+    except ValueError:
+      raise ConfigError(f"mesh axis {name!r} has size {size!r}; sizes are integers or -1") from None
+  if sum(size == -1 for size in sizes.values()) > 1:
+    raise ConfigError(f"mesh {spec!r} has more than one axis of size -1")
+  if any(size == 0 or size < -1 for size in sizes.values()):
+    raise ConfigError(f"mesh {spec!r} has an axis of size 0 or below -1")
+  return sizes
+
+
+def resolve_mesh(spec, num_devices: int) -> dict:
+  """Fills in -1 and checks that the mesh uses exactly the available devices."""
+  sizes = parse_mesh(spec)
+  fixed = 1
+  for size in sizes.values():
+    if size != -1:
+      fixed *= size
+  if -1 in sizes.values():
+    if num_devices % fixed:
+      raise ConfigError(f"mesh {spec!r}: the fixed axes ({fixed} devices) do not divide the {num_devices} devices")
+    sizes = {k: (num_devices // fixed if v == -1 else v) for k, v in sizes.items()}
+  elif fixed != num_devices:
+    raise ConfigError(f"mesh {spec!r} needs {fixed} devices but {num_devices} are available; "
+                      "change the sizes or use -1 for one axis")
+  return sizes
+
+
+def check_batch_size(batch_size: int, mesh_sizes: dict, process_count: int, what: str = "batch_size"):
+  data_parallel = mesh_sizes["data"] * mesh_sizes["fsdp"]
+  if batch_size <= 0 or batch_size % data_parallel:
+    raise ConfigError(f"{what}={batch_size} does not divide over the data axes (data x fsdp = {data_parallel}); "
+                      f"use a multiple of {data_parallel}")
+  if batch_size % process_count:
+    raise ConfigError(f"{what}={batch_size} does not divide over the {process_count} processes")

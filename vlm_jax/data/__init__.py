@@ -1,0 +1,29 @@
+"""Datasets registered by name: `build(data_config) -> ImageTextData`."""
+import dataclasses
+from typing import Any, Dict, Optional, Sequence
+
+from vlm_jax.data import synthetic
+from vlm_jax.registry import DATASETS
+
+
+@dataclasses.dataclass
+class ImageTextData:
+  """Random-access splits of {'image', 'caption', labels...} examples, plus class names per label key."""
+  description: str
+  train: Any
+  test: Any
+  class_names: Dict[str, Sequence[str]]
+  tokenizer_path: Optional[str] = None   # a SentencePiece model that goes with the data, if any
+
+
+@DATASETS.register("embedded")
+def build_embedded(config) -> ImageTextData:
+  """The synthetic shapes dataset shipped with vlm_jax (built into the cache on first use)."""
+  sources, tokenizer_path = synthetic.load(config.image_size, seed=config.get("seed", 0), data_dir=config.get("data_dir") or None)
+  return ImageTextData(
+      description=(f"the embedded synthetic dataset (coloured shapes, {config.image_size}px, "
+                   f"{len(sources['train'])} train / {len(sources['test'])} test pairs)"),
+      train=sources["train"], test=sources["test"],
+      class_names={"shape": synthetic.SHAPES, "color": tuple(synthetic.COLORS), "size": synthetic.SIZES,
+                   "position": synthetic.POSITIONS},
+      tokenizer_path=tokenizer_path)

@@ -1,0 +1,59 @@
+"""Host-side preprocessing: image resize/augment/normalise and caption tokenisation."""
+import dataclasses
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+# OpenAI CLIP's normalisation, the convention of the dual-tower models this project imports.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _to_text(caption) -> str:
+  return caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+
+
+@dataclasses.dataclass
+class Preprocess:
+  """example dict -> {'image': float32 [S, S, 3], 'text': int32 [max_len], labels...}.
+
+  Random crops and flips use the rng passed in (keyed on the example's global position), so the
+  augmented batch does not depend on the number of processes. Flips are off by default: captions
+  of the embedded data say 'left' and 'right'.
+  """
+  image_size: int
+  tokenizer: object
+  max_len: int
+  mean: tuple = CLIP_MEAN
+  std: tuple = CLIP_STD
+  crop_scale: Optional[tuple] = None    # e.g. (0.9, 1.0): random-resized-crop area range when training
+  flip: bool = False
+  label_keys: tuple = ()
+  lowercase: bool = False
+
+  def image(self, image, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    image = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image
+    image = image.convert("RGB")
+    if rng is not None and self.crop_scale is not None:
+      w, h = image.size
+      area = rng.uniform(*self.crop_scale) * w * h
+      side = int(min(w, h, round(np.sqrt(area))))
+      x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
+      image = image.crop((x, y, x + side, y + side))
+    if image.size != (self.image_size, self.image_size):
+      image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+    pixels = np.asarray(image, np.float32) / 255.0
+    if rng is not None and self.flip and rng.uniform() < 0.5:
+      pixels = pixels[:, ::-1]
+    return ((pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+
+  def text(self, caption) -> np.ndarray:
+    caption = _to_text(caption)
+    return self.tokenizer.encode(caption.lower() if self.lowercase else caption, self.max_len)
+
+  def __call__(self, example: dict, rng: Optional[np.random.Generator] = None) -> dict:
+    out = {"image": self.image(example["image"], rng), "text": self.text(example["caption"])}
+    for key in self.label_keys:
+      out[key] = np.int32(example[key])
+    return out

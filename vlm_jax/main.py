@@ -1,0 +1,72 @@
+r"""Train or evaluate a vlm_jax experiment.
+
+  python -m vlm_jax.main --config experiments/clip_b32.py:tiny --workdir runs/clip_tiny \
+      [--config.optim.lr=1e-3] [--config.mesh=data:4,fsdp:2] [--mode=train|eval]
+
+Multi-host: pass --coordinator_address/--num_processes/--process_id, or run under SLURM or on a Cloud
+TPU VM, where jax.distributed reads them from the environment. Running the same command again on the
+same workdir resumes from its latest checkpoint.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Experiment config: path/to/file.py[:variant].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory (or bucket URL) for checkpoints, metrics and logs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate a workdir's checkpoint.")
+flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
+flags.DEFINE_integer("process_id", None, "This process's index, for multi-host runs.")
+FLAGS = flags.FLAGS
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _initialize_distributed():
+  import jax  # pylint: disable=import-outside-toplevel
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
+
+
+def main(argv):
+  del argv
+  if FLAGS.config is None or not FLAGS.workdir:
+    _fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
+  _initialize_distributed()
+  import jax  # pylint: disable=import-outside-toplevel
+  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.train import experiment, trainer  # pylint: disable=import-outside-toplevel
+  log = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  try:
+    experiment.check_config(FLAGS.config)
+    if FLAGS.mode == "train":
+      results = trainer.train(FLAGS.config, FLAGS.workdir, log=lambda *a: log(*a, flush=True))
+    else:
+      from vlm_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
+      results = evaluate.evaluate_workdir(FLAGS.config, FLAGS.workdir, step=FLAGS.step, log=log)
+  except ConfigError as e:
+    _fail(str(e))
+  except trainer.TrainingDiverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  for name, value in sorted(results.items()):
+    log(f"{name}: {value:.4f}")
+
+
+def run():
+  logging.set_verbosity(logging.WARNING)
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

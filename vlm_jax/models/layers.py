@@ -1,0 +1,198 @@
+"""Transformer building blocks shared by every model. Every parameter carries logical axis names.
+
+Logical axes: batch, length, embed, mlp, heads, kv, vocab, layers. `vlm_jax.train.sharding` maps them
+to the `data`/`fsdp`/`tensor` mesh.
+"""
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+constrain = nn.with_logical_constraint
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def dtype_of(name) -> Dtype:
+  return jnp.dtype(name) if isinstance(name, str) else name
+
+
+def partitioned(init: Callable, axes) -> Callable:
+  return nn.with_logical_partitioning(init, axes)
+
+
+def layer_norm(name: str, dtype, param_dtype, eps: float = 1e-5) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+                      scale_init=partitioned(nn.initializers.ones, ("embed",)),
+                      bias_init=partitioned(nn.initializers.zeros, ("embed",)))
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=False), "gelu_tanh": jax.nn.gelu,
+               "quick_gelu": quick_gelu, "relu": jax.nn.relu}
+
+
+class MLP(nn.Module):
+  hidden: int
+  act: str = "gelu"
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    width = x.shape[-1]
+    init = nn.initializers.xavier_uniform()
+    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1",
+                 kernel_init=partitioned(init, ("embed", "mlp")),
+                 bias_init=partitioned(nn.initializers.zeros, ("mlp",)))(x)
+    x = constrain(ACTIVATIONS[self.act](x), ("batch", "length", "mlp"))
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2",
+                    kernel_init=partitioned(init, ("mlp", "embed")),
+                    bias_init=partitioned(nn.initializers.zeros, ("embed",)))(x)
+
+
+def attention_mask(query_valid, key_valid, causal: bool):
+  """[batch, 1, q, k] boolean mask from per-position validity and causality."""
+  mask = query_valid[:, None, :, None] & key_valid[:, None, None, :]
+  if causal:
+    q, k = query_valid.shape[-1], key_valid.shape[-1]
+    mask = mask & jnp.tril(jnp.ones((q, k), bool))[None, None]
+  return mask
+
+
+class Attention(nn.Module):
+  """Multi-head attention; `inputs_kv` given makes it cross-attention."""
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None, inputs_kv=None, deterministic: bool = True):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+    head_dim = width // self.num_heads
+    inputs_kv = x if inputs_kv is None else inputs_kv
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = HeadProjection(self.num_heads, head_dim, name="query", **kw)(x)
+    k = HeadProjection(self.num_heads, head_dim, name="key", **kw)(inputs_kv)
+    v = HeadProjection(self.num_heads, head_dim, name="value", **kw)(inputs_kv)
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
+    # Softmax in float32 whatever the compute dtype: bf16 logits lose too much.
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = constrain(out, ("batch", "length", "heads", "kv"))
+    return HeadMerge(width, name="out", **kw)(out)
+
+
+# Kernels are created in their final 3-D shape (flax's DenseGeneral creates them flat, which breaks
+# logical-axis constraints), with Xavier fan-in/out computed over the right axes.
+class HeadProjection(nn.Module):
+  """[..., embed] -> [..., heads, kv]."""
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
+    kernel = self.param("kernel", partitioned(init, ("embed", "heads", "kv")),
+                        (x.shape[-1], self.num_heads, self.head_dim), self.param_dtype)
+    bias = self.param("bias", partitioned(nn.initializers.zeros, ("heads", "kv")),
+                      (self.num_heads, self.head_dim), self.param_dtype)
+    return jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class HeadMerge(nn.Module):
+  """[..., heads, kv] -> [..., features]."""
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1), out_axis=2)
+    kernel = self.param("kernel", partitioned(init, ("heads", "kv", "embed")),
+                        (x.shape[-2], x.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (self.features,), self.param_dtype)
+    return jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm transformer block. Returns (x, None) so that it can be scanned."""
+  num_heads: int
+  mlp_dim: int
+  act: str = "gelu"
+  dropout: float = 0.0
+  ln_eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = constrain(x, ("batch", "length", "embed"))
+    y = layer_norm("ln_1", eps=self.ln_eps, **kw)(x)
+    y = Attention(self.num_heads, dropout=self.dropout, name="attn", **kw)(y, mask, deterministic=deterministic)
+    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    y = layer_norm("ln_2", eps=self.ln_eps, **kw)(x)
+    y = MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)(y, deterministic=deterministic)
+    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    return constrain(x, ("batch", "length", "embed")), None
+
+
+class Encoder(nn.Module):
+  """A stack of `depth` blocks, optionally rematerialised and/or scanned over layers.
+
+  Scanning compiles one block instead of `depth` (fast compiles for deep models); its parameters get a
+  leading `layers` axis.
+  """
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  act: str = "gelu"
+  dropout: float = 0.0
+  ln_eps: float = 1e-5
+  remat: str = "none"
+  scan: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
+    block = Block
+    if self.remat != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(3,))
+    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, dropout=self.dropout,
+              ln_eps=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.scan:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(name="blocks", **kw)(x, mask, deterministic)
+    else:
+      for i in range(self.depth):
+        x, _ = block(name=f"block_{i}", **kw)(x, mask, deterministic)
+    return x

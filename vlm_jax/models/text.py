@@ -1,0 +1,84 @@
+"""Text transformer: causal with end-of-text pooling as in CLIP, or bidirectional."""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlm_jax.models import layers
+
+# name: (width, depth, heads, mlp_dim)
+SIZES = {
+    "micro": (64, 2, 2, 256),
+    "tiny": (128, 4, 4, 512),
+    "S": (384, 12, 6, 1536),
+    "B": (512, 12, 8, 2048),      # CLIP ViT-B text tower
+    "M": (640, 12, 10, 2560),
+    "L": (768, 12, 12, 3072),     # CLIP ViT-L/14 text tower
+    "H": (1024, 24, 16, 4096),
+}
+
+
+def parse_variant(variant: str) -> dict:
+  if variant not in SIZES:
+    raise ValueError(f"unknown text variant {variant!r}; known: {', '.join(SIZES)}")
+  width, depth, heads, mlp_dim = SIZES[variant]
+  return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim)
+
+
+def pad_vocab(vocab_size: int, multiple: int = 128) -> int:
+  # Rounded up so that the vocab axis divides over a tensor-parallel mesh axis; the extra rows are never
+  # produced by the tokenizer.
+  return -(-vocab_size // multiple) * multiple
+
+
+class TextTransformer(nn.Module):
+  """Token ids [batch, length] (0 = padding) -> (pooled [batch, width], tokens [batch, length, width]).
+
+  pool: 'eot' takes the last non-padding token (the end-of-text token, as in CLIP), 'first' the first token,
+  'mean' the mean over non-padding tokens, 'none' no pooling.
+  """
+  vocab_size: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int = 77
+  causal: bool = True
+  pool: str = "eot"
+  pad_id: int = 0
+  act: str = "gelu"
+  dropout: float = 0.0
+  remat: str = "none"
+  scan: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    if tokens.shape[1] > self.max_len:
+      raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    valid = tokens != self.pad_id
+    embed = nn.Embed(self.vocab_size, self.width, name="token_embed", **kw,
+                     embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
+    x = embed(tokens)
+    pos = self.param("pos_embed", layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
+                     (self.max_len, self.width), self.param_dtype)
+    x = x + pos[: tokens.shape[1]].astype(self.dtype)[None]
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    mask = layers.attention_mask(jnp.ones_like(valid), valid, self.causal)
+    x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout,
+                       remat=self.remat, scan=self.scan, name="encoder", **kw)(x, mask, not train)
+    x = layers.layer_norm("ln_final", **kw)(x)
+    if self.pool == "eot":
+      last = jnp.maximum(valid.sum(axis=1) - 1, 0)
+      pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    elif self.pool == "first":
+      pooled = x[:, 0]
+    elif self.pool == "mean":
+      pooled = (x * valid[..., None]).sum(1) / jnp.maximum(valid.sum(1, keepdims=True), 1)
+    elif self.pool == "none":
+      pooled = None
+    else:
+      raise ValueError(f"unknown pool {self.pool!r}; known: eot, first, mean, none")
+    return pooled, x

@@ -1,0 +1,153 @@
+"""Everything a config names, built and checked once: mesh, data, tokenizer, model, objective, optimizer.
+
+`check_config` fails fast (before devices are used for anything) on unknown names, bad durations, a mesh
+that does not fit the devices, and batch sizes that do not divide; `Experiment` builds the parts that
+the trainer, the evaluators and the benchmark share.
+"""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vlm_jax import config_utils, durations
+from vlm_jax.data import pipeline, tokenizers, transforms
+from vlm_jax.objectives import build_objective
+from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES, ConfigError
+from vlm_jax.train import optim, sharding
+from vlm_jax.train.state import TrainState
+
+
+def check_config(config, *, num_devices: int | None = None, process_count: int | None = None):
+  """Raises ConfigError (one line) for anything that would fail later."""
+  MODELS.get(config.model.name)
+  DATASETS.get(config.data.name)
+  tokenizers.check_tokenizer_name(config.data.tokenizer)
+  if not config.objectives:
+    raise ConfigError("config.objectives is empty; name at least one objective, e.g. clip")
+  for key, cfg in config.objectives.items():
+    OBJECTIVES.get(cfg.get("name", key))
+  for key, cfg in config.evals.items():
+    EVALUATORS.get(cfg.get("name", key))
+    durations.parse(cfg.every)
+  for name in ("duration", "log_every", "checkpoint_every", "warmup"):
+    durations.parse(config.train[name] if name != "warmup" else config.optim.warmup)
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  process_count = jax.process_count() if process_count is None else process_count
+  mesh = config_utils.resolve_mesh(config.mesh, num_devices)
+  config_utils.check_batch_size(config.batch_size, mesh, process_count)
+  config_utils.check_batch_size(config.eval_batch_size, mesh, process_count, what="eval_batch_size")
+
+
+class Experiment:
+
+  def __init__(self, config, *, log=print):
+    check_config(config)
+    self.config = config
+    self.log = log
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.data = DATASETS.get(config.data.name)(config.data)
+    self.tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, config.data.get("tokenizer_path", ""),
+                                              self.data.tokenizer_path)
+    self.model = MODELS.get(config.model.name)(config.model, vocab_size=self.tokenizer.vocab_size)
+    self.loss_fn = build_objective(config.objectives, mesh=self.mesh)
+    self.batch_size = config.batch_size
+    to_steps = functools.partial(durations.to_steps, batch_size=config.batch_size,
+                                 dataset_size=len(self.data.train))
+    self.total_steps = to_steps(config.train.duration)
+    self.warmup_steps = to_steps(config.optim.warmup)
+    self.log_every = max(to_steps(config.train.log_every), 1)
+    self.checkpoint_every = to_steps(config.train.checkpoint_every)
+    self.image_size = config.model.image.image_size
+    self.max_len = config.model.text.max_len
+    aug = config.data.get("augment", {})
+    self.train_preprocess = transforms.Preprocess(
+        self.image_size, self.tokenizer, self.max_len, crop_scale=aug.get("crop_scale"),
+        flip=aug.get("flip", False), lowercase=config.data.get("lowercase", False))
+    self.eval_preprocess = transforms.Preprocess(self.image_size, self.tokenizer, self.max_len,
+                                                 lowercase=config.data.get("lowercase", False))
+    self._build_state_shardings()
+
+  # --- state ---------------------------------------------------------------------------------------
+
+  def dummy_batch(self, batch_size: int | None = None):
+    n = batch_size or sharding.data_parallel_size(self.mesh)
+    return {"image": np.zeros((n, self.image_size, self.image_size, 3), np.float32),
+            "text": np.zeros((n, self.max_len), np.int32)}
+
+  def _boxed_params(self, rng):
+    batch = self.dummy_batch()
+    return self.model.init({"params": rng, "dropout": rng}, batch["image"], batch["text"])["params"]
+
+  def _build_state_shardings(self):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
+      boxed = jax.eval_shape(self._boxed_params, jax.random.PRNGKey(0))
+    self.param_shardings = sharding.logical_shardings(boxed, self.mesh)
+    self.abstract_params = nn.unbox(boxed)
+    self.tx, self.schedule = optim.make_optimizer(self.config.optim, self.abstract_params, self.total_steps,
+                                                  self.warmup_steps)
+    abstract_state = jax.eval_shape(self._create_state, jax.random.PRNGKey(0))
+    self.state_shardings = sharding.state_shardings(abstract_state, self.param_shardings, self.mesh)
+
+  def _create_state(self, root_key):
+    params = nn.unbox(self._boxed_params(jax.random.fold_in(root_key, 0)))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=root_key)
+
+  def init_state(self) -> TrainState:
+    """A fresh state, initialised by one jit straight into its shardings."""
+    root_key = jax.random.PRNGKey(self.config.seed)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
+      return jax.jit(self._create_state, out_shardings=self.state_shardings)(root_key)
+
+  def abstract_state(self):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        jax.eval_shape(self._create_state, jax.random.PRNGKey(0)), self.state_shardings)
+
+  # --- data ----------------------------------------------------------------------------------------
+
+  def train_iterator(self):
+    return pipeline.train_iterator(
+        self.data.train, self.train_preprocess, global_batch=self.batch_size, seed=self.config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=self.config.data.get("num_threads", 8))
+
+  def global_batch(self, local_batch):
+    return sharding.global_batch_from_local(local_batch, self.mesh)
+
+  def batch_shardings(self, batch):
+    return jax.tree.map(lambda _: sharding.batch_sharding(self.mesh), batch)
+
+  # --- step ----------------------------------------------------------------------------------------
+
+  def train_step_fn(self):
+    """(state, batch) -> (state, metrics). Pure; `jit_train_step` adds the shardings."""
+    nan_step = self.config.get("debug", {}).get("nan_at_step", -1)
+
+    def train_step(state, batch):
+      rng = jax.random.fold_in(state.rng, state.step)
+
+      def loss_fn(params):
+        loss, metrics = self.loss_fn(params, batch, rng, model=self.model, train=True)
+        if nan_step >= 0:  # fault injection, to test the divergence guard
+          loss = jnp.where(state.step + 1 == nan_step, jnp.nan, loss)
+        return loss, metrics
+
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+                 "param_norm": optax.global_norm(params), "lr": self.schedule(state.step)}
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+  def jit_train_step(self):
+    return jax.jit(self.train_step_fn(), in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)), donate_argnums=0)
+
+  def compile_train_step(self, state, batch):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
+      return self.jit_train_step().lower(state, batch).compile()
+

@@ -1,0 +1,148 @@
+"""The one training loop: every model family and objective runs through `train`.
+
+Per step: next batch (global array from each process's rows) -> jitted, sharded, donated train step.
+Metrics stay on device until a log, checkpoint or eval point; there they are fetched, checked for
+NaN/Inf, averaged and written. A checkpoint is only written after the steps before it were checked
+finite, so the last checkpoint on disk is always a good one.
+"""
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+
+from vlm_jax import durations
+from vlm_jax.eval.runner import EvalRunner
+from vlm_jax.train import checkpoint, flops, metrics as metrics_lib
+from vlm_jax.train.experiment import Experiment
+
+
+class TrainingDiverged(RuntimeError):
+  pass
+
+
+class _Preemption:
+  """SIGTERM (preemption, scancel, `kill`) asks the loop to checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def should_stop(self, step) -> bool:
+    if jax.process_count() > 1:
+      # All processes must stop at the same step to save a consistent checkpoint.
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+    return self.requested
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _save_config(config, workdir):
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _mean_metrics(pending):
+  """Fetches the metrics of the steps since the last flush, checks them finite, and averages them."""
+  host = jax.device_get([m for _, m in pending])
+  for (step, _), values in zip(pending, host):
+    bad = {k: float(v) for k, v in values.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
+    if bad:
+      raise TrainingDiverged(step, bad)
+  return {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[-1]}
+
+
+def train(config, workdir: str, *, log=print, stop_after_steps: int | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
+
+  stop_after_steps: leave after this many steps of this invocation, as a preemption would (for tests).
+  """
+  exp = Experiment(config, log=log)
+  main = jax.process_index() == 0
+  log(f"Data: {exp.data.description}" + (" [no dataset configured: using the embedded one]"
+                                          if config.data.name == "embedded" else ""))
+  log(f"Mesh: {dict(exp.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+      f"{jax.process_count()} process(es); global batch {exp.batch_size}; {exp.total_steps} steps")
+  _save_config(config, workdir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                                 async_save=config.train.get("async_checkpoints", True))
+  writer = metrics_lib.MetricWriter(workdir)
+  evaluator = EvalRunner(exp)
+  eval_every = {k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
+                for k, c in config.evals.items()}
+  data_iter = exp.train_iterator()
+  state = exp.init_state()
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, state, data_iter)
+    writer.drop_after(latest)
+    log(f"Resumed from checkpoint at step {latest} in {ckpt.directory}")
+  step = int(state.step)
+  last_good = latest
+
+  local = next(data_iter)
+  batch = exp.global_batch(local)
+  compile_start = time.perf_counter()
+  train_step = exp.compile_train_step(state, batch)
+  log(f"Compiled the train step in {time.perf_counter() - compile_start:.1f}s")
+  progress = metrics_lib.Progress(exp.total_steps, exp.batch_size, flops.compiled_flops(train_step),
+                                  flops.measure_matmul_peak() if config.train.get("mfu", True) else None)
+  preemption = _Preemption()
+  pending, final_eval, invocation_steps = [], {}, 0
+  try:
+    progress.start(step)
+    while step < exp.total_steps:
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      invocation_steps += 1
+      pending.append((step, step_metrics))
+      done = step == exp.total_steps
+      stop = preemption.should_stop(step) or (stop_after_steps is not None and invocation_steps >= stop_after_steps)
+      save = done or stop or (exp.checkpoint_every and step % exp.checkpoint_every == 0)
+      evaluate = done or any(every and step % every == 0 for every in eval_every.values())
+      if pending and (save or evaluate or step % exp.log_every == 0):
+        try:
+          record = _mean_metrics(pending)
+        except TrainingDiverged as e:
+          bad_step, bad = e.args
+          raise TrainingDiverged(
+              f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {bad_step}; stopping. "
+              f"The last good checkpoint is step {last_good} in {ckpt.directory}"
+              if last_good is not None else f"non-finite {bad} at step {bad_step}; stopping (no checkpoint yet)"
+          ) from None
+        pending = []
+        record.update(progress.measure(step))
+        writer.write(step, record)
+        log(progress.line(step, record))
+      if save:
+        ckpt.save(step, state, data_iter)
+        last_good = step
+      if evaluate:
+        final_eval = evaluator.run(state.params)
+        writer.write(step, final_eval)
+        log(f"Eval at step {step}: " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(final_eval.items())))
+        progress.start(step)  # do not count eval time as train throughput
+      if stop and not done:
+        log(f"Stopping at step {step} with a checkpoint saved; run the same command to resume.")
+        break
+      if not done:
+        batch = exp.global_batch(next(data_iter))
+  finally:
+    preemption.restore()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  if step == exp.total_steps and main and final_eval:
+    with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+      json.dump({"step": step, **final_eval}, f, indent=2)
+  return final_eval
