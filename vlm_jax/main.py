@@ -8,6 +8,7 @@ TPU VM, where jax.distributed reads them from the environment. Running the same 
 same workdir resumes from its latest checkpoint.
 """
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -27,6 +28,19 @@ FLAGS = flags.FLAGS
 def _fail(message: str):
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad --config override (unknown key, wrong type) is one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = " ".join(re.sub(r"\\n|\\|'|\"", " ", str(e)).split())
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    if isinstance(e, (AttributeError, KeyError)):
+      message = f"unknown config key {message.split()[0]!r}" + (
+          f" ({' '.join(message.split()[1:])})" if len(message.split()) > 1 else "")
+    _fail(f"bad config override {' '.join(overrides)}: {message}")
 
 
 def _initialize_distributed():
@@ -65,7 +79,7 @@ def main(argv):
 def run():
   logging.set_verbosity(logging.WARNING)
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

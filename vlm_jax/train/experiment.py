@@ -43,11 +43,12 @@ def check_config(config, *, num_devices: int | None = None, process_count: int |
 
 class Experiment:
 
-  def __init__(self, config, *, log=print):
-    check_config(config)
+  def __init__(self, config, *, devices=None, log=print):
+    """devices: the mesh's devices (default: all of them)."""
+    check_config(config, num_devices=None if devices is None else len(devices))
     self.config = config
     self.log = log
-    self.mesh = sharding.make_mesh(config.mesh)
+    self.mesh = sharding.make_mesh(config.mesh, devices)
     self.data = DATASETS.get(config.data.name)(config.data)
     self.tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, config.data.get("tokenizer_path", ""),
                                               self.data.tokenizer_path)
@@ -137,8 +138,8 @@ class Experiment:
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                 "param_norm": optax.global_norm(params), "lr": self.schedule(state.step)}
+      metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                 "param_norm": optax.tree.norm(params), "lr": self.schedule(state.step)}
       return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

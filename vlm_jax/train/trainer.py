@@ -62,11 +62,8 @@ def _mean_metrics(pending):
   return {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[-1]}
 
 
-def train(config, workdir: str, *, log=print, stop_after_steps: int | None = None) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
-
-  stop_after_steps: leave after this many steps of this invocation, as a preemption would (for tests).
-  """
+def train(config, workdir: str, *, log=print) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
   exp = Experiment(config, log=log)
   main = jax.process_index() == 0
   log(f"Data: {exp.data.description}" + (" [no dataset configured: using the embedded one]"
@@ -98,16 +95,15 @@ def train(config, workdir: str, *, log=print, stop_after_steps: int | None = Non
   progress = metrics_lib.Progress(exp.total_steps, exp.batch_size, flops.compiled_flops(train_step),
                                   flops.measure_matmul_peak() if config.train.get("mfu", True) else None)
   preemption = _Preemption()
-  pending, final_eval, invocation_steps = [], {}, 0
+  pending, final_eval = [], {}
   try:
     progress.start(step)
     while step < exp.total_steps:
       state, step_metrics = train_step(state, batch)
       step += 1
-      invocation_steps += 1
       pending.append((step, step_metrics))
       done = step == exp.total_steps
-      stop = preemption.should_stop(step) or (stop_after_steps is not None and invocation_steps >= stop_after_steps)
+      stop = preemption.should_stop(step)
       save = done or stop or (exp.checkpoint_every and step % exp.checkpoint_every == 0)
       evaluate = done or any(every and step % every == 0 for every in eval_every.values())
       if pending and (save or evaluate or step % exp.log_every == 0):

@@ -1,0 +1,82 @@
+"""Tiny configs and subprocess runs shared by the tests."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vlm_jax import config_utils
+from vlm_jax.train import metrics as metrics_lib  # noqa: F401  (used by tests through helpers)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "clip_b32.py") + ":tiny"
+
+# A CLIP small enough that 8 simulated devices fit on 2 cores. Kept as CLI-style overrides so that
+# subprocess runs and in-process runs use exactly the same config.
+MICRO = {
+    "model.embed_dim": 32, "model.image.variant": "micro/8", "model.image.image_size": 32,
+    "model.text.variant": "micro", "model.text.max_len": 16,
+    "batch_size": 16, "eval_batch_size": 16, "data.num_threads": 2,
+    "train.duration": "6 steps", "train.log_every": "2 steps", "train.checkpoint_every": "3 steps",
+    "train.mfu": False, "optim.warmup": "2 steps",
+    "evals.zero_shot.limit": 32, "evals.retrieval.limit": 32,
+    "evals.zero_shot.every": "0 steps", "evals.retrieval.every": "0 steps",
+}
+
+
+def micro_config(**overrides):
+  config = config_utils.load_config(TINY)
+  with config.unlocked():
+    for key, value in {**MICRO, **overrides}.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+def cli_overrides(**overrides):
+  return [f"--config.{k}={v}" for k, v in {**MICRO, **overrides}.items()]
+
+
+def subprocess_env(num_devices: int):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def main_command(workdir, *extra, **overrides):
+  return [sys.executable, "-m", "vlm_jax.main", "--config", TINY, "--workdir", str(workdir),
+          *cli_overrides(**overrides), *extra]
+
+
+def run_main(workdir, *extra, num_devices=2, timeout=300, **overrides):
+  return subprocess.run(main_command(workdir, *extra, **overrides), env=subprocess_env(num_devices),
+                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def checkpoint_steps(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+
+
+def load_params(workdir, step=None):
+  """The params of a run's checkpoint (default: the latest) as a flat {path: np.ndarray}."""
+  step = checkpoint_steps(workdir)[-1] if step is None else step
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  state = ocp.StandardCheckpointer().restore(path)
+  flat = {}
+
+  def visit(prefix, node):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        visit(f"{prefix}/{k}" if prefix else str(k), v)
+    else:
+      flat[prefix] = np.asarray(node)
+
+  visit("", state["params"])
+  return flat

@@ -1,0 +1,69 @@
+"""Interrupted runs (SIGTERM, SIGKILL) resume to exactly the parameters of an uninterrupted run."""
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+LONG = {"train.duration": "120 steps", "train.checkpoint_every": "20 steps", "train.log_every": "1 steps"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  result = helpers.run_main(workdir, **LONG)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return helpers.load_params(workdir)
+
+
+def _start(workdir):
+  return subprocess.Popen(helpers.main_command(workdir, **LONG), env=helpers.subprocess_env(2),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=helpers.ROOT)
+
+
+def _wait_for(predicate, process, timeout=240):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    assert time.time() < deadline, "timed out waiting for the run"
+    time.sleep(0.05)
+
+
+def _assert_identical(params, reference):
+  assert params.keys() == reference.keys()
+  for path in reference:
+    np.testing.assert_array_equal(params[path], reference[path], err_msg=path)
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, reference):
+  process = _start(tmp_path)
+  metrics = tmp_path / "metrics.jsonl"
+  _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, process)
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 0, err[-3000:]
+  assert "Stopping at step" in out
+  stopped_at = helpers.checkpoint_steps(tmp_path)[-1]
+  assert 0 < stopped_at < 120
+  result = helpers.run_main(tmp_path, **LONG)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resumed from checkpoint at step {stopped_at}" in result.stdout
+  _assert_identical(helpers.load_params(tmp_path), reference)
+  steps = [r["step"] for r in helpers.metrics_lib.read_metrics(tmp_path) if "train/loss" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == 120  # no step logged twice after the resume
+
+
+def test_sigkill_at_any_time_resumes_from_last_complete_checkpoint(tmp_path, reference):
+  process = _start(tmp_path)
+  _wait_for(lambda: len(helpers.checkpoint_steps(tmp_path)) >= 1, process)
+  process.kill()  # possibly in the middle of writing the next checkpoint
+  process.communicate(timeout=60)
+  # A save cut short leaves a temporary directory; restore must ignore it.
+  os.makedirs(tmp_path / "checkpoints" / "100.orbax-checkpoint-tmp-1234" / "state", exist_ok=True)
+  result = helpers.run_main(tmp_path, **LONG)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _assert_identical(helpers.load_params(tmp_path), reference)
