@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -68,7 +69,12 @@ def load_params(workdir, step=None):
   """The params of a run's checkpoint (default: the latest) as a flat {path: np.ndarray}."""
   step = checkpoint_steps(workdir)[-1] if step is None else step
   path = os.path.join(workdir, "checkpoints", str(step), "state")
-  state = ocp.StandardCheckpointer().restore(path)
+  checkpointer = ocp.StandardCheckpointer()
+  # Restore onto this process's first device whatever topology wrote the checkpoint.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, target)
   flat = {}
 
   def visit(prefix, node):

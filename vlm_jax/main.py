@@ -8,39 +8,18 @@ TPU VM, where jax.distributed reads them from the environment. Running the same 
 same workdir resumes from its latest checkpoint.
 """
 import os
-import re
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Experiment config: path/to/file.py[:variant].",
-                                lock_config=True)
+from vlm_jax.cli import FLAGS, fail, parse_flags
+
 flags.DEFINE_string("workdir", None, "Directory (or bucket URL) for checkpoints, metrics and logs.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate a workdir's checkpoint.")
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-host runs.")
-FLAGS = flags.FLAGS
-
-
-def _fail(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse_flags(argv):
-  """absl's parser, but a bad --config override (unknown key, wrong type) is one line, not a traceback."""
-  try:
-    return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = " ".join(re.sub(r"\\n|\\|'|\"", " ", str(e)).split())
-    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    if isinstance(e, (AttributeError, KeyError)):
-      message = f"unknown config key {message.split()[0]!r}" + (
-          f" ({' '.join(message.split()[1:])})" if len(message.split()) > 1 else "")
-    _fail(f"bad config override {' '.join(overrides)}: {message}")
 
 
 def _initialize_distributed():
@@ -54,7 +33,7 @@ def _initialize_distributed():
 def main(argv):
   del argv
   if FLAGS.config is None or not FLAGS.workdir:
-    _fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
+    fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
   _initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
   from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
@@ -68,7 +47,7 @@ def main(argv):
       from vlm_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
       results = evaluate.evaluate_workdir(FLAGS.config, FLAGS.workdir, step=FLAGS.step, log=log)
   except ConfigError as e:
-    _fail(str(e))
+    fail(str(e))
   except trainer.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -79,7 +58,7 @@ def main(argv):
 def run():
   logging.set_verbosity(logging.WARNING)
   flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Two processes on 127.0.0.1 (2 devices each) train the same steps as one process with 4 devices."""
+import socket
+import subprocess
+
+import numpy as np
+
+from tests import helpers
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+  overrides = {"mesh": "data:2,fsdp:2", "optim.eps": 1e-3}  # eps: see test_sharded_training
+  single = helpers.run_main(tmp_path / "single", num_devices=4, **overrides)
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  port = _free_port()
+  workdir = tmp_path / "multi"
+  procs = [subprocess.Popen(
+      helpers.main_command(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                           f"--process_id={i}", **overrides),
+      env=helpers.subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=helpers.ROOT)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert "2 process(es)" in outputs[0][0]
+  ours = [l for l in outputs[1][0].splitlines() if l.strip() and not l.startswith("[Gloo]")]
+  assert ours == []  # only process 0 logs
+
+  ref, got = helpers.load_params(tmp_path / "single"), helpers.load_params(workdir)
+  assert ref.keys() == got.keys()
+  for path in ref:
+    np.testing.assert_allclose(got[path], ref[path], rtol=1e-4, atol=2e-5, err_msg=path)
+  losses = lambda w: [r["train/loss"] for r in helpers.metrics_lib.read_metrics(w) if "train/loss" in r]
+  np.testing.assert_allclose(losses(workdir), losses(tmp_path / "single"), rtol=1e-5)

@@ -1,0 +1,82 @@
+r"""Benchmark the train step of any config: one JSON line with compile time, step time, images/s, MFU.
+
+  python -m vlm_jax.bench --config experiments/clip_b32.py:tiny [--steps 10] [--config.batch_size=64]
+
+Batches are random arrays of the configured shapes, so this measures the step, not the input pipeline.
+MFU compares XLA's FLOP count of the compiled step with the matmul peak measured on the spot.
+"""
+import json
+import statistics
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from vlm_jax.cli import FLAGS, fail, parse_flags
+
+flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+
+
+def random_batch(exp, rng):
+  import jax  # pylint: disable=import-outside-toplevel
+  n = exp.batch_size // jax.process_count()
+  batch = exp.dummy_batch(n)
+  batch["image"] = rng.standard_normal(batch["image"].shape).astype("float32")
+  text = rng.integers(4, exp.tokenizer.vocab_size, batch["text"].shape).astype("int32")
+  lengths = rng.integers(3, exp.max_len + 1, n)
+  positions = np.arange(exp.max_len)[None]
+  text[positions == lengths[:, None] - 1] = exp.tokenizer.eos_id
+  text[positions >= lengths[:, None]] = exp.tokenizer.pad_id
+  batch["text"] = text
+  return batch
+
+
+def benchmark(config, steps: int = 10, warmup: int = 2) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  from vlm_jax.train import flops  # pylint: disable=import-outside-toplevel
+  from vlm_jax.train.experiment import Experiment  # pylint: disable=import-outside-toplevel
+  exp = Experiment(config, log=lambda *a: None)
+  state = exp.init_state()
+  batch = exp.global_batch(random_batch(exp, np.random.default_rng(0)))
+  start = time.perf_counter()
+  step = exp.compile_train_step(state, batch)
+  compile_s = time.perf_counter() - start
+  for _ in range(warmup):
+    state, metrics = step(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  step_time = statistics.median(times)
+  flops_per_device = flops.compiled_flops(step)
+  peak = flops.measure_matmul_peak()
+  return {
+      "model": config.model.name, "image": config.model.image.variant, "text": config.model.text.variant,
+      "batch_size": exp.batch_size, "mesh": dict(exp.mesh.shape), "devices": jax.device_count(),
+      "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+      "compile_s": round(compile_s, 3), "step_time_median_s": step_time,
+      "step_time_min_s": min(times), "images_per_s": exp.batch_size / step_time,
+      "flops_per_step": None if flops_per_device is None else flops_per_device * jax.device_count(),
+      "peak_flops_per_device": peak,
+      "mfu": None if flops_per_device is None else flops_per_device / step_time / peak,
+  }
+
+
+def main(argv):
+  del argv
+  if FLAGS.config is None:
+    fail("--config is required, e.g. --config experiments/clip_b32.py:tiny")
+  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  try:
+    print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)), flush=True)
+  except ConfigError as e:
+    fail(str(e))
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  app.run(main, flags_parser=parse_flags)
