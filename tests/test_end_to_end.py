@@ -17,7 +17,10 @@ def _run_tiny(workdir, *overrides):
 
 
 def _check_learned(workdir, result):
-  assert "using the embedded one" in result.stdout.splitlines()[0]
+  lines = result.stdout.splitlines()
+  data_line = next(i for i, line in enumerate(lines) if line.startswith("Data: "))
+  assert "using the embedded one" in lines[data_line]
+  assert data_line < next(i for i, line in enumerate(lines) if line.startswith("Compiled"))  # said first
   records = helpers.metrics_lib.read_metrics(workdir)
   losses = [r["train/loss"] for r in records if "train/loss" in r]
   assert losses[-1] < 0.6 * losses[0]

@@ -19,14 +19,12 @@ class Retrieval:
     self.exp = experiment
     self.ks = tuple(config.get("ks", (1, 5, 10)))
     self.limit = config.get("limit") or None
-    self.image_encoder = common.Encoder(experiment, "encode_image")
     self.text_encoder = common.Encoder(experiment, "encode_text")
 
-  def run(self, params, image_emb=None):
+  def run(self, params, image_emb):
+    """image_emb: the test images' embeddings (the runner computes them once for all evaluators)."""
     source = self.exp.data.test
     n = len(source) if self.limit is None else min(self.limit, len(source))
-    if image_emb is None:
-      image_emb = self.image_encoder(params, n, common.image_rows(self.exp, source))
     captions = [source[i]["caption"] for i in range(n)]
     text_emb = self.text_encoder(params, n, common.text_rows(self.exp, captions))
     scores = image_emb @ text_emb.T

@@ -2,7 +2,7 @@
 import numpy as np
 
 from vlm_jax.eval import common
-from vlm_jax.registry import EVALUATORS
+from vlm_jax.registry import EVALUATORS, ConfigError
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture showing a {}.")
 
@@ -28,18 +28,16 @@ class ZeroShot:
     self.label_keys = tuple(config.get("label_keys", ("shape",)))
     for key in self.label_keys:
       if key not in experiment.data.class_names:
-        raise ValueError(f"zero_shot label key {key!r} is not in the dataset; it has "
+        raise ConfigError(f"zero_shot label key {key!r} is not in the dataset; it has "
                          f"{', '.join(experiment.data.class_names)}")
     self.templates = tuple(config.get("templates", DEFAULT_TEMPLATES))
     self.limit = config.get("limit") or None
-    self.image_encoder = common.Encoder(experiment, "encode_image")
     self.text_encoder = common.Encoder(experiment, "encode_text")
 
-  def run(self, params, image_emb=None):
+  def run(self, params, image_emb):
+    """image_emb: the test images' embeddings (the runner computes them once for all evaluators)."""
     source = self.exp.data.test
     n = len(source) if self.limit is None else min(self.limit, len(source))
-    if image_emb is None:
-      image_emb = self.image_encoder(params, n, common.image_rows(self.exp, source))
     metrics = {}
     for key in self.label_keys:
       names = self.exp.data.class_names[key]
