@@ -28,16 +28,3 @@ def train_iterator(source, preprocess, *, global_batch: int, seed: int, process_
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, 1) * local_batch))
   return iter(dataset.batch(local_batch, drop_remainder=True))
 
-
-def eval_batches(source, preprocess, *, global_batch: int, process_index: int = 0, process_count: int = 1,
-                 limit: int | None = None):
-  """This process's rows of every global batch over `source` in order, padded: each batch has `valid`."""
-  n = len(source) if limit is None else min(limit, len(source))
-  local_batch = global_batch // process_count
-  for start in range(0, n, global_batch):
-    first = start + process_index * local_batch
-    rows = [preprocess(source[i]) if i < n else None for i in range(first, first + local_batch)]
-    filler = next((r for r in rows if r is not None), None) or preprocess(source[0])
-    batch = {k: np.stack([(r if r is not None else filler)[k] for r in rows]) for k in filler}
-    batch["valid"] = np.array([r is not None for r in rows])
-    yield batch
