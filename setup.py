@@ -17,6 +17,9 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "absl-py==2.5.1",
     "sentencepiece==0.2.3",
+    "regex==2026.11.15",           # CLIP's BPE pre-tokenizer (\p{L} classes)
+    "ftfy==6.3.1",                 # CLIP's BPE text clean-up
+    "safetensors==0.8.0",          # reading imported checkpoints
     "importlib-resources==7.1.0",  # tensorflow-datasets imports it for builders defined in packages
     "numpy>=2.0,<3",
 ]

@@ -1,10 +1,15 @@
-"""Tokenizers that need no download. Ids are int32; 0 is padding.
+"""Tokenizers that need no download: bytes, SentencePiece, and those of imported models (CLIP's BPE,
+SigLIP's SentencePiece conventions), read from local files. Ids are int32.
 
-Every tokenizer encodes to [bos, ..., eos, pad...] of a fixed length, truncating before the eos (the text
-tower pools at it), and has pad_id, bos_id, eos_id, mask_id and vocab_size.
+Every tokenizer encodes to a fixed length, truncating so that the end-of-text token is kept (the text
+tower pools at it), and has pad_id, bos_id (None if it adds none), eos_id, mask_id and vocab_size.
 """
+import functools
+import gzip
+import html
 import io
 import os
+import string
 
 import numpy as np
 
@@ -77,7 +82,145 @@ def train_sentencepiece(texts, path: str, vocab_size: int = 400):
   os.replace(path + ".tmp", path)
 
 
-TOKENIZERS = ("bytes", "sentencepiece")
+class SiglipTokenizer:
+  """SentencePiece with SigLIP's conventions (HF `SiglipTokenizer`, big_vision): text lower-cased, stripped of
+  punctuation and runs of whitespace, no bos, `</s>` appended, padded with `</s>` to the fixed length."""
+  bos_id = None
+
+  def __init__(self, path: str):
+    import sentencepiece  # pylint: disable=import-outside-toplevel
+    path = os.path.join(path, "spiece.model") if os.path.isdir(path) else path
+    if not os.path.exists(path):
+      raise ConfigError(f"SentencePiece model {path!r} not found; set data.tokenizer_path to SigLIP's spiece.model")
+    self.path = path
+    self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    self.eos_id = self.pad_id = self._sp.piece_to_id("</s>")
+    self.mask_id = -1
+    self.vocab_size = self._sp.get_piece_size()
+
+  @staticmethod
+  def canonicalize(text: str) -> str:
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+  def encode(self, text: str, max_len: int) -> np.ndarray:
+    body = self._sp.encode(self.canonicalize(text))[: max_len - 1]
+    ids = np.full(max_len, self.pad_id, np.int32)
+    ids[: len(body)] = body
+    ids[len(body)] = self.eos_id
+    return ids
+
+  def encode_batch(self, texts, max_len: int) -> np.ndarray:
+    return _FixedLength.encode_batch(self, texts, max_len)
+
+  def decode(self, ids) -> str:
+    ids = [int(i) for i in np.asarray(ids)]
+    if self.eos_id in ids:
+      ids = ids[: ids.index(self.eos_id)]
+    return self._sp.decode(ids)
+
+
+@functools.lru_cache()
+def _bytes_to_unicode():
+  """OpenAI CLIP's reversible map from bytes to printable unicode characters."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+  cs = bs[:]
+  n = 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
+
+
+class ClipBpeTokenizer(_FixedLength):
+  """OpenAI CLIP's byte-level BPE (open_clip's `SimpleTokenizer`): ftfy-fixed, lower-cased text, ids
+  [<|startoftext|>, ..., <|endoftext|>] padded with 0, as open_clip.tokenize produces them.
+
+  path: `bpe_simple_vocab_16e6.txt.gz`, a `merges.txt`, or an HF CLIP folder (its merges.txt and
+  vocab.json). Only the first 48894 merges are used, as in CLIP.
+  """
+  pad_id = 0
+  mask_id = -1
+
+  def __init__(self, path: str):
+    import regex  # pylint: disable=import-outside-toplevel
+    vocab_json = None
+    if os.path.isdir(path):
+      vocab_json = os.path.join(path, "vocab.json")
+      path = os.path.join(path, "merges.txt")
+    if not os.path.exists(path):
+      raise ConfigError(f"CLIP BPE merges {path!r} not found; set data.tokenizer_path to bpe_simple_vocab_16e6.txt.gz "
+                        "(it ships with open_clip) or an HF CLIP folder")
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+      lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line.strip()]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    self.encoder = {token: i for i, token in enumerate(vocab)}
+    if vocab_json and os.path.exists(vocab_json):
+      import json  # pylint: disable=import-outside-toplevel
+      with open(vocab_json, encoding="utf-8") as f:
+        self.encoder = json.load(f)
+    self.decoder = {i: token for token, i in self.encoder.items()}
+    self.ranks = {m: i for i, m in enumerate(merges)}
+    self.bos_id, self.eos_id = self.encoder["<|startoftext|>"], self.encoder["<|endoftext|>"]
+    self.vocab_size = len(self.encoder)
+    self._byte_encoder = _bytes_to_unicode()
+    self._byte_decoder = {c: b for b, c in self._byte_encoder.items()}
+    self._pattern = regex.compile(
+        r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+        regex.IGNORECASE)
+    self._cache = {}
+
+  def _bpe(self, token: str) -> list:
+    if token in self._cache:
+      return self._cache[token]
+    word = list(token[:-1]) + [token[-1] + "</w>"]
+    while len(word) > 1:
+      pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+      best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
+      if best not in self.ranks:
+        break
+      merged, i = [], 0
+      while i < len(word):
+        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
+          merged.append(word[i] + word[i + 1])
+          i += 2
+        else:
+          merged.append(word[i])
+          i += 1
+      word = merged
+    self._cache[token] = word
+    return word
+
+  def clean(self, text: str) -> str:
+    import ftfy  # pylint: disable=import-outside-toplevel
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+  def tokens(self, text: str) -> list:
+    ids = []
+    for piece in self._pattern.findall(self.clean(text)):
+      piece = "".join(self._byte_encoder[b] for b in piece.encode("utf-8"))
+      ids.extend(self.encoder[t] for t in self._bpe(piece))
+    return ids
+
+  def encode(self, text: str, max_len: int) -> np.ndarray:
+    return self._frame(np.asarray(self.tokens(text), np.int32), max_len)
+
+  def decode(self, ids) -> str:
+    ids = [int(i) for i in np.asarray(ids)]
+    if self.eos_id in ids:
+      ids = ids[: ids.index(self.eos_id)]
+    text = "".join(self.decoder[i] for i in ids if i != self.bos_id and i in self.decoder)
+    return bytearray(self._byte_decoder[c] for c in text).decode("utf-8", "replace").replace("</w>", " ").strip()
+
+
+TOKENIZERS = ("bytes", "sentencepiece", "siglip", "clip_bpe")
 
 
 def check_tokenizer_name(name: str):
@@ -86,10 +229,15 @@ def check_tokenizer_name(name: str):
 
 
 def get_tokenizer(name: str, path: str = "", dataset_tokenizer: str | None = None):
-  """name 'bytes', or 'sentencepiece' with a model path (empty: the dataset's own model)."""
+  """name 'bytes'; 'sentencepiece' with a model path (empty: the dataset's own model); 'siglip' or
+  'clip_bpe' with the path of the imported model's vocabulary."""
   check_tokenizer_name(name)
   if name == "bytes":
     return ByteTokenizer()
+  if name in ("siglip", "clip_bpe"):
+    if not path:
+      raise ConfigError(f"data.tokenizer {name!r} needs data.tokenizer_path (the model's vocabulary file)")
+    return SiglipTokenizer(path) if name == "siglip" else ClipBpeTokenizer(path)
   path = path or dataset_tokenizer
   if not path:
     raise ConfigError("data.tokenizer is 'sentencepiece' but data.tokenizer_path is empty and the dataset ships "

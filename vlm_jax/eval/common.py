@@ -7,16 +7,18 @@ from vlm_jax.train import sharding
 
 
 class Encoder:
-  """Batched, jitted `model.apply(params, x, method=...)` over the mesh; returns host NumPy arrays.
+  """Batched, jitted `model.apply(params, x, method=...)` (or `method(params, x)` when it is a function)
+  over the mesh; returns host NumPy arrays.
 
   Every process holds the full input (eval sets are small and deterministic) and feeds its own rows of each
   global batch, so results are identical on any number of processes.
   """
 
-  def __init__(self, experiment, method: str):
+  def __init__(self, experiment, method):
     self.exp = experiment
     mesh = experiment.mesh
-    apply = lambda params, x: experiment.model.apply({"params": params}, x, method=method)
+    apply = method if callable(method) else (
+        lambda params, x: experiment.model.apply({"params": params}, x, method=method))
     self._fn = jax.jit(apply, in_shardings=(experiment.param_shardings, sharding.batch_sharding(mesh)),
                        out_shardings=sharding.replicated(mesh))
 

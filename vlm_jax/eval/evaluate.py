@@ -5,7 +5,6 @@ import os
 import jax
 
 from vlm_jax.eval.runner import EvalRunner
-from vlm_jax.registry import ConfigError
 from vlm_jax.train import checkpoint
 from vlm_jax.train.experiment import Experiment
 
@@ -13,19 +12,10 @@ from vlm_jax.train.experiment import Experiment
 def evaluate_workdir(config, workdir: str, *, step: int | None = None, log=print) -> dict:
   """Runs the config's evaluators on checkpoint `step` (default: latest); writes workdir/eval/step_N.json."""
   exp = Experiment(config, log=log)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  try:
-    steps = ckpt.all_steps()
-    if not steps:
-      raise ConfigError(f"no checkpoint in {ckpt.directory}; train first or pass the right --workdir")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise ConfigError(f"no checkpoint at step {step} in {ckpt.directory}; available: {sorted(steps)}")
-    state = ckpt.restore(step, exp.abstract_state())
-  finally:
-    ckpt.close()
+  params, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), step,
+                                           exp.abstract_params_sharded())
   log(f"Evaluating step {step} of {workdir} on {exp.data.description}")
-  results = EvalRunner(exp).run(state.params)
+  results = EvalRunner(exp).run(params)
   if jax.process_index() == 0:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     with open(os.path.join(workdir, "eval", f"step_{step}.json"), "w") as f:

@@ -19,6 +19,9 @@ class EvalRunner:
     cache, metrics = {}, {}
     source = self.exp.data.test
     for evaluator in self.evaluators.values():
+      if not getattr(evaluator, "needs_image_emb", True):
+        metrics.update(evaluator.run(params))
+        continue
       n = len(source) if evaluator.limit is None else min(evaluator.limit, len(source))
       if n not in cache:
         cache[n] = self._image_encoder(params, n, common.image_rows(self.exp, source))

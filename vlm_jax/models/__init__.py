@@ -1,21 +1,53 @@
-"""Model builders registered by name: `build(model_config, vocab_size) -> flax module`."""
-from vlm_jax.models import layers, text, two_tower, vit
+"""Model builders registered by name: `build(model_config, vocab_size) -> flax module`.
+
+Every model's parameters of the image tower are named `image_*` and those of the text tower `text_*`, so
+`model.locked = ('image',)` (LiT) can freeze a tower by name.
+"""
+from vlm_jax.models import coca, layers, text, two_tower, vit
 from vlm_jax.registry import MODELS
+
+TWO_TOWER_FIELDS = ("embed_dim", "logit_scale_init", "logit_scale_max", "logit_bias_init", "image_head",
+                    "text_head_bias", "locked")
 
 
 def shared_fields(config):
   return dict(dtype=layers.dtype_of(config.dtype), param_dtype=layers.dtype_of(config.param_dtype))
 
 
-def tower_options(config):
-  return dict(remat=config.remat, scan=config.scan_layers)
+def tower_fields(config, vocab_size: int):
+  """(image, text) module fields: the named variant's sizes, overridden by any field the config sets."""
+  options = dict(remat=config.remat, scan=config.scan_layers)
+  image = {**vit.parse_variant(config.image.variant), **options,
+           **{k: v for k, v in config.image.items() if k != "variant"}}
+  # A converted checkpoint fixes its vocabulary size (model.text.vocab_size); otherwise the tokenizer's.
+  txt = {**text.parse_variant(config.text.variant), **options,
+         **{k: v for k, v in config.text.items() if k != "variant"}}
+  txt["vocab_size"] = text.pad_vocab(txt.get("vocab_size") or vocab_size)
+  for fields in (image, txt):
+    if "locked" in fields:
+      raise ValueError("lock a tower with model.locked = ('image',), not inside model.image / model.text")
+  return image, txt
+
+
+def locked_regex(locked) -> str:
+  """The parameter paths of locked towers: 'image' -> every 'image_*/...' parameter."""
+  return "|".join(f"{tower}_[^/]*/.*" for tower in locked)
 
 
 @MODELS.register("clip")
-def build_clip(config, vocab_size: int):
-  """CLIP: ViT image tower + causal text tower with end-of-text pooling."""
-  image = {**vit.parse_variant(config.image.variant), **tower_options(config),
-           **{k: v for k, v in config.image.items() if k != "variant"}}
-  txt = {**text.parse_variant(config.text.variant), **tower_options(config),
-         **{k: v for k, v in config.text.items() if k != "variant"}, "vocab_size": text.pad_vocab(vocab_size)}
-  return two_tower.TwoTower(image=image, text=txt, embed_dim=config.embed_dim, **shared_fields(config))
+@MODELS.register("siglip")
+@MODELS.register("two_tower")
+def build_two_tower(config, vocab_size: int):
+  """CLIP / SigLIP / LiT: ViT image tower + text tower, projections, logit scale (and bias for SigLIP)."""
+  image, txt = tower_fields(config, vocab_size)
+  fields = {k: (tuple(config[k]) if k == "locked" else config[k]) for k in TWO_TOWER_FIELDS if k in config}
+  return two_tower.TwoTower(image=image, text=txt, **fields, **shared_fields(config))
+
+
+@MODELS.register("coca")
+def build_coca(config, vocab_size: int):
+  """CoCa: ViT + attentional poolers, unimodal text decoder, multimodal decoder with cross-attention."""
+  image, txt = tower_fields(config, vocab_size)
+  return coca.CoCa(image=image, text=txt, decoder=dict(config.decoder), embed_dim=config.embed_dim,
+                   caption_queries=config.caption_queries, locked=tuple(config.get("locked", ())),
+                   **shared_fields(config))

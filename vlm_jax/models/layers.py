@@ -139,26 +139,60 @@ class HeadMerge(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm transformer block. Returns (x, None) so that it can be scanned."""
+  """Pre-LayerNorm transformer block, with cross-attention to a `context` when `cross_attention` is set
+  (decoders: CoCa's multimodal decoder, SimVLM). Returns (x, None) so that it can be scanned."""
   num_heads: int
   mlp_dim: int
   act: str = "gelu"
   dropout: float = 0.0
   ln_eps: float = 1e-5
+  cross_attention: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, deterministic):
+  def __call__(self, x, mask, context, deterministic):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
     y = layer_norm("ln_1", eps=self.ln_eps, **kw)(x)
-    y = Attention(self.num_heads, dropout=self.dropout, name="attn", **kw)(y, mask, deterministic=deterministic)
-    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    x = x + drop(Attention(self.num_heads, dropout=self.dropout, name="attn", **kw)(
+        y, mask, deterministic=deterministic))
+    if self.cross_attention:
+      y = layer_norm("ln_cross", eps=self.ln_eps, **kw)(x)
+      x = x + drop(Attention(self.num_heads, dropout=self.dropout, name="cross_attn", **kw)(
+          y, inputs_kv=context, deterministic=deterministic))
     y = layer_norm("ln_2", eps=self.ln_eps, **kw)(x)
-    y = MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)(y, deterministic=deterministic)
-    x = x + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    x = x + drop(MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)(
+        y, deterministic=deterministic))
     return constrain(x, ("batch", "length", "embed")), None
+
+
+class AttentionPool(nn.Module):
+  """Learned queries cross-attending to tokens: SigLIP's MAP head (with `mlp_dim`) and CoCa's pooler.
+
+  tokens [batch, n, width] -> [batch, num_queries, width].
+  """
+  num_queries: int
+  num_heads: int
+  mlp_dim: int = 0           # 0: attention only; else a pre-LN residual MLP after it
+  act: str = "gelu"
+  ln_eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    width = tokens.shape[-1]
+    probe = self.param("probe", partitioned(nn.initializers.xavier_uniform(), ("length", "embed")),
+                       (self.num_queries, width), self.param_dtype)
+    queries = jnp.broadcast_to(probe.astype(self.dtype)[None], (tokens.shape[0],) + probe.shape)
+    x = Attention(self.num_heads, name="attn", **kw)(queries, inputs_kv=tokens)
+    if self.mlp_dim:
+      y = layer_norm("ln", eps=self.ln_eps, **kw)(x)
+      x = x + MLP(self.mlp_dim, act=self.act, name="mlp", **kw)(y)
+    return x
 
 
 class Encoder(nn.Module):
@@ -173,26 +207,28 @@ class Encoder(nn.Module):
   act: str = "gelu"
   dropout: float = 0.0
   ln_eps: float = 1e-5
+  cross_attention: bool = False
   remat: str = "none"
   scan: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True):
+  def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True, context=None):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
     block = Block
     if self.remat != "none":
-      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(3,))
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(4,))
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, dropout=self.dropout,
-              ln_eps=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+              ln_eps=self.ln_eps, cross_attention=self.cross_attention, dtype=self.dtype,
+              param_dtype=self.param_dtype)
     if self.scan:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="blocks", **kw)(x, mask, deterministic)
+      x, _ = stack(name="blocks", **kw)(x, mask, context, deterministic)
     else:
       for i in range(self.depth):
-        x, _ = block(name=f"block_{i}", **kw)(x, mask, deterministic)
+        x, _ = block(name=f"block_{i}", **kw)(x, mask, context, deterministic)
     return x

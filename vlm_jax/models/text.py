@@ -1,5 +1,5 @@
 """Text transformer: causal with end-of-text pooling as in CLIP, or bidirectional."""
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,8 +34,10 @@ def pad_vocab(vocab_size: int, multiple: int = 128) -> int:
 class TextTransformer(nn.Module):
   """Token ids [batch, length] (0 = padding) -> (pooled [batch, width], tokens [batch, length, width]).
 
-  pool: 'eot' takes the last non-padding token (the end-of-text token, as in CLIP), 'first' the first token,
-  'mean' the mean over non-padding tokens, 'none' no pooling.
+  pool: 'eot' takes the end-of-text token (the first `eos_id` if given, else the last non-padding token;
+  CLIP), 'last' the last position (SigLIP), 'first' the first token, 'mean' the mean over non-padding
+  tokens, 'none' no pooling. pad_id None: no padding mask, every position is attended (SigLIP; a causal
+  model never attends past its end-of-text token anyway).
   """
   vocab_size: int
   width: int
@@ -45,8 +47,10 @@ class TextTransformer(nn.Module):
   max_len: int = 77
   causal: bool = True
   pool: str = "eot"
-  pad_id: int = 0
+  pad_id: Optional[int] = 0
+  eos_id: Optional[int] = None
   act: str = "gelu"
+  ln_eps: float = 1e-5
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
@@ -58,7 +62,7 @@ class TextTransformer(nn.Module):
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    valid = tokens != self.pad_id
+    valid = tokens != self.pad_id if self.pad_id is not None else jnp.ones(tokens.shape, bool)
     embed = nn.Embed(self.vocab_size, self.width, name="token_embed", **kw,
                      embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
     x = embed(tokens)
@@ -67,12 +71,17 @@ class TextTransformer(nn.Module):
     x = x + pos[: tokens.shape[1]].astype(self.dtype)[None]
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     mask = layers.attention_mask(jnp.ones_like(valid), valid, self.causal)
-    x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout,
+    x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout, ln_eps=self.ln_eps,
                        remat=self.remat, scan=self.scan, name="encoder", **kw)(x, mask, not train)
-    x = layers.layer_norm("ln_final", **kw)(x)
+    x = layers.layer_norm("ln_final", eps=self.ln_eps, **kw)(x)
     if self.pool == "eot":
-      last = jnp.maximum(valid.sum(axis=1) - 1, 0)
+      if self.eos_id is not None:
+        last = jnp.argmax(tokens == self.eos_id, axis=1)
+      else:
+        last = jnp.maximum(valid.sum(axis=1) - 1, 0)
       pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    elif self.pool == "last":
+      pooled = x[:, -1]
     elif self.pool == "first":
       pooled = x[:, 0]
     elif self.pool == "mean":
@@ -80,5 +89,5 @@ class TextTransformer(nn.Module):
     elif self.pool == "none":
       pooled = None
     else:
-      raise ValueError(f"unknown pool {self.pool!r}; known: eot, first, mean, none")
+      raise ValueError(f"unknown pool {self.pool!r}; known: eot, last, first, mean, none")
     return pooled, x

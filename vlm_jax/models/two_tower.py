@@ -1,8 +1,9 @@
-"""Dual-tower image-text model (CLIP): two encoders, linear projections, a learnable logit scale."""
+"""Dual-tower image-text model (CLIP, SigLIP, LiT): two encoders, projections, a learnable logit scale."""
 import math
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers, text, vit
@@ -20,6 +21,9 @@ class TwoTower(nn.Module):
   logit_scale_init: float = math.log(1 / 0.07)
   logit_scale_max: float = math.log(100.0)
   logit_bias_init: Optional[float] = None   # a learnable bias (SigLIP) when given
+  image_head: str = "linear"     # 'none': the pooled image features are the embedding (SigLIP's MAP head)
+  text_head_bias: bool = False   # SigLIP's text projection has a bias
+  locked: tuple = ()             # towers ('image', 'text') run in eval mode with no gradient (LiT)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -28,21 +32,40 @@ class TwoTower(nn.Module):
     self.image_encoder = vit.VisionTransformer(**self.image, **kw)
     self.text_encoder = text.TextTransformer(**self.text, **kw)
     proj = lambda fan_in: layers.partitioned(nn.initializers.normal(fan_in ** -0.5), ("embed", "proj"))
-    self.image_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw)
-    self.text_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=proj(self.text["width"]), **kw)
+    for tower in self.locked:
+      if tower not in ("image", "text"):
+        raise ValueError(f"unknown tower {tower!r} in model.locked; known: image, text")
+    if self.image_head == "linear":
+      self.image_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw)
+    elif self.image_head == "none":
+      if self.image["width"] != self.embed_dim:
+        raise ValueError(f"image_head 'none' needs embed_dim == image width ({self.image['width']}), "
+                         f"got {self.embed_dim}")
+      self.image_proj = lambda x: x
+    else:
+      raise ValueError(f"unknown image_head {self.image_head!r}; known: linear, none")
+    self.text_proj = nn.Dense(self.embed_dim, use_bias=self.text_head_bias, kernel_init=proj(self.text["width"]),
+                              bias_init=layers.partitioned(nn.initializers.zeros, ("proj",)), **kw)
     self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
                                   (), jnp.float32)
     if self.logit_bias_init is not None:
       self.logit_bias = self.param("logit_bias", layers.partitioned(nn.initializers.constant(self.logit_bias_init), ()),
                                    (), jnp.float32)
 
+  def _tower(self, name, fn, x, train):
+    if name in self.locked:
+      # A locked tower is a fixed feature extractor: eval mode (no dropout) and no gradient, so XLA
+      # drops its backward pass. The optimizer gives it no update and no state (see Experiment).
+      return jax.lax.stop_gradient(fn(x, train=False))
+    return fn(x, train=train)
+
   def encode_image(self, images, train: bool = False):
-    pooled, _ = self.image_encoder(images, train=train)
-    return l2_normalize(self.image_proj(pooled))
+    embed = lambda x, train: self.image_proj(self.image_encoder(x, train=train)[0])
+    return l2_normalize(self._tower("image", embed, images, train))
 
   def encode_text(self, tokens, train: bool = False):
-    pooled, _ = self.text_encoder(tokens, train=train)
-    return l2_normalize(self.text_proj(pooled))
+    embed = lambda x, train: self.text_proj(self.text_encoder(x, train=train)[0])
+    return l2_normalize(self._tower("text", embed, tokens, train))
 
   def __call__(self, images, tokens, train: bool = False):
     """Returns L2-normalised embeddings and the clamped (log) logit scale."""

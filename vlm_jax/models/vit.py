@@ -37,9 +37,11 @@ class VisionTransformer(nn.Module):
   mlp_dim: int
   patch_size: int
   image_size: int = 224
-  pool: str = "cls"          # cls | gap | none
+  pool: str = "cls"          # cls | gap | map (attention-pooled, SigLIP) | none
   act: str = "gelu"
   ln_pre: bool = True
+  patch_bias: bool = False   # CLIP's patchify convolution has no bias; SigLIP's has one
+  ln_eps: float = 1e-5
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
@@ -57,7 +59,7 @@ class VisionTransformer(nn.Module):
     p = self.patch_size
     patches = einops.rearrange(images.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
     # A patchify convolution is a dense layer over flattened patches; CLIP's has no bias.
-    x = nn.Dense(self.width, use_bias=False, name="patch_embed", **kw,
+    x = nn.Dense(self.width, use_bias=self.patch_bias, name="patch_embed", **kw,
                  kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("patch", "embed")))(patches)
     n = x.shape[1]
     scale = self.width ** -0.5
@@ -71,17 +73,20 @@ class VisionTransformer(nn.Module):
     x = x + pos.astype(self.dtype)[None]
     x = layers.constrain(x, ("batch", "length", "embed"))
     if self.ln_pre:
-      x = layers.layer_norm("ln_pre", **kw)(x)
+      x = layers.layer_norm("ln_pre", eps=self.ln_eps, **kw)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout,
+    x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout, ln_eps=self.ln_eps,
                        remat=self.remat, scan=self.scan, name="encoder", **kw)(x, None, not train)
+    ln_post = layers.layer_norm("ln_post", eps=self.ln_eps, **kw)
     if self.pool == "cls":
-      pooled, tokens = x[:, 0], x[:, 1:]
-    elif self.pool == "gap":
-      pooled, tokens = x.mean(axis=1), x
-    elif self.pool == "none":
-      pooled, tokens = None, x
-    else:
-      raise ValueError(f"unknown pool {self.pool!r}; known: cls, gap, none")
-    ln_post = layers.layer_norm("ln_post", **kw)
-    return (None if pooled is None else ln_post(pooled)), tokens
+      return ln_post(x[:, 0]), x[:, 1:]
+    if self.pool == "gap":
+      return ln_post(x.mean(axis=1)), x
+    if self.pool == "map":
+      x = ln_post(x)
+      pooled = layers.AttentionPool(1, self.num_heads, self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
+                                    name="map_head", **kw)(x)
+      return pooled[:, 0], x
+    if self.pool == "none":
+      return None, ln_post(x)
+    raise ValueError(f"unknown pool {self.pool!r}; known: cls, gap, map, none")

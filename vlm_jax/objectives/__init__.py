@@ -1,7 +1,7 @@
 """Objectives: `loss(params, batch, rng, *, model, train) -> (loss, metrics)`, combined by weight."""
 import jax
 
-from vlm_jax.objectives import contrastive  # noqa: F401  (registers "clip")
+from vlm_jax.objectives import captioning, contrastive, sigmoid  # noqa: F401  (register themselves)
 from vlm_jax.registry import OBJECTIVES
 
 

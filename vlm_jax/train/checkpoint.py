@@ -7,7 +7,11 @@ import os
 
 import grain
 import jax
+from flax import traverse_util
 import orbax.checkpoint as ocp
+
+from vlm_jax.registry import ConfigError
+from vlm_jax.train.optim import path_str
 
 
 class Checkpointer:
@@ -45,3 +49,68 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def _paths(tree) -> dict:
+  return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_params_match(saved: dict, expected: dict, where: str, include=None):
+  """Raises ConfigError listing missing, unexpected and wrongly shaped parameter paths.
+
+  saved/expected: {path: object with .shape}. `include` (a predicate on paths) limits the check to the
+  parameters being loaded; unexpected paths are then not an error.
+  """
+  wanted = {p: v for p, v in expected.items() if include is None or include(p)}
+  missing = sorted(set(wanted) - set(saved))
+  unexpected = sorted(set(saved) - set(expected)) if include is None else []
+  shapes = sorted(f"{p}: checkpoint {tuple(saved[p].shape)} vs model {tuple(v.shape)}"
+                  for p, v in wanted.items() if p in saved and tuple(saved[p].shape) != tuple(v.shape))
+  problems = [f"{len(missing)} missing: {', '.join(missing)}" if missing else "",
+              f"{len(unexpected)} unexpected: {', '.join(unexpected)}" if unexpected else "",
+              f"{len(shapes)} with other shapes: {'; '.join(shapes)}" if shapes else ""]
+  problems = [p for p in problems if p]
+  if problems:
+    raise ConfigError(f"the checkpoint {where} does not fit the model: " + " | ".join(problems) +
+                      ". Use the config the checkpoint was made with (its workdir's config.json), or load a subset "
+                      "with init_from.include")
+
+
+def restore_params(directory: str, step: int | None, abstract_params, *, include=None):
+  """Reads the parameters of a checkpoint in `directory` (a run's `checkpoints` folder), nothing else.
+
+  abstract_params: ShapeDtypeStructs with shardings. include: a predicate on parameter paths; only those
+  are read, and the result holds only them (see `merge_params`). Mismatches fail with the offending paths.
+  Returns (params, step).
+  """
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  try:
+    steps = list(manager.all_steps())
+  finally:
+    manager.close()
+  if not steps:
+    raise ConfigError(f"no checkpoint in {directory}; train first or pass the right --workdir")
+  step = max(steps) if step is None or step < 0 else step
+  if step not in steps:
+    raise ConfigError(f"no checkpoint at step {step} in {directory}; available: {sorted(steps)}")
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  saved = checkpointer.metadata(path).tree
+  if "params" not in saved:
+    raise ConfigError(f"{path} holds no 'params'; is it a vlm_jax checkpoint?")
+  saved_params = _paths(saved["params"])
+  expected = _paths(abstract_params)
+  check_params_match(saved_params, expected, f"{directory} (step {step})", include)
+  target = traverse_util.unflatten_dict(
+      {p: x for p, x in expected.items() if include is None or include(p)}, sep="/")
+  restore_args = jax.tree.map(
+      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), target)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
+  return restored["params"], step
+
+
+def merge_params(params, loaded):
+  """`params` with every leaf that `loaded` (a subset tree of the same paths) has replaced by it."""
+  flat = traverse_util.flatten_dict(loaded, sep="/")
+  return jax.tree_util.tree_map_with_path(lambda p, x: flat.get(path_str(p), x), params)

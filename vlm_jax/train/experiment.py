@@ -5,6 +5,8 @@ that does not fit the devices, and batch sizes that do not divide; `Experiment` 
 the trainer, the evaluators and the benchmark share.
 """
 import functools
+import os
+import re
 
 import flax.linen as nn
 import jax
@@ -12,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vlm_jax import config_utils, durations
+from vlm_jax import config_utils, durations, models
 from vlm_jax.data import pipeline, tokenizers, transforms
 from vlm_jax.objectives import build_objective
 from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES, ConfigError
-from vlm_jax.train import optim, sharding
+from vlm_jax.train import checkpoint, optim, sharding
 from vlm_jax.train.state import TrainState
 
 
@@ -34,6 +36,14 @@ def check_config(config, *, num_devices: int | None = None, process_count: int |
     durations.parse(cfg.every)
   for name in ("duration", "log_every", "checkpoint_every", "warmup"):
     durations.parse(config.train[name] if name != "warmup" else config.optim.warmup)
+  locked = tuple(config.model.get("locked", ()))
+  init_workdir = (config.get("init_from") or {}).get("workdir", "")
+  if locked and not init_workdir:
+    raise ConfigError(f"model.locked={locked} but init_from.workdir is empty: a locked tower must come from a "
+                      "checkpoint; set --config.init_from.workdir to a vlm_jax run or converted model")
+  if init_workdir and "://" not in init_workdir and not os.path.isdir(os.path.join(init_workdir, "checkpoints")):
+    raise ConfigError(f"init_from.workdir {init_workdir!r} has no checkpoints/ folder; give a vlm_jax run's workdir "
+                      "or the output of `python -m vlm_jax.convert`")
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
   mesh = config_utils.resolve_mesh(config.mesh, num_devices)
@@ -87,8 +97,9 @@ class Experiment:
       boxed = jax.eval_shape(self._boxed_params, jax.random.PRNGKey(0))
     self.param_shardings = sharding.logical_shardings(boxed, self.mesh)
     self.abstract_params = nn.unbox(boxed)
+    locked = models.locked_regex(self.config.model.get("locked", ()))
     self.tx, self.schedule = optim.make_optimizer(self.config.optim, self.abstract_params, self.total_steps,
-                                                  self.warmup_steps)
+                                                  self.warmup_steps, extra_frozen=locked)
     abstract_state = jax.eval_shape(self._create_state, jax.random.PRNGKey(0))
     self.state_shardings = sharding.state_shardings(abstract_state, self.param_shardings, self.mesh)
 
@@ -97,10 +108,33 @@ class Experiment:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=root_key)
 
   def init_state(self) -> TrainState:
-    """A fresh state, initialised by one jit straight into its shardings."""
+    """A fresh state, initialised by one jit straight into its shardings, then `init_from` applied."""
     root_key = jax.random.PRNGKey(self.config.seed)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
-      return jax.jit(self._create_state, out_shardings=self.state_shardings)(root_key)
+      state = jax.jit(self._create_state, out_shardings=self.state_shardings)(root_key)
+    init_from = self.config.get("init_from", {})
+    if init_from and init_from.get("workdir"):
+      # Adam's moments start at zero whatever the parameter values, so the fresh optimizer state fits.
+      loaded = self.load_params(init_from.workdir, init_from.get("step", -1), init_from.get("include", ".*"))
+      state = state.replace(params=checkpoint.merge_params(state.params, loaded))
+    return state
+
+  def abstract_params_sharded(self):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.abstract_params, self.param_shardings)
+
+  def load_params(self, workdir: str, step: int | None = None, include: str = ".*"):
+    """Parameters whose path fully matches `include`, from the latest (or `step`) checkpoint of a run or a
+    converted model in `workdir`, placed in this experiment's shardings."""
+    regex = re.compile(include)
+    loaded, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), step,
+                                             self.abstract_params_sharded(),
+                                             include=None if include == ".*" else regex.fullmatch)
+    count = len(jax.tree.leaves(loaded))
+    if not count:
+      raise ConfigError(f"init_from.include {include!r} matches no parameter path")
+    self.log(f"Loaded {count} parameter arrays matching {include!r} from {workdir} (step {step})")
+    return loaded
 
   def abstract_state(self):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

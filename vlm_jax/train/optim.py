@@ -39,9 +39,12 @@ def make_schedule(config, total_steps: int, warmup_steps: int):
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
 
 
-def group_labels(config, params):
-  """Each parameter's group: 'frozen', 'lr_mult_<i>' or 'default'. Unused regexes are config errors."""
-  frozen = config.get("frozen", "") or None
+def group_labels(config, params, extra_frozen: str = ""):
+  """Each parameter's group: 'frozen', 'lr_mult_<i>' or 'default'. Unused regexes are config errors.
+
+  extra_frozen: a regex frozen on top of `config.frozen` (the locked towers of the model).
+  """
+  frozen = "|".join(r for r in (config.get("frozen", ""), extra_frozen) if r) or None
   multipliers = tuple(config.get("lr_multipliers", ()) or ())
   paths = jax.tree.leaves(param_paths(params))
   for regex in ([frozen] if frozen else []) + [r for r, _ in multipliers]:
@@ -59,7 +62,7 @@ def group_labels(config, params):
   return jax.tree.map(label, param_paths(params))
 
 
-def make_optimizer(config, params, total_steps: int, warmup_steps: int):
+def make_optimizer(config, params, total_steps: int, warmup_steps: int, extra_frozen: str = ""):
   """Returns (optax transformation, base learning-rate schedule). `params` may be abstract."""
   schedule = make_schedule(config, total_steps, warmup_steps)
   # Decay matrices only (kernels, embeddings); biases, norms, class tokens and the logit scale are vectors
@@ -74,7 +77,7 @@ def make_optimizer(config, params, total_steps: int, warmup_steps: int):
   transforms = {"default": adamw(), "frozen": optax.set_to_zero()}
   for i, (_, multiplier) in enumerate(tuple(config.get("lr_multipliers", ()) or ())):
     transforms[f"lr_mult_{i}"] = adamw(float(multiplier))
-  labels = group_labels(config, params)
+  labels = group_labels(config, params, extra_frozen)
   used = set(jax.tree.leaves(labels))
   tx = optax.multi_transform({k: v for k, v in transforms.items() if k in used}, labels)
   if config.get("grad_clip_norm"):

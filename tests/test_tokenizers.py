@@ -1,0 +1,132 @@
+"""CLIP BPE and SigLIP SentencePiece tokenizers against transformers' implementations of the same files."""
+import collections
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from vlm_jax.data import tokenizers
+
+transformers = pytest.importorskip("transformers")
+
+SENTENCES = [
+    "a photo of a cat.", "A large RED circle in the top-left corner!", "There's 2 dogs & 3 cats; aren't they cute?",
+    "  multiple   spaces\tand tabs ", "Ünïcödé façade, naïve café", "numbers 12345 and 3.14159",
+    "hyphen-ated words, e.g. state-of-the-art", "&amp; html entities &lt;b&gt;", "", "emoji 🙂 ok",
+]
+CORPUS = ["a photo of a {} {} in the {}".format(c, s, p) for c in ("red", "blue", "green", "large")
+          for s in ("circle", "square", "cat", "dog") for p in ("top", "left", "center corner")] + SENTENCES
+
+
+def train_clip_merges(texts, num_merges):
+  """A tiny BPE in CLIP's format (byte-level symbols, '</w>' ends a word), learned by counting pairs."""
+  clip = tokenizers.ClipBpeTokenizer.__new__(tokenizers.ClipBpeTokenizer)
+  byte_encoder = tokenizers._bytes_to_unicode()
+  import regex
+  words = collections.Counter()
+  for text in texts:
+    for piece in regex.findall(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", text.lower()):
+      chars = [byte_encoder[b] for b in piece.encode("utf-8")]
+      words[tuple(chars[:-1] + [chars[-1] + "</w>"])] += 1
+  del clip
+  merges = []
+  for _ in range(num_merges):
+    pairs = collections.Counter()
+    for word, count in words.items():
+      for pair in zip(word, word[1:]):
+        pairs[pair] += count
+    if not pairs:
+      break
+    best = max(pairs, key=lambda p: (pairs[p], p))
+    merges.append(best)
+    new_words = collections.Counter()
+    for word, count in words.items():
+      out, i = [], 0
+      while i < len(word):
+        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
+          out.append(word[i] + word[i + 1])
+          i += 2
+        else:
+          out.append(word[i])
+          i += 1
+      new_words[tuple(out)] += count
+    words = new_words
+  return merges
+
+
+def write_clip_vocab(directory, num_merges=120):
+  """Writes bpe_simple_vocab.txt.gz (OpenAI's format) and the HF CLIP files (vocab.json, merges.txt)."""
+  merges = train_clip_merges(CORPUS, num_merges)
+  lines = ["#version: 0.2"] + [" ".join(m) for m in merges]
+  gz = os.path.join(directory, "bpe_simple_vocab.txt.gz")
+  with gzip.open(gz, "wt", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  tok = tokenizers.ClipBpeTokenizer(gz)
+  with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+    json.dump(tok.encoder, f)
+  return gz, tok
+
+
+def test_clip_bpe_matches_transformers(tmp_path):
+  gz, ours = write_clip_vocab(str(tmp_path))
+  theirs = transformers.CLIPTokenizer.from_pretrained(str(tmp_path))  # reads vocab.json + merges.txt
+  for text in SENTENCES:
+    if "&amp;" in text:
+      continue  # OpenAI's tokenizer unescapes HTML entities, transformers' does not (checked below)
+    expected = theirs(text)["input_ids"]
+    ids = ours.encode(text, 77)
+    assert list(ids[: len(expected)]) == expected, text
+    assert not ids[len(expected):].any()
+  # A folder with merges.txt + vocab.json (the HF layout) gives the same ids as the .gz file.
+  folder = tokenizers.ClipBpeTokenizer(str(tmp_path))
+  np.testing.assert_array_equal(folder.encode_batch(SENTENCES, 16), ours.encode_batch(SENTENCES, 16))
+  # Truncation keeps the end-of-text token, as open_clip.tokenize does.
+  long = ours.encode("a photo of a red circle " * 10, 8)
+  assert long[0] == ours.bos_id and long[-1] == ours.eos_id
+  assert ours.decode(ours.encode("a photo of a red cat", 16)) == "a photo of a red cat"
+  assert ours.tokens("&amp; &lt;b&gt;") == ours.tokens("& <b>")
+
+
+def _open_clip_tokenizer_module():
+  """open_clip's tokenizer.py, loaded by path: open_clip's __init__ needs torchvision, which has no CPU build
+  here, so the package is installed with --no-deps and only this module is imported."""
+  import importlib.util
+  spec = importlib.util.find_spec("open_clip")
+  if spec is None or not spec.submodule_search_locations:
+    pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
+  folder = list(spec.submodule_search_locations)[0]
+  module_spec = importlib.util.spec_from_file_location("open_clip_tokenizer", os.path.join(folder, "tokenizer.py"))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module, os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz")
+
+
+def test_clip_bpe_matches_open_clip_on_the_real_vocabulary():
+  open_clip_tokenizer, vocab = _open_clip_tokenizer_module()
+  ours = tokenizers.ClipBpeTokenizer(vocab)
+  assert ours.vocab_size == 49408
+  expected = open_clip_tokenizer.SimpleTokenizer(vocab)(SENTENCES + CORPUS[:8], context_length=77).numpy()
+  np.testing.assert_array_equal(ours.encode_batch(SENTENCES + CORPUS[:8], 77), expected)
+
+
+def train_siglip_spm(path, vocab_size=300):
+  import sentencepiece
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter([tokenizers.SiglipTokenizer.canonicalize(t) for t in CORPUS * 3]), model_prefix=path,
+      vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+      character_coverage=1.0, byte_fallback=True)
+  return path + ".model"
+
+
+def test_siglip_sentencepiece_matches_transformers(tmp_path):
+  path = train_siglip_spm(str(tmp_path / "spiece"))
+  ours = tokenizers.SiglipTokenizer(path)
+  theirs = transformers.SiglipTokenizer(vocab_file=path)
+  for text in SENTENCES:
+    expected = theirs(text, padding="max_length", max_length=16, truncation=True)["input_ids"]
+    assert list(ours.encode(text, 16)) == expected, text
+  assert ours.decode(ours.encode("A red circle!", 16)) == "a red circle"

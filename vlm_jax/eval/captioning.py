@@ -1,0 +1,72 @@
+"""Caption generation evaluated by what the captions say: does a greedy caption name the image's class?
+
+For each label key (e.g. shape, color) the first class name mentioned in the caption is the prediction;
+accuracy is compared with chance (1 / number of classes). Generation metrics on reference captions
+(BLEU, CIDEr, ...) build on the same generated captions.
+"""
+import re
+
+import numpy as np
+
+from vlm_jax import generate
+from vlm_jax.eval import common
+from vlm_jax.registry import EVALUATORS, ConfigError
+
+
+def first_mention(caption: str, names) -> int:
+  """Index into `names` of the name mentioned first in `caption` (whole words; longest wins ties), or -1."""
+  best, best_key = -1, None
+  for i, name in enumerate(names):
+    match = re.search(rf"\b{re.escape(name.lower())}\b", caption.lower())
+    if match and (best_key is None or (match.start(), -len(name)) < best_key):
+      best, best_key = i, (match.start(), -len(name))
+  return best
+
+
+class Captioning:
+  """config: label_keys (default shape, color), limit (examples), max_len (default: the text length)."""
+  needs_image_emb = False
+
+  def __init__(self, config, experiment):
+    self.exp = experiment
+    if not hasattr(experiment.model, "caption_logits"):
+      raise ConfigError(f"the captioning evaluator needs a model that writes text; {experiment.config.model.name!r} "
+                        "has no caption_logits")
+    self.label_keys = tuple(config.get("label_keys", ("shape", "color")))
+    for key in self.label_keys:
+      if key not in experiment.data.class_names:
+        raise ConfigError(f"captioning label key {key!r} is not in the dataset; it has "
+                          f"{', '.join(experiment.data.class_names)}")
+    self.limit = config.get("limit") or None
+    self.max_len = config.get("max_len") or experiment.max_len
+    tok = experiment.tokenizer
+    model = experiment.model
+
+    def captions(params, images):
+      logits_fn = lambda tokens: model.apply({"params": params}, images, tokens, method="caption_logits")
+      return generate.greedy(logits_fn, images.shape[0], self.max_len, bos_id=tok.bos_id, eos_id=tok.eos_id,
+                             pad_id=tok.pad_id)
+
+    self.generator = common.Encoder(experiment, captions)
+
+  def generate(self, params, n: int):
+    """Greedy captions (strings) of the first n test images."""
+    tokens = self.generator(params, n, common.image_rows(self.exp, self.exp.data.test))
+    return [self.exp.tokenizer.decode(row) for row in tokens]
+
+  def run(self, params, image_emb=None):
+    del image_emb
+    source = self.exp.data.test
+    n = len(source) if self.limit is None else min(self.limit, len(source))
+    texts = self.generate(params, n)
+    metrics = {"captioning/mean_words": float(np.mean([len(t.split()) for t in texts]))}
+    for key in self.label_keys:
+      names = self.exp.data.class_names[key]
+      predicted = np.array([first_mention(t, names) for t in texts])
+      labels = np.array([source[i][key] for i in range(n)])
+      metrics[f"captioning/{key}_mention_acc"] = float(np.mean(predicted == labels))
+      metrics[f"captioning/{key}_chance"] = 1.0 / len(names)
+    return metrics
+
+
+EVALUATORS.register("captioning")(Captioning)
