@@ -17,8 +17,6 @@ COMMAND:
 """
 import os
 
-import ml_collections
-
 from vlm_jax import config_utils
 
 
@@ -33,5 +31,5 @@ def get_config(arg=None):
       c.model.image.variant = "B/16"
     # workdir: a run or converted model; step -1: its latest checkpoint; include: the parameter paths to
     # load (here the image tower and its projection, everything named image_*).
-    c.init_from = ml_collections.ConfigDict(dict(workdir="", step=-1, include="image_.*"))
+    c.init_from.include = "image_.*"
   return c.lock()

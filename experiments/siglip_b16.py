@@ -34,6 +34,7 @@ def get_config(arg=None):
                         ln_eps=1e-6)
     c.objectives = {"sigmoid": dict(weight=1.0, impl="global", bidirectional=False, exchange="text")}
     c.optim.update(lr=1e-3, b2=0.95, weight_decay=1e-4, warmup="2000 steps")
+    c.data.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))   # SigLIP normalises to [-1, 1]
     if variant == "tiny":
       c.model.embed_dim = 128
       c.model.image.update(variant="tiny/8", image_size=48)

@@ -15,7 +15,9 @@ from absl import app, flags, logging
 from vlm_jax.cli import FLAGS, fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "Directory (or bucket URL) for checkpoints, metrics and logs.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate a workdir's checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train (and evaluate), or evaluate a workdir's checkpoint (with the workdir's own config.json "
+                  "when --config is not given).")
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
@@ -32,20 +34,22 @@ def _initialize_distributed():
 
 def main(argv):
   del argv
-  if FLAGS.config is None or not FLAGS.workdir:
+  if not FLAGS.workdir or (FLAGS.config is None and FLAGS.mode == "train"):
     fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
   _initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
+  from vlm_jax import config_utils  # pylint: disable=import-outside-toplevel
   from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import experiment, trainer  # pylint: disable=import-outside-toplevel
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   try:
-    experiment.check_config(FLAGS.config)
+    config = FLAGS.config if FLAGS.config is not None else config_utils.load_workdir_config(FLAGS.workdir)
+    experiment.check_config(config)
     if FLAGS.mode == "train":
-      results = trainer.train(FLAGS.config, FLAGS.workdir, log=lambda *a: log(*a, flush=True))
+      results = trainer.train(config, FLAGS.workdir, log=lambda *a: log(*a, flush=True))
     else:
       from vlm_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
-      results = evaluate.evaluate_workdir(FLAGS.config, FLAGS.workdir, step=FLAGS.step, log=log)
+      results = evaluate.evaluate_workdir(config, FLAGS.workdir, step=FLAGS.step, log=log)
   except ConfigError as e:
     fail(str(e))
   except trainer.TrainingDiverged as e:
@@ -57,7 +61,6 @@ def main(argv):
 
 def run():
   logging.set_verbosity(logging.WARNING)
-  flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=parse_flags)
 
 

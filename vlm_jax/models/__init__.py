@@ -3,6 +3,10 @@
 Every model's parameters of the image tower are named `image_*` and those of the text tower `text_*`, so
 `model.locked = ('image',)` (LiT) can freeze a tower by name.
 """
+import flax.linen as nn
+import jax
+import numpy as np
+
 from vlm_jax.models import coca, layers, text, two_tower, vit
 from vlm_jax.registry import MODELS
 
@@ -51,3 +55,10 @@ def build_coca(config, vocab_size: int):
   return coca.CoCa(image=image, text=txt, decoder=dict(config.decoder), embed_dim=config.embed_dim,
                    caption_queries=config.caption_queries, locked=tuple(config.get("locked", ())),
                    **shared_fields(config))
+
+
+def abstract_params(model, image_size: int, max_len: int):
+  """The unboxed parameter tree of `model` as ShapeDtypeStructs (no memory is allocated)."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, image_size, image_size, 3), np.float32),
+                                            np.zeros((1, max_len), np.int32))["params"])
+  return nn.unbox(boxed)

@@ -51,7 +51,8 @@ class Checkpointer:
     self.manager.close()
 
 
-def _paths(tree) -> dict:
+def flat_paths(tree) -> dict:
+  """{'a/b/c': leaf} of a nested tree."""
   return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -95,11 +96,11 @@ def restore_params(directory: str, step: int | None, abstract_params, *, include
     raise ConfigError(f"no checkpoint at step {step} in {directory}; available: {sorted(steps)}")
   path = os.path.join(directory, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(path).tree
+  saved = checkpointer.metadata(path).item_metadata.tree
   if "params" not in saved:
     raise ConfigError(f"{path} holds no 'params'; is it a vlm_jax checkpoint?")
-  saved_params = _paths(saved["params"])
-  expected = _paths(abstract_params)
+  saved_params = flat_paths(saved["params"])
+  expected = flat_paths(abstract_params)
   check_params_match(saved_params, expected, f"{directory} (step {step})", include)
   target = traverse_util.unflatten_dict(
       {p: x for p, x in expected.items() if include is None or include(p)}, sep="/")

@@ -74,11 +74,12 @@ class Experiment:
     self.image_size = config.model.image.image_size
     self.max_len = config.model.text.max_len
     aug = config.data.get("augment", {})
+    norm = dict(mean=tuple(config.data.get("mean", transforms.CLIP_MEAN)),
+                std=tuple(config.data.get("std", transforms.CLIP_STD)), lowercase=config.data.get("lowercase", False))
     self.train_preprocess = transforms.Preprocess(
         self.image_size, self.tokenizer, self.max_len, crop_scale=aug.get("crop_scale"),
-        flip=aug.get("flip", False), lowercase=config.data.get("lowercase", False))
-    self.eval_preprocess = transforms.Preprocess(self.image_size, self.tokenizer, self.max_len,
-                                                 lowercase=config.data.get("lowercase", False))
+        flip=aug.get("flip", False), **norm)
+    self.eval_preprocess = transforms.Preprocess(self.image_size, self.tokenizer, self.max_len, **norm)
     self._build_state_shardings()
 
   # --- state ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from vlm_jax import durations
+from vlm_jax import config_utils, durations
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import checkpoint, flops, metrics as metrics_lib
 from vlm_jax.train.experiment import Experiment
@@ -45,13 +45,6 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _save_config(config, workdir):
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
 def _mean_metrics(pending):
   """Fetches the metrics of the steps since the last flush, checks them finite, and averages them."""
   host = jax.device_get([m for _, m in pending])
@@ -70,7 +63,8 @@ def train(config, workdir: str, *, log=print) -> dict:
                                           if config.data.name == "embedded" else ""))
   log(f"Mesh: {dict(exp.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
       f"{jax.process_count()} process(es); global batch {exp.batch_size}; {exp.total_steps} steps")
-  _save_config(config, workdir)
+  if main:
+    config_utils.save_workdir_config(config, workdir)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                                  async_save=config.train.get("async_checkpoints", True))
   writer = metrics_lib.MetricWriter(workdir)

@@ -1,0 +1,161 @@
+"""Importing HF CLIP / SigLIP and OpenAI-layout CLIP weights: same embeddings and logits as transformers."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vlm_jax
+from vlm_jax import convert
+from vlm_jax.registry import ConfigError
+from tests import helpers
+from tests.test_tokenizers import SENTENCES, train_siglip_spm, write_clip_vocab
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# The shape of tests.helpers.MICRO, so that a converted model can seed a LiT run of the micro config.
+TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+
+
+def make_hf_clip(folder):
+  """A random-weight HF CLIPModel with its tokenizer files, saved as safetensors."""
+  _, tok = write_clip_vocab(folder)
+  config = transformers.CLIPConfig(
+      text_config=dict(vocab_size=tok.vocab_size, max_position_embeddings=16, bos_token_id=tok.bos_id,
+                       eos_token_id=tok.eos_id, pad_token_id=0, **TOWER),
+      vision_config=dict(image_size=32, patch_size=8, **TOWER), projection_dim=32)
+  torch.manual_seed(0)
+  model = transformers.CLIPModel(config).eval()
+  with torch.no_grad():  # a logit scale that is not the default, to see that it is read
+    model.logit_scale.fill_(3.0)
+  model.save_pretrained(folder)
+  return model
+
+
+def make_hf_siglip(folder):
+  path = train_siglip_spm(os.path.join(folder, "spiece"))
+  os.rename(path, os.path.join(folder, "spiece.model"))
+  import sentencepiece
+  vocab = sentencepiece.SentencePieceProcessor(model_file=os.path.join(folder, "spiece.model")).get_piece_size()
+  config = transformers.SiglipConfig(
+      text_config=dict(vocab_size=vocab, max_position_embeddings=16, projection_size=64, **TOWER),
+      vision_config=dict(image_size=32, patch_size=8, **TOWER))
+  torch.manual_seed(1)
+  model = transformers.SiglipModel(config).eval()
+  model.save_pretrained(folder)
+  return model
+
+
+def reference_outputs(model, pixels, ids):
+  with torch.no_grad():
+    out = model(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+  return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_image.numpy()
+
+
+def check_parity(workdir, model, bias=False):
+  m = vlm_jax.load(str(workdir))
+  pixels = np.random.default_rng(0).normal(size=(5, 32, 32, 3)).astype(np.float32)
+  ids = m.tokenize(SENTENCES)
+  image_ref, text_ref, logits_ref = reference_outputs(model, pixels, ids)
+  image, text = m.encode_image(pixels), m.encode_text(ids)
+  np.testing.assert_allclose(image, image_ref, atol=1e-4)
+  np.testing.assert_allclose(text, text_ref, atol=1e-4)
+  logits = np.exp(m.params["logit_scale"]) * image @ text.T + (m.params["logit_bias"] if bias else 0.0)
+  np.testing.assert_allclose(logits, logits_ref, atol=1e-4 * max(1.0, np.abs(logits_ref).max()))
+  return m
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("hf_clip")
+  return folder, make_hf_clip(str(folder))
+
+
+def test_hf_clip_parity(hf_clip, tmp_path):
+  folder, model = hf_clip
+  convert.convert("hf_clip", str(folder), str(tmp_path / "w"))
+  m = check_parity(tmp_path / "w", model)
+  # The image preprocessing is the run's eval preprocessing: a uint8 image becomes the model's input size.
+  pixels = m.preprocess(np.zeros((64, 48, 3), np.uint8))
+  assert pixels.shape == (1, 32, 32, 3)
+
+
+def test_hf_siglip_parity_via_the_command_line(tmp_path):
+  folder = tmp_path / "hf_siglip"
+  folder.mkdir()
+  model = make_hf_siglip(str(folder))
+  result = subprocess.run([sys.executable, "-m", "vlm_jax.convert", "--from", "hf_siglip", "--input", str(folder),
+                           "--output", str(tmp_path / "w")], env=helpers.subprocess_env(1), capture_output=True,
+                          text=True, timeout=300, cwd=helpers.ROOT)
+  assert result.returncode == 0, result.stderr
+  check_parity(tmp_path / "w", model, bias=True)
+
+
+def openai_state_dict(model):
+  """HF CLIPModel weights rewritten into OpenAI's / open_clip's layout (fused qkv, c_fc/c_proj, x @ proj)."""
+  hf = {k: v.detach().clone() for k, v in model.state_dict().items()}
+  out = {"logit_scale": hf["logit_scale"], "visual.proj": hf["visual_projection.weight"].T.contiguous(),
+         "text_projection": hf["text_projection.weight"].T.contiguous()}
+  v, t = "vision_model.", "text_model."
+  out.update({"visual.conv1.weight": hf[v + "embeddings.patch_embedding.weight"],
+              "visual.class_embedding": hf[v + "embeddings.class_embedding"],
+              "visual.positional_embedding": hf[v + "embeddings.position_embedding.weight"],
+              "token_embedding.weight": hf[t + "embeddings.token_embedding.weight"],
+              "positional_embedding": hf[t + "embeddings.position_embedding.weight"]})
+  for ours, theirs in (("visual.ln_pre", v + "pre_layrnorm"), ("visual.ln_post", v + "post_layernorm"),
+                       ("ln_final", t + "final_layer_norm")):
+    out[ours + ".weight"], out[ours + ".bias"] = hf[theirs + ".weight"], hf[theirs + ".bias"]
+  for prefix, source in (("visual.transformer.resblocks.", v), ("transformer.resblocks.", t)):
+    for i in range(TOWER["num_hidden_layers"]):
+      s, d = f"{source}encoder.layers.{i}.", f"{prefix}{i}."
+      for kind in ("weight", "bias"):
+        out[d + f"attn.in_proj_{kind}"] = torch.cat([hf[s + f"self_attn.{n}_proj.{kind}"] for n in "qkv"])
+        out[d + f"attn.out_proj.{kind}"] = hf[s + f"self_attn.out_proj.{kind}"]
+        out[d + f"ln_1.{kind}"], out[d + f"ln_2.{kind}"] = hf[s + f"layer_norm1.{kind}"], hf[s + f"layer_norm2.{kind}"]
+        out[d + f"mlp.c_fc.{kind}"], out[d + f"mlp.c_proj.{kind}"] = hf[s + f"mlp.fc1.{kind}"], hf[s + f"mlp.fc2.{kind}"]
+  return out
+
+
+def test_openclip_state_dict_parity(hf_clip, tmp_path):
+  folder, model = hf_clip
+  path = tmp_path / "ViT-micro.pt"
+  torch.save({"state_dict": {"module." + k: v for k, v in openai_state_dict(model).items()}}, path)
+  convert.convert("openclip", str(path), str(tmp_path / "w"), tokenizer_path=str(folder / "bpe_simple_vocab.txt.gz"),
+                  image_heads=2, text_heads=2)
+  check_parity(tmp_path / "w", model)
+
+
+def test_mismatched_checkpoints_list_the_parameter_paths(hf_clip, tmp_path):
+  folder, model = hf_clip
+  state = openai_state_dict(model)
+  del state["visual.ln_post.bias"]
+  state["text_projection"] = state["text_projection"][:, :16]
+  torch.save(state, tmp_path / "broken.pt")
+  with pytest.raises(ConfigError) as e:
+    convert.load_pretrained(str(tmp_path / "broken.pt"), "openclip", image_heads=2, text_heads=2)
+  assert "'visual.ln_post.bias'" in str(e.value)
+  # A tensor the converter would leave behind is an error too: nothing is dropped silently.
+  state = openai_state_dict(model)
+  state["visual.extra_head.weight"] = torch.zeros(3)
+  torch.save(state, tmp_path / "extra.pt")
+  with pytest.raises(ConfigError, match="visual.extra_head.weight"):
+    convert.load_pretrained(str(tmp_path / "extra.pt"), "openclip", image_heads=2, text_heads=2)
+  # A wrongly shaped tensor fails the check against the model, by path.
+  state = openai_state_dict(model)
+  state["text_projection"] = state["text_projection"][:, :16]
+  torch.save(state, tmp_path / "narrow.pt")
+  with pytest.raises(ConfigError, match=r"image_proj/kernel: checkpoint \(64, 32\) vs model \(64, 16\)"):
+    convert.load_pretrained(str(tmp_path / "narrow.pt"), "openclip", image_heads=2, text_heads=2)
+  # Restoring a checkpoint into a model of another shape lists every offending path.
+  convert.convert("hf_clip", str(folder), str(tmp_path / "w"))
+  result = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--mode=eval", "--workdir", str(tmp_path / "w"),
+                           "--config", helpers.TINY,
+                           *helpers.cli_overrides(**{"model.embed_dim": 48, "model.image.pool": "gap"})],
+                          env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=300, cwd=helpers.ROOT)
+  assert result.returncode == 2
+  for expected in ("image_proj/kernel: checkpoint (64, 32) vs model (64, 48)", "unexpected: image_encoder/cls_token",
+                   "image_encoder/pos_embed: checkpoint (17, 64) vs model (16, 64)"):
+    assert expected in result.stderr, result.stderr

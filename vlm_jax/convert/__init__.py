@@ -1,0 +1,121 @@
+"""Importing public pretrained weights: HF `CLIPModel` / `SiglipModel` folders and OpenAI / open_clip
+CLIP state dicts.
+
+  python -m vlm_jax.convert --from hf_clip|hf_siglip|openclip --input PATH --output WORKDIR
+
+writes WORKDIR/config.json (the matching vlm_jax config), WORKDIR/checkpoints/0 (the parameters) and
+WORKDIR/tokenizer/ (the model's vocabulary, when found). WORKDIR then works wherever a run's workdir does:
+`vlm_jax.load(WORKDIR)`, `main --mode=eval --workdir WORKDIR`, and `--config.init_from.workdir=WORKDIR`.
+"""
+import importlib.util
+import os
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+
+from vlm_jax import config_utils, defaults, models
+from vlm_jax.convert import hf, openclip
+from vlm_jax.registry import MODELS, ConfigError
+
+KINDS = ("hf_clip", "hf_siglip", "openclip")
+
+
+def _find_tokenizer(kind: str, path: str, files, tokenizer_path: str = "") -> str:
+  """The vocabulary that goes with the checkpoint: given, next to it, or (open_clip) the one open_clip ships."""
+  if tokenizer_path:
+    return tokenizer_path
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  if all(os.path.exists(os.path.join(folder, f)) for f in files):
+    return folder if kind == "hf_clip" else os.path.join(folder, files[0])
+  if kind == "openclip":
+    spec = importlib.util.find_spec("open_clip")
+    if spec and spec.submodule_search_locations:
+      bundled = os.path.join(list(spec.submodule_search_locations)[0], files[0])
+      if os.path.exists(bundled):
+        return bundled
+  return ""
+
+
+def _normalisation(kind: str, path: str):
+  """Image mean/std: from an HF preprocessor_config.json if present, else the model family's."""
+  config_path = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else ""
+  if config_path and os.path.exists(config_path):
+    import json  # pylint: disable=import-outside-toplevel
+    with open(config_path) as f:
+      pre = json.load(f)
+    if "image_mean" in pre and "image_std" in pre:
+      return tuple(pre["image_mean"]), tuple(pre["image_std"])
+  if kind == "hf_siglip":
+    return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+  return defaults.base_config().data.mean, defaults.base_config().data.std
+
+
+def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", **options):
+  """(vlm_jax config, params as NumPy arrays) of a public checkpoint.
+
+  kind: 'hf_clip' or 'hf_siglip' (path: an HF model folder) or 'openclip' (path: a .pt/.bin/.safetensors
+  state dict; options: act='quick_gelu'|'gelu', image_heads, text_heads). The params fit the model that
+  `config.model` builds; a mismatch fails with the offending parameter paths.
+  """
+  if kind == "hf_clip":
+    model, params, objective, (tok_name, tok_files) = hf.convert_clip(path)
+  elif kind == "hf_siglip":
+    model, params, objective, (tok_name, tok_files) = hf.convert_siglip(path)
+  elif kind == "openclip":
+    model, params, objective, (tok_name, tok_files) = openclip.convert(path, **options)
+  else:
+    raise ConfigError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
+  if options and kind != "openclip":
+    raise ConfigError(f"options {sorted(options)} only apply to --from openclip")
+  config = defaults.base_config()
+  image, text = model.pop("image"), model.pop("text")
+  config.model.update(model)
+  config.model.image = ml_collections.ConfigDict(image)
+  config.model.text = ml_collections.ConfigDict(text)
+  config.objectives = ml_collections.ConfigDict({objective: dict(weight=1.0, impl="global")})
+  mean, std = _normalisation(kind, path)
+  config.data.update(tokenizer=tok_name, tokenizer_path=_find_tokenizer(kind, path, tok_files, tokenizer_path),
+                     mean=mean, std=std)
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+  check_fits(config, params, path)
+  return config.lock(), params
+
+
+def check_fits(config, params, where: str):
+  """Raises ConfigError listing the parameter paths where `params` and the config's model disagree."""
+  from vlm_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  model = MODELS.get(config.model.name)(config.model, vocab_size=config.model.text.vocab_size)
+  expected = models.abstract_params(model, config.model.image.image_size, config.model.text.max_len)
+  checkpoint.check_params_match(checkpoint.flat_paths(params), checkpoint.flat_paths(expected), where)
+
+
+def convert(kind: str, input_path: str, output: str, *, tokenizer_path: str = "", log=print, **options):
+  """Writes WORKDIR = `output`: config.json, checkpoints/0 and tokenizer/. Returns the config."""
+  from vlm_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  config, params = load_pretrained(input_path, kind, tokenizer_path=tokenizer_path, **options)
+  if os.path.exists(os.path.join(output, "checkpoints")):
+    raise ConfigError(f"{output} already holds checkpoints; choose an empty --output")
+  os.makedirs(output, exist_ok=True)
+  config = ml_collections.ConfigDict(config.to_dict())
+  source = config.data.tokenizer_path
+  if source:
+    # Copied next to the weights and referred to relative to the workdir, so the workdir can move.
+    target = os.path.join(output, "tokenizer")
+    os.makedirs(target, exist_ok=True)
+    files = [os.path.join(source, f) for f in ("vocab.json", "merges.txt")] if os.path.isdir(source) else [source]
+    for f in files:
+      shutil.copy(f, target)
+    config.data.tokenizer_path = "tokenizer" if os.path.isdir(source) else os.path.join("tokenizer",
+                                                                                        os.path.basename(source))
+  else:
+    log(f"warning: no tokenizer vocabulary found for {input_path}; pass --tokenizer PATH, or set "
+        "data.tokenizer_path when using the workdir")
+  ckpt = checkpoint.Checkpointer(os.path.join(output, "checkpoints"), keep=1, async_save=False)
+  ckpt.save(0, {"params": params})
+  ckpt.close()
+  config_utils.save_workdir_config(config, output)
+  count = sum(x.size for x in jax.tree.leaves(params))
+  log(f"Wrote {count / 1e6:.1f}M parameters of {input_path} ({kind}) to {output}")
+  return config

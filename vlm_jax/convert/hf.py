@@ -1,0 +1,139 @@
+"""HF transformers `CLIPModel` and `SiglipModel` folders (config.json + model.safetensors) -> vlm_jax."""
+import json
+import os
+
+import numpy as np
+
+from vlm_jax.convert import torch_layout as tl
+from vlm_jax.models import text as text_lib
+from vlm_jax.registry import ConfigError
+
+ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+               "relu": "relu"}
+
+
+def read_folder(path: str):
+  """(HF config dict, state dict) of a saved HF model folder."""
+  config_path = os.path.join(path, "config.json")
+  if not os.path.isfile(config_path):
+    raise ConfigError(f"{path!r} is not an HF model folder: it has no config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  for name in ("model.safetensors", "pytorch_model.bin"):
+    if os.path.exists(os.path.join(path, name)):
+      return config, tl.read_state_dict(os.path.join(path, name))
+  # Sharded checkpoints (model-00001-of-0000N.safetensors) are not read yet; say so rather than guess.
+  raise ConfigError(f"{path!r} has no model.safetensors or pytorch_model.bin")
+
+
+def _activation(name):
+  if name not in ACTIVATIONS:
+    raise ConfigError(f"unsupported activation {name!r}; supported: {', '.join(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def _blocks(state, prefix, depth, heads):
+  blocks = {}
+  for i in range(depth):
+    p = f"{prefix}.layers.{i}."
+    g = lambda name: state[p + name]
+    blocks[f"block_{i}"] = {
+        "ln_1": tl.layer_norm(g("layer_norm1.weight"), g("layer_norm1.bias")),
+        "attn": tl.attention(*[(g(f"self_attn.{n}_proj.weight"), g(f"self_attn.{n}_proj.bias"))
+                               for n in ("q", "k", "v", "out")], heads),
+        "ln_2": tl.layer_norm(g("layer_norm2.weight"), g("layer_norm2.bias")),
+        "mlp": {"fc1": tl.dense(g("mlp.fc1.weight"), g("mlp.fc1.bias")),
+                "fc2": tl.dense(g("mlp.fc2.weight"), g("mlp.fc2.bias"))},
+    }
+  return blocks
+
+
+def _text(state, tc, prefix="text_model"):
+  vocab = tc["vocab_size"]
+  emb = state[f"{prefix}.embeddings.token_embedding.weight"]
+  params = {
+      "token_embed": {"embedding": tl.pad_rows(emb, text_lib.pad_vocab(vocab))},
+      "pos_embed": state[f"{prefix}.embeddings.position_embedding.weight"],
+      "encoder": _blocks(state, f"{prefix}.encoder", tc["num_hidden_layers"], tc["num_attention_heads"]),
+      "ln_final": tl.layer_norm(state[f"{prefix}.final_layer_norm.weight"], state[f"{prefix}.final_layer_norm.bias"]),
+  }
+  fields = dict(variant="B", vocab_size=vocab, width=tc["hidden_size"], depth=tc["num_hidden_layers"],
+                num_heads=tc["num_attention_heads"], mlp_dim=tc["intermediate_size"],
+                max_len=tc["max_position_embeddings"], act=_activation(tc.get("hidden_act", "quick_gelu")),
+                ln_eps=tc.get("layer_norm_eps", 1e-5))
+  return fields, params
+
+
+def _vision(state, vc, prefix="vision_model"):
+  p = f"{prefix}.embeddings."
+  params = {"patch_embed": {"kernel": tl.patch_kernel(state[p + "patch_embedding.weight"])},
+            "pos_embed": state[p + "position_embedding.weight"],
+            "encoder": _blocks(state, f"{prefix}.encoder", vc["num_hidden_layers"], vc["num_attention_heads"]),
+            "ln_post": tl.layer_norm(state[f"{prefix}.post_layernorm.weight"], state[f"{prefix}.post_layernorm.bias"])}
+  patch = vc["patch_size"]
+  fields = dict(variant=f"B/{patch}", width=vc["hidden_size"], depth=vc["num_hidden_layers"],
+                num_heads=vc["num_attention_heads"], mlp_dim=vc["intermediate_size"], patch_size=patch,
+                image_size=vc["image_size"], act=_activation(vc.get("hidden_act", "quick_gelu")),
+                ln_eps=vc.get("layer_norm_eps", 1e-5))
+  return fields, params
+
+
+def _check_kind(config, expected):
+  kind = config.get("model_type")
+  if kind != expected:
+    raise ConfigError(f"the HF folder holds a {kind!r} model, not {expected!r}; pass the matching --from")
+
+
+def convert_clip(path: str):
+  """-> (model config dict, params, objective name, tokenizer (name, file names), normalisation)."""
+  config, state = read_folder(path)
+  _check_kind(config, "clip")
+  tc, vc = config["text_config"], config["vision_config"]
+  image, image_params = _vision(state, vc)
+  image_params["cls_token"] = state["vision_model.embeddings.class_embedding"]
+  image_params["ln_pre"] = tl.layer_norm(state["vision_model.pre_layrnorm.weight"], state["vision_model.pre_layrnorm.bias"])
+  text, text_params = _text(state, tc)
+  # HF pools at the first eos token, except for legacy configs (eos_token_id 2) which pool at the highest id:
+  # CLIP's end-of-text token is the last one of its vocabulary.
+  eos = tc.get("eos_token_id", 2)
+  text.update(causal=True, pool="eot", pad_id=None, eos_id=tc["vocab_size"] - 1 if eos == 2 else eos)
+  image.update(pool="cls")
+  params = {"image_encoder": image_params, "text_encoder": text_params,
+            "image_proj": {"kernel": state["visual_projection.weight"].T},
+            "text_proj": {"kernel": state["text_projection.weight"].T},
+            "logit_scale": np.float32(state["logit_scale"].reshape(()))}
+  model = dict(name="clip", embed_dim=config.get("projection_dim", 512), image=image, text=text)
+  state.check_all_used()
+  return model, params, "clip", ("clip_bpe", ("vocab.json", "merges.txt"))
+
+
+def convert_siglip(path: str):
+  config, state = read_folder(path)
+  _check_kind(config, "siglip")
+  tc, vc = config["text_config"], config["vision_config"]
+  image, image_params = _vision(state, vc)
+  image_params["patch_embed"]["bias"] = state["vision_model.embeddings.patch_embedding.bias"]
+  h = "vision_model.head."
+  image_params["map_head"] = {
+      "probe": state[h + "probe"].reshape(1, -1),
+      "attn": tl.fused_attention(state[h + "attention.in_proj_weight"], state[h + "attention.in_proj_bias"],
+                                 state[h + "attention.out_proj.weight"], state[h + "attention.out_proj.bias"],
+                                 vc["num_attention_heads"]),
+      "ln": tl.layer_norm(state[h + "layernorm.weight"], state[h + "layernorm.bias"]),
+      "mlp": {"fc1": tl.dense(state[h + "mlp.fc1.weight"], state[h + "mlp.fc1.bias"]),
+              "fc2": tl.dense(state[h + "mlp.fc2.weight"], state[h + "mlp.fc2.bias"])},
+  }
+  image.update(pool="map", ln_pre=False, patch_bias=True)
+  text, text_params = _text(state, tc)
+  text.update(causal=False, pool="last", pad_id=None)
+  params = {"image_encoder": image_params, "text_encoder": text_params,
+            "text_proj": tl.dense(state["text_model.head.weight"], state["text_model.head.bias"]),
+            "logit_scale": np.float32(state["logit_scale"].reshape(())),
+            "logit_bias": np.float32(state["logit_bias"].reshape(()))}
+  embed_dim = state["text_model.head.weight"].shape[0]
+  state.check_all_used()
+  if embed_dim != vc["hidden_size"]:
+    raise ConfigError(f"SigLIP text head width {embed_dim} differs from the vision width {vc['hidden_size']}")
+  model = dict(name="siglip", embed_dim=embed_dim, image=image, text=text, image_head="none", text_head_bias=True,
+               logit_bias_init=float(params["logit_bias"]), logit_scale_max=float(np.log(1e4)))
+  return model, params, "sigmoid", ("siglip", ("spiece.model",))

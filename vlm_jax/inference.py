@@ -1,0 +1,85 @@
+"""The public inference API: a trained or converted workdir as an open_clip-style model.
+
+  m = vlm_jax.load("runs/clip_tiny")             # latest checkpoint; vlm_jax.load(workdir, step=200)
+  pixels = m.preprocess([pil_image, uint8_array])
+  image_emb = m.encode_image(pixels)             # [n, d] float32, L2-normalised
+  text_emb = m.encode_text(m.tokenize(["a photo of a red circle"]))
+  probs = softmax(100 * image_emb @ text_emb.T)
+
+Preprocessing is the run's eval preprocessing (resize, normalisation, tokenizer, lower-casing), so
+embeddings match what the evaluators saw.
+"""
+import os
+
+import jax
+import numpy as np
+
+from vlm_jax import config_utils, models
+from vlm_jax.data import tokenizers, transforms
+from vlm_jax.registry import DATASETS, MODELS
+from vlm_jax.train import checkpoint
+
+
+class Pretrained:
+
+  def __init__(self, config, params=None, *, step: int | None = None, batch_size: int = 256):
+    """params: None until set (`load` restores them into `abstract_params()`)."""
+    self.config, self.params, self.step, self.batch_size = config, params, step, batch_size
+    self.tokenizer = _tokenizer(config)
+    vocab_size = config.model.text.get("vocab_size") or self.tokenizer.vocab_size
+    self.model = MODELS.get(config.model.name)(config.model, vocab_size=vocab_size)
+    self.image_size, self.max_len = config.model.image.image_size, config.model.text.max_len
+    self._preprocess = transforms.Preprocess(
+        self.image_size, self.tokenizer, self.max_len, mean=tuple(config.data.get("mean", transforms.CLIP_MEAN)),
+        std=tuple(config.data.get("std", transforms.CLIP_STD)), lowercase=config.data.get("lowercase", False))
+    apply = lambda method: jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=method))
+    self._encode_image, self._encode_text = apply("encode_image"), apply("encode_text")
+
+  def abstract_params(self, sharding=None):
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        models.abstract_params(self.model, self.image_size, self.max_len))
+
+  def preprocess(self, images) -> np.ndarray:
+    """PIL images or uint8 [H, W, 3] arrays (one, or a list / stacked array) -> float32 [n, S, S, 3]."""
+    if isinstance(images, np.ndarray) and images.ndim == 3 or not isinstance(images, (list, tuple, np.ndarray)):
+      images = [images]
+    return np.stack([self._preprocess.image(image) for image in images])
+
+  def tokenize(self, texts) -> np.ndarray:
+    """A string or list of strings -> int32 [n, max_len] token ids."""
+    return self.tokenizer.encode_batch([texts] if isinstance(texts, str) else list(texts), self.max_len)
+
+  def _batched(self, fn, inputs):
+    inputs = np.asarray(inputs)
+    out = []
+    for start in range(0, len(inputs), self.batch_size):
+      chunk = inputs[start:start + self.batch_size]
+      # Padded to a fixed batch so that the jitted function compiles once.
+      padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
+      out.append(np.asarray(fn(self.params, padded))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+  def encode_image(self, pixels) -> np.ndarray:
+    """float32 [n, S, S, 3] (from `preprocess`) -> L2-normalised [n, embed_dim]."""
+    return self._batched(self._encode_image, np.asarray(pixels, np.float32))
+
+  def encode_text(self, token_ids) -> np.ndarray:
+    """int32 [n, max_len] (from `tokenize`) -> L2-normalised [n, embed_dim]."""
+    return self._batched(self._encode_text, np.asarray(token_ids, np.int32))
+
+
+def _tokenizer(config):
+  path = config.data.get("tokenizer_path", "")
+  dataset_tokenizer = None
+  if config.data.tokenizer == "sentencepiece" and not path:
+    dataset_tokenizer = DATASETS.get(config.data.name)(config.data).tokenizer_path
+  return tokenizers.get_tokenizer(config.data.tokenizer, path, dataset_tokenizer)
+
+
+def load(workdir: str, step: int | None = None, *, batch_size: int = 256) -> Pretrained:
+  """A run's or converted model's workdir -> `Pretrained` (latest checkpoint unless `step` is given)."""
+  model = Pretrained(config_utils.load_workdir_config(workdir), batch_size=batch_size)
+  model.params, model.step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), step,
+                                                       model.abstract_params())
+  return model
