@@ -12,6 +12,9 @@ from vlm_jax.train import metrics as metrics_lib  # noqa: F401  (used by tests t
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "clip_b32.py") + ":tiny"
+SIGLIP_TINY = os.path.join(ROOT, "experiments", "siglip_b16.py") + ":tiny"
+COCA_TINY = os.path.join(ROOT, "experiments", "coca_b32.py") + ":tiny"
+LIT_TINY = os.path.join(ROOT, "experiments", "lit_b16.py") + ":tiny"
 
 # A CLIP small enough that 8 simulated devices fit on 2 cores. Kept as CLI-style overrides so that
 # subprocess runs and in-process runs use exactly the same config.
@@ -26,8 +29,14 @@ MICRO = {
 }
 
 
-def micro_config(**overrides):
-  config = config_utils.load_config(TINY)
+# Per-recipe additions to MICRO (SigLIP's image embedding is its MAP head output: embed_dim = width).
+MICRO_EXTRA = {SIGLIP_TINY: {"model.embed_dim": 64}, COCA_TINY: {"evals.captioning.limit": 32,
+                                                                 "evals.captioning.every": "0 steps"}}
+
+
+def micro_config(base=TINY, **overrides):
+  config = config_utils.load_config(base)
+  overrides = {**MICRO_EXTRA.get(base, {}), **overrides}
   with config.unlocked():
     for key, value in {**MICRO, **overrides}.items():
       node = config

@@ -20,15 +20,18 @@ def _run_steps(config, devices, steps=3):
   return exp, state, losses
 
 
-@pytest.mark.parametrize("mesh,impl", [("data:4,fsdp:2", "global"), ("data:4,tensor:2", "local"),
-                                       ("data:2,fsdp:2,tensor:2", "local")])
-def test_sharded_steps_equal_single_device(mesh, impl):
+@pytest.mark.parametrize("mesh,impl,base", [
+    ("data:4,fsdp:2", "global", helpers.TINY), ("data:4,tensor:2", "local", helpers.TINY),
+    ("data:2,fsdp:2,tensor:2", "local", helpers.TINY), ("data:4,fsdp:2", "ring", helpers.SIGLIP_TINY),
+    ("data:2,fsdp:2,tensor:2", "local", helpers.COCA_TINY)])
+def test_sharded_steps_equal_single_device(mesh, impl, base):
   # Adam turns a gradient of 1e-9 into a step of +-lr, and some gradients are exactly zero in exact
   # arithmetic (attention key biases: softmax is shift-invariant), so reduction-order noise would flip
   # their steps. A large epsilon makes updates linear in the gradient for the comparison.
   stable_adam = {"optim.eps": 1e-3}
-  config = helpers.micro_config(mesh=mesh, **{"objectives.clip.impl": impl}, **stable_adam)
-  single = helpers.micro_config(mesh="data:1", **stable_adam)
+  objective = {helpers.TINY: "clip", helpers.SIGLIP_TINY: "sigmoid", helpers.COCA_TINY: "coca"}[base]
+  config = helpers.micro_config(base, mesh=mesh, **{f"objectives.{objective}.impl": impl}, **stable_adam)
+  single = helpers.micro_config(base, mesh="data:1", **stable_adam)
   _, ref_state, ref_losses = _run_steps(single, jax.devices()[:1])
   exp, state, losses = _run_steps(config, jax.devices())
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
