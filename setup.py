@@ -32,7 +32,10 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+        # torch 2.13.0 is pinned so that pip takes the CPU wheel; transformers is the reference the
+        # weight-import tests compare against.
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "transformers==5.23.0"],
+        "convert": ["torch==2.13.0"],    # reading .pt/.bin checkpoints (.safetensors needs no torch)
         "tf": ["tensorflow"],
     },
 )

@@ -3,11 +3,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vlm_jax
 from tests import helpers
 from vlm_jax import generate
+from vlm_jax.eval import zero_shot
 from vlm_jax.eval.captioning import first_mention
 from vlm_jax.objectives.captioning import caption_loss
 from vlm_jax.train import trainer
+from vlm_jax.train.experiment import Experiment
 
 
 def test_caption_loss_is_cross_entropy_on_real_targets_only():
@@ -64,3 +67,17 @@ def test_short_coca_run_learns_to_name_colours(tmp_path):
   assert losses[-1] < 0.6 * losses[0]
   # Greedy captions name the image's colour far more often than chance (1/8).
   assert final["eval/captioning/color_mention_acc"] > 3 * final["eval/captioning/color_chance"], final
+
+  # The public API on the trained workdir reproduces the evaluators from raw images and strings.
+  m = vlm_jax.load(str(tmp_path))
+  data = Experiment(config, log=lambda *a: None).data
+  test, colours = data.test, data.class_names["color"]
+  pixels = m.preprocess([test[i]["image"] for i in range(128)])
+  templates = config.evals.zero_shot.templates
+  prompts = m.encode_text(m.tokenize([t.format(c) for c in colours for t in templates]))
+  classifier = zero_shot.class_embeddings(prompts, len(colours), len(templates))
+  scores = m.encode_image(pixels[:64]) @ classifier.T
+  accuracy = np.mean(np.argmax(scores, axis=1) == [test[i]["color"] for i in range(64)])
+  assert abs(accuracy - final["eval/zero_shot/color_top1"]) <= 1 / 64  # one flip for reduction-order noise
+  mentions = [first_mention(c, colours) == test[i]["color"] for i, c in enumerate(m.caption(pixels))]
+  assert abs(np.mean(mentions) - final["eval/captioning/color_mention_acc"]) <= 2 / 128

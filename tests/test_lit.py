@@ -8,7 +8,7 @@ from tests import helpers
 from vlm_jax import convert
 from vlm_jax.models import two_tower
 from vlm_jax.registry import ConfigError
-from vlm_jax.train import checkpoint, optim, trainer
+from vlm_jax.train import optim, trainer
 from vlm_jax.train.experiment import Experiment, check_config
 
 pytest.importorskip("transformers")

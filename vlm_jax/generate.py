@@ -32,3 +32,14 @@ def greedy(logits_fn, batch_size: int, max_len: int, *, bos_id: int, eos_id: int
 
   tokens, _ = jax.lax.fori_loop(1, max_len, step, (tokens, done))
   return tokens
+
+
+def greedy_captions(model, tokenizer, max_len: int):
+  """(params, images) -> greedy caption token ids, for a model with `caption_logits(images, tokens)`."""
+
+  def captions(params, images):
+    logits_fn = lambda tokens: model.apply({"params": params}, images, tokens, method="caption_logits")
+    return greedy(logits_fn, images.shape[0], max_len, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                  pad_id=tokenizer.pad_id)
+
+  return captions

@@ -5,6 +5,7 @@
   image_emb = m.encode_image(pixels)             # [n, d] float32, L2-normalised
   text_emb = m.encode_text(m.tokenize(["a photo of a red circle"]))
   probs = softmax(100 * image_emb @ text_emb.T)
+  m.caption(pixels)                              # models with a text decoder (CoCa): greedy captions
 
 Preprocessing is the run's eval preprocessing (resize, normalisation, tokenizer, lower-casing), so
 embeddings match what the evaluators saw.
@@ -14,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from vlm_jax import config_utils, models
+from vlm_jax import config_utils, generate, models
 from vlm_jax.data import tokenizers, transforms
 from vlm_jax.registry import DATASETS, MODELS
 from vlm_jax.train import checkpoint
@@ -34,6 +35,7 @@ class Pretrained:
         std=tuple(config.data.get("std", transforms.CLIP_STD)), lowercase=config.data.get("lowercase", False))
     apply = lambda method: jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=method))
     self._encode_image, self._encode_text = apply("encode_image"), apply("encode_text")
+    self._captioners = {}
 
   def abstract_params(self, sharding=None):
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -63,6 +65,16 @@ class Pretrained:
   def encode_image(self, pixels) -> np.ndarray:
     """float32 [n, S, S, 3] (from `preprocess`) -> L2-normalised [n, embed_dim]."""
     return self._batched(self._encode_image, np.asarray(pixels, np.float32))
+
+  def caption(self, pixels, max_len: int | None = None) -> list:
+    """Greedy captions (strings) of preprocessed images, for models with a text decoder (CoCa)."""
+    if not hasattr(self.model, "caption_logits"):
+      raise ValueError(f"model {self.config.model.name!r} has no text decoder to caption with")
+    max_len = max_len or self.max_len
+    if max_len not in self._captioners:
+      self._captioners[max_len] = jax.jit(generate.greedy_captions(self.model, self.tokenizer, max_len))
+    tokens = self._batched(self._captioners[max_len], np.asarray(pixels, np.float32))
+    return [self.tokenizer.decode(row) for row in tokens]
 
   def encode_text(self, token_ids) -> np.ndarray:
     """int32 [n, max_len] (from `tokenize`) -> L2-normalised [n, embed_dim]."""

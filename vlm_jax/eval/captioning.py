@@ -39,15 +39,8 @@ class Captioning:
                           f"{', '.join(experiment.data.class_names)}")
     self.limit = config.get("limit") or None
     self.max_len = config.get("max_len") or experiment.max_len
-    tok = experiment.tokenizer
-    model = experiment.model
-
-    def captions(params, images):
-      logits_fn = lambda tokens: model.apply({"params": params}, images, tokens, method="caption_logits")
-      return generate.greedy(logits_fn, images.shape[0], self.max_len, bos_id=tok.bos_id, eos_id=tok.eos_id,
-                             pad_id=tok.pad_id)
-
-    self.generator = common.Encoder(experiment, captions)
+    self.generator = common.Encoder(
+        experiment, generate.greedy_captions(experiment.model, experiment.tokenizer, self.max_len))
 
   def generate(self, params, n: int):
     """Greedy captions (strings) of the first n test images."""
