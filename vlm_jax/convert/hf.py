@@ -96,7 +96,7 @@ def convert_clip(path: str):
   # HF pools at the first eos token, except for legacy configs (eos_token_id 2) which pool at the highest id:
   # CLIP's end-of-text token is the last one of its vocabulary.
   eos = tc.get("eos_token_id", 2)
-  text.update(causal=True, pool="eot", pad_id=None, eos_id=tc["vocab_size"] - 1 if eos == 2 else eos)
+  text.update(causal=True, pool="eot", pad_id=-1, eos_id=tc["vocab_size"] - 1 if eos == 2 else eos)
   image.update(pool="cls")
   params = {"image_encoder": image_params, "text_encoder": text_params,
             "image_proj": {"kernel": state["visual_projection.weight"].T},
@@ -125,7 +125,7 @@ def convert_siglip(path: str):
   }
   image.update(pool="map", ln_pre=False, patch_bias=True)
   text, text_params = _text(state, tc)
-  text.update(causal=False, pool="last", pad_id=None)
+  text.update(causal=False, pool="last", pad_id=-1)
   params = {"image_encoder": image_params, "text_encoder": text_params,
             "text_proj": tl.dense(state["text_model.head.weight"], state["text_model.head.bias"]),
             "logit_scale": np.float32(state["logit_scale"].reshape(())),

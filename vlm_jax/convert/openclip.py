@@ -56,7 +56,7 @@ def convert(path: str, *, act: str = "quick_gelu", image_heads: int = 0, text_he
   # OpenAI pools at the argmax of the token ids: the end-of-text token, the last id of the vocabulary.
   text = dict(variant="B", vocab_size=vocab, width=text_width, depth=text_depth, num_heads=text_heads,
               mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-              max_len=state["positional_embedding"].shape[0], act=act, causal=True, pool="eot", pad_id=None,
+              max_len=state["positional_embedding"].shape[0], act=act, causal=True, pool="eot", pad_id=-1,
               eos_id=vocab - 1)
   text_params = {
       "token_embed": {"embedding": tl.pad_rows(state["token_embedding.weight"], text_lib.pad_vocab(vocab))},

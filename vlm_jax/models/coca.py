@@ -84,7 +84,7 @@ class CoCa(nn.Module):
   def _decode(self, hidden, context, tokens, train):
     """Next-token logits [batch, length, vocab] at every position."""
     pad_id = self.text.get("pad_id", 0)
-    valid = tokens != pad_id if pad_id is not None else jnp.ones(tokens.shape, bool)
+    valid = tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
     mask = layers.attention_mask(jnp.ones_like(valid), valid, causal=True)
     x = self.multimodal_decoder(hidden, mask, not train, context=self.decoder_context_proj(context))
     return self.lm_head(self.decoder_ln(x)).astype(jnp.float32)

@@ -1,5 +1,5 @@
 """Text transformer: causal with end-of-text pooling as in CLIP, or bidirectional."""
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ class TextTransformer(nn.Module):
 
   pool: 'eot' takes the end-of-text token (the first `eos_id` if given, else the last non-padding token;
   CLIP), 'last' the last position (SigLIP), 'first' the first token, 'mean' the mean over non-padding
-  tokens, 'none' no pooling. pad_id None: no padding mask, every position is attended (SigLIP; a causal
+  tokens, 'none' no pooling. pad_id -1: no padding mask, every position is attended (SigLIP; a causal
   model never attends past its end-of-text token anyway).
   """
   vocab_size: int
@@ -47,8 +47,8 @@ class TextTransformer(nn.Module):
   max_len: int = 77
   causal: bool = True
   pool: str = "eot"
-  pad_id: Optional[int] = 0
-  eos_id: Optional[int] = None
+  pad_id: int = 0       # -1: no padding mask (ids are never negative; -1 keeps the field overridable)
+  eos_id: int = -1      # -1: pool at the last non-padding token
   act: str = "gelu"
   ln_eps: float = 1e-5
   dropout: float = 0.0
@@ -62,7 +62,7 @@ class TextTransformer(nn.Module):
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    valid = tokens != self.pad_id if self.pad_id is not None else jnp.ones(tokens.shape, bool)
+    valid = tokens != self.pad_id if self.pad_id >= 0 else jnp.ones(tokens.shape, bool)
     embed = nn.Embed(self.vocab_size, self.width, name="token_embed", **kw,
                      embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
     x = embed(tokens)
@@ -75,7 +75,7 @@ class TextTransformer(nn.Module):
                        remat=self.remat, scan=self.scan, name="encoder", **kw)(x, mask, not train)
     x = layers.layer_norm("ln_final", eps=self.ln_eps, **kw)(x)
     if self.pool == "eot":
-      if self.eos_id is not None:
+      if self.eos_id >= 0:
         last = jnp.argmax(tokens == self.eos_id, axis=1)
       else:
         last = jnp.maximum(valid.sum(axis=1) - 1, 0)
