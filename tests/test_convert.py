@@ -74,13 +74,19 @@ def hf_clip(tmp_path_factory):
   return folder, make_hf_clip(str(folder))
 
 
-def test_hf_clip_parity(hf_clip, tmp_path):
+def test_hf_clip_parity_and_eval_of_the_converted_workdir(hf_clip, tmp_path):
   folder, model = hf_clip
   convert.convert("hf_clip", str(folder), str(tmp_path / "w"))
   m = check_parity(tmp_path / "w", model)
   # The image preprocessing is the run's eval preprocessing: a uint8 image becomes the model's input size.
   pixels = m.preprocess(np.zeros((64, 48, 3), np.uint8))
   assert pixels.shape == (1, 32, 32, 3)
+  # `main --mode=eval` evaluates the converted workdir with its own config.json.
+  result = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--mode=eval", "--workdir", str(tmp_path / "w")],
+                          env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=300, cwd=helpers.ROOT)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "w" / "eval" / "step_0.json").exists()
+  assert "eval/zero_shot/shape_top1" in result.stdout
 
 
 def test_hf_siglip_parity_via_the_command_line(tmp_path):
