@@ -15,6 +15,7 @@ TINY = os.path.join(ROOT, "experiments", "clip_b32.py") + ":tiny"
 SIGLIP_TINY = os.path.join(ROOT, "experiments", "siglip_b16.py") + ":tiny"
 COCA_TINY = os.path.join(ROOT, "experiments", "coca_b32.py") + ":tiny"
 LIT_TINY = os.path.join(ROOT, "experiments", "lit_b16.py") + ":tiny"
+VILT_TINY = os.path.join(ROOT, "experiments", "vilt_b32.py") + ":tiny"
 
 # A CLIP small enough that 8 simulated devices fit on 2 cores. Kept as CLI-style overrides so that
 # subprocess runs and in-process runs use exactly the same config.
@@ -30,21 +31,38 @@ MICRO = {
 
 
 # Per-recipe additions to MICRO (SigLIP's image embedding is its MAP head output: embed_dim = width).
-MICRO_EXTRA = {SIGLIP_TINY: {"model.embed_dim": 64}, COCA_TINY: {"evals.captioning.limit": 32,
-                                                                 "evals.captioning.every": "0 steps"}}
+MICRO_EXTRA = {
+    SIGLIP_TINY: {"model.embed_dim": 64},
+    COCA_TINY: {"evals.captioning.limit": 32, "evals.captioning.every": "0 steps"},
+    VILT_TINY: {"evals.itm_retrieval.limit": 16, "evals.itm_retrieval.every": "0 steps",
+                "evals.mlm_accuracy.limit": 32, "evals.mlm_accuracy.every": "0 steps"},
+}
 
 
 def micro_config(base=TINY, **overrides):
+  """The recipe `base` shrunk by MICRO (entries a recipe does not have, e.g. a text variant for ViLT, are
+  skipped), then `overrides` (which may add keys)."""
   config = config_utils.load_config(base)
   overrides = {**MICRO_EXTRA.get(base, {}), **overrides}
   with config.unlocked():
     for key, value in {**MICRO, **overrides}.items():
       node = config
       *parents, leaf = key.split(".")
+      if key not in overrides and not all_present(config, parents + [leaf]):
+        continue
       for p in parents:
         node = node[p]
       node[leaf] = value
   return config
+
+
+def all_present(config, keys):
+  node = config
+  for k in keys:
+    if k not in node:
+      return False
+    node = node[k]
+  return True
 
 
 def cli_overrides(**overrides):

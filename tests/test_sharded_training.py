@@ -20,17 +20,20 @@ def _run_steps(config, devices, steps=3):
   return exp, state, losses
 
 
-@pytest.mark.parametrize("mesh,impl,base", [
-    ("data:4,fsdp:2", "global", helpers.TINY), ("data:4,tensor:2", "local", helpers.TINY),
-    ("data:2,fsdp:2,tensor:2", "local", helpers.TINY), ("data:4,fsdp:2", "ring", helpers.SIGLIP_TINY),
-    ("data:2,fsdp:2,tensor:2", "local", helpers.COCA_TINY)])
-def test_sharded_steps_equal_single_device(mesh, impl, base):
+@pytest.mark.parametrize("mesh,options,base", [
+    ("data:4,fsdp:2", {"objectives.clip.impl": "global"}, helpers.TINY),
+    ("data:4,tensor:2", {"objectives.clip.impl": "local"}, helpers.TINY),
+    ("data:2,fsdp:2,tensor:2", {"objectives.clip.impl": "local"}, helpers.TINY),
+    ("data:4,fsdp:2", {"objectives.sigmoid.impl": "ring"}, helpers.SIGLIP_TINY),
+    ("data:2,fsdp:2,tensor:2", {"objectives.coca.impl": "local"}, helpers.COCA_TINY),
+    # ViLT: masking, hard-negative mining and the image swap happen on the global batch.
+    ("data:4,fsdp:2", {"objectives.itm.negatives": "mixed"}, helpers.VILT_TINY)])
+def test_sharded_steps_equal_single_device(mesh, options, base):
   # Adam turns a gradient of 1e-9 into a step of +-lr, and some gradients are exactly zero in exact
   # arithmetic (attention key biases: softmax is shift-invariant), so reduction-order noise would flip
   # their steps. A large epsilon makes updates linear in the gradient for the comparison.
   stable_adam = {"optim.eps": 1e-3}
-  objective = {helpers.TINY: "clip", helpers.SIGLIP_TINY: "sigmoid", helpers.COCA_TINY: "coca"}[base]
-  config = helpers.micro_config(base, mesh=mesh, **{f"objectives.{objective}.impl": impl}, **stable_adam)
+  config = helpers.micro_config(base, mesh=mesh, **options, **stable_adam)
   single = helpers.micro_config(base, mesh="data:1", **stable_adam)
   _, ref_state, ref_losses = _run_steps(single, jax.devices()[:1])
   exp, state, losses = _run_steps(config, jax.devices())
@@ -40,7 +43,8 @@ def test_sharded_steps_equal_single_device(mesh, impl, base):
   for (path, r), g in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got)):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
   # The parameters really are split as the rules say, not replicated.
-  fc1 = state.params["text_encoder"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+  encoder = state.params["text_encoder"]["encoder"] if "text_encoder" in state.params else state.params["encoder"]
+  fc1 = encoder["block_0"]["mlp"]["fc1"]["kernel"]
   fsdp, tensor = exp.mesh.shape["fsdp"], exp.mesh.shape["tensor"]
   assert fc1.sharding.shard_shape(fc1.shape) == (fc1.shape[0] // fsdp, fc1.shape[1] // tensor)
   mu = jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))

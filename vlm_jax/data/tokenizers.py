@@ -45,6 +45,13 @@ class ByteTokenizer(_FixedLength):
     ids = np.asarray(ids)
     return bytes((ids[ids >= self._offset] - self._offset).astype(np.uint8).tolist()).decode("utf-8", "replace")
 
+  def word_starts(self, ids) -> np.ndarray:
+    """True at tokens that begin a word: a non-space byte after a space or a special token."""
+    ids = np.asarray(ids)
+    space = ids == ord(" ") + self._offset
+    previous = np.concatenate([[True], (space | (ids < self._offset))[:-1]])
+    return previous & ~space
+
 
 class SentencePieceTokenizer(_FixedLength):
   """A SentencePiece model whose ids 0-3 are pad/unk/bos/eos (as `train_sentencepiece` makes them)."""
@@ -60,9 +67,13 @@ class SentencePieceTokenizer(_FixedLength):
       raise ConfigError(f"SentencePiece model {path!r} lacks pad/bos/eos ids; retrain it with pad_id/bos_id/eos_id")
     self.mask_id = self._sp.piece_to_id("<mask>")
     self.vocab_size = self._sp.get_piece_size()
+    self._starts_word = _sentencepiece_word_starts(self._sp)
 
   def encode(self, text: str, max_len: int) -> np.ndarray:
     return self._frame(np.asarray(self._sp.encode(text), np.int32), max_len)
+
+  def word_starts(self, ids) -> np.ndarray:
+    return self._starts_word[np.asarray(ids)]
 
   def decode(self, ids) -> str:
     ids = [int(i) for i in np.asarray(ids) if i not in (self.pad_id, self.bos_id, self.eos_id)]
@@ -82,6 +93,13 @@ def train_sentencepiece(texts, path: str, vocab_size: int = 400):
   os.replace(path + ".tmp", path)
 
 
+def _sentencepiece_word_starts(sp) -> np.ndarray:
+  """[vocab] bool: pieces that begin a word (SentencePiece marks them with '▁'); special pieces count as
+  word starts so that a word never spans one."""
+  return np.array([sp.id_to_piece(i).startswith("\u2581") or sp.is_control(i) or sp.is_unknown(i)
+                   for i in range(sp.get_piece_size())])
+
+
 class SiglipTokenizer:
   """SentencePiece with SigLIP's conventions (HF `SiglipTokenizer`, big_vision): text lower-cased, stripped of
   punctuation and runs of whitespace, no bos, `</s>` appended, padded with `</s>` to the fixed length."""
@@ -97,6 +115,10 @@ class SiglipTokenizer:
     self.eos_id = self.pad_id = self._sp.piece_to_id("</s>")
     self.mask_id = -1
     self.vocab_size = self._sp.get_piece_size()
+    self._starts_word = _sentencepiece_word_starts(self._sp)
+
+  def word_starts(self, ids) -> np.ndarray:
+    return self._starts_word[np.asarray(ids)]
 
   @staticmethod
   def canonicalize(text: str) -> str:
@@ -211,6 +233,15 @@ class ClipBpeTokenizer(_FixedLength):
 
   def encode(self, text: str, max_len: int) -> np.ndarray:
     return self._frame(np.asarray(self.tokens(text), np.int32), max_len)
+
+  def word_starts(self, ids) -> np.ndarray:
+    """CLIP's BPE marks word ends ('</w>'): a token starts a word when the one before it ended one."""
+    if not hasattr(self, "_ends_word"):
+      self._ends_word = np.zeros(max(self.decoder) + 1, bool)
+      for i, token in self.decoder.items():
+        self._ends_word[i] = token.endswith("</w>") or token.startswith("<|")
+    ids = np.asarray(ids)
+    return np.concatenate([[True], self._ends_word[ids[:-1]]])
 
   def decode(self, ids) -> str:
     ids = [int(i) for i in np.asarray(ids)]

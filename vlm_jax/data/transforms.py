@@ -31,6 +31,7 @@ class Preprocess:
   flip: bool = False
   label_keys: tuple = ()
   lowercase: bool = False
+  batch_keys: frozenset = frozenset()   # extra inputs objectives ask for: 'word_start' (whole-word masking)
 
   def image(self, image, rng: Optional[np.random.Generator] = None) -> np.ndarray:
     image = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image
@@ -54,6 +55,8 @@ class Preprocess:
 
   def __call__(self, example: dict, rng: Optional[np.random.Generator] = None) -> dict:
     out = {"image": self.image(example["image"], rng), "text": self.text(example["caption"])}
+    if "word_start" in self.batch_keys:
+      out["word_start"] = self.tokenizer.word_starts(out["text"])
     for key in self.label_keys:
       out[key] = np.int32(example[key])
     return out

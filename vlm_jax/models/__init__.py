@@ -7,11 +7,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vlm_jax.models import coca, layers, text, two_tower, vit
+from vlm_jax.models import coca, fusion, layers, text, two_tower, vit
 from vlm_jax.registry import MODELS
 
 TWO_TOWER_FIELDS = ("embed_dim", "logit_scale_init", "logit_scale_max", "logit_bias_init", "image_head",
-                    "text_head_bias", "locked")
+                    "text_head_bias", "locked", "text_mlm_head")
 
 
 def shared_fields(config):
@@ -62,3 +62,17 @@ def abstract_params(model, image_size: int, max_len: int):
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, image_size, image_size, 3), np.float32),
                                             np.zeros((1, max_len), np.int32))["params"])
   return nn.unbox(boxed)
+
+
+@MODELS.register("vilt")
+def build_vilt(config, vocab_size: int):
+  """ViLT: one transformer over patch + word embeddings. Its size is model.image.variant ('B/32'); the text
+  side sets max_len (and vocab_size for imported weights)."""
+  size = vit.parse_variant(config.image.variant)
+  txt = config.text
+  return fusion.SingleTower(
+      vocab_size=text.pad_vocab(txt.get("vocab_size") or vocab_size), width=size["width"], depth=size["depth"],
+      num_heads=size["num_heads"], mlp_dim=size["mlp_dim"], patch_size=size["patch_size"],
+      image_size=config.image.image_size, max_len=txt.max_len, pad_id=txt.get("pad_id", 0),
+      act=config.image.get("act", "gelu"), ln_eps=config.get("ln_eps", 1e-12),
+      dropout=config.get("dropout", 0.0), remat=config.remat, scan=config.scan_layers, **shared_fields(config))

@@ -24,6 +24,7 @@ class TwoTower(nn.Module):
   image_head: str = "linear"     # 'none': the pooled image features are the embedding (SigLIP's MAP head)
   text_head_bias: bool = False   # SigLIP's text projection has a bias
   locked: tuple = ()             # towers ('image', 'text') run in eval mode with no gradient (LiT)
+  text_mlm_head: bool = False    # an MLM head on the text tower, for mixing in the mlm objective
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -46,6 +47,15 @@ class TwoTower(nn.Module):
       raise ValueError(f"unknown image_head {self.image_head!r}; known: linear, none")
     self.text_proj = nn.Dense(self.embed_dim, use_bias=self.text_head_bias, kernel_init=proj(self.text["width"]),
                               bias_init=layers.partitioned(nn.initializers.zeros, ("proj",)), **kw)
+    if self.text_mlm_head:
+      width, vocab = self.text["width"], self.text["vocab_size"]
+      self.text_mlm_transform = nn.Dense(width, **kw, kernel_init=layers.partitioned(nn.initializers.normal(0.02),
+                                                                                     ("embed", "mlp")),
+                                         bias_init=layers.partitioned(nn.initializers.zeros, ("mlp",)))
+      self.text_mlm_ln = layers.layer_norm("text_mlm_ln", **kw)
+      self.text_mlm_decoder = nn.Dense(vocab, **kw, kernel_init=layers.partitioned(nn.initializers.normal(0.02),
+                                                                                   ("mlp", "vocab")),
+                                       bias_init=layers.partitioned(nn.initializers.zeros, ("vocab",)))
     self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
                                   (), jnp.float32)
     if self.logit_bias_init is not None:
@@ -67,6 +77,15 @@ class TwoTower(nn.Module):
     embed = lambda x, train: self.text_proj(self.text_encoder(x, train=train)[0])
     return l2_normalize(self._tower("text", embed, tokens, train))
 
+  def text_mlm_logits(self, images, tokens, train: bool = False):
+    """[batch, length, vocab] MLM logits of the text tower (images unused: the towers are separate)."""
+    del images
+    if not self.text_mlm_head:
+      raise ValueError("set model.text_mlm_head=True to train the text tower with the mlm objective")
+    _, hidden = self.text_encoder(tokens, train=train)
+    x = self.text_mlm_ln(layers.ACTIVATIONS[self.text.get("act", "gelu")](self.text_mlm_transform(hidden)))
+    return self.text_mlm_decoder(x).astype(jnp.float32)
+
   def __call__(self, images, tokens, train: bool = False):
     """Returns L2-normalised embeddings and the clamped (log) logit scale."""
     out = {"image_emb": self.encode_image(images, train), "text_emb": self.encode_text(tokens, train),
@@ -75,4 +94,6 @@ class TwoTower(nn.Module):
            "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max)}
     if self.logit_bias_init is not None:
       out["logit_bias"] = self.logit_bias
+    if self.text_mlm_head:  # so that init creates the head; under jit it costs nothing unless used
+      out["text_mlm_logits"] = self.text_mlm_logits(images, tokens, train)
     return out

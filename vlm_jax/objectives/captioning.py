@@ -22,11 +22,11 @@ def caption_loss(logits, tokens, pad_id: int = 0):
 
 
 @OBJECTIVES.register("coca")
-def build_coca_objective(config, *, mesh):
+def build_coca_objective(config, *, mesh, tokenizer=None):
   """CoCa: contrastive_weight x CLIP loss + caption_weight x captioning loss, from one forward pass.
 
   config: contrastive_weight (default 1), caption_weight (default 2, as in the paper), impl (the CLIP
-  loss implementation: global | local), pad_id (default 0).
+  loss implementation: global | local). Padding (the tokenizer's pad id) is ignored.
   """
   impl = config.get("impl", "global")
   if impl not in contrastive.CLIP_IMPLEMENTATIONS:
@@ -36,7 +36,7 @@ def build_coca_objective(config, *, mesh):
     clip_impl = functools.partial(clip_impl, mesh=mesh)
   contrastive_weight = float(config.get("contrastive_weight", 1.0))
   caption_weight = float(config.get("caption_weight", 2.0))
-  pad_id = int(config.get("pad_id", 0))
+  pad_id = tokenizer.pad_id if tokenizer is not None else 0
 
   def loss_fn(params, batch, rng, *, model, train):
     out = model.apply({"params": params}, batch["image"], batch["text"], train=train, rngs={"dropout": rng})

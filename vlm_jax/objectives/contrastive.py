@@ -86,8 +86,9 @@ CLIP_IMPLEMENTATIONS = {"global": clip_loss_global, "local": clip_loss_local}
 
 
 @OBJECTIVES.register("clip")
-def build_clip_objective(config, *, mesh):
+def build_clip_objective(config, *, mesh, tokenizer=None):
   """CLIP objective. config.impl: 'global' (logits over the global batch) or 'local' (shard_map local loss)."""
+  del tokenizer
   impl = config.get("impl", "global")
   if impl not in CLIP_IMPLEMENTATIONS:
     raise ValueError(f"unknown clip impl {impl!r}; known: {', '.join(CLIP_IMPLEMENTATIONS)}")

@@ -138,11 +138,12 @@ SIGMOID_IMPLEMENTATIONS = ("global", "ring")
 
 
 @OBJECTIVES.register("sigmoid")
-def build_sigmoid_objective(config, *, mesh):
+def build_sigmoid_objective(config, *, mesh, tokenizer=None):
   """SigLIP objective. config.impl: 'global' or 'ring' (with `bidirectional`, `exchange`: text|image).
 
   The model must output a logit bias (TwoTower with logit_bias_init set).
   """
+  del tokenizer
   impl = config.get("impl", "global")
   if impl not in SIGMOID_IMPLEMENTATIONS:
     raise ConfigError(f"unknown sigmoid impl {impl!r}; known: {', '.join(SIGMOID_IMPLEMENTATIONS)}")

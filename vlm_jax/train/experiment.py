@@ -63,7 +63,7 @@ class Experiment:
     self.tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, config.data.get("tokenizer_path", ""),
                                               self.data.tokenizer_path)
     self.model = MODELS.get(config.model.name)(config.model, vocab_size=self.tokenizer.vocab_size)
-    self.loss_fn = build_objective(config.objectives, mesh=self.mesh)
+    self.loss_fn = build_objective(config.objectives, mesh=self.mesh, tokenizer=self.tokenizer)
     self.batch_size = config.batch_size
     to_steps = functools.partial(durations.to_steps, batch_size=config.batch_size,
                                  dataset_size=len(self.data.train))
@@ -78,7 +78,7 @@ class Experiment:
                 std=tuple(config.data.get("std", transforms.CLIP_STD)), lowercase=config.data.get("lowercase", False))
     self.train_preprocess = transforms.Preprocess(
         self.image_size, self.tokenizer, self.max_len, crop_scale=aug.get("crop_scale"),
-        flip=aug.get("flip", False), **norm)
+        flip=aug.get("flip", False), batch_keys=frozenset(self.loss_fn.batch_keys), **norm)
     self.eval_preprocess = transforms.Preprocess(self.image_size, self.tokenizer, self.max_len, **norm)
     self._build_state_shardings()
 

@@ -1,0 +1,43 @@
+"""Masking for masked language / image / multimodal modeling, on device and keyed by the step RNG.
+
+Drawn with `jax.random` on global-shaped arrays, so a batch is masked identically on any number of
+devices or processes (the threefry PRNG is partitionable), and a resumed run masks as the uninterrupted
+one did.
+"""
+import jax
+import jax.numpy as jnp
+
+
+def word_start_index(word_start):
+  """[batch, length] bool (True where a word begins) -> index of each token's word's first token."""
+  positions = jnp.arange(word_start.shape[-1])
+  return jax.lax.cummax(jnp.where(word_start, positions, 0), axis=word_start.ndim - 1)
+
+
+def mask_tokens(rng, tokens, *, rate: float, mask_id: int, vocab_size: int, special_ids, word_start=None,
+                replace_probs=(0.8, 0.1, 0.1)):
+  """BERT masking: each word (or token) is selected with probability `rate`; a selected token becomes
+  `mask_id` (80%), a random token (10%) or stays (10%).
+
+  special_ids: ids never selected (padding, bos, eos, ...). word_start: optional [batch, length] bool; when
+  given, whole words are selected together (whole-word masking). Random replacements avoid special ids.
+  Returns (masked tokens, selected [batch, length] bool); the targets are the original `tokens` where
+  `selected`.
+  """
+  special_ids = jnp.asarray(list(special_ids), tokens.dtype)
+  candidate = ~jnp.isin(tokens, special_ids)
+  select_rng, kind_rng, random_rng = jax.random.split(rng, 3)
+  draw = jax.random.uniform(select_rng, tokens.shape)
+  if word_start is not None:
+    # One draw per word: every token reads the draw of its word's first token.
+    draw = jnp.take_along_axis(draw, word_start_index(word_start | ~candidate), axis=-1)
+  selected = candidate & (draw < rate)
+  kind = jax.random.uniform(kind_rng, tokens.shape)
+  to_mask = kind < replace_probs[0]
+  to_random = (kind >= replace_probs[0]) & (kind < replace_probs[0] + replace_probs[1])
+  random_tokens = jax.random.randint(random_rng, tokens.shape, 0, vocab_size, tokens.dtype)
+  # Redraw specials as a fixed non-special id (the mask id's neighbourhood is irrelevant: 10% of 15%).
+  random_tokens = jnp.where(jnp.isin(random_tokens, special_ids), mask_id, random_tokens)
+  masked = jnp.where(selected & to_mask, mask_id, tokens)
+  masked = jnp.where(selected & to_random, random_tokens, masked)
+  return masked, selected
