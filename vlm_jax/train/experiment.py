@@ -108,13 +108,13 @@ class Experiment:
     params = nn.unbox(self._boxed_params(jax.random.fold_in(root_key, 0)))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=root_key)
 
-  def init_state(self) -> TrainState:
+  def init_state(self, apply_init_from: bool = True) -> TrainState:
     """A fresh state, initialised by one jit straight into its shardings, then `init_from` applied."""
     root_key = jax.random.PRNGKey(self.config.seed)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
       state = jax.jit(self._create_state, out_shardings=self.state_shardings)(root_key)
     init_from = self.config.get("init_from", {})
-    if init_from and init_from.get("workdir"):
+    if apply_init_from and init_from and init_from.get("workdir"):
       # Adam's moments start at zero whatever the parameter values, so the fresh optimizer state fits.
       loaded = self.load_params(init_from.workdir, init_from.get("step", -1), init_from.get("include", ".*"))
       state = state.replace(params=checkpoint.merge_params(state.params, loaded))

@@ -72,8 +72,8 @@ def train(config, workdir: str, *, log=print) -> dict:
   eval_every = {k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
                 for k, c in config.evals.items()}
   data_iter = exp.train_iterator()
-  state = exp.init_state()
   latest = ckpt.latest_step()
+  state = exp.init_state(apply_init_from=latest is None)  # a resumed run has its own parameters
   if latest is not None:
     state = ckpt.restore(latest, state, data_iter)
     writer.drop_after(latest)
