@@ -165,3 +165,45 @@ def test_mismatched_checkpoints_list_the_parameter_paths(hf_clip, tmp_path):
   for expected in ("image_proj/kernel: checkpoint (64, 32) vs model (64, 48)", "unexpected: image_encoder/cls_token",
                    "image_encoder/pos_embed: checkpoint (17, 64) vs model (16, 64)"):
     assert expected in result.stderr, result.stderr
+
+
+def test_hf_vilt_parity(tmp_path):
+  from tests.test_tokenizers import write_wordpiece_vocab
+  folder = tmp_path / "hf_vilt"
+  folder.mkdir()
+  write_wordpiece_vocab(str(folder))
+  vocab = sum(1 for _ in open(folder / "vocab.txt", encoding="utf-8"))
+  config = transformers.ViltConfig(vocab_size=vocab, image_size=32, patch_size=8, max_position_embeddings=16,
+                                   max_image_length=-1, **TOWER)
+  torch.manual_seed(2)
+  model = transformers.ViltForMaskedLM(config).eval()
+  model.save_pretrained(folder)
+  convert.convert("hf_vilt", str(folder), str(tmp_path / "w"), log=lambda *a: None)
+  m = vlm_jax.load(str(tmp_path / "w"))
+  pixels = np.random.default_rng(0).normal(size=(len(SENTENCES), 32, 32, 3)).astype(np.float32)
+  ids = m.tokenize(SENTENCES)
+  with torch.no_grad():
+    out = model(input_ids=torch.from_numpy(ids.astype(np.int64)), attention_mask=torch.from_numpy((ids != 0) * 1),
+                pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+                pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64), output_hidden_states=True)
+    pooled_ref = model.vilt(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                            attention_mask=torch.from_numpy((ids != 0) * 1),
+                            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+                            pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64)).pooler_output.numpy()
+  variables = {"params": m.params}
+  logits = np.asarray(m.model.apply(variables, pixels, ids, method="mlm_logits"))[..., :vocab]
+  pooled = np.asarray(m.model.apply(variables, pixels, ids, method="features")["pooled"])
+  np.testing.assert_allclose(pooled, pooled_ref, atol=1e-4)
+  valid = ids != 0  # HF computes logits at padding positions from masked-out attention rows as well
+  np.testing.assert_allclose(logits[valid], out.logits.numpy()[valid], atol=1e-4 * max(1.0, np.abs(logits).max()))
+  # The retrieval model's single matching logit r becomes the 2-way ITM head (0, r).
+  retrieval = transformers.ViltForImageAndTextRetrieval(config).eval()
+  (tmp_path / "hf_vilt_itm").mkdir()
+  retrieval.save_pretrained(tmp_path / "hf_vilt_itm")
+  _, params = convert.load_pretrained(str(tmp_path / "hf_vilt_itm"), "hf_vilt", log=lambda *a: None)
+  with torch.no_grad():
+    rank = retrieval(input_ids=torch.from_numpy(ids.astype(np.int64)), attention_mask=torch.from_numpy((ids != 0) * 1),
+                     pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+                     pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64)).logits.numpy()[:, 0]
+  itm = np.asarray(m.model.apply({"params": params}, pixels, ids, method="itm_logits"))
+  np.testing.assert_allclose(itm[:, 1] - itm[:, 0], rank, atol=1e-4)

@@ -130,3 +130,28 @@ def test_siglip_sentencepiece_matches_transformers(tmp_path):
     expected = theirs(text, padding="max_length", max_length=16, truncation=True)["input_ids"]
     assert list(ours.encode(text, 16)) == expected, text
   assert ours.decode(ours.encode("A red circle!", 16)) == "a red circle"
+
+
+def write_wordpiece_vocab(directory):
+  """A small uncased BERT vocabulary: specials, single characters (and their ## forms), whole words."""
+  tok = tokenizers.WordPieceTokenizer.__new__(tokenizers.WordPieceTokenizer)
+  words = sorted({w for t in CORPUS for w in tok._words(t)})
+  chars = sorted({c for w in words for c in w})
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + words[::2] + ["##le"]
+  path = os.path.join(directory, "vocab.txt")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(dict.fromkeys(vocab)) + "\n")
+  return path
+
+
+def test_wordpiece_matches_transformers(tmp_path):
+  path = write_wordpiece_vocab(str(tmp_path))
+  ours = tokenizers.WordPieceTokenizer(path)
+  theirs = transformers.BertTokenizer.from_pretrained(str(tmp_path), do_lower_case=True)
+  for text in SENTENCES + CORPUS[:5] + ["Circles, squares & triangles!!", "unseen-wörds zzz"]:
+    expected = theirs(text, padding="max_length", max_length=24, truncation=True)["input_ids"]
+    assert list(ours.encode(text, 24)) == expected, text
+  ids = ours.encode("a photo of a circle", 16)
+  starts = ours.word_starts(ids)
+  assert [ours.inverse[int(i)] for i, s in zip(ids, starts) if not s] == [
+      t for t in (ours.inverse[int(i)] for i in ids) if t.startswith("##")]

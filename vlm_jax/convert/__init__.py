@@ -19,7 +19,10 @@ from vlm_jax import config_utils, defaults, models
 from vlm_jax.convert import hf, openclip
 from vlm_jax.registry import MODELS, ConfigError
 
-KINDS = ("hf_clip", "hf_siglip", "openclip")
+KINDS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt")
+FUSION_OBJECTIVES = {"mlm": dict(weight=1.0, rate=0.15, whole_word=True),
+                     "itm": dict(weight=1.0, negative_rate=0.5, negatives="mixed", hard_fraction=0.5)}
+FUSION_EVALS = {"itm_retrieval": dict(every="1 epochs", limit=100), "mlm_accuracy": dict(every="1 epochs", limit=500)}
 
 
 def _find_tokenizer(kind: str, path: str, files, tokenizer_path: str = "") -> str:
@@ -47,24 +50,30 @@ def _normalisation(kind: str, path: str):
       pre = json.load(f)
     if "image_mean" in pre and "image_std" in pre:
       return tuple(pre["image_mean"]), tuple(pre["image_std"])
-  if kind == "hf_siglip":
+  if kind in ("hf_siglip", "hf_vilt"):
     return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
   return defaults.base_config().data.mean, defaults.base_config().data.std
 
 
-def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", **options):
+def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print, **options):
   """(vlm_jax config, params as NumPy arrays) of a public checkpoint.
 
-  kind: 'hf_clip' or 'hf_siglip' (path: an HF model folder) or 'openclip' (path: a .pt/.bin/.safetensors
-  state dict; options: act='quick_gelu'|'gelu', image_heads, text_heads). The params fit the model that
-  `config.model` builds; a mismatch fails with the offending parameter paths.
+  kind: 'hf_clip', 'hf_siglip' or 'hf_vilt' (path: an HF model folder) or 'openclip' (path: a
+  .pt/.bin/.safetensors state dict; options: act='quick_gelu'|'gelu', image_heads, text_heads). The params
+  fit the model that `config.model` builds; a mismatch fails with the offending parameter paths.
   """
+  objectives, evals = None, None
   if kind == "hf_clip":
     model, params, objective, (tok_name, tok_files) = hf.convert_clip(path)
   elif kind == "hf_siglip":
     model, params, objective, (tok_name, tok_files) = hf.convert_siglip(path)
   elif kind == "openclip":
     model, params, objective, (tok_name, tok_files) = openclip.convert(path, **options)
+  elif kind == "hf_vilt":
+    model, params, missing, (tok_name, tok_files) = hf.convert_vilt(path)
+    if missing:
+      log(f"note: {path} has no {', '.join(missing)}; initialised to zero (fine-tune before using them)")
+    objectives, evals = FUSION_OBJECTIVES, FUSION_EVALS
   else:
     raise ConfigError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
   if options and kind != "openclip":
@@ -74,7 +83,9 @@ def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", **options
   config.model.update(model)
   config.model.image = ml_collections.ConfigDict(image)
   config.model.text = ml_collections.ConfigDict(text)
-  config.objectives = ml_collections.ConfigDict({objective: dict(weight=1.0, impl="global")})
+  config.objectives = ml_collections.ConfigDict(objectives or {objective: dict(weight=1.0, impl="global")})
+  if evals:
+    config.evals = ml_collections.ConfigDict(evals)
   mean, std = _normalisation(kind, path)
   config.data.update(tokenizer=tok_name, tokenizer_path=_find_tokenizer(kind, path, tok_files, tokenizer_path),
                      mean=mean, std=std)
@@ -94,7 +105,7 @@ def check_fits(config, params, where: str):
 def convert(kind: str, input_path: str, output: str, *, tokenizer_path: str = "", log=print, **options):
   """Writes WORKDIR = `output`: config.json, checkpoints/0 and tokenizer/. Returns the config."""
   from vlm_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
-  config, params = load_pretrained(input_path, kind, tokenizer_path=tokenizer_path, **options)
+  config, params = load_pretrained(input_path, kind, tokenizer_path=tokenizer_path, log=log, **options)
   if os.path.exists(os.path.join(output, "checkpoints")):
     raise ConfigError(f"{output} already holds checkpoints; choose an empty --output")
   os.makedirs(output, exist_ok=True)

@@ -137,3 +137,80 @@ def convert_siglip(path: str):
   model = dict(name="siglip", embed_dim=embed_dim, image=image, text=text, image_head="none", text_head_bias=True,
                logit_bias_init=float(params["logit_bias"]), logit_scale_max=float(np.log(1e4)))
   return model, params, "sigmoid", ("siglip", ("spiece.model",))
+
+
+def convert_vilt(path: str):
+  """HF `ViltModel` / `ViltForMaskedLM` / `ViltForImageAndTextRetrieval` -> the `vilt` model.
+
+  BERT's text token-type embedding (always type 0 in ViLT) is folded into the text position embeddings:
+  both are added before the same LayerNorm. Heads the checkpoint lacks start at zero (an ITM head at zero
+  scores every pair 0.5) and the log says so. Patch sampling (`max_image_length`) is a training-time
+  augmentation of HF's implementation; the imported model sees every patch.
+  """
+  config, state = read_folder(path)
+  _check_kind(config, "vilt")
+  prefix = "vilt." if any(k.startswith("vilt.") for k in state) else ""
+  g = lambda name: state[prefix + name]
+  width, heads, depth = config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]
+  blocks = {}
+  for i in range(depth):
+    b = lambda name: g(f"encoder.layer.{i}.{name}")
+    blocks[f"block_{i}"] = {
+        "ln_1": tl.layer_norm(b("layernorm_before.weight"), b("layernorm_before.bias")),
+        "attn": tl.attention(*[(b(f"attention.attention.{n}.weight"), b(f"attention.attention.{n}.bias"))
+                               for n in ("query", "key", "value")],
+                             (b("attention.output.dense.weight"), b("attention.output.dense.bias")), heads),
+        "ln_2": tl.layer_norm(b("layernorm_after.weight"), b("layernorm_after.bias")),
+        "mlp": {"fc1": tl.dense(b("intermediate.dense.weight"), b("intermediate.dense.bias")),
+                "fc2": tl.dense(b("output.dense.weight"), b("output.dense.bias"))},
+    }
+  vocab = config["vocab_size"]
+  padded = text_lib.pad_vocab(vocab)
+  t = "embeddings.text_embeddings."
+  words = g(t + "word_embeddings.weight")
+  params = {
+      "text_embed": {"embedding": tl.pad_rows(words, padded)},
+      "text_pos_embed": g(t + "position_embeddings.weight") + g(t + "token_type_embeddings.weight")[0],
+      "text_ln": tl.layer_norm(g(t + "LayerNorm.weight"), g(t + "LayerNorm.bias")),
+      "patch_embed": {"kernel": tl.patch_kernel(g("embeddings.patch_embeddings.projection.weight")),
+                      "bias": g("embeddings.patch_embeddings.projection.bias")},
+      "image_cls": g("embeddings.cls_token").reshape(-1),
+      "image_pos_embed": g("embeddings.position_embeddings")[0],
+      "modality_embed": g("embeddings.token_type_embeddings.weight"),
+      "encoder": blocks,
+      "final_ln": tl.layer_norm(g("layernorm.weight"), g("layernorm.bias")),
+  }
+  missing = []
+  if prefix + "pooler.dense.weight" in state:
+    params["pooler"] = tl.dense(g("pooler.dense.weight"), g("pooler.dense.bias"))
+  else:
+    missing.append("pooler")
+    params["pooler"] = {"kernel": np.zeros((width, width), np.float32), "bias": np.zeros(width, np.float32)}
+  if "rank_output.weight" in state:   # ViltForImageAndTextRetrieval: one matching logit r == 2-way (0, r)
+    r_w, r_b = state["rank_output.weight"], state["rank_output.bias"]
+    params["itm_head"] = {"kernel": np.concatenate([np.zeros_like(r_w.T), r_w.T], axis=1),
+                          "bias": np.concatenate([np.zeros_like(r_b), r_b])}
+  else:
+    missing.append("itm_head")
+    params["itm_head"] = {"kernel": np.zeros((width, 2), np.float32), "bias": np.zeros(2, np.float32)}
+  if "mlm_score.transform.dense.weight" in state:
+    # A tied decoder is usually not saved; when it is, it must equal the word embeddings.
+    if "mlm_score.decoder.weight" in state and not np.allclose(state["mlm_score.decoder.weight"], words):
+      raise ConfigError(f"{path}: the MLM decoder is not tied to the word embeddings; vlm_jax's ViLT ties them")
+    params["mlm_transform"] = tl.dense(state["mlm_score.transform.dense.weight"], state["mlm_score.transform.dense.bias"])
+    params["mlm_ln"] = tl.layer_norm(state["mlm_score.transform.LayerNorm.weight"],
+                                     state["mlm_score.transform.LayerNorm.bias"])
+    params["mlm_bias"] = np.pad(state["mlm_score.decoder.bias"], (0, padded - vocab))
+  else:
+    missing.append("mlm head")
+    params["mlm_transform"] = {"kernel": np.zeros((width, width), np.float32), "bias": np.zeros(width, np.float32)}
+    params["mlm_ln"] = {"scale": np.ones(width, np.float32), "bias": np.zeros(width, np.float32)}
+    params["mlm_bias"] = np.zeros(padded, np.float32)
+  state.check_all_used()
+  patch = config["patch_size"]
+  model = dict(name="vilt", ln_eps=config.get("layer_norm_eps", 1e-12),
+               image=dict(variant=f"B/{patch}", width=width, depth=depth, num_heads=heads,
+                          mlp_dim=config["intermediate_size"], patch_size=patch, image_size=config["image_size"],
+                          act=_activation(config.get("hidden_act", "gelu"))),
+               text=dict(vocab_size=vocab, max_len=config["max_position_embeddings"], pad_id=0))
+  return model, params, missing, ("wordpiece", ("vocab.txt",))

@@ -251,7 +251,103 @@ class ClipBpeTokenizer(_FixedLength):
     return bytearray(self._byte_decoder[c] for c in text).decode("utf-8", "replace").replace("</w>", " ").strip()
 
 
-TOKENIZERS = ("bytes", "sentencepiece", "siglip", "clip_bpe")
+class WordPieceTokenizer(_FixedLength):
+  """BERT's uncased WordPiece (ViLT, FLAVA): text cleaned, lower-cased, accents stripped, split on whitespace
+  and punctuation, then greedy longest-match pieces ('##' continues a word). Ids [CLS] ... [SEP], padded
+  with [PAD], as transformers' BertTokenizer produces them. path: vocab.txt or a folder holding it."""
+
+  def __init__(self, path: str):
+    path = os.path.join(path, "vocab.txt") if os.path.isdir(path) else path
+    if not os.path.exists(path):
+      raise ConfigError(f"WordPiece vocabulary {path!r} not found; set data.tokenizer_path to BERT's vocab.txt")
+    with open(path, encoding="utf-8") as f:
+      self.vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+    self.inverse = {i: t for t, i in self.vocab.items()}
+    ids = {name: self.vocab.get(name, -1) for name in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
+    if min(ids.values()) < 0:
+      raise ConfigError(f"{path} lacks one of [PAD] [UNK] [CLS] [SEP] [MASK]")
+    self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id = ids.values()
+    self.vocab_size = max(self.vocab.values()) + 1
+    self._continues = np.zeros(self.vocab_size, bool)
+    for token, i in self.vocab.items():
+      self._continues[i] = token.startswith("##")
+
+  @staticmethod
+  def _is_punctuation(char) -> bool:
+    import unicodedata  # pylint: disable=import-outside-toplevel
+    cp = ord(char)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
+        unicodedata.category(char).startswith("P")
+
+  def _words(self, text: str):
+    import unicodedata  # pylint: disable=import-outside-toplevel
+    out = []
+    for char in text:
+      cp = ord(char)
+      if cp == 0 or cp == 0xFFFD or (unicodedata.category(char).startswith("C") and char not in "\t\n\r"):
+        continue
+      if char.isspace():
+        out.append(" ")
+      elif 0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF or 0x20000 <= cp <= 0x2FA1F:
+        out.append(f" {char} ")
+      else:
+        out.append(char)
+    text = unicodedata.normalize("NFD", "".join(out).lower())
+    text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+    words = []
+    for word in text.split():
+      current = ""
+      for char in word:
+        if self._is_punctuation(char):
+          if current:
+            words.append(current)
+          words.append(char)
+          current = ""
+        else:
+          current += char
+      if current:
+        words.append(current)
+    return words
+
+  def _pieces(self, word: str) -> list:
+    if len(word) > 100:
+      return [self.unk_id]
+    pieces, start = [], 0
+    while start < len(word):
+      end = len(word)
+      while end > start:
+        piece = word[start:end] if start == 0 else "##" + word[start:end]
+        if piece in self.vocab:
+          pieces.append(self.vocab[piece])
+          break
+        end -= 1
+      if end == start:
+        return [self.unk_id]
+      start = end
+    return pieces
+
+  def tokens(self, text: str) -> list:
+    return [i for word in self._words(text) for i in self._pieces(word)]
+
+  def encode(self, text: str, max_len: int) -> np.ndarray:
+    return self._frame(np.asarray(self.tokens(text), np.int32), max_len)
+
+  def decode(self, ids) -> str:
+    text = ""
+    for i in np.asarray(ids):
+      if int(i) == self.eos_id:
+        break
+      if int(i) in (self.pad_id, self.bos_id):
+        continue
+      token = self.inverse.get(int(i), "[UNK]")
+      text += token[2:] if token.startswith("##") else " " + token
+    return text.strip()
+
+  def word_starts(self, ids) -> np.ndarray:
+    return ~self._continues[np.asarray(ids)]
+
+
+TOKENIZERS = ("bytes", "sentencepiece", "siglip", "clip_bpe", "wordpiece")
 
 
 def check_tokenizer_name(name: str):
@@ -260,15 +356,15 @@ def check_tokenizer_name(name: str):
 
 
 def get_tokenizer(name: str, path: str = "", dataset_tokenizer: str | None = None):
-  """name 'bytes'; 'sentencepiece' with a model path (empty: the dataset's own model); 'siglip' or
-  'clip_bpe' with the path of the imported model's vocabulary."""
+  """name 'bytes'; 'sentencepiece' with a model path (empty: the dataset's own model); 'siglip',
+  'clip_bpe' or 'wordpiece' with the path of the imported model's vocabulary."""
   check_tokenizer_name(name)
   if name == "bytes":
     return ByteTokenizer()
-  if name in ("siglip", "clip_bpe"):
+  if name in ("siglip", "clip_bpe", "wordpiece"):
     if not path:
       raise ConfigError(f"data.tokenizer {name!r} needs data.tokenizer_path (the model's vocabulary file)")
-    return SiglipTokenizer(path) if name == "siglip" else ClipBpeTokenizer(path)
+    return {"siglip": SiglipTokenizer, "clip_bpe": ClipBpeTokenizer, "wordpiece": WordPieceTokenizer}[name](path)
   path = path or dataset_tokenizer
   if not path:
     raise ConfigError("data.tokenizer is 'sentencepiece' but data.tokenizer_path is empty and the dataset ships "

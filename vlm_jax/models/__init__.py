@@ -68,7 +68,9 @@ def abstract_params(model, image_size: int, max_len: int):
 def build_vilt(config, vocab_size: int):
   """ViLT: one transformer over patch + word embeddings. Its size is model.image.variant ('B/32'); the text
   side sets max_len (and vocab_size for imported weights)."""
-  size = vit.parse_variant(config.image.variant)
+  # Sizes from the variant, unless set explicitly (imported checkpoints).
+  size = {**vit.parse_variant(config.image.variant),
+          **{k: config.image[k] for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size") if k in config.image}}
   txt = config.text
   return fusion.SingleTower(
       vocab_size=text.pad_vocab(txt.get("vocab_size") or vocab_size), width=size["width"], depth=size["depth"],
