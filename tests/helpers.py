@@ -16,6 +16,7 @@ SIGLIP_TINY = os.path.join(ROOT, "experiments", "siglip_b16.py") + ":tiny"
 COCA_TINY = os.path.join(ROOT, "experiments", "coca_b32.py") + ":tiny"
 LIT_TINY = os.path.join(ROOT, "experiments", "lit_b16.py") + ":tiny"
 VILT_TINY = os.path.join(ROOT, "experiments", "vilt_b32.py") + ":tiny"
+FLAVA_TINY = os.path.join(ROOT, "experiments", "flava_b16.py") + ":tiny"
 
 # A CLIP small enough that 8 simulated devices fit on 2 cores. Kept as CLI-style overrides so that
 # subprocess runs and in-process runs use exactly the same config.
@@ -36,6 +37,9 @@ MICRO_EXTRA = {
     COCA_TINY: {"evals.captioning.limit": 32, "evals.captioning.every": "0 steps"},
     VILT_TINY: {"evals.itm_retrieval.limit": 16, "evals.itm_retrieval.every": "0 steps",
                 "evals.mlm_accuracy.limit": 32, "evals.mlm_accuracy.every": "0 steps"},
+    FLAVA_TINY: {"model.multimodal.variant": "micro", "evals.itm_retrieval.limit": 16,
+                 "evals.itm_retrieval.every": "0 steps", "evals.mlm_accuracy.limit": 32,
+                 "evals.mlm_accuracy.every": "0 steps"},
 }
 
 

@@ -41,3 +41,33 @@ def mask_tokens(rng, tokens, *, rate: float, mask_id: int, vocab_size: int, spec
   masked = jnp.where(selected & to_mask, mask_id, tokens)
   masked = jnp.where(selected & to_random, random_tokens, masked)
   return masked, selected
+
+
+def mask_patches(rng, batch: int, num_patches: int, rate: float):
+  """[batch, num_patches] bool with exactly round(rate * num_patches) patches masked per image, at random."""
+  count = int(round(rate * num_patches))
+  ranks = jnp.argsort(jax.random.uniform(rng, (batch, num_patches)), axis=1).argsort(axis=1)
+  return ranks < count
+
+
+def patch_pixels(images, patch_size: int):
+  """[batch, H, W, C] -> [batch, patches, p*p*C] in the order VisionTransformer embeds them."""
+  b, h, w, c = images.shape
+  p = patch_size
+  x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def normalized_patches(images, patch_size: int, eps: float = 1e-6):
+  """MAE's regression targets: each patch's pixels normalised by that patch's mean and variance."""
+  x = patch_pixels(images, patch_size).astype(jnp.float32)
+  mean = x.mean(axis=-1, keepdims=True)
+  var = x.var(axis=-1, keepdims=True)
+  return (x - mean) / jnp.sqrt(var + eps)
+
+
+def nearest_code(patches, codebook):
+  """Index of the nearest codebook row (squared Euclidean) for every patch: [..., D] x [K, D] -> [...]."""
+  distances = (jnp.sum(patches ** 2, axis=-1, keepdims=True) - 2 * patches @ codebook.T
+               + jnp.sum(codebook ** 2, axis=-1))
+  return jnp.argmin(distances, axis=-1)

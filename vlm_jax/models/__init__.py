@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vlm_jax.models import coca, fusion, layers, text, two_tower, vit
+from vlm_jax.models import coca, flava, fusion, layers, text, two_tower, vit
 from vlm_jax.registry import MODELS
 
 TWO_TOWER_FIELDS = ("embed_dim", "logit_scale_init", "logit_scale_max", "logit_bias_init", "image_head",
@@ -78,3 +78,13 @@ def build_vilt(config, vocab_size: int):
       image_size=config.image.image_size, max_len=txt.max_len, pad_id=txt.get("pad_id", 0),
       act=config.image.get("act", "gelu"), ln_eps=config.get("ln_eps", 1e-12),
       dropout=config.get("dropout", 0.0), remat=config.remat, scan=config.scan_layers, **shared_fields(config))
+
+
+@MODELS.register("flava")
+def build_flava(config, vocab_size: int):
+  """FLAVA: image, text and multimodal encoders with contrastive, MIM, MLM, MMM and ITM heads."""
+  image, txt = tower_fields(config, vocab_size)
+  mm = {**dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.multimodal.variant])),
+        **{k: v for k, v in config.multimodal.items() if k != "variant"}}
+  return flava.Flava(image=image, text=txt, multimodal=mm, embed_dim=config.embed_dim,
+                     mim_codes=config.get("mim_codes", 0), **shared_fields(config))

@@ -42,6 +42,8 @@ class VisionTransformer(nn.Module):
   ln_pre: bool = True
   patch_bias: bool = False   # CLIP's patchify convolution has no bias; SigLIP's has one
   ln_eps: float = 1e-5
+  norm_tokens: bool = False  # also LayerNorm the returned tokens (FLAVA); else only the pooled output
+  mask_token: bool = False   # a learned token that replaces masked patches (masked image modeling)
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
@@ -49,8 +51,11 @@ class VisionTransformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
-    """images: [batch, H, W, 3] float -> (pooled [batch, width] or None, tokens [batch, n, width])."""
+  def __call__(self, images, train: bool = False, patch_mask=None):
+    """images: [batch, H, W, 3] float -> (pooled [batch, width] or None, tokens [batch, n, width]).
+
+    patch_mask: optional [batch, patches] bool; masked patches are replaced by the mask token.
+    """
     if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
       raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {images.shape[1:3]}")
     if self.image_size % self.patch_size:
@@ -63,6 +68,13 @@ class VisionTransformer(nn.Module):
                  kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("patch", "embed")))(patches)
     n = x.shape[1]
     scale = self.width ** -0.5
+    if self.mask_token:
+      token = self.param("mask_token", layers.partitioned(nn.initializers.normal(0.02), ("embed",)), (self.width,),
+                         self.param_dtype)
+      if patch_mask is not None:
+        x = jnp.where(patch_mask[..., None], token.astype(self.dtype), x)
+    elif patch_mask is not None:
+      raise ValueError("patch_mask given to a VisionTransformer built without mask_token=True")
     if self.pool == "cls":
       cls = self.param("cls_token", layers.partitioned(nn.initializers.normal(scale), ("embed",)),
                        (self.width,), self.param_dtype)
@@ -79,6 +91,9 @@ class VisionTransformer(nn.Module):
                        remat=self.remat, scan=self.scan, name="encoder", **kw)(x, None, not train)
     ln_post = layers.layer_norm("ln_post", eps=self.ln_eps, **kw)
     if self.pool == "cls":
+      if self.norm_tokens:
+        x = ln_post(x)
+        return x[:, 0], x[:, 1:]
       return ln_post(x[:, 0]), x[:, 1:]
     if self.pool == "gap":
       return ln_post(x.mean(axis=1)), x

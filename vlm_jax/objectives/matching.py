@@ -75,27 +75,37 @@ def build_itm_objective(config, *, mesh, tokenizer=None):
   return loss_fn
 
 
-@OBJECTIVES.register("mlm")
-def build_mlm_objective(config, *, mesh, tokenizer=None):
-  """Masked language modeling. config: rate (0.15), whole_word (True: words are masked whole, using the
-  tokenizer's word boundaries), method (the model method giving [batch, length, vocab] logits from
-  (images, tokens); default 'mlm_logits')."""
-  del mesh
+def mlm_setup(config, tokenizer):
+  """(mask(rng, batch) -> (masked tokens, selected), the batch keys it needs) from an MLM-style config:
+  rate (0.15), whole_word (True: words are masked whole, using the tokenizer's word boundaries)."""
   if tokenizer is None or tokenizer.mask_id < 0:
-    raise ConfigError(f"the mlm objective needs a tokenizer with a mask token; {type(tokenizer).__name__} has none "
-                      "(the embedded SentencePiece model and the byte tokenizer have one)")
+    raise ConfigError(f"masked language modeling needs a tokenizer with a mask token; {type(tokenizer).__name__} "
+                      "has none (the embedded SentencePiece model and the byte tokenizer have one)")
   rate = float(config.get("rate", 0.15))
-  method = config.get("method", "mlm_logits")
   whole_word = bool(config.get("whole_word", True))
   special_ids = tuple(i for i in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id)
                       if i is not None and i >= 0)
 
+  def mask(rng, batch):
+    return masking.mask_tokens(rng, batch["text"], rate=rate, mask_id=tokenizer.mask_id,
+                               vocab_size=tokenizer.vocab_size, special_ids=special_ids,
+                               word_start=batch["word_start"] if whole_word else None)
+
+  return mask, ({"word_start"} if whole_word else set())
+
+
+@OBJECTIVES.register("mlm")
+def build_mlm_objective(config, *, mesh, tokenizer=None):
+  """Masked language modeling. config: rate (0.15), whole_word (True), method (the model method giving
+  [batch, length, vocab] logits from (images, tokens); default 'mlm_logits')."""
+  del mesh
+  mask, batch_keys = mlm_setup(config, tokenizer)
+  method = config.get("method", "mlm_logits")
+
   def loss_fn(params, batch, rng, *, model, train):
     mask_rng, dropout_rng = jax.random.split(rng)
     tokens = batch["text"]
-    masked, selected = masking.mask_tokens(mask_rng, tokens, rate=rate, mask_id=tokenizer.mask_id,
-                                           vocab_size=tokenizer.vocab_size, special_ids=special_ids,
-                                           word_start=batch["word_start"] if whole_word else None)
+    masked, selected = mask(mask_rng, batch)
     logits = model.apply({"params": params}, batch["image"], masked, train=train, method=method,
                          rngs={"dropout": dropout_rng})
     weights = selected.astype(jnp.float32)
@@ -104,5 +114,5 @@ def build_mlm_objective(config, *, mesh, tokenizer=None):
     accuracy = ((jnp.argmax(logits, -1) == tokens) * weights).sum() / count
     return loss, {"mlm_loss": loss, "mlm_acc": accuracy, "mlm_masked_fraction": weights.sum() / tokens.size}
 
-  loss_fn.batch_keys = {"word_start"} if whole_word else set()
+  loss_fn.batch_keys = batch_keys
   return loss_fn

@@ -1,0 +1,84 @@
+r"""Fit a k-means codebook of image patches: the visual tokens that masked image modeling predicts.
+
+  python -m vlm_jax.data.codebook --config experiments/flava_b16.py:tiny --size 256 --output runs/codebook.npy
+
+Patches come from the config's training images at the model's input size, normalised per patch as MIM
+targets are, so a patch's code is the nearest centroid of exactly what the objective sees. Deterministic
+given --seed. Prints one JSON line (codes, patches used, mean squared distance to the nearest code).
+"""
+import json
+import os
+
+import numpy as np
+from absl import app, flags, logging
+
+from vlm_jax.cli import FLAGS, fail, parse_flags
+
+flags.DEFINE_integer("size", 256, "Number of codes (visual tokens).")
+flags.DEFINE_integer("images", 2000, "Training images to take patches from.")
+flags.DEFINE_integer("iterations", 25, "Lloyd iterations.")
+flags.DEFINE_integer("seed", 0, "Seed for the image sample and the k-means++ initialisation.")
+flags.DEFINE_string("output", None, "Where to write the [size, patch_dim] float32 .npy codebook.")
+
+
+def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
+  """k-means++ initialisation then Lloyd iterations. Returns (centroids [k, d], mean squared distance)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from vlm_jax.data.masking import nearest_code  # pylint: disable=import-outside-toplevel
+  if len(points) < k:
+    raise ValueError(f"{len(points)} patches cannot make {k} codes; use more --images or a smaller --size")
+  rng = np.random.default_rng(seed)
+  centroids = [points[rng.integers(len(points))]]
+  closest = np.sum((points - centroids[0]) ** 2, axis=1)
+  for _ in range(1, k):
+    centroids.append(points[rng.choice(len(points), p=closest / closest.sum())])
+    closest = np.minimum(closest, np.sum((points - centroids[-1]) ** 2, axis=1))
+  centroids = np.stack(centroids)
+  assign = jax.jit(nearest_code)
+  x = jnp.asarray(points)
+  for _ in range(iterations):
+    codes = np.asarray(assign(x, jnp.asarray(centroids)))
+    sums = np.zeros_like(centroids)
+    np.add.at(sums, codes, points)
+    counts = np.bincount(codes, minlength=k)[:, None]
+    # An empty cluster keeps its centroid rather than collapsing to zero.
+    centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+  codes = np.asarray(assign(x, jnp.asarray(centroids)))
+  return centroids.astype(np.float32), float(np.mean(np.sum((points - centroids[codes]) ** 2, axis=1)))
+
+
+def patches_of(config, images: int, seed: int) -> np.ndarray:
+  """Normalised patches of `images` training images, preprocessed as for evaluation (no augmentation)."""
+  from vlm_jax.data import transforms  # pylint: disable=import-outside-toplevel
+  from vlm_jax.data.masking import normalized_patches  # pylint: disable=import-outside-toplevel
+  from vlm_jax.registry import DATASETS  # pylint: disable=import-outside-toplevel
+  data = DATASETS.get(config.data.name)(config.data)
+  size = config.model.image.image_size
+  preprocess = transforms.Preprocess(size, None, 0, mean=tuple(config.data.mean), std=tuple(config.data.std))
+  rows = np.random.default_rng(seed).choice(len(data.train), size=min(images, len(data.train)), replace=False)
+  pixels = np.stack([preprocess.image(data.train[int(i)]["image"]) for i in sorted(rows)])
+  from vlm_jax.models import vit  # pylint: disable=import-outside-toplevel
+  patch = vit.parse_variant(config.model.image.variant)["patch_size"]
+  return np.asarray(normalized_patches(pixels, patch)).reshape(-1, patch * patch * 3)
+
+
+def main(argv):
+  del argv
+  if FLAGS.config is None or not FLAGS.output:
+    fail("--config and --output are required")
+  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  try:
+    points = patches_of(FLAGS.config, FLAGS.images, FLAGS.seed)
+    centroids, distortion = kmeans(points, FLAGS.size, FLAGS.iterations, FLAGS.seed)
+  except (ConfigError, ValueError) as e:
+    fail(str(e))
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+  np.save(FLAGS.output, centroids)
+  print(json.dumps({"codes": FLAGS.size, "patches": len(points), "patch_dim": points.shape[1],
+                    "mean_sq_distance": distortion, "output": FLAGS.output}))
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  app.run(main, flags_parser=parse_flags)

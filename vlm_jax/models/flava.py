@@ -1,0 +1,129 @@
+"""FLAVA: an image encoder, a text encoder and a multimodal encoder over both, with heads for every
+objective FLAVA trains: contrastive (projections + logit scale), masked image modeling (on the image
+encoder), masked language modeling (on the text encoder), masked multimodal modeling (text and image
+positions of the multimodal encoder) and image-text matching (on the multimodal [CLS]).
+
+MIM heads predict either normalised pixels of each patch (`mim_codes=0`, MAE-style regression) or one of
+`mim_codes` visual tokens from a k-means patch codebook (`python -m vlm_jax.data.codebook`).
+"""
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm_jax.models import layers, text, vit
+from vlm_jax.models.two_tower import l2_normalize
+
+
+class Flava(nn.Module):
+  image: dict              # VisionTransformer fields (class token; tokens are LayerNormed)
+  text: dict               # TextTransformer fields (bidirectional, first-token pooling)
+  multimodal: dict         # width, depth, num_heads, mlp_dim
+  embed_dim: int = 768
+  mim_codes: int = 0       # 0: regress normalised pixels; K: classify into K codebook entries
+  logit_scale_init: float = math.log(1 / 0.07)
+  logit_scale_max: float = math.log(100.0)
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.image_encoder = vit.VisionTransformer(**{**self.image, "pool": "cls", "norm_tokens": True,
+                                                  "mask_token": True}, **kw)
+    self.text_encoder = text.TextTransformer(**{**self.text, "causal": False, "pool": "first"}, **kw)
+    normal = lambda axes, std=0.02: layers.partitioned(nn.initializers.normal(std), axes)
+    dense = lambda n, axes, **k: nn.Dense(n, kernel_init=normal(axes), **k, **kw,
+                                          bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]))
+    width, mm = self.image["width"], self.multimodal["width"]
+    self.image_proj = dense(self.embed_dim, ("embed", "proj"))
+    self.text_proj = dense(self.embed_dim, ("embed", "proj"))
+    self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
+                                  (), jnp.float32)
+    self.image_to_mm = dense(mm, ("embed", "mlp"))
+    self.text_to_mm = dense(mm, ("embed", "mlp"))
+    self.mm_cls = self.param("mm_cls", normal(("embed",)), (mm,), self.param_dtype)
+    fields = {k: v for k, v in self.multimodal.items() if k != "width"}
+    self.mm_encoder = layers.Encoder(act=self.text.get("act", "gelu"), **fields, **kw)
+    self.mm_ln = layers.layer_norm("mm_ln", **kw)
+    self.mm_pooler = dense(mm, ("embed", "mlp"))
+    self.itm_head = dense(2, ("mlp", "classes"))
+    vocab = self.text["vocab_size"]
+    patch_dim = self.image["patch_size"] ** 2 * 3
+    mim_out = self.mim_codes or patch_dim
+    self.text_mlm_head = dense(vocab, ("embed", "vocab"))
+    self.image_mim_head = dense(mim_out, ("embed", "mlp"))
+    self.mm_mlm_head = dense(vocab, ("embed", "vocab"))
+    self.mm_mim_head = dense(mim_out, ("embed", "mlp"))
+    del width
+
+  # --- encoders ------------------------------------------------------------------------------------
+
+  def _image(self, images, train, patch_mask=None):
+    cls, tokens = self.image_encoder(images, train=train, patch_mask=patch_mask)
+    return cls, jnp.concatenate([cls[:, None], tokens], axis=1)
+
+  def _text(self, tokens, train):
+    return self.text_encoder(tokens, train=train)
+
+  def _multimodal(self, image_tokens, text_tokens, tokens, train):
+    """-> (pooled [batch, mm], image part [batch, 1 + patches, mm], text part [batch, length, mm])."""
+    pad_id = self.text.get("pad_id", 0)
+    text_valid = tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
+    b = image_tokens.shape[0]
+    cls = jnp.broadcast_to(self.mm_cls.astype(self.dtype), (b, 1, self.mm_cls.shape[0]))
+    x = jnp.concatenate([cls, self.image_to_mm(image_tokens), self.text_to_mm(text_tokens)], axis=1)
+    valid = jnp.concatenate([jnp.ones((b, 1 + image_tokens.shape[1]), bool), text_valid], axis=1)
+    x = self.mm_ln(self.mm_encoder(x, layers.attention_mask(jnp.ones_like(valid), valid, False), not train))
+    n_image = image_tokens.shape[1]
+    return jnp.tanh(self.mm_pooler(x[:, 0])), x[:, 1:1 + n_image], x[:, 1 + n_image:]
+
+  # --- objective entry points ----------------------------------------------------------------------
+
+  def encode_image(self, images, train: bool = False):
+    return l2_normalize(self.image_proj(self._image(images, train)[0]))
+
+  def encode_text(self, tokens, train: bool = False):
+    return l2_normalize(self.text_proj(self._text(tokens, train)[0]))
+
+  def match_scores(self, images, tokens):
+    """[text, image] contrastive similarities, for mining hard ITM negatives."""
+    return jax.lax.stop_gradient(self.encode_text(tokens) @ self.encode_image(images).T)
+
+  def itm_logits(self, images, tokens, train: bool = False):
+    _, image_tokens = self._image(images, train)
+    _, text_tokens = self._text(tokens, train)
+    pooled, _, _ = self._multimodal(image_tokens, text_tokens, tokens, train)
+    return self.itm_head(pooled).astype(jnp.float32)
+
+  def text_mlm_logits(self, images, tokens, train: bool = False):
+    del images
+    return self.text_mlm_head(self._text(tokens, train)[1]).astype(jnp.float32)
+
+  def image_mim(self, images, tokens, patch_mask, train: bool = False):
+    """Predictions for every patch [batch, patches, pixels or codes] from the image encoder with
+    `patch_mask`ed patches replaced by the mask token."""
+    del tokens
+    _, image_tokens = self._image(images, train, patch_mask)
+    return self.image_mim_head(image_tokens[:, 1:]).astype(jnp.float32)
+
+  def mmm(self, images, tokens, patch_mask, train: bool = False):
+    """Masked multimodal modeling: (MLM logits at text positions, MIM predictions at patches) of the
+    multimodal encoder fed masked tokens and masked patches."""
+    _, image_tokens = self._image(images, train, patch_mask)
+    _, text_tokens = self._text(tokens, train)
+    _, image_part, text_part = self._multimodal(image_tokens, text_tokens, tokens, train)
+    return (self.mm_mlm_head(text_part).astype(jnp.float32),
+            self.mm_mim_head(image_part[:, 1:]).astype(jnp.float32))
+
+  def __call__(self, images, tokens, train: bool = False):
+    """Contrastive outputs plus every head (so that init creates them; under jit unused ones cost nothing)."""
+    image_cls, image_tokens = self._image(images, train)
+    text_pooled, text_tokens = self._text(tokens, train)
+    pooled, image_part, text_part = self._multimodal(image_tokens, text_tokens, tokens, train)
+    return {"image_emb": l2_normalize(self.image_proj(image_cls)), "text_emb": l2_normalize(self.text_proj(text_pooled)),
+            "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
+            "itm_logits": self.itm_head(pooled), "text_mlm_logits": self.text_mlm_head(text_tokens),
+            "image_mim": self.image_mim_head(image_tokens[:, 1:]), "mm_mlm_logits": self.mm_mlm_head(text_part),
+            "mm_mim": self.mm_mim_head(image_part[:, 1:])}
