@@ -34,7 +34,8 @@ def get_config(arg=None):
       "itm": dict(weight=1.0, negative_rate=0.5, negatives="hard"),
   })
   c.optim.update(lr=5e-4, weight_decay=0.1, b2=0.999, eps=1e-8, warmup="2000 steps")
-  c.evals.update(dict(itm_retrieval=dict(every="1 epochs", limit=100),
+  # ITM re-ranks each query's 16 best contrastive candidates (FLAVA's protocol); rerank_k=0 scores all pairs.
+  c.evals.update(dict(itm_retrieval=dict(every="1 epochs", limit=1000, rerank_k=16),
                       mlm_accuracy=dict(every="1 epochs", limit=500, method="text_mlm_logits")))
   if variant == "tiny":
     c.batch_size = 128
@@ -46,5 +47,5 @@ def get_config(arg=None):
     c.train.update(duration="400 steps", log_every="50 steps", checkpoint_every="200 steps")
     for name in ("zero_shot", "retrieval", "itm_retrieval", "mlm_accuracy"):
       c.evals[name].every = "200 steps"
-    c.evals.itm_retrieval.limit = 64
+    c.evals.itm_retrieval.update(limit=64, rerank_k=0)
   return c.lock()

@@ -58,10 +58,29 @@ def test_codebook_command_and_a_short_flava_run_with_codebook_targets(tmp_path):
       "model.mim_codes": 32, "objectives.mim.target": "codebook", "objectives.mim.codebook_path": str(out),
       "objectives.mmm.target": "codebook", "objectives.mmm.codebook_path": codebook_target["codebook_path"],
       "train.duration": "40 steps", "train.log_every": "10 steps", "train.checkpoint_every": "0 steps",
-      "optim.lr": 2e-3, "optim.warmup": "5 steps"})
+      "optim.lr": 2e-3, "optim.warmup": "5 steps", "evals.itm_retrieval.rerank_k": 4})
   final = trainer.train(config, str(tmp_path / "run"), log=lambda *a: None)
   records = [r for r in metrics_lib.read_metrics(str(tmp_path / "run")) if "train/loss" in r]
   for name in ("clip_loss", "mim_loss", "mlm_loss", "mmm_loss", "itm_loss"):
     assert records[-1][f"train/{name}"] < records[0][f"train/{name}"], name   # every objective learns
   assert records[-1]["train/mim_acc"] > 1 / 32                              # above chance over 32 codes
-  assert {"eval/zero_shot/shape_top1", "eval/itm/pair_auc", "eval/mlm/accuracy"} <= set(final)
+  assert {"eval/zero_shot/shape_top1", "eval/itm_retrieval/i2t_r1", "eval/mlm/accuracy"} <= set(final)
+
+
+def test_itm_reranking_scores_only_the_contrastive_top_k():
+  from vlm_jax.eval.matching import rerank
+  from vlm_jax.eval.retrieval import recall_at_k
+  # contrastive[image, text]: image 1's own text is third by contrastive score; the others are second.
+  contrastive = np.array([[4, 5, 0, 0], [5, 0, 4, 0], [0, 0, 4, 5], [5, 0, 0, 4]], np.float32)
+  seen = []
+
+  def itm(images, texts):
+    seen.append(set(zip(images.tolist(), texts.tolist())))
+    return np.where(images == texts, 10.0, 1.0)   # ITM recognises every true pair
+
+  ranked = rerank(contrastive, 2, itm)
+  top2 = {0: {1, 0}, 1: {0, 2}, 2: {3, 2}, 3: {0, 3}}
+  assert seen[0] == {(i, t) for i, ts in top2.items() for t in ts}             # i2t: exactly the top-2 texts
+  assert len(seen[1]) == 8 and all(contrastive[i, t] >= np.sort(contrastive[:, t])[-2] for i, t in seen[1])
+  # ITM fixes the order within the top 2; image 1's match (text 1) was outside it: a miss at any k.
+  assert recall_at_k(ranked["i2t"], (1, 2)) == {1: 0.75, 2: 0.75}

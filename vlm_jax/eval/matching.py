@@ -15,42 +15,80 @@ def _test_inputs(experiment, n):
   return images, texts
 
 
-class ItmRetrieval:
-  """Retrieval scored by the ITM head over all (image, text) pairs of the first `limit` test examples.
+def rerank(contrastive: np.ndarray, k: int, itm_score) -> dict:
+  """{'i2t': [image, text], 't2i': [text, image]} ranking scores: the ITM scores of each query's top-k
+  candidates by `contrastive` ([image, text]), -inf for every other candidate.
 
-  config: limit (default 100: limit^2 forward passes), ks. The score is logit(match) - logit(no match).
-  Also reports `itm/pair_auc`: how often a matching pair outscores a non-matching one (chance 0.5). Captions in
-  the embedded data can repeat, so a few off-diagonal pairs are true matches; both metrics count them
-  as non-matching, which only lowers them.
+  itm_score(image_index, text_index) -> scores of those pairs (one call per direction).
+  """
+  n = contrastive.shape[0]
+  k = min(k, contrastive.shape[1])
+  ranked = {}
+  for direction, s in (("i2t", contrastive), ("t2i", contrastive.T)):
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k].reshape(-1)
+    queries = np.repeat(np.arange(n), k)
+    final = np.full(s.shape, -np.inf, np.float32)
+    final[queries, top] = itm_score(*((queries, top) if direction == "i2t" else (top, queries)))
+    ranked[direction] = final
+  return ranked
+
+
+class ItmRetrieval:
+  """Retrieval scored by the ITM head on the first `limit` test examples.
+
+  config: limit (default 100), ks, rerank_k (default 0). With rerank_k = 0 every (image, text) pair is
+  scored (limit^2 passes). With rerank_k = K and a model that also has contrastive encoders (FLAVA), each
+  query's top-K candidates by contrastive score are re-scored by ITM and ranked first; the others count as
+  missed (ALBEF/FLAVA's protocol). The ITM score is logit(match) - logit(no match). Also reports
+  `itm/pair_auc` on all pairs: how often a matching pair outscores a non-matching one (chance 0.5). Captions
+  in the embedded data can repeat, so a few off-diagonal pairs are true matches; both metrics count them as
+  non-matching, which only lowers them.
   """
   needs_image_emb = False
 
   def __init__(self, config, experiment):
-    if not hasattr(experiment.model, "itm_logits"):
+    model = experiment.model
+    if not hasattr(model, "itm_logits"):
       raise ConfigError(f"itm_retrieval needs a model with an ITM head; {experiment.config.model.name!r} has none")
     self.exp = experiment
     self.limit = config.get("limit") or 100
     self.ks = tuple(config.get("ks", (1, 5, 10)))
-    model = experiment.model
+    self.rerank_k = int(config.get("rerank_k", 0))
+    if self.rerank_k and not hasattr(model, "encode_image"):
+      raise ConfigError(f"itm_retrieval.rerank_k needs contrastive encoders; {experiment.config.model.name!r} has "
+                        "none (use rerank_k=0 to score all pairs)")
 
     def match_score(params, pairs):
       logits = model.apply({"params": params}, pairs["image"], pairs["text"], method="itm_logits")
       return logits[:, 1] - logits[:, 0]
 
     self.scorer = common.Encoder(experiment, match_score)
+    if self.rerank_k:
+      self.image_encoder = common.Encoder(experiment, "encode_image")
+      self.text_encoder = common.Encoder(experiment, "encode_text")
+
+  def _score(self, params, images, texts, image_index, text_index):
+    rows = lambda idx: {"image": images[image_index[idx]], "text": texts[text_index[idx]]}
+    return self.scorer(params, len(image_index), rows)
 
   def run(self, params, image_emb=None):
     del image_emb
     n = min(self.limit, len(self.exp.data.test))
     images, texts = _test_inputs(self.exp, n)
-    rows = lambda idx: {"image": images[idx // n], "text": texts[idx % n]}
-    scores = self.scorer(params, n * n, rows).reshape(n, n)   # [image, text]
-    # How well matching pairs rank above non-matching ones (ROC AUC over all pairs, ties half): chance 0.5.
-    match = np.eye(n, dtype=bool)
-    positive, negative = scores[match][:, None], scores[~match][None, :]
-    auc = (positive > negative).mean() + 0.5 * (positive == negative).mean()
-    metrics = {"itm/pair_auc": float(auc)}
-    for direction, s in (("i2t", scores), ("t2i", scores.T)):
+    grid_i, grid_t = np.divmod(np.arange(n * n), n)
+    scores = self._score(params, images, texts, grid_i, grid_t).reshape(n, n) if not self.rerank_k else None
+    metrics = {}
+    if scores is not None:
+      match = np.eye(n, dtype=bool)
+      positive, negative = scores[match][:, None], scores[~match][None, :]
+      metrics["itm/pair_auc"] = float((positive > negative).mean() + 0.5 * (positive == negative).mean())
+      ranked = {"i2t": scores, "t2i": scores.T}
+    else:
+      contrastive = (self.image_encoder(params, n, lambda idx: images[idx])
+                     @ self.text_encoder(params, n, lambda idx: texts[idx]).T)
+      ranked = rerank(contrastive, self.rerank_k,
+                      lambda image_index, text_index: self._score(params, images, texts, image_index, text_index))
+    for direction, s in ranked.items():
       for k, value in recall_at_k(s, self.ks).items():
         metrics[f"itm_retrieval/{direction}_r{k}"] = value
     return metrics
