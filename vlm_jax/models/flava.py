@@ -36,7 +36,7 @@ class Flava(nn.Module):
     normal = lambda axes, std=0.02: layers.partitioned(nn.initializers.normal(std), axes)
     dense = lambda n, axes, **k: nn.Dense(n, kernel_init=normal(axes), **k, **kw,
                                           bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]))
-    width, mm = self.image["width"], self.multimodal["width"]
+    mm = self.multimodal["width"]
     self.image_proj = dense(self.embed_dim, ("embed", "proj"))
     self.text_proj = dense(self.embed_dim, ("embed", "proj"))
     self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
@@ -56,7 +56,6 @@ class Flava(nn.Module):
     self.image_mim_head = dense(mim_out, ("embed", "mlp"))
     self.mm_mlm_head = dense(vocab, ("embed", "vocab"))
     self.mm_mim_head = dense(mim_out, ("embed", "mlp"))
-    del width
 
   # --- encoders ------------------------------------------------------------------------------------
 
