@@ -22,7 +22,9 @@ def read_folder(path: str):
   for name in ("model.safetensors", "pytorch_model.bin"):
     if os.path.exists(os.path.join(path, name)):
       return config, tl.read_state_dict(os.path.join(path, name))
-  # Sharded checkpoints (model-00001-of-0000N.safetensors) are not read yet; say so rather than guess.
+  if any(os.path.exists(os.path.join(path, f"{n}.index.json")) for n in ("model.safetensors", "pytorch_model.bin")):
+    raise ConfigError(f"{path!r} holds a sharded checkpoint, which is not read yet; save it unsharded "
+                      "(model.save_pretrained(folder, max_shard_size='100GB'))")
   raise ConfigError(f"{path!r} has no model.safetensors or pytorch_model.bin")
 
 
