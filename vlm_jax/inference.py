@@ -27,12 +27,10 @@ class Pretrained:
     """params: None until set (`load` restores them into `abstract_params()`)."""
     self.config, self.params, self.step, self.batch_size = config, params, step, batch_size
     self.tokenizer = _tokenizer(config)
-    vocab_size = config.model.text.get("vocab_size") or self.tokenizer.vocab_size
-    self.model = MODELS.get(config.model.name)(config.model, vocab_size=vocab_size)
+    # The builders prefer a vocabulary size fixed in the config (imported weights) over the tokenizer's.
+    self.model = MODELS.get(config.model.name)(config.model, vocab_size=self.tokenizer.vocab_size)
     self.image_size, self.max_len = config.model.image.image_size, config.model.text.max_len
-    self._preprocess = transforms.Preprocess(
-        self.image_size, self.tokenizer, self.max_len, mean=tuple(config.data.get("mean", transforms.CLIP_MEAN)),
-        std=tuple(config.data.get("std", transforms.CLIP_STD)), lowercase=config.data.get("lowercase", False))
+    self._preprocess = transforms.Preprocess.from_config(config, self.tokenizer)
     apply = lambda method: jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=method))
     self._encode_image, self._encode_text = apply("encode_image"), apply("encode_text")
     self._captioners = {}

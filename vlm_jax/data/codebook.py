@@ -54,8 +54,7 @@ def patches_of(config, images: int, seed: int) -> np.ndarray:
   from vlm_jax.data.masking import normalized_patches  # pylint: disable=import-outside-toplevel
   from vlm_jax.registry import DATASETS  # pylint: disable=import-outside-toplevel
   data = DATASETS.get(config.data.name)(config.data)
-  size = config.model.image.image_size
-  preprocess = transforms.Preprocess(size, None, 0, mean=tuple(config.data.mean), std=tuple(config.data.std))
+  preprocess = transforms.Preprocess.from_config(config, None)
   rows = np.random.default_rng(seed).choice(len(data.train), size=min(images, len(data.train)), replace=False)
   pixels = np.stack([preprocess.image(data.train[int(i)]["image"]) for i in sorted(rows)])
   from vlm_jax.models import vit  # pylint: disable=import-outside-toplevel

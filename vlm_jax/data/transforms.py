@@ -33,6 +33,16 @@ class Preprocess:
   lowercase: bool = False
   batch_keys: frozenset = frozenset()   # extra inputs objectives ask for: 'word_start' (whole-word masking)
 
+  @classmethod
+  def from_config(cls, config, tokenizer, *, train: bool = False, **fields):
+    """The preprocessing a run config defines: model input size and text length, data normalisation and
+    lower-casing, and (train=True) the data augmentation. Evaluation, inference and tools share it."""
+    aug = config.data.get("augment", {}) if train else {}
+    return cls(config.model.image.image_size, tokenizer, config.model.text.get("max_len", 0),
+               mean=tuple(config.data.get("mean", CLIP_MEAN)), std=tuple(config.data.get("std", CLIP_STD)),
+               lowercase=config.data.get("lowercase", False), crop_scale=aug.get("crop_scale"),
+               flip=aug.get("flip", False), **fields)
+
   def image(self, image, rng: Optional[np.random.Generator] = None) -> np.ndarray:
     image = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image
     image = image.convert("RGB")

@@ -2,17 +2,25 @@
 import jax
 import numpy as np
 
-from vlm_jax.data import masking
 from vlm_jax.eval import common
 from vlm_jax.eval.retrieval import recall_at_k
+from vlm_jax.objectives.matching import mlm_setup
 from vlm_jax.registry import EVALUATORS, ConfigError
 
 
-def _test_inputs(experiment, n):
-  source = experiment.data.test
-  images = common.image_rows(experiment, source)(np.arange(n))
-  texts = np.stack([experiment.eval_preprocess.text(source[i]["caption"]) for i in range(n)])
-  return images, texts
+class _TestInputs:
+  """The first n preprocessed test images and captions, made on first use and kept: evaluations repeat."""
+
+  def __init__(self, experiment):
+    self.exp, self._cache = experiment, {}
+
+  def __call__(self, n):
+    if n not in self._cache:
+      source = self.exp.data.test
+      images = common.image_rows(self.exp, source)(np.arange(n))
+      texts = np.stack([self.exp.eval_preprocess.text(source[i]["caption"]) for i in range(n)])
+      self._cache[n] = images, texts
+    return self._cache[n]
 
 
 def rerank(contrastive: np.ndarray, k: int, itm_score) -> dict:
@@ -50,7 +58,7 @@ class ItmRetrieval:
     model = experiment.model
     if not hasattr(model, "itm_logits"):
       raise ConfigError(f"itm_retrieval needs a model with an ITM head; {experiment.config.model.name!r} has none")
-    self.exp = experiment
+    self.exp, self.inputs = experiment, _TestInputs(experiment)
     self.limit = config.get("limit") or 100
     self.ks = tuple(config.get("ks", (1, 5, 10)))
     self.rerank_k = int(config.get("rerank_k", 0))
@@ -74,7 +82,7 @@ class ItmRetrieval:
   def run(self, params, image_emb=None):
     del image_emb
     n = min(self.limit, len(self.exp.data.test))
-    images, texts = _test_inputs(self.exp, n)
+    images, texts = self.inputs(n)
     grid_i, grid_t = np.divmod(np.arange(n * n), n)
     scores = self._score(params, images, texts, grid_i, grid_t).reshape(n, n) if not self.rerank_k else None
     metrics = {}
@@ -106,25 +114,21 @@ class MlmAccuracy:
     if not hasattr(experiment.model, self.method):
       raise ConfigError(f"mlm_accuracy needs the model method {self.method!r}; {experiment.config.model.name!r} "
                         "has none")
-    tok = experiment.tokenizer
-    if tok.mask_id < 0:
-      raise ConfigError(f"mlm_accuracy needs a tokenizer with a mask token; {type(tok).__name__} has none")
-    self.exp, self.limit = experiment, config.get("limit") or 500
-    self.rate, self.whole_word = float(config.get("rate", 0.15)), bool(config.get("whole_word", True))
+    # Masked exactly as the mlm objective masks (same rate, whole words, special ids), with a fixed key.
+    self.mask, self.batch_keys = mlm_setup(config, experiment.tokenizer)
+    self.exp, self.inputs, self.limit = experiment, _TestInputs(experiment), config.get("limit") or 500
     model, method = experiment.model, self.method
     self.predict = common.Encoder(experiment, lambda params, batch: model.apply(
         {"params": params}, batch["image"], batch["text"], method=method).argmax(-1))
 
   def run(self, params, image_emb=None):
     del image_emb
-    tok = self.exp.tokenizer
     n = min(self.limit, len(self.exp.data.test))
-    images, texts = _test_inputs(self.exp, n)
-    special = tuple(i for i in (tok.pad_id, tok.bos_id, tok.eos_id, tok.mask_id) if i is not None and i >= 0)
-    word_start = np.stack([tok.word_starts(t) for t in texts]) if self.whole_word else None
-    masked, selected = jax.jit(lambda: masking.mask_tokens(
-        jax.random.PRNGKey(0), texts, rate=self.rate, mask_id=tok.mask_id, vocab_size=tok.vocab_size,
-        special_ids=special, word_start=word_start))()
+    images, texts = self.inputs(n)
+    batch = {"text": texts}
+    if "word_start" in self.batch_keys:
+      batch["word_start"] = np.stack([self.exp.tokenizer.word_starts(t) for t in texts])
+    masked, selected = jax.jit(self.mask)(jax.random.PRNGKey(0), batch)
     masked, selected = np.asarray(masked), np.asarray(selected)
     predicted = self.predict(params, n, lambda idx: {"image": images[idx], "text": masked[idx]})
     return {"mlm/accuracy": float((predicted == texts)[selected].mean()) if selected.any() else 0.0,

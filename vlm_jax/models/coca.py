@@ -13,10 +13,9 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from vlm_jax.models import layers, text, vit
+from vlm_jax.models import layers, text, two_tower, vit
 from vlm_jax.models.two_tower import l2_normalize
 
 
@@ -36,9 +35,7 @@ class CoCa(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if not self.text.get("causal", True):
       raise ValueError("CoCa's text tower is a decoder; model.text.causal must be True")
-    for tower in self.locked:
-      if tower not in ("image", "text"):
-        raise ValueError(f"unknown tower {tower!r} in model.locked; known: image, text")
+    two_tower.check_locked(self.locked)
     self.image_encoder = vit.VisionTransformer(**{**self.image, "pool": "none"}, **kw)
     heads = self.image["num_heads"]
     self.image_pool = layers.AttentionPool(1, heads, **kw)
@@ -61,24 +58,19 @@ class CoCa(nn.Module):
     self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
                                   (), jnp.float32)
 
-  def _locked(self, tower, fn, x, train):
-    if tower in self.locked:
-      return jax.lax.stop_gradient(fn(x, False))
-    return fn(x, train)
-
   def _image(self, images, train):
     """(normalised contrastive embedding, caption context tokens)."""
     def features(x, train):
       _, tokens = self.image_encoder(x, train=train)
       return self.image_proj(self.image_pool(tokens)[:, 0]), self.image_caption_pool(tokens)
-    emb, context = self._locked("image", features, images, train)
+    emb, context = two_tower.run_tower(self.locked, "image", features, images, train)
     return l2_normalize(emb), context
 
   def _text(self, tokens, train):
     def features(x, train):
       pooled, hidden = self.text_encoder(x, train=train)
       return self.text_proj(pooled), hidden
-    emb, hidden = self._locked("text", features, tokens, train)
+    emb, hidden = two_tower.run_tower(self.locked, "text", features, tokens, train)
     return l2_normalize(emb), hidden
 
   def _decode(self, hidden, context, tokens, train):

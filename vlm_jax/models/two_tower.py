@@ -9,6 +9,20 @@ import jax.numpy as jnp
 from vlm_jax.models import layers, text, vit
 
 
+def check_locked(locked):
+  for tower in locked:
+    if tower not in ("image", "text"):
+      raise ValueError(f"unknown tower {tower!r} in model.locked; known: image, text")
+
+
+def run_tower(locked, name, fn, x, train):
+  """fn(x, train) for tower `name`; a locked tower is a fixed feature extractor: eval mode (no dropout) and
+  no gradient, so XLA drops its backward pass. The optimizer gives it no update and no state (Experiment)."""
+  if name in locked:
+    return jax.lax.stop_gradient(fn(x, False))
+  return fn(x, train)
+
+
 def l2_normalize(x, eps=1e-12):
   x = x.astype(jnp.float32)
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
@@ -33,9 +47,7 @@ class TwoTower(nn.Module):
     self.image_encoder = vit.VisionTransformer(**self.image, **kw)
     self.text_encoder = text.TextTransformer(**self.text, **kw)
     proj = lambda fan_in: layers.partitioned(nn.initializers.normal(fan_in ** -0.5), ("embed", "proj"))
-    for tower in self.locked:
-      if tower not in ("image", "text"):
-        raise ValueError(f"unknown tower {tower!r} in model.locked; known: image, text")
+    check_locked(self.locked)
     if self.image_head == "linear":
       self.image_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw)
     elif self.image_head == "none":
@@ -62,20 +74,13 @@ class TwoTower(nn.Module):
       self.logit_bias = self.param("logit_bias", layers.partitioned(nn.initializers.constant(self.logit_bias_init), ()),
                                    (), jnp.float32)
 
-  def _tower(self, name, fn, x, train):
-    if name in self.locked:
-      # A locked tower is a fixed feature extractor: eval mode (no dropout) and no gradient, so XLA
-      # drops its backward pass. The optimizer gives it no update and no state (see Experiment).
-      return jax.lax.stop_gradient(fn(x, train=False))
-    return fn(x, train=train)
-
   def encode_image(self, images, train: bool = False):
     embed = lambda x, train: self.image_proj(self.image_encoder(x, train=train)[0])
-    return l2_normalize(self._tower("image", embed, images, train))
+    return l2_normalize(run_tower(self.locked, "image", embed, images, train))
 
   def encode_text(self, tokens, train: bool = False):
     embed = lambda x, train: self.text_proj(self.text_encoder(x, train=train)[0])
-    return l2_normalize(self._tower("text", embed, tokens, train))
+    return l2_normalize(run_tower(self.locked, "text", embed, tokens, train))
 
   def text_mlm_logits(self, images, tokens, train: bool = False):
     """[batch, length, vocab] MLM logits of the text tower (images unused: the towers are separate)."""

@@ -1,6 +1,4 @@
 """Captioning (next-token cross-entropy) and CoCa's contrastive + captioning objective."""
-import functools
-
 import jax.numpy as jnp
 import optax
 
@@ -28,12 +26,7 @@ def build_coca_objective(config, *, mesh, tokenizer=None):
   config: contrastive_weight (default 1), caption_weight (default 2, as in the paper), impl (the CLIP
   loss implementation: global | local). Padding (the tokenizer's pad id) is ignored.
   """
-  impl = config.get("impl", "global")
-  if impl not in contrastive.CLIP_IMPLEMENTATIONS:
-    raise ConfigError(f"unknown clip impl {impl!r}; known: {', '.join(contrastive.CLIP_IMPLEMENTATIONS)}")
-  clip_impl = contrastive.CLIP_IMPLEMENTATIONS[impl]
-  if impl == "local":
-    clip_impl = functools.partial(clip_impl, mesh=mesh)
+  clip_impl = contrastive.clip_implementation(config.get("impl", "global"), mesh)
   contrastive_weight = float(config.get("contrastive_weight", 1.0))
   caption_weight = float(config.get("caption_weight", 2.0))
   pad_id = tokenizer.pad_id if tokenizer is not None else 0

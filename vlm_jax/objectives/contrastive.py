@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from vlm_jax.registry import OBJECTIVES
+from vlm_jax.registry import OBJECTIVES, ConfigError
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -85,16 +85,20 @@ def clip_loss_local(image_emb, text_emb, logit_scale, *, mesh, axes=BATCH_AXES):
 CLIP_IMPLEMENTATIONS = {"global": clip_loss_global, "local": clip_loss_local}
 
 
+def clip_implementation(impl: str, mesh):
+  """(image_emb, text_emb, logit_scale) -> (loss, metrics) for config value `impl`: global | local."""
+  if impl not in CLIP_IMPLEMENTATIONS:
+    raise ConfigError(f"unknown clip impl {impl!r}; known: {', '.join(CLIP_IMPLEMENTATIONS)}")
+  if impl == "local":
+    return functools.partial(clip_loss_local, mesh=mesh)
+  return CLIP_IMPLEMENTATIONS[impl]
+
+
 @OBJECTIVES.register("clip")
 def build_clip_objective(config, *, mesh, tokenizer=None):
   """CLIP objective. config.impl: 'global' (logits over the global batch) or 'local' (shard_map local loss)."""
   del tokenizer
-  impl = config.get("impl", "global")
-  if impl not in CLIP_IMPLEMENTATIONS:
-    raise ValueError(f"unknown clip impl {impl!r}; known: {', '.join(CLIP_IMPLEMENTATIONS)}")
-  loss_impl = CLIP_IMPLEMENTATIONS[impl]
-  if impl == "local":
-    loss_impl = functools.partial(loss_impl, mesh=mesh)
+  loss_impl = clip_implementation(config.get("impl", "global"), mesh)
 
   def loss_fn(params, batch, rng, *, model, train):
     out = model.apply({"params": params}, batch["image"], batch["text"], train=train, rngs={"dropout": rng})

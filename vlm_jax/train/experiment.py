@@ -73,13 +73,9 @@ class Experiment:
     self.checkpoint_every = to_steps(config.train.checkpoint_every)
     self.image_size = config.model.image.image_size
     self.max_len = config.model.text.max_len
-    aug = config.data.get("augment", {})
-    norm = dict(mean=tuple(config.data.get("mean", transforms.CLIP_MEAN)),
-                std=tuple(config.data.get("std", transforms.CLIP_STD)), lowercase=config.data.get("lowercase", False))
-    self.train_preprocess = transforms.Preprocess(
-        self.image_size, self.tokenizer, self.max_len, crop_scale=aug.get("crop_scale"),
-        flip=aug.get("flip", False), batch_keys=frozenset(self.loss_fn.batch_keys), **norm)
-    self.eval_preprocess = transforms.Preprocess(self.image_size, self.tokenizer, self.max_len, **norm)
+    self.train_preprocess = transforms.Preprocess.from_config(config, self.tokenizer, train=True,
+                                                              batch_keys=frozenset(self.loss_fn.batch_keys))
+    self.eval_preprocess = transforms.Preprocess.from_config(config, self.tokenizer)
     self._build_state_shardings()
 
   # --- state ---------------------------------------------------------------------------------------
@@ -136,10 +132,6 @@ class Experiment:
       raise ConfigError(f"init_from.include {include!r} matches no parameter path")
     self.log(f"Loaded {count} parameter arrays matching {include!r} from {workdir} (step {step})")
     return loaded
-
-  def abstract_state(self):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        jax.eval_shape(self._create_state, jax.random.PRNGKey(0)), self.state_shardings)
 
   # --- data ----------------------------------------------------------------------------------------
 
