@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -207,3 +208,66 @@ def test_hf_vilt_parity(tmp_path):
                      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64)).logits.numpy()[:, 0]
   itm = np.asarray(m.model.apply({"params": params}, pixels, ids, method="itm_logits"))
   np.testing.assert_allclose(itm[:, 1] - itm[:, 0], rank, atol=1e-4)
+
+
+def test_hf_flava_parity(tmp_path):
+  """FlavaForPreTraining: contrastive embeddings, ITM, MLM, MIM and both MMM heads (with masked patches)
+  within 1e-4; FlavaModel (no heads) converts with zero heads and says so."""
+  from tests.test_tokenizers import write_wordpiece_vocab
+  folder = tmp_path / "hf_flava"
+  folder.mkdir()
+  write_wordpiece_vocab(str(folder))
+  vocab = sum(1 for _ in open(folder / "vocab.txt", encoding="utf-8"))
+  config = transformers.FlavaConfig(
+      image_config=dict(image_size=32, patch_size=8, vocab_size=48, **TOWER),
+      text_config=dict(vocab_size=vocab, max_position_embeddings=16, **TOWER),
+      multimodal_config={**TOWER, "num_hidden_layers": 1}, hidden_size=64, projection_dim=32, init_codebook=True,
+      image_codebook_config=dict(hidden_size=8, num_blocks_per_group=1, vocab_size=48))
+  torch.manual_seed(3)
+  model = transformers.FlavaForPreTraining(config).eval()
+  with torch.no_grad():   # HF starts heads, LayerNorms and some embeddings at 0 / 1 / 0.02: make every one count
+    for p in model.parameters():
+      p.normal_(0.0, 0.3)
+  model.save_pretrained(folder)
+  logs = []
+  convert.convert("hf_flava", str(folder), str(tmp_path / "w"), log=logs.append)
+  assert any("image_codebook" in line and "left out" in line for line in logs), logs
+  m = vlm_jax.load(str(tmp_path / "w"))
+  rng = np.random.default_rng(0)
+  pixels = rng.normal(size=(len(SENTENCES), 32, 32, 3)).astype(np.float32)
+  patch_mask = rng.random((len(SENTENCES), 16)) < 0.4
+  ids = m.tokenize(SENTENCES)
+  valid = ids != 0
+  t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
+  with torch.no_grad():
+    inputs = dict(input_ids=t(ids.astype(np.int64)), attention_mask=t(valid * 1),
+                  pixel_values=t(pixels.transpose(0, 3, 1, 2)))
+    out = model.flava(**inputs)
+    masked = model.flava(**inputs, bool_masked_pos=t(patch_mask))
+    norm = torch.nn.functional.normalize
+    ref = {"image": norm(model.flava.image_projection(out.image_embeddings[:, 0]), dim=-1),
+           "text": norm(model.flava.text_projection(out.text_embeddings[:, 0]), dim=-1),
+           "itm": model.itm_head(out.multimodal_embeddings), "mlm": model.mlm_head(out.text_embeddings),
+           "mim": model.mim_head(masked.image_embeddings[:, 1:]),
+           "mmm_text": model.mmm_text_head(masked.multimodal_embeddings[:, -ids.shape[1]:]),
+           "mmm_image": model.mmm_image_head(masked.multimodal_embeddings[:, 2:2 + 16])}
+    ref = {k: v.numpy() for k, v in ref.items()}
+  apply = lambda method, *args: jax.tree.map(np.asarray, m.model.apply({"params": m.params}, *args, method=method))
+  mmm_text, mmm_image = apply("mmm", pixels, ids, patch_mask)
+  ours = {"image": apply("encode_image", pixels), "text": m.encode_text(ids), "itm": apply("itm_logits", pixels, ids),
+          "mlm": apply("text_mlm_logits", pixels, ids)[..., :vocab], "mim": apply("image_mim", pixels, ids, patch_mask),
+          "mmm_text": mmm_text[..., :vocab], "mmm_image": mmm_image}
+  for name in ref:
+    a, b = (ours[name][valid], ref[name][valid]) if name in ("mlm", "mmm_text") else (ours[name], ref[name])
+    np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=name)
+  assert float(m.params["logit_scale"]) == pytest.approx(float(model.flava.logit_scale))
+  # FlavaModel: the encoders and the contrastive head convert; the missing heads start at zero.
+  (tmp_path / "hf_flava_model").mkdir()
+  model.flava.save_pretrained(tmp_path / "hf_flava_model")
+  logs = []
+  cfg, params = convert.load_pretrained(str(tmp_path / "hf_flava_model"), "hf_flava", log=logs.append,
+                                        tokenizer_path=str(folder / "vocab.txt"))
+  assert any("itm_head" in line and "mlm_head" in line for line in logs), logs
+  np.testing.assert_array_equal(params["itm_head"]["kernel"], 0)
+  image = np.asarray(m.model.apply({"params": params}, pixels, method="encode_image"))
+  np.testing.assert_allclose(image, ref["image"], atol=1e-4)

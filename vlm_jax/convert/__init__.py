@@ -19,10 +19,18 @@ from vlm_jax import config_utils, defaults, models
 from vlm_jax.convert import hf, openclip
 from vlm_jax.registry import MODELS, ConfigError
 
-KINDS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt")
+KINDS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava")
 FUSION_OBJECTIVES = {"mlm": dict(weight=1.0, rate=0.15, whole_word=True),
                      "itm": dict(weight=1.0, negative_rate=0.5, negatives="mixed", hard_fraction=0.5)}
 FUSION_EVALS = {"itm_retrieval": dict(every="1 epochs", limit=100), "mlm_accuracy": dict(every="1 epochs", limit=500)}
+# FLAVA keeps its contrastive head: zero-shot and retrieval, ITM re-ranking the contrastive top 16, and MLM
+# on its text encoder. MIM / MMM need a codebook that matches the imported heads, so they are left to the user.
+FLAVA_OBJECTIVES = {"clip": dict(weight=1.0, impl="global"),
+                    "mlm": dict(weight=1.0, rate=0.15, whole_word=True, method="text_mlm_logits"),
+                    "itm": dict(weight=1.0, negative_rate=0.5, negatives="hard")}
+FLAVA_EVALS = {**defaults.base_config().evals.to_dict(),
+               "itm_retrieval": dict(every="1 epochs", limit=1000, rerank_k=16),
+               "mlm_accuracy": dict(every="1 epochs", limit=500, method="text_mlm_logits")}
 
 
 def _find_tokenizer(kind: str, path: str, files, tokenizer_path: str = "") -> str:
@@ -58,7 +66,7 @@ def _normalisation(kind: str, path: str):
 def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print, **options):
   """(vlm_jax config, params as NumPy arrays) of a public checkpoint.
 
-  kind: 'hf_clip', 'hf_siglip' or 'hf_vilt' (path: an HF model folder) or 'openclip' (path: a
+  kind: 'hf_clip', 'hf_siglip', 'hf_vilt' or 'hf_flava' (path: an HF model folder) or 'openclip' (path: a
   .pt/.bin/.safetensors state dict; options: act='quick_gelu'|'gelu', image_heads, text_heads). The params
   fit the model that `config.model` builds; a mismatch fails with the offending parameter paths.
   """
@@ -74,15 +82,23 @@ def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print
     if missing:
       log(f"note: {path} has no {', '.join(missing)}; initialised to zero (fine-tune before using them)")
     objectives, evals = FUSION_OBJECTIVES, FUSION_EVALS
+  elif kind == "hf_flava":
+    model, params, missing, dropped, (tok_name, tok_files) = hf.convert_flava(path)
+    if missing:
+      log(f"note: {path} has no {', '.join(missing)}; initialised to zero (fine-tune before using them)")
+    if dropped:
+      log(f"note: left out {len(dropped)} tensors no vlm_jax FLAVA output reads: "
+          f"{', '.join(sorted({'.'.join(n.split('.')[:2]) for n in dropped}))}")
+    objectives, evals = FLAVA_OBJECTIVES, FLAVA_EVALS
   else:
     raise ConfigError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
   if options and kind != "openclip":
     raise ConfigError(f"options {sorted(options)} only apply to --from openclip")
   config = defaults.base_config()
-  image, text = model.pop("image"), model.pop("text")
+  towers = {k: model.pop(k) for k in ("image", "text", "multimodal") if k in model}
   config.model.update(model)
-  config.model.image = ml_collections.ConfigDict(image)
-  config.model.text = ml_collections.ConfigDict(text)
+  for name, fields in towers.items():
+    config.model[name] = ml_collections.ConfigDict(fields)
   config.objectives = ml_collections.ConfigDict(objectives or {objective: dict(weight=1.0, impl="global")})
   if evals:
     config.evals = ml_collections.ConfigDict(evals)

@@ -4,12 +4,13 @@ r"""Convert a public checkpoint into a vlm_jax workdir.
   python -m vlm_jax.convert --from hf_siglip --input /models/siglip-base-patch16-224 --output runs/siglip_b16
   python -m vlm_jax.convert --from openclip --input ViT-B-32.pt --output runs/openai_b32 [--act gelu]
   python -m vlm_jax.convert --from hf_vilt --input /models/vilt-b32-mlm --output runs/vilt_b32_mlm
+  python -m vlm_jax.convert --from hf_flava --input /models/flava-full --output runs/flava_full
 """
 from absl import app, flags, logging
 
 from vlm_jax.cli import fail
 
-flags.DEFINE_enum("from", None, ["hf_clip", "hf_siglip", "openclip", "hf_vilt"], "Checkpoint kind.")
+flags.DEFINE_enum("from", None, ["hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava"], "Checkpoint kind.")
 flags.DEFINE_string("input", None, "HF model folder, or an OpenAI/open_clip .pt/.bin/.safetensors file.")
 flags.DEFINE_string("output", None, "The workdir to write (config.json, checkpoints/, tokenizer/).")
 flags.DEFINE_string("tokenizer", "", "The vocabulary file, if not next to the checkpoint (e.g. "

@@ -50,6 +50,25 @@ def _blocks(state, prefix, depth, heads):
   return blocks
 
 
+def _vit_layers(state, prefix, depth, heads):
+  """HF ViT/BERT-style pre-LN layers (ViLT, FLAVA): `{prefix}{i}.attention.attention.query...` -> Encoder."""
+  blocks = {}
+  for i in range(depth):
+    b = lambda name: state[f"{prefix}{i}.{name}"]
+    qkv = [(b(f"attention.attention.{n}.weight"),
+            b(f"attention.attention.{n}.bias") if f"{prefix}{i}.attention.attention.{n}.bias" in state
+            else np.zeros(b(f"attention.attention.{n}.weight").shape[0], np.float32))   # qkv_bias=False
+           for n in ("query", "key", "value")]
+    blocks[f"block_{i}"] = {
+        "ln_1": tl.layer_norm(b("layernorm_before.weight"), b("layernorm_before.bias")),
+        "attn": tl.attention(*qkv, (b("attention.output.dense.weight"), b("attention.output.dense.bias")), heads),
+        "ln_2": tl.layer_norm(b("layernorm_after.weight"), b("layernorm_after.bias")),
+        "mlp": {"fc1": tl.dense(b("intermediate.dense.weight"), b("intermediate.dense.bias")),
+                "fc2": tl.dense(b("output.dense.weight"), b("output.dense.bias"))},
+    }
+  return blocks
+
+
 def _text(state, tc, prefix="text_model"):
   vocab = tc["vocab_size"]
   emb = state[f"{prefix}.embeddings.token_embedding.weight"]
@@ -154,18 +173,7 @@ def convert_vilt(path: str):
   prefix = "vilt." if any(k.startswith("vilt.") for k in state) else ""
   g = lambda name: state[prefix + name]
   width, heads, depth = config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]
-  blocks = {}
-  for i in range(depth):
-    b = lambda name: g(f"encoder.layer.{i}.{name}")
-    blocks[f"block_{i}"] = {
-        "ln_1": tl.layer_norm(b("layernorm_before.weight"), b("layernorm_before.bias")),
-        "attn": tl.attention(*[(b(f"attention.attention.{n}.weight"), b(f"attention.attention.{n}.bias"))
-                               for n in ("query", "key", "value")],
-                             (b("attention.output.dense.weight"), b("attention.output.dense.bias")), heads),
-        "ln_2": tl.layer_norm(b("layernorm_after.weight"), b("layernorm_after.bias")),
-        "mlp": {"fc1": tl.dense(b("intermediate.dense.weight"), b("intermediate.dense.bias")),
-                "fc2": tl.dense(b("output.dense.weight"), b("output.dense.bias"))},
-    }
+  blocks = _vit_layers(state, prefix + "encoder.layer.", depth, heads)
   vocab = config["vocab_size"]
   padded = text_lib.pad_vocab(vocab)
   t = "embeddings.text_embeddings."
@@ -216,3 +224,112 @@ def convert_vilt(path: str):
                           act=_activation(config.get("hidden_act", "gelu"))),
                text=dict(vocab_size=vocab, max_len=config["max_position_embeddings"], pad_id=0))
   return model, params, missing, ("wordpiece", ("vocab.txt",))
+
+
+def _prediction_head(state, prefix, width, outputs, padded=None):
+  """FLAVA's masked-prediction head {transform, ln, decoder}; zeros (and the name, for the log) when the
+  checkpoint has none. `padded`: output columns padded with zeros to the model's padded vocabulary."""
+  if prefix + "decoder.weight" in state:
+    head = {"transform": tl.dense(state[prefix + "transform.dense.weight"], state[prefix + "transform.dense.bias"]),
+            "ln": tl.layer_norm(state[prefix + "transform.LayerNorm.weight"], state[prefix + "transform.LayerNorm.bias"]),
+            "decoder": tl.dense(state[prefix + "decoder.weight"], state[prefix + "decoder.bias"])}
+    if prefix + "bias" in state:   # HF ties `bias` to decoder.bias; a saved copy must agree
+      if not np.array_equal(state[prefix + "bias"], head["decoder"]["bias"]):
+        raise ConfigError(f"{state.source}: {prefix}bias differs from {prefix}decoder.bias, which it is tied to")
+    missing = []
+  else:
+    head = {"transform": {"kernel": np.zeros((width, width), np.float32), "bias": np.zeros(width, np.float32)},
+            "ln": {"scale": np.ones(width, np.float32), "bias": np.zeros(width, np.float32)},
+            "decoder": {"kernel": np.zeros((width, outputs), np.float32), "bias": np.zeros(outputs, np.float32)}}
+    missing = [prefix.rstrip(".")]
+  if padded and padded > head["decoder"]["kernel"].shape[1]:
+    extra = padded - head["decoder"]["kernel"].shape[1]
+    head["decoder"] = {"kernel": np.pad(head["decoder"]["kernel"], ((0, 0), (0, extra))),
+                       "bias": np.pad(head["decoder"]["bias"], (0, extra))}
+  return head, missing
+
+
+def convert_flava(path: str):
+  """HF `FlavaModel` / `FlavaForPreTraining` -> the `flava` model. Returns (model, params, missing heads,
+  dropped tensors, tokenizer).
+
+  As in HF, the contrastive embeddings project the encoders' LayerNormed [CLS] tokens and the multimodal
+  encoder reads their last layers before that LayerNorm. The text token-type embedding (type 0) is folded
+  into the position embeddings (both are added before the embedding LayerNorm). The ITM head's pooler is
+  vlm_jax's multimodal pooler; without an ITM head (FlavaModel) the multimodal model's own pooler takes
+  its place. Dropped, since no FLAVA output vlm_jax computes reads them: the unimodal poolers (HF's
+  contrastive embeddings read [CLS] tokens, not pooler outputs), the multimodal pooler when an ITM head
+  exists, and the DALL-E image codebook (MIM targets here are pixels or a k-means codebook; the imported
+  MIM heads keep their `image_config.vocab_size` outputs).
+  """
+  config, state = read_folder(path)
+  _check_kind(config, "flava")
+  prefix = "flava." if any(k.startswith("flava.") for k in state) else ""
+  ic, tc, mc = config["image_config"], config["text_config"], config["multimodal_config"]
+  if not mc.get("use_cls_token", True):
+    raise ConfigError(f"{path}: multimodal_config.use_cls_token=False is not supported (vlm_jax's FLAVA pools a "
+                      "multimodal [CLS] token)")
+  g = lambda name: state[prefix + name]
+  lin = lambda name: tl.dense(g(name + ".weight"), g(name + ".bias"))
+  ln = lambda name: tl.layer_norm(g(name + ".weight"), g(name + ".bias"))
+  e = "image_model.embeddings."
+  image_params = {
+      "patch_embed": {"kernel": tl.patch_kernel(g(e + "patch_embeddings.projection.weight")),
+                      "bias": g(e + "patch_embeddings.projection.bias")},
+      "cls_token": g(e + "cls_token").reshape(-1), "mask_token": g(e + "mask_token").reshape(-1),
+      "pos_embed": g(e + "position_embeddings")[0],
+      "encoder": _vit_layers(state, prefix + "image_model.encoder.layer.", ic["num_hidden_layers"],
+                             ic["num_attention_heads"]),
+      "ln_post": ln("image_model.layernorm")}
+  vocab = tc["vocab_size"]
+  padded = text_lib.pad_vocab(vocab)
+  t = "text_model.embeddings."
+  text_params = {
+      "token_embed": {"embedding": tl.pad_rows(g(t + "word_embeddings.weight"), padded)},
+      "pos_embed": g(t + "position_embeddings.weight") + g(t + "token_type_embeddings.weight")[0],
+      "ln_embed": ln(t + "LayerNorm"),
+      "encoder": _vit_layers(state, prefix + "text_model.encoder.layer.", tc["num_hidden_layers"],
+                             tc["num_attention_heads"]),
+      "ln_final": ln("text_model.layernorm")}
+  mm_width = mc["hidden_size"]
+  params = {
+      "image_encoder": image_params, "text_encoder": text_params,
+      "image_proj": lin("image_projection"), "text_proj": lin("text_projection"),
+      "logit_scale": np.float32(g("logit_scale").reshape(())),
+      "image_to_mm": lin("image_to_mm_projection"), "text_to_mm": lin("text_to_mm_projection"),
+      "mm_cls": g("multimodal_model.cls_token").reshape(-1),
+      "mm_encoder": _vit_layers(state, prefix + "multimodal_model.encoder.layer.", mc["num_hidden_layers"],
+                                mc["num_attention_heads"]),
+      "mm_ln": ln("multimodal_model.layernorm")}
+  dropped = state.drop(prefix + "image_model.pooler.") + state.drop(prefix + "text_model.pooler.")
+  dropped += state.drop("image_codebook.")
+  missing = []
+  if "itm_head.seq_relationship.weight" in state:
+    params["mm_pooler"] = tl.dense(state["itm_head.pooler.dense.weight"], state["itm_head.pooler.dense.bias"])
+    params["itm_head"] = tl.dense(state["itm_head.seq_relationship.weight"], state["itm_head.seq_relationship.bias"])
+    dropped += state.drop(prefix + "multimodal_model.pooler.")
+  else:
+    params["mm_pooler"] = lin("multimodal_model.pooler.dense")
+    params["itm_head"] = {"kernel": np.zeros((mm_width, 2), np.float32), "bias": np.zeros(2, np.float32)}
+    missing.append("itm_head")
+  has_mim = "mim_head.decoder.weight" in state
+  mim_out = ic["vocab_size"] if has_mim else ic["patch_size"] ** 2 * 3
+  for name, source, width, outputs, pad in (
+      ("text_mlm_head", "mlm_head.", tc["hidden_size"], vocab, padded),
+      ("image_mim_head", "mim_head.", ic["hidden_size"], mim_out, None),
+      ("mm_mlm_head", "mmm_text_head.", mm_width, vocab, padded),
+      ("mm_mim_head", "mmm_image_head.", mm_width, mim_out, None)):
+    params[name], absent = _prediction_head(state, source, width, outputs, pad)
+    missing += absent
+  state.check_all_used()
+  tower = lambda c: dict(width=c["hidden_size"], depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+                         mlp_dim=c["intermediate_size"], act=_activation(c.get("hidden_act", "gelu")),
+                         ln_eps=c.get("layer_norm_eps", 1e-12))
+  patch = ic["patch_size"]
+  model = dict(name="flava", embed_dim=config.get("projection_dim", 768), mim_codes=ic["vocab_size"] if has_mim else 0,
+               image=dict(variant=f"B/{patch}", patch_size=patch, image_size=ic["image_size"], ln_pre=False,
+                          patch_bias=True, **tower(ic)),
+               text=dict(variant="L", vocab_size=vocab, max_len=tc["max_position_embeddings"],
+                         pad_id=tc.get("pad_token_id", 0), embed_ln=True, **tower(tc)),
+               multimodal=dict(variant="B", **tower(mc)))
+  return model, params, missing, dropped, ("wordpiece", ("vocab.txt",))

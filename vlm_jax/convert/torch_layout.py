@@ -30,6 +30,12 @@ class StateDict(dict):
   def __missing__(self, key):
     raise ConfigError(f"{self.source} has no tensor {key!r}; is it a checkpoint of the kind given to --from?")
 
+  def drop(self, prefix: str) -> list:
+    """Marks every tensor under `prefix` as deliberately left out; returns their names (for the log)."""
+    names = sorted(k for k in self if k.startswith(prefix))
+    self.used.update(names)
+    return names
+
   def check_all_used(self):
     unused = sorted(k for k in self if k not in self.used and not k.split(".")[-1] in IGNORED)
     if unused:

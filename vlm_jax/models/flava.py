@@ -17,9 +17,31 @@ from vlm_jax.models import layers, text, vit
 from vlm_jax.models.two_tower import l2_normalize
 
 
+class PredictionHead(nn.Module):
+  """BERT's masked-prediction head, as FLAVA's MLM / MIM / MMM heads: dense -> activation -> LayerNorm ->
+  decoder to `features` outputs."""
+  features: int
+  out_axis: str                 # logical axis of the outputs: vocab (words) or mlp (visual codes, pixels)
+  act: str = "gelu"
+  ln_eps: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = lambda n, axes, name: nn.Dense(n, kernel_init=layers.partitioned(nn.initializers.normal(0.02), axes),
+                                           bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]),
+                                           name=name, **kw)
+    x = layers.ACTIVATIONS[self.act](dense(x.shape[-1], ("embed", "mlp"), "transform")(x))
+    x = layers.layer_norm("ln", eps=self.ln_eps, **kw)(x)
+    in_axis = "embed" if self.out_axis == "mlp" else "mlp"   # an axis name may occur once per array
+    return dense(self.features, (in_axis, self.out_axis), "decoder")(x).astype(jnp.float32)
+
+
 class Flava(nn.Module):
   image: dict              # VisionTransformer fields (class token; tokens are LayerNormed)
-  text: dict               # TextTransformer fields (bidirectional, first-token pooling)
+  text: dict               # TextTransformer fields (bidirectional, first-token pooling, embedding LayerNorm)
   multimodal: dict         # width, depth, num_heads, mlp_dim
   embed_dim: int = 768
   mim_codes: int = 0       # 0: regress normalised pixels; K: classify into K codebook entries
@@ -30,9 +52,10 @@ class Flava(nn.Module):
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.image_encoder = vit.VisionTransformer(**{**self.image, "pool": "cls", "norm_tokens": True,
-                                                  "mask_token": True}, **kw)
-    self.text_encoder = text.TextTransformer(**{**self.text, "causal": False, "pool": "first"}, **kw)
+    # As FLAVA's image encoder: no pre-LayerNorm, a biased patch embedding (overridable in config).
+    self.image_encoder = vit.VisionTransformer(**{"ln_pre": False, "patch_bias": True, **self.image, "pool": "cls",
+                                                  "norm_tokens": True, "mask_token": True}, **kw)
+    self.text_encoder = text.TextTransformer(**{"embed_ln": True, **self.text, "causal": False, "pool": "first"}, **kw)
     normal = lambda axes, std=0.02: layers.partitioned(nn.initializers.normal(std), axes)
     dense = lambda n, axes, **k: nn.Dense(n, kernel_init=normal(axes), **k, **kw,
                                           bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]))
@@ -45,37 +68,41 @@ class Flava(nn.Module):
     self.text_to_mm = dense(mm, ("embed", "mlp"))
     self.mm_cls = self.param("mm_cls", normal(("embed",)), (mm,), self.param_dtype)
     fields = {k: v for k, v in self.multimodal.items() if k != "width"}
-    self.mm_encoder = layers.Encoder(act=self.text.get("act", "gelu"), **fields, **kw)
-    self.mm_ln = layers.layer_norm("mm_ln", **kw)
+    fields.setdefault("act", self.text.get("act", "gelu"))
+    self.mm_encoder = layers.Encoder(**fields, **kw)
+    self.mm_ln = layers.layer_norm("mm_ln", eps=fields.get("ln_eps", 1e-5), **kw)
     self.mm_pooler = dense(mm, ("embed", "mlp"))
     self.itm_head = dense(2, ("mlp", "classes"))
-    vocab = self.text["vocab_size"]
-    patch_dim = self.image["patch_size"] ** 2 * 3
-    mim_out = self.mim_codes or patch_dim
-    self.text_mlm_head = dense(vocab, ("embed", "vocab"))
-    self.image_mim_head = dense(mim_out, ("embed", "mlp"))
-    self.mm_mlm_head = dense(vocab, ("embed", "vocab"))
-    self.mm_mim_head = dense(mim_out, ("embed", "mlp"))
+    mim_out = self.mim_codes or self.image["patch_size"] ** 2 * 3
+    head = lambda tower, n, axis: PredictionHead(n, axis, act=tower.get("act", "gelu"),
+                                                 ln_eps=tower.get("ln_eps", 1e-5), **kw)
+    self.text_mlm_head = head(self.text, self.text["vocab_size"], "vocab")
+    self.image_mim_head = head(self.image, mim_out, "mlp")
+    self.mm_mlm_head = head(self.text, self.text["vocab_size"], "vocab")
+    self.mm_mim_head = head(self.image, mim_out, "mlp")
 
   # --- encoders ------------------------------------------------------------------------------------
 
+  # Each encoder returns (pooled, LayerNormed tokens, the last block's output before that LayerNorm); the
+  # multimodal encoder reads the latter, as FLAVA does.
+
   def _image(self, images, train, patch_mask=None):
-    cls, tokens = self.image_encoder(images, train=train, patch_mask=patch_mask)
-    return cls, jnp.concatenate([cls[:, None], tokens], axis=1)
+    cls, tokens, hidden = self.image_encoder(images, train=train, patch_mask=patch_mask, return_hidden=True)
+    return cls, jnp.concatenate([cls[:, None], tokens], axis=1), hidden
 
   def _text(self, tokens, train):
-    return self.text_encoder(tokens, train=train)
+    return self.text_encoder(tokens, train=train, return_hidden=True)
 
-  def _multimodal(self, image_tokens, text_tokens, tokens, train):
+  def _multimodal(self, image_hidden, text_hidden, tokens, train):
     """-> (pooled [batch, mm], image part [batch, 1 + patches, mm], text part [batch, length, mm])."""
     pad_id = self.text.get("pad_id", 0)
     text_valid = tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
-    b = image_tokens.shape[0]
+    b = image_hidden.shape[0]
     cls = jnp.broadcast_to(self.mm_cls.astype(self.dtype), (b, 1, self.mm_cls.shape[0]))
-    x = jnp.concatenate([cls, self.image_to_mm(image_tokens), self.text_to_mm(text_tokens)], axis=1)
-    valid = jnp.concatenate([jnp.ones((b, 1 + image_tokens.shape[1]), bool), text_valid], axis=1)
+    x = jnp.concatenate([cls, self.image_to_mm(image_hidden), self.text_to_mm(text_hidden)], axis=1)
+    valid = jnp.concatenate([jnp.ones((b, 1 + image_hidden.shape[1]), bool), text_valid], axis=1)
     x = self.mm_ln(self.mm_encoder(x, layers.attention_mask(jnp.ones_like(valid), valid, False), not train))
-    n_image = image_tokens.shape[1]
+    n_image = image_hidden.shape[1]
     return jnp.tanh(self.mm_pooler(x[:, 0])), x[:, 1:1 + n_image], x[:, 1 + n_image:]
 
   # --- objective entry points ----------------------------------------------------------------------
@@ -91,36 +118,32 @@ class Flava(nn.Module):
     return jax.lax.stop_gradient(self.encode_text(tokens) @ self.encode_image(images).T)
 
   def itm_logits(self, images, tokens, train: bool = False):
-    _, image_tokens = self._image(images, train)
-    _, text_tokens = self._text(tokens, train)
-    pooled, _, _ = self._multimodal(image_tokens, text_tokens, tokens, train)
+    pooled, _, _ = self._multimodal(self._image(images, train)[2], self._text(tokens, train)[2], tokens, train)
     return self.itm_head(pooled).astype(jnp.float32)
 
   def text_mlm_logits(self, images, tokens, train: bool = False):
     del images
-    return self.text_mlm_head(self._text(tokens, train)[1]).astype(jnp.float32)
+    return self.text_mlm_head(self._text(tokens, train)[1])
 
   def image_mim(self, images, tokens, patch_mask, train: bool = False):
     """Predictions for every patch [batch, patches, pixels or codes] from the image encoder with
     `patch_mask`ed patches replaced by the mask token."""
     del tokens
-    _, image_tokens = self._image(images, train, patch_mask)
-    return self.image_mim_head(image_tokens[:, 1:]).astype(jnp.float32)
+    _, image_tokens, _ = self._image(images, train, patch_mask)
+    return self.image_mim_head(image_tokens[:, 1:])
 
   def mmm(self, images, tokens, patch_mask, train: bool = False):
     """Masked multimodal modeling: (MLM logits at text positions, MIM predictions at patches) of the
     multimodal encoder fed masked tokens and masked patches."""
-    _, image_tokens = self._image(images, train, patch_mask)
-    _, text_tokens = self._text(tokens, train)
-    _, image_part, text_part = self._multimodal(image_tokens, text_tokens, tokens, train)
-    return (self.mm_mlm_head(text_part).astype(jnp.float32),
-            self.mm_mim_head(image_part[:, 1:]).astype(jnp.float32))
+    image_hidden = self._image(images, train, patch_mask)[2]
+    _, image_part, text_part = self._multimodal(image_hidden, self._text(tokens, train)[2], tokens, train)
+    return self.mm_mlm_head(text_part), self.mm_mim_head(image_part[:, 1:])
 
   def __call__(self, images, tokens, train: bool = False):
     """Contrastive outputs plus every head (so that init creates them; under jit unused ones cost nothing)."""
-    image_cls, image_tokens = self._image(images, train)
-    text_pooled, text_tokens = self._text(tokens, train)
-    pooled, image_part, text_part = self._multimodal(image_tokens, text_tokens, tokens, train)
+    image_cls, image_tokens, image_hidden = self._image(images, train)
+    text_pooled, text_tokens, text_hidden = self._text(tokens, train)
+    pooled, image_part, text_part = self._multimodal(image_hidden, text_hidden, tokens, train)
     return {"image_emb": l2_normalize(self.image_proj(image_cls)), "text_emb": l2_normalize(self.text_proj(text_pooled)),
             "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
             "itm_logits": self.itm_head(pooled), "text_mlm_logits": self.text_mlm_head(text_tokens),

@@ -51,6 +51,7 @@ class TextTransformer(nn.Module):
   eos_id: int = -1      # -1: pool at the last non-padding token
   act: str = "gelu"
   ln_eps: float = 1e-5
+  embed_ln: bool = False  # LayerNorm the summed embeddings (BERT, FLAVA)
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
@@ -58,7 +59,8 @@ class TextTransformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
+  def __call__(self, tokens, train: bool = False, return_hidden: bool = False):
+    """return_hidden: also return the last block's output before the final LayerNorm (FLAVA)."""
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -69,10 +71,13 @@ class TextTransformer(nn.Module):
     pos = self.param("pos_embed", layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
                      (self.max_len, self.width), self.param_dtype)
     x = x + pos[: tokens.shape[1]].astype(self.dtype)[None]
+    if self.embed_ln:
+      x = layers.layer_norm("ln_embed", eps=self.ln_eps, **kw)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     mask = layers.attention_mask(jnp.ones_like(valid), valid, self.causal)
     x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout, ln_eps=self.ln_eps,
                        remat=self.remat, scan=self.scan, name="encoder", **kw)(x, mask, not train)
+    hidden = x
     x = layers.layer_norm("ln_final", eps=self.ln_eps, **kw)(x)
     if self.pool == "eot":
       if self.eos_id >= 0:
@@ -90,4 +95,4 @@ class TextTransformer(nn.Module):
       pooled = None
     else:
       raise ValueError(f"unknown pool {self.pool!r}; known: eot, last, first, mean, none")
-    return pooled, x
+    return (pooled, x, hidden) if return_hidden else (pooled, x)

@@ -51,10 +51,12 @@ class VisionTransformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, train: bool = False, patch_mask=None):
+  def __call__(self, images, train: bool = False, patch_mask=None, return_hidden: bool = False):
     """images: [batch, H, W, 3] float -> (pooled [batch, width] or None, tokens [batch, n, width]).
 
     patch_mask: optional [batch, patches] bool; masked patches are replaced by the mask token.
+    return_hidden: also return the last block's output before the final LayerNorm (with the class token),
+    which FLAVA feeds to its multimodal encoder.
     """
     if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
       raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {images.shape[1:3]}")
@@ -89,19 +91,23 @@ class VisionTransformer(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout, ln_eps=self.ln_eps,
                        remat=self.remat, scan=self.scan, name="encoder", **kw)(x, None, not train)
+    hidden = x
     ln_post = layers.layer_norm("ln_post", eps=self.ln_eps, **kw)
     if self.pool == "cls":
       if self.norm_tokens:
         x = ln_post(x)
-        return x[:, 0], x[:, 1:]
-      return ln_post(x[:, 0]), x[:, 1:]
-    if self.pool == "gap":
-      return ln_post(x.mean(axis=1)), x
-    if self.pool == "map":
+        out = x[:, 0], x[:, 1:]
+      else:
+        out = ln_post(x[:, 0]), x[:, 1:]
+    elif self.pool == "gap":
+      out = ln_post(x.mean(axis=1)), x
+    elif self.pool == "map":
       x = ln_post(x)
       pooled = layers.AttentionPool(1, self.num_heads, self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
                                     name="map_head", **kw)(x)
-      return pooled[:, 0], x
-    if self.pool == "none":
-      return None, ln_post(x)
-    raise ValueError(f"unknown pool {self.pool!r}; known: cls, gap, map, none")
+      out = pooled[:, 0], x
+    elif self.pool == "none":
+      out = None, ln_post(x)
+    else:
+      raise ValueError(f"unknown pool {self.pool!r}; known: cls, gap, map, none")
+    return (*out, hidden) if return_hidden else out
