@@ -70,7 +70,7 @@ class Pretrained:
       raise ValueError(f"model {self.config.model.name!r} has no text decoder to caption with")
     max_len = max_len or self.max_len
     if max_len not in self._captioners:
-      self._captioners[max_len] = jax.jit(generate.greedy_captions(self.model, self.tokenizer, max_len))
+      self._captioners[max_len] = jax.jit(generate.captioner(self.model, self.tokenizer, max_len))
     tokens = self._batched(self._captioners[max_len], np.asarray(pixels, np.float32))
     return [self.tokenizer.decode(row) for row in tokens]
 

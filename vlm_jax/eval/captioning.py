@@ -40,7 +40,7 @@ class Captioning:
     self.limit = config.get("limit") or None
     self.max_len = config.get("max_len") or experiment.max_len
     self.generator = common.Encoder(
-        experiment, generate.greedy_captions(experiment.model, experiment.tokenizer, self.max_len))
+        experiment, generate.captioner(experiment.model, experiment.tokenizer, self.max_len))
 
   def generate(self, params, n: int):
     """Greedy captions (strings) of the first n test images."""

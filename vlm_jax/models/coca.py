@@ -55,6 +55,7 @@ class CoCa(nn.Module):
     self.lm_head = nn.Dense(self.text["vocab_size"], use_bias=False, **kw,
                             kernel_init=layers.partitioned(nn.initializers.normal(self.text["width"] ** -0.5),
                                                            ("embed", "vocab")))
+    self.decode_state = layers.DecodeState()
     self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
                                   (), jnp.float32)
 
@@ -83,6 +84,22 @@ class CoCa(nn.Module):
 
   def encode_image(self, images, train: bool = False):
     return self._image(images, train)[0]
+
+  # Cached decoding (`vlm_jax.generate`): the image context once, then a chunk of tokens per call.
+
+  def decode_context(self, images):
+    return self._image(images, False)[1]
+
+  def decode(self, context, tokens, prefill: bool = False):
+    """Next-token logits [batch, n, vocab] for a chunk of tokens, appended to the `cache` collection
+    (causal throughout, so a prompt chunk needs nothing special)."""
+    del prefill
+    pad_id = self.text.get("pad_id", 0)
+    valid = tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
+    positions, mask = self.decode_state(valid, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
+    _, hidden = self.text_encoder(tokens, decode=True, positions=positions, mask=mask)
+    x = self.multimodal_decoder(hidden, mask, True, context=self.decoder_context_proj(context), decode=True)
+    return self.lm_head(self.decoder_ln(x)).astype(jnp.float32)
 
   def encode_text(self, tokens, train: bool = False):
     return self._text(tokens, train)[0]

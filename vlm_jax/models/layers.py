@@ -65,23 +65,75 @@ class MLP(nn.Module):
 
 
 def attention_mask(query_valid, key_valid, causal: bool):
-  """[batch, 1, q, k] boolean mask from per-position validity and causality."""
-  mask = query_valid[:, None, :, None] & key_valid[:, None, None, :]
-  if causal:
-    q, k = query_valid.shape[-1], key_valid.shape[-1]
-    mask = mask & jnp.tril(jnp.ones((q, k), bool))[None, None]
-  return mask
+  """[batch, 1, q, k] boolean mask from per-position validity and causality (a `block_mask`)."""
+  q, k = query_valid.shape[-1], key_valid.shape[-1]
+  blocks = (lambda n: jnp.arange(n)) if causal else (lambda n: jnp.zeros(n, jnp.int32))
+  mask = block_mask(jnp.broadcast_to(blocks(q), query_valid.shape), jnp.broadcast_to(blocks(k), key_valid.shape),
+                    key_valid)
+  return mask & query_valid[:, None, :, None]
+
+
+def block_mask(query_blocks, key_blocks, key_valid):
+  """[batch, 1, q, k] mask: query i attends key j iff j is valid and block[j] <= block[i].
+
+  The one builder behind every self-attention mask: causal (blocks = positions), prefix-LM (block 0 for
+  [image; prefix], then positions: full attention over the prefix, causal over the suffix; see
+  `prefix_blocks`), block-causal (any non-decreasing block ids), bidirectional (all blocks 0).
+  """
+  return key_valid[:, None, None, :] & (key_blocks[:, None, None, :] <= query_blocks[:, None, :, None])
+
+
+def prefix_blocks(length: int, prefix_len):
+  """Block ids [batch, length] of a prefix-LM: 0 on the first `prefix_len` (per row) positions, then 1, 2, ..."""
+  return jnp.maximum(jnp.arange(length)[None, :] - jnp.asarray(prefix_len)[..., None] + 1, 0)
+
+
+class DecodeState(nn.Module):
+  """Bookkeeping of cached decoding (the `cache` collection): which cache slots hold valid keys, their
+  block ids and how many valid tokens each row has, so that a chunk of new tokens gets its positions
+  and mask rows.
+
+  Called with a chunk's validity and block ids *relative to the chunk* ([batch, n]); a chunk's blocks are
+  offset by the slot it starts at, so one token at a time gets causal blocks and a prefill chunk keeps
+  its own (e.g. all 0 for a prefix). Positions count valid tokens only, so padding inside a prompt takes
+  no position. The first call, with a full-length input, only sizes the cache.
+  Returns (positions [batch, n], mask [batch, 1, n, cache length]).
+  """
+
+  @nn.compact
+  def __call__(self, valid, blocks):
+    initialized = self.has_variable("cache", "valid")
+    cached_valid = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
+    cached_blocks = self.variable("cache", "blocks", jnp.zeros, blocks.shape, jnp.int32)
+    count = self.variable("cache", "count", jnp.zeros, valid.shape[:1], jnp.int32)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    positions = jnp.cumsum(valid, axis=1) - 1
+    if not initialized:
+      return jnp.maximum(positions, 0), block_mask(blocks, blocks, valid)
+    start = index.value
+    blocks = blocks.astype(jnp.int32) + start
+    cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid, (0, start))
+    cached_blocks.value = jax.lax.dynamic_update_slice(cached_blocks.value, blocks, (0, start))
+    positions = jnp.maximum(positions + count.value[:, None], 0)
+    count.value = count.value + valid.sum(axis=1).astype(jnp.int32)
+    index.value = start + valid.shape[1]
+    return positions, block_mask(blocks, cached_blocks.value, cached_valid.value)
 
 
 class Attention(nn.Module):
-  """Multi-head attention; `inputs_kv` given makes it cross-attention."""
+  """Multi-head attention; `inputs_kv` given makes it cross-attention.
+
+  decode=True (self-attention): keys and values are appended to a cache (the `cache` collection) and the
+  queries attend over all of it; `mask` then has the cache's length on its last axis (`DecodeState`).
+  The first decode call, with a full-length input, creates the cache and attends normally.
+  """
   num_heads: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, inputs_kv=None, deterministic: bool = True):
+  def __call__(self, x, mask=None, inputs_kv=None, deterministic: bool = True, decode: bool = False):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -92,6 +144,17 @@ class Attention(nn.Module):
     k = HeadProjection(self.num_heads, head_dim, name="key", **kw)(inputs_kv)
     v = HeadProjection(self.num_heads, head_dim, name="value", **kw)(inputs_kv)
     q = constrain(q, ("batch", "length", "heads", "kv"))
+    if decode and inputs_kv is x:
+      initialized = self.has_variable("cache", "cached_key")
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      if initialized:
+        start = index.value
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+        index.value = start + k.shape[1]
+        k, v = cached_k.value, cached_v.value
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
     # Softmax in float32 whatever the compute dtype: bf16 logits lose too much.
     logits = logits.astype(jnp.float32)
@@ -151,13 +214,13 @@ class Block(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, context, deterministic):
+  def __call__(self, x, mask, context, deterministic, decode=False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
     y = layer_norm("ln_1", eps=self.ln_eps, **kw)(x)
     x = x + drop(Attention(self.num_heads, dropout=self.dropout, name="attn", **kw)(
-        y, mask, deterministic=deterministic))
+        y, mask, deterministic=deterministic, decode=decode))
     if self.cross_attention:
       y = layer_norm("ln_cross", eps=self.ln_eps, **kw)(x)
       x = x + drop(Attention(self.num_heads, dropout=self.dropout, name="cross_attn", **kw)(
@@ -214,21 +277,22 @@ class Encoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True, context=None):
+  def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True, context=None,
+               decode: bool = False):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
     block = Block
     if self.remat != "none":
-      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(4,))
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(4, 5))
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, dropout=self.dropout,
               ln_eps=self.ln_eps, cross_attention=self.cross_attention, dtype=self.dtype,
               param_dtype=self.param_dtype)
     if self.scan:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
+      stack = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="blocks", **kw)(x, mask, context, deterministic)
+      x, _ = stack(name="blocks", **kw)(x, mask, context, deterministic, decode)
     else:
       for i in range(self.depth):
-        x, _ = block(name=f"block_{i}", **kw)(x, mask, context, deterministic)
+        x, _ = block(name=f"block_{i}", **kw)(x, mask, context, deterministic, decode)
     return x

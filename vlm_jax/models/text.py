@@ -59,8 +59,13 @@ class TextTransformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False, return_hidden: bool = False):
-    """return_hidden: also return the last block's output before the final LayerNorm (FLAVA)."""
+  def __call__(self, tokens, train: bool = False, return_hidden: bool = False, decode: bool = False,
+               positions=None, mask=None):
+    """return_hidden: also return the last block's output before the final LayerNorm (FLAVA).
+
+    decode: cached decoding (the `cache` collection) of a chunk of `tokens`, with the `positions` and
+    `mask` a `layers.DecodeState` gave for it; returns (None, token outputs).
+    """
     if tokens.shape[1] > self.max_len:
       raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -70,15 +75,23 @@ class TextTransformer(nn.Module):
     x = embed(tokens)
     pos = self.param("pos_embed", layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
                      (self.max_len, self.width), self.param_dtype)
-    x = x + pos[: tokens.shape[1]].astype(self.dtype)[None]
+    if decode:
+      if not self.causal or positions is None or mask is None:
+        raise ValueError("decoding needs a causal text model and the positions and mask of a DecodeState")
+      x = x + jnp.take(pos, positions, axis=0).astype(self.dtype)
+    else:
+      x = x + pos[: tokens.shape[1]].astype(self.dtype)[None]
     if self.embed_ln:
       x = layers.layer_norm("ln_embed", eps=self.ln_eps, **kw)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    mask = layers.attention_mask(jnp.ones_like(valid), valid, self.causal)
+    if mask is None:
+      mask = layers.attention_mask(jnp.ones_like(valid), valid, self.causal)
     x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout, ln_eps=self.ln_eps,
-                       remat=self.remat, scan=self.scan, name="encoder", **kw)(x, mask, not train)
+                       remat=self.remat, scan=self.scan, name="encoder", **kw)(x, mask, not train, decode=decode)
     hidden = x
     x = layers.layer_norm("ln_final", eps=self.ln_eps, **kw)(x)
+    if decode:
+      return None, x
     if self.pool == "eot":
       if self.eos_id >= 0:
         last = jnp.argmax(tokens == self.eos_id, axis=1)
