@@ -102,7 +102,7 @@ def test_beam_search_finds_the_best_sequence_and_one_beam_is_greedy():
 
 
 def test_beam_search_ends_beams_at_eos_and_applies_the_length_penalty():
-  # Token 2 (eos) is likely at once; tokens 3 then 3 have the higher total probability per token.
+  # Token 2 (eos) has probability 0.4 at once; 3, 3, 3 has 0.6 * 0.95 * 0.95 = 0.54.
   eos, vocab = 2, 4
   first = jnp.log(jnp.array([[1e-9, 1e-9, 0.4, 0.6]]))
   table = jnp.zeros((vocab, vocab)).at[3].set(jnp.log(jnp.array([1e-9, 1e-9, 0.05, 0.95])))
@@ -112,15 +112,16 @@ def test_beam_search_ends_beams_at_eos_and_applies_the_length_penalty():
   short, s_short = generate.beam_search(step, cache, jnp.repeat(first, 2, 0), 3, beams=2, eos_id=eos, pad_id=0)
   long, s_long = generate.beam_search(step, cache, jnp.repeat(first, 2, 0), 3, beams=2, eos_id=eos, pad_id=0,
                                       length_penalty=2.0)
-  # Raw scores: [eos] = log 0.4 beats [3, 3, 3] (log 0.6 + 2 log 0.95 ~ log 0.54)? No: 0.54 > 0.4, so
-  # check both against hand-computed values instead of intuition.
+  # Every sequence two beams can reach, with its hand-computed log-probability.
   raw = {(2, 0, 0): np.log(0.4), (3, 3, 3): np.log(0.6) + 2 * np.log(0.95), (3, 2, 0): np.log(0.6 * 0.05),
          (3, 3, 2): np.log(0.6 * 0.95 * 0.05)}
   lengths = {k: (k.index(2) + 1 if 2 in k else 3) for k in raw}
   best_raw = max(raw, key=raw.get)
   assert tuple(np.asarray(short[0])) == best_raw
   assert float(s_short[0]) == pytest.approx(raw[best_raw], abs=1e-4)
-  assert tuple(np.asarray(long[0])) in raw
+  assert best_raw == (3, 3, 3)
+  # A length penalty can only favour the longer of two beams more.
+  assert tuple(np.asarray(long[0])) == (3, 3, 3) and float(s_long[0]) == pytest.approx(raw[(3, 3, 3)], abs=1e-4)
   assert np.asarray(short[0]).tolist().count(0) == 3 - lengths[best_raw]   # pad after eos
 
 
