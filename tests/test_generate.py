@@ -102,27 +102,19 @@ def test_beam_search_finds_the_best_sequence_and_one_beam_is_greedy():
 
 
 def test_beam_search_ends_beams_at_eos_and_applies_the_length_penalty():
-  # Token 2 (eos) has probability 0.4 at once; 3, 3, 3 has 0.6 * 0.95 * 0.95 = 0.54.
+  # First token: eos (2) or 3, each 0.5; after a 3: 3 with 0.8, eos with 0.2.
   eos, vocab = 2, 4
-  first = jnp.log(jnp.array([[1e-9, 1e-9, 0.4, 0.6]]))
-  table = jnp.zeros((vocab, vocab)).at[3].set(jnp.log(jnp.array([1e-9, 1e-9, 0.05, 0.95])))
+  first = jnp.log(jnp.array([[1e-9, 1e-9, 0.5, 0.5]]))
+  table = jnp.zeros((vocab, vocab)).at[3].set(jnp.log(jnp.array([1e-9, 1e-9, 0.2, 0.8])))
   def step(cache, tokens):
     return table[tokens[:, -1]][:, None] + 0 * cache["x"][:, None, None], cache
-  cache = {"x": jnp.zeros((2,))}
-  short, s_short = generate.beam_search(step, cache, jnp.repeat(first, 2, 0), 3, beams=2, eos_id=eos, pad_id=0)
-  long, s_long = generate.beam_search(step, cache, jnp.repeat(first, 2, 0), 3, beams=2, eos_id=eos, pad_id=0,
-                                      length_penalty=2.0)
-  # Every sequence two beams can reach, with its hand-computed log-probability.
-  raw = {(2, 0, 0): np.log(0.4), (3, 3, 3): np.log(0.6) + 2 * np.log(0.95), (3, 2, 0): np.log(0.6 * 0.05),
-         (3, 3, 2): np.log(0.6 * 0.95 * 0.05)}
-  lengths = {k: (k.index(2) + 1 if 2 in k else 3) for k in raw}
-  best_raw = max(raw, key=raw.get)
-  assert tuple(np.asarray(short[0])) == best_raw
-  assert float(s_short[0]) == pytest.approx(raw[best_raw], abs=1e-4)
-  assert best_raw == (3, 3, 3)
-  # A length penalty can only favour the longer of two beams more.
-  assert tuple(np.asarray(long[0])) == (3, 3, 3) and float(s_long[0]) == pytest.approx(raw[(3, 3, 3)], abs=1e-4)
-  assert np.asarray(short[0]).tolist().count(0) == 3 - lengths[best_raw]   # pad after eos
+  cache, logits = {"x": jnp.zeros((2,))}, jnp.repeat(first, 2, 0)
+  short, s_short = generate.beam_search(step, cache, logits, 3, beams=2, eos_id=eos, pad_id=0)
+  long, s_long = generate.beam_search(step, cache, logits, 3, beams=2, eos_id=eos, pad_id=0, length_penalty=2.0)
+  # Raw log-probabilities prefer [eos] (log 0.5 > log 0.32); with ((5 + len) / 6) ** 2 the normalised score
+  # of [3, 3, 3] is log(0.32) / (8 / 6) ** 2 = -0.64 > -0.69: the longer caption wins.
+  assert np.asarray(short[0]).tolist() == [2, 0, 0] and float(s_short[0]) == pytest.approx(np.log(0.5), abs=1e-4)
+  assert np.asarray(long[0]).tolist() == [3, 3, 3] and float(s_long[0]) == pytest.approx(np.log(0.32), abs=1e-4)
 
 
 def tiny_coca(scan=False):
