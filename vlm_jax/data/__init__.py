@@ -8,7 +8,8 @@ from vlm_jax.registry import DATASETS
 
 @dataclasses.dataclass
 class ImageTextData:
-  """Random-access splits of {'image', 'caption', labels...} examples, plus class names per label key."""
+  """Random-access splits of {'image', 'caption', labels...} examples (the embedded data also has
+  'captions' (all references), 'questions' / 'answers' / 'question_types'), plus class names per label key."""
   description: str
   train: Any
   test: Any
@@ -19,11 +20,14 @@ class ImageTextData:
 @DATASETS.register("embedded")
 def build_embedded(config) -> ImageTextData:
   """The synthetic shapes dataset shipped with vlm_jax (built into the cache on first use)."""
-  sources, tokenizer_path = synthetic.load(config.image_size, seed=config.get("seed", 0), data_dir=config.get("data_dir") or None)
+  max_objects = config.get("max_objects", 1)
+  sources, tokenizer_path = synthetic.load(config.image_size, seed=config.get("seed", 0),
+                                           data_dir=config.get("data_dir") or None, max_objects=max_objects)
+  objects = f", 1-{max_objects} objects" if max_objects > 1 else ""
   return ImageTextData(
-      description=(f"the embedded synthetic dataset (coloured shapes, {config.image_size}px, "
+      description=(f"the embedded synthetic dataset (coloured shapes, {config.image_size}px{objects}, "
                    f"{len(sources['train'])} train / {len(sources['test'])} test pairs)"),
       train=sources["train"], test=sources["test"],
       class_names={"shape": synthetic.SHAPES, "color": tuple(synthetic.COLORS), "size": synthetic.SIZES,
-                   "position": synthetic.POSITIONS},
+                   "position": synthetic.POSITIONS, "count": synthetic.COUNTS},
       tokenizer_path=tokenizer_path)

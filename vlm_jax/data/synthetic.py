@@ -3,7 +3,13 @@
 Built on first use as a TFDS dataset in ArrayRecord format (no TensorFlow needed) in a cache directory,
 deterministically from a seed, so every machine gets the same bytes. Each image shows one shape; its
 caption names the shape, colour, size and position, and the same facts are stored as class labels for
-zero-shot classification and probes.
+zero-shot classification and probes. Every example also carries all its reference captions (one per
+template, for BLEU / ROUGE-L / CIDEr) and question/answer pairs about colour, shape, size, count and
+position (for VQA).
+
+`max_objects` > 1 (`data.max_objects`) builds a variant in which an image shows 1..max_objects copies of
+the same shape (same colour and size) in different cells, so that counting questions mean something;
+`position` is then the first copy's cell, and group captions do not mention positions.
 """
 import fcntl
 import os
@@ -27,8 +33,18 @@ TEMPLATES = (
     "{position}: a {size} {color} {shape}",
     "a {size} {shape}, coloured {color}, in the {position}",
 )
+GROUP_TEMPLATES = (
+    "{count} {size} {color} {shapes}",
+    "a photo of {count} {color} {shapes}",
+    "there are {count} {color} {shapes} in the image",
+    "{count} {size} {shapes}, coloured {color}",
+)
+COUNTS = ("1", "2", "3")          # answers as digits: what the VQA normalisation makes of number words
+NUMBER_WORDS = ("one", "two", "three")
+QUESTION_TYPES = ("color", "shape", "size", "count", "position")
 SPLITS = {"train": (50_000, 0), "test": (2_000, 1)}   # split: (examples, seed offset)
-VERSION = "1.0.0"
+# 2.0.0 added reference captions, questions/answers and `count`; images and captions are those of 1.0.0.
+VERSION = "2.0.0"
 
 
 def _polygon(cx, cy, r, n, rotation=-np.pi / 2, inner=None):
@@ -40,22 +56,7 @@ def _polygon(cx, cy, r, n, rotation=-np.pi / 2, inner=None):
   return points
 
 
-def draw_example(rng: np.random.Generator, image_size: int) -> dict:
-  """One example's image and facts, drawn from `rng`."""
-  shape, color = rng.integers(len(SHAPES)), rng.integers(len(COLORS))
-  size, position = rng.integers(len(SIZES)), rng.integers(len(POSITIONS))
-  background = tuple(int(c) for c in rng.integers(0, 90, size=3))
-  # Drawn at 2x and downsampled, so edges are anti-aliased at any size.
-  s = image_size * 2
-  image = Image.new("RGB", (s, s), background)
-  draw = ImageDraw.Draw(image)
-  cell = s / 3
-  row, col = divmod(int(position), 3)
-  r = cell * (0.28 if size == 0 else 0.45) * rng.uniform(0.9, 1.1)
-  cx = cell * (col + 0.5) + rng.uniform(-0.1, 0.1) * cell
-  cy = cell * (row + 0.5) + rng.uniform(-0.1, 0.1) * cell
-  fill = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in list(COLORS.values())[color])
-  name = SHAPES[shape]
+def _draw_shape(draw, name, cx, cy, r, fill, background):
   box = (cx - r, cy - r, cx + r, cy + r)
   if name == "circle":
     draw.ellipse(box, fill=fill)
@@ -76,19 +77,70 @@ def draw_example(rng: np.random.Generator, image_size: int) -> dict:
   elif name == "ring":
     draw.ellipse(box, fill=fill)
     draw.ellipse((cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r), fill=background)
+
+
+def plural(shape: str) -> str:
+  return shape + ("es" if shape.endswith("s") else "s")
+
+
+def questions(facts: dict, count: int) -> list:
+  """[(question, answer, type)] about an image with `count` copies of the shape described by `facts`."""
+  noun = facts["shape"] if count == 1 else plural(facts["shape"])
+  qa = [(f"what color is the {noun}?", facts["color"], "color"),
+        ("what shape is in the image?", facts["shape"], "shape"),
+        (f"is the {facts['color']} {noun} small or large?", facts["size"], "size"),
+        (f"how many {facts['color']} shapes are there?", COUNTS[count - 1], "count")]
+  if count == 1:
+    qa.append((f"where is the {facts['color']} {noun}?", facts["position"], "position"))
+  return qa
+
+
+def draw_example(rng: np.random.Generator, image_size: int, max_objects: int = 1) -> dict:
+  """One example's image and facts, drawn from `rng`. With max_objects=1 the draws (and so the images and
+  captions) are those of dataset version 1.0.0."""
+  shape, color = rng.integers(len(SHAPES)), rng.integers(len(COLORS))
+  size, position = rng.integers(len(SIZES)), rng.integers(len(POSITIONS))
+  count = int(rng.integers(1, max_objects + 1)) if max_objects > 1 else 1
+  cells = [int(position)]
+  if count > 1:
+    cells += [int(c) for c in rng.choice([c for c in range(9) if c != position], count - 1, replace=False)]
+  background = tuple(int(c) for c in rng.integers(0, 90, size=3))
+  # Drawn at 2x and downsampled, so edges are anti-aliased at any size.
+  s = image_size * 2
+  image = Image.new("RGB", (s, s), background)
+  draw = ImageDraw.Draw(image)
+  cell = s / 3
+  fill = None
+  for index in cells:
+    row, col = divmod(index, 3)
+    r = cell * (0.28 if size == 0 else 0.45) * rng.uniform(0.9, 1.1)
+    cx = cell * (col + 0.5) + rng.uniform(-0.1, 0.1) * cell
+    cy = cell * (row + 0.5) + rng.uniform(-0.1, 0.1) * cell
+    if fill is None:
+      fill = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in list(COLORS.values())[color])
+    _draw_shape(draw, SHAPES[shape], cx, cy, r, fill, background)
   image = image.resize((image_size, image_size), Image.Resampling.BOX)
   facts = dict(shape=SHAPES[shape], color=list(COLORS)[color], size=SIZES[size], position=POSITIONS[position])
-  caption = TEMPLATES[rng.integers(len(TEMPLATES))].format(**facts)
-  return dict(image=image, caption=caption, shape=int(shape), color=int(color), size=int(size),
-              position=int(position))
+  if count == 1:
+    references = [t.format(**facts) for t in TEMPLATES]
+  else:
+    references = [t.format(**facts, count=NUMBER_WORDS[count - 1], shapes=plural(facts["shape"]))
+                  for t in GROUP_TEMPLATES]
+  caption = references[rng.integers(len(references))]
+  qa = questions(facts, count)
+  return dict(image=image, caption=caption, captions=references, questions=[q for q, _, _ in qa],
+              answers=[a for _, a, _ in qa], question_types=[t for _, _, t in qa], shape=int(shape),
+              color=int(color), size=int(size), position=int(position), count=count - 1)
 
 
 class SyntheticShapesConfig(tfds.core.BuilderConfig):
 
-  def __init__(self, *, image_size: int, seed: int = 0, **kwargs):
-    super().__init__(name=f"{image_size}px_seed{seed}", **kwargs)
+  def __init__(self, *, image_size: int, seed: int = 0, max_objects: int = 1, **kwargs):
+    suffix = f"_objects{max_objects}" if max_objects > 1 else ""
+    super().__init__(name=f"{image_size}px_seed{seed}{suffix}", **kwargs)
     self.image_size = image_size
     self.seed = seed
+    self.max_objects = max_objects
 
 
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
@@ -104,10 +156,15 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(size, size, 3)),
             "caption": tfds.features.Text(),
+            "captions": tfds.features.Sequence(tfds.features.Text()),
+            "questions": tfds.features.Sequence(tfds.features.Text()),
+            "answers": tfds.features.Sequence(tfds.features.Text()),
+            "question_types": tfds.features.Sequence(tfds.features.ClassLabel(names=QUESTION_TYPES)),
             "shape": tfds.features.ClassLabel(names=SHAPES),
             "color": tfds.features.ClassLabel(names=list(COLORS)),
             "size": tfds.features.ClassLabel(names=SIZES),
             "position": tfds.features.ClassLabel(names=POSITIONS),
+            "count": tfds.features.ClassLabel(names=COUNTS),
         }))
 
   def _split_generators(self, dl_manager):
@@ -118,27 +175,29 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     for i in range(num_examples):
       rng = np.random.default_rng([config.seed, seed_offset, i])
-      yield i, draw_example(rng, config.image_size)
+      yield i, draw_example(rng, config.image_size, config.max_objects)
 
 
 def default_data_dir() -> str:
   return os.environ.get("VLM_JAX_DATA_DIR", os.path.expanduser("~/.cache/vlm_jax/tfds"))
 
 
-TOKENIZER_FILE = "sentencepiece_v1.model"
-TOKENIZER_SAMPLE = 5000  # captions come from a small grammar; this many cover every word
+TOKENIZER_FILE = "sentencepiece_v2.model"
+TOKENIZER_SAMPLE = 5000  # captions and questions come from a small grammar; this many cover every word
 
 
-def load(image_size: int, seed: int = 0, data_dir: str | None = None, log=print):
+def load(image_size: int, seed: int = 0, data_dir: str | None = None, log=print, max_objects: int = 1):
   """Returns ({split: random-access source}, tokenizer model path), building both on first use.
 
   The build takes about 20 s at 64 px. The tokenizer is a SentencePiece BPE model trained on the
-  training captions, so captions encode to a few whole-word tokens.
+  training captions, questions and answers, so they encode to a few whole-word tokens.
   """
   data_dir = data_dir or default_data_dir()
   os.makedirs(data_dir, exist_ok=True)
-  builder = SyntheticShapes(config=SyntheticShapesConfig(image_size=image_size, seed=seed), data_dir=data_dir,
-                            file_format="array_record")
+  if not 1 <= max_objects <= len(COUNTS):
+    raise ValueError(f"data.max_objects must be in 1..{len(COUNTS)}, got {max_objects}")
+  builder = SyntheticShapes(config=SyntheticShapesConfig(image_size=image_size, seed=seed, max_objects=max_objects),
+                            data_dir=data_dir, file_format="array_record")
   # Processes sharing a cache directory build it once: the first takes the lock, the rest then find it built.
   with open(os.path.join(data_dir, ".vlm_jax_build.lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -149,6 +208,9 @@ def load(image_size: int, seed: int = 0, data_dir: str | None = None, log=print)
     sources = {split: builder.as_data_source(split=split) for split in SPLITS}
     tokenizer_path = os.path.join(builder.data_dir, TOKENIZER_FILE)
     if not os.path.exists(tokenizer_path):
-      captions = [sources["train"][i]["caption"].decode() for i in range(TOKENIZER_SAMPLE)]
-      tokenizers.train_sentencepiece(captions, tokenizer_path)
+      texts = []
+      for i in range(TOKENIZER_SAMPLE):
+        example = sources["train"][i]
+        texts += [t.decode() for key in ("captions", "questions", "answers") for t in example[key]]
+      tokenizers.train_sentencepiece(texts, tokenizer_path)
   return sources, tokenizer_path
