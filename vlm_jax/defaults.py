@@ -16,8 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.objectives = ml_collections.ConfigDict()
   # With no dataset configured, the embedded synthetic data (rendered at 64px, resized to the model input).
   # tokenizer_path "" = the dataset's own SentencePiece model. mean/std: the image normalisation.
+  # max_objects: 1, or up to 3 copies of the shape per image (counting questions).
   c.data = ml_collections.ConfigDict(dict(
-      name="embedded", image_size=64, seed=0, data_dir="", tokenizer="sentencepiece", tokenizer_path="",
+      name="embedded", image_size=64, seed=0, max_objects=1, data_dir="", tokenizer="sentencepiece", tokenizer_path="",
       num_threads=8, lowercase=False, mean=(0.48145466, 0.4578275, 0.40821073),
       std=(0.26862954, 0.26130258, 0.27577711), augment=dict(crop_scale=None, flip=False)))
   c.optim = ml_collections.ConfigDict(dict(

@@ -4,7 +4,8 @@ Cached decoding: a model exposes
   decode_context(images) -> context           (whatever its decoder reads: image tokens, encoder output)
   decode(context, tokens, prefill) -> logits  (next-token logits [batch, n, vocab] for a chunk of tokens,
                                                appended to its key/value cache, the `cache` collection)
-`prefill=True` marks the prompt chunk, which a prefix-LM attends to bidirectionally together with the image.
+`prefill=True` marks the prompt chunk (right-padded), which a prefix-LM attends to bidirectionally together
+with the image, and an encoder-decoder encodes; it returns the logits after the prompt, [batch, vocab].
 `generate` sizes the cache, prefills the prompt and then runs `greedy_search` or `beam_search`, one token
 per step under `lax.while_loop`, so it compiles once per batch shape.
 
@@ -99,8 +100,6 @@ def generate(model, params, images, prompt, steps: int, *, eos_id: int, pad_id: 
                                               mutable=["cache"])[1]["cache"])
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   logits, state = call(cache, prompt, True)
-  last = jnp.maximum((prompt != pad_id).sum(axis=1) - 1, 0)
-  logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
 
   def step(cache, tokens):
     logits, state = call(cache, tokens, False)

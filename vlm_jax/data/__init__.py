@@ -15,6 +15,7 @@ class ImageTextData:
   test: Any
   class_names: Dict[str, Sequence[str]]
   tokenizer_path: Optional[str] = None   # a SentencePiece model that goes with the data, if any
+  question_types: Sequence[str] = ()     # names of the examples' integer `question_types`, if they have questions
 
 
 @DATASETS.register("embedded")
@@ -30,4 +31,4 @@ def build_embedded(config) -> ImageTextData:
       train=sources["train"], test=sources["test"],
       class_names={"shape": synthetic.SHAPES, "color": tuple(synthetic.COLORS), "size": synthetic.SIZES,
                    "position": synthetic.POSITIONS, "count": synthetic.COUNTS},
-      tokenizer_path=tokenizer_path)
+      tokenizer_path=tokenizer_path, question_types=synthetic.QUESTION_TYPES)

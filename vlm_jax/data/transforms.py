@@ -31,7 +31,9 @@ class Preprocess:
   flip: bool = False
   label_keys: tuple = ()
   lowercase: bool = False
-  batch_keys: frozenset = frozenset()   # extra inputs objectives ask for: 'word_start' (whole-word masking)
+  # Extra inputs objectives ask for: 'word_start' (whole-word masking), 'qa' (one question/answer pair
+  # as `qa_text` = start, question, answer, end, with `qa_prefix` = the length of start + question).
+  batch_keys: frozenset = frozenset()
 
   @classmethod
   def from_config(cls, config, tokenizer, *, train: bool = False, **fields):
@@ -67,6 +69,28 @@ class Preprocess:
     out = {"image": self.image(example["image"], rng), "text": self.text(example["caption"])}
     if "word_start" in self.batch_keys:
       out["word_start"] = self.tokenizer.word_starts(out["text"])
+    if "qa" in self.batch_keys:
+      i = int(rng.integers(len(example["questions"]))) if rng is not None else 0
+      out["qa_text"], out["qa_prefix"] = self.question_answer(example["questions"][i], example["answers"][i])
     for key in self.label_keys:
       out[key] = np.int32(example[key])
     return out
+
+  def prompt(self, question) -> np.ndarray:
+    """Start token + question tokens, right-padded: the prompt a prefix-LM answers."""
+    ids = self.tokenizer.encode(_to_text(question), self.max_len)
+    pad = self.tokenizer.pad_id
+    return np.where(ids == self.tokenizer.eos_id, pad, ids).astype(np.int32)
+
+  def question_answer(self, question, answer):
+    """(int32 [max_len] start + question + answer + end, int32 prefix length = start + question)."""
+    question_ids = [int(t) for t in self.prompt(question) if t != self.tokenizer.pad_id]
+    answer_ids = [int(t) for t in self.tokenizer.encode(_to_text(answer), self.max_len)
+                  if t not in (self.tokenizer.pad_id, self.tokenizer.bos_id)]
+    ids = (question_ids + answer_ids)[:self.max_len]
+    if len(question_ids) >= self.max_len:
+      raise ValueError(f"question {_to_text(question)!r} fills all {self.max_len} text positions; raise "
+                       "model.text.max_len")
+    out = np.full(self.max_len, self.tokenizer.pad_id, np.int32)
+    out[:len(ids)] = ids
+    return out, np.int32(len(question_ids))

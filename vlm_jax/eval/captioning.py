@@ -1,15 +1,15 @@
 """Caption generation evaluated by what the captions say: does a greedy caption name the image's class?
 
 For each label key (e.g. shape, color) the first class name mentioned in the caption is the prediction;
-accuracy is compared with chance (1 / number of classes). Generation metrics on reference captions
-(BLEU, CIDEr, ...) build on the same generated captions.
+accuracy is compared with chance (1 / number of classes). When the examples carry reference captions
+(`captions`), the same generated captions get BLEU-1..4, ROUGE-L and CIDEr-D (`text_metrics`).
 """
 import re
 
 import numpy as np
 
 from vlm_jax import generate
-from vlm_jax.eval import common
+from vlm_jax.eval import common, text_metrics
 from vlm_jax.registry import EVALUATORS, ConfigError
 
 
@@ -24,14 +24,15 @@ def first_mention(caption: str, names) -> int:
 
 
 class Captioning:
-  """config: label_keys (default shape, color), limit (examples), max_len (default: the text length)."""
+  """config: label_keys (default shape, color), limit (examples), max_len (default: the text length),
+  beams (1: greedy), length_penalty (beam search)."""
   needs_image_emb = False
 
   def __init__(self, config, experiment):
     self.exp = experiment
-    if not hasattr(experiment.model, "caption_logits"):
+    if not hasattr(experiment.model, "decode"):
       raise ConfigError(f"the captioning evaluator needs a model that writes text; {experiment.config.model.name!r} "
-                        "has no caption_logits")
+                        "has no decoder")
     self.label_keys = tuple(config.get("label_keys", ("shape", "color")))
     for key in self.label_keys:
       if key not in experiment.data.class_names:
@@ -40,10 +41,12 @@ class Captioning:
     self.limit = config.get("limit") or None
     self.max_len = config.get("max_len") or experiment.max_len
     self.generator = common.Encoder(
-        experiment, generate.captioner(experiment.model, experiment.tokenizer, self.max_len))
+        experiment, generate.captioner(experiment.model, experiment.tokenizer, self.max_len,
+                                       beams=int(config.get("beams", 1)),
+                                       length_penalty=float(config.get("length_penalty", 0.0))))
 
   def generate(self, params, n: int):
-    """Greedy captions (strings) of the first n test images."""
+    """Generated captions (strings) of the first n test images."""
     tokens = self.generator(params, n, common.image_rows(self.exp, self.exp.data.test))
     return [self.exp.tokenizer.decode(row) for row in tokens]
 
@@ -59,6 +62,9 @@ class Captioning:
       labels = np.array([source[i][key] for i in range(n)])
       metrics[f"captioning/{key}_mention_acc"] = float(np.mean(predicted == labels))
       metrics[f"captioning/{key}_chance"] = 1.0 / len(names)
+    if n and "captions" in source[0]:
+      references = [[common.as_text(c) for c in source[i]["captions"]] for i in range(n)]
+      metrics.update({f"captioning/{k}": v for k, v in text_metrics.caption_scores(texts, references).items()})
     return metrics
 
 

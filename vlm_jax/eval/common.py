@@ -36,6 +36,10 @@ class Encoder:
     return np.concatenate(outputs)[:n] if outputs else np.zeros((0,))
 
 
+def as_text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def image_rows(experiment, source):
   return lambda idx: np.stack([experiment.eval_preprocess.image(source[int(i)]["image"]) for i in idx])
 

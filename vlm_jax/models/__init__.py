@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vlm_jax.models import coca, flava, fusion, layers, text, two_tower, vit
+from vlm_jax.models import coca, flava, fusion, layers, prefix_lm, text, two_tower, vit
 from vlm_jax.registry import MODELS
 
 TWO_TOWER_FIELDS = ("embed_dim", "logit_scale_init", "logit_scale_max", "logit_bias_init", "image_head",
@@ -55,6 +55,14 @@ def build_coca(config, vocab_size: int):
   return coca.CoCa(image=image, text=txt, decoder=dict(config.decoder), embed_dim=config.embed_dim,
                    caption_queries=config.caption_queries, locked=tuple(config.get("locked", ())),
                    **shared_fields(config))
+
+
+@MODELS.register("prefix_lm")
+def build_prefix_lm(config, vocab_size: int):
+  """Decoder-only prefix-LM: ViT -> projector (model.projector: linear | mlp) -> one causal/prefix decoder."""
+  image, txt = tower_fields(config, vocab_size)
+  return prefix_lm.PrefixLM(image=image, text=txt, projector_kind=config.get("projector", "mlp"),
+                            **shared_fields(config))
 
 
 def abstract_params(model, image_size: int, max_len: int):

@@ -92,14 +92,14 @@ class CoCa(nn.Module):
 
   def decode(self, context, tokens, prefill: bool = False):
     """Next-token logits [batch, n, vocab] for a chunk of tokens, appended to the `cache` collection
-    (causal throughout, so a prompt chunk needs nothing special)."""
-    del prefill
+    (causal throughout, so a prompt chunk needs nothing special); prefill: [batch, vocab] after the prompt."""
     pad_id = self.text.get("pad_id", 0)
     valid = tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
     positions, mask = self.decode_state(valid, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
     _, hidden = self.text_encoder(tokens, decode=True, positions=positions, mask=mask)
     x = self.multimodal_decoder(hidden, mask, True, context=self.decoder_context_proj(context), decode=True)
-    return self.lm_head(self.decoder_ln(x)).astype(jnp.float32)
+    logits = self.lm_head(self.decoder_ln(x)).astype(jnp.float32)
+    return layers.last_valid(logits, valid) if prefill else logits
 
   def encode_text(self, tokens, train: bool = False):
     return self._text(tokens, train)[0]

@@ -88,6 +88,12 @@ def prefix_blocks(length: int, prefix_len):
   return jnp.maximum(jnp.arange(length)[None, :] - jnp.asarray(prefix_len)[..., None] + 1, 0)
 
 
+def last_valid(x, valid):
+  """x [batch, n, ...] -> [batch, ...] at each row's last valid position (a prefilled prompt's logits)."""
+  last = jnp.maximum(valid.sum(axis=1) - 1, 0)
+  return jnp.take_along_axis(x, last.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+
 class DecodeState(nn.Module):
   """Bookkeeping of cached decoding (the `cache` collection): which cache slots hold valid keys, their
   block ids and how many valid tokens each row has, so that a chunk of new tokens gets its positions

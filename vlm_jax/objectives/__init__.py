@@ -1,7 +1,7 @@
 """Objectives: `loss(params, batch, rng, *, model, train) -> (loss, metrics)`, combined by weight."""
 import jax
 
-from vlm_jax.objectives import captioning, contrastive, masked_modeling, matching, sigmoid  # noqa: F401
+from vlm_jax.objectives import captioning, contrastive, masked_modeling, matching, prefix_lm, sigmoid  # noqa: F401
 from vlm_jax.registry import OBJECTIVES
 
 
