@@ -184,6 +184,7 @@ def default_data_dir() -> str:
 
 TOKENIZER_FILE = "sentencepiece_v2.model"
 TOKENIZER_SAMPLE = 5000  # captions and questions come from a small grammar; this many cover every word
+TOKENIZER_VOCAB = 640    # at most: 256 byte pieces + specials + all the merges that make every word one piece
 
 
 def load(image_size: int, seed: int = 0, data_dir: str | None = None, log=print, max_objects: int = 1):
@@ -212,5 +213,5 @@ def load(image_size: int, seed: int = 0, data_dir: str | None = None, log=print,
       for i in range(TOKENIZER_SAMPLE):
         example = sources["train"][i]
         texts += [t.decode() for key in ("captions", "questions", "answers") for t in example[key]]
-      tokenizers.train_sentencepiece(texts, tokenizer_path)
+      tokenizers.train_sentencepiece(texts, tokenizer_path, vocab_size=TOKENIZER_VOCAB, hard_vocab_limit=False)
   return sources, tokenizer_path

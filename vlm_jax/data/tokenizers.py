@@ -80,14 +80,15 @@ class SentencePieceTokenizer(_FixedLength):
     return self._sp.decode(ids)
 
 
-def train_sentencepiece(texts, path: str, vocab_size: int = 400):
-  """Trains a BPE SentencePiece model with byte fallback (so any text encodes) and writes it to `path`."""
+def train_sentencepiece(texts, path: str, vocab_size: int = 400, hard_vocab_limit: bool = True):
+  """Trains a BPE SentencePiece model with byte fallback (so any text encodes) and writes it to `path`.
+  hard_vocab_limit=False: `vocab_size` is an upper bound (a small corpus may run out of merges first)."""
   import sentencepiece  # pylint: disable=import-outside-toplevel
   proto = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
       byte_fallback=True, character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-      user_defined_symbols=["<mask>"], minloglevel=2)
+      user_defined_symbols=["<mask>"], hard_vocab_limit=hard_vocab_limit, minloglevel=2)
   with open(path + ".tmp", "wb") as f:
     f.write(proto.getvalue())
   os.replace(path + ".tmp", path)

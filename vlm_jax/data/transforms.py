@@ -87,10 +87,10 @@ class Preprocess:
     question_ids = [int(t) for t in self.prompt(question) if t != self.tokenizer.pad_id]
     answer_ids = [int(t) for t in self.tokenizer.encode(_to_text(answer), self.max_len)
                   if t not in (self.tokenizer.pad_id, self.tokenizer.bos_id)]
-    ids = (question_ids + answer_ids)[:self.max_len]
-    if len(question_ids) >= self.max_len:
-      raise ValueError(f"question {_to_text(question)!r} fills all {self.max_len} text positions; raise "
-                       "model.text.max_len")
+    ids = question_ids + answer_ids
+    if len(ids) > self.max_len or answer_ids[-1:] != [self.tokenizer.eos_id]:
+      raise ValueError(f"question {_to_text(question)!r} and answer {_to_text(answer)!r} need more than "
+                       f"{self.max_len} tokens; raise model.text.max_len")
     out = np.full(self.max_len, self.tokenizer.pad_id, np.int32)
     out[:len(ids)] = ids
     return out, np.int32(len(question_ids))
