@@ -18,6 +18,7 @@ LIT_TINY = os.path.join(ROOT, "experiments", "lit_b16.py") + ":tiny"
 VILT_TINY = os.path.join(ROOT, "experiments", "vilt_b32.py") + ":tiny"
 FLAVA_TINY = os.path.join(ROOT, "experiments", "flava_b16.py") + ":tiny"
 PREFIXLM_TINY = os.path.join(ROOT, "experiments", "prefixlm_b16.py") + ":tiny"
+SIMVLM_TINY = os.path.join(ROOT, "experiments", "simvlm_base.py") + ":tiny"
 
 # A CLIP small enough that 8 simulated devices fit on 2 cores. Kept as CLI-style overrides so that
 # subprocess runs and in-process runs use exactly the same config.

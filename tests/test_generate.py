@@ -164,3 +164,46 @@ def test_a_prompt_chunk_is_prefilled_in_one_call():
   for row, n in enumerate([4, 2, 1]):
     k = min(6, 10 - n)
     np.testing.assert_array_equal(np.asarray(out[row])[:k], reference[row, n:n + k])
+
+
+def tiny_prefix_lm():
+  from vlm_jax.models import prefix_lm
+  return prefix_lm.PrefixLM(image=dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, image_size=16),
+                            text=dict(vocab_size=9, width=32, depth=2, num_heads=2, mlp_dim=64, max_len=10, pad_id=0))
+
+
+def tiny_simvlm():
+  from vlm_jax.models import simvlm
+  return simvlm.SimVLM(image=dict(patch_size=8, image_size=16, stem=4), text=dict(vocab_size=9, max_len=10, pad_id=0),
+                       encoder=dict(width=32, depth=2, num_heads=2, mlp_dim=64),
+                       decoder=dict(depth=2, num_heads=2, mlp_dim=64))
+
+
+@pytest.mark.parametrize("make", [tiny_prefix_lm, tiny_simvlm], ids=["prefix_lm", "simvlm"])
+def test_prefix_lms_decode_with_the_cache_exactly_as_without(make):
+  model = make()
+  images = jax.random.normal(jax.random.PRNGKey(1), (5, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(0), images, jnp.ones((5, 10), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x * 3.0, params)
+  tok = types.SimpleNamespace(bos_id=1, eos_id=2, pad_id=0)
+  logits_fn = lambda tokens: model.apply({"params": params}, images, tokens, method="caption_logits")
+  uncached = np.asarray(jax.jit(lambda: generate.greedy_uncached(logits_fn, 5, 10, bos_id=1, eos_id=2))())
+  cached = np.asarray(jax.jit(generate.captioner(model, tok, 10))(params, images))
+  np.testing.assert_array_equal(cached, uncached)
+  assert len({tuple(r) for r in cached}) > 1
+  # A question prompt is the prefix: the cached answer equals the uncached prefix-LM continuation.
+  prompt = jnp.array([[1, 5, 6], [1, 4, 0], [1, 7, 8], [1, 3, 0], [1, 6, 6]], jnp.int32)
+  lengths = np.asarray((prompt != 0).sum(1))
+  out = np.asarray(generate.generate(model, params, images, prompt, 5, eos_id=2, pad_id=0))
+  tokens = np.zeros((5, 10), np.int32)
+  tokens[:, :3] = np.asarray(prompt)
+  for t in range(5):
+    logits = np.array(model.apply({"params": params}, images, jnp.asarray(tokens), jnp.asarray(lengths),
+                                  method="prefix_lm_logits"))
+    for row in range(5):
+      write = lengths[row] + t
+      done = 2 in tokens[row, lengths[row]:write]
+      logits[row, write - 1, 0] = -np.inf
+      tokens[row, write] = 0 if done else int(np.argmax(logits[row, write - 1]))
+  for row in range(5):
+    np.testing.assert_array_equal(out[row], tokens[row, lengths[row]:lengths[row] + 5])

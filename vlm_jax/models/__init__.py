@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vlm_jax.models import coca, flava, fusion, layers, prefix_lm, text, two_tower, vit
+from vlm_jax.models import coca, flava, fusion, layers, prefix_lm, simvlm, text, two_tower, vit
 from vlm_jax.registry import MODELS
 
 TWO_TOWER_FIELDS = ("embed_dim", "logit_scale_init", "logit_scale_max", "logit_bias_init", "image_head",
@@ -63,6 +63,22 @@ def build_prefix_lm(config, vocab_size: int):
   image, txt = tower_fields(config, vocab_size)
   return prefix_lm.PrefixLM(image=image, text=txt, projector_kind=config.get("projector", "mlp"),
                             **shared_fields(config))
+
+
+@MODELS.register("simvlm")
+def build_simvlm(config, vocab_size: int):
+  """SimVLM: [image (conv stem, patches); text prefix] encoder, causal decoder with cross-attention."""
+  patch = vit.parse_variant(config.image.variant)
+  enc = {**dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.encoder.variant])),
+         **{k: v for k, v in config.encoder.items() if k != "variant"}}
+  dec = {**dict(zip(("depth", "num_heads", "mlp_dim"), vit.SIZES[config.decoder.variant][1:])),
+         **{k: v for k, v in config.decoder.items() if k != "variant"}}
+  txt = {"max_len": config.text.max_len, "pad_id": config.text.get("pad_id", 0),
+         "vocab_size": text.pad_vocab(config.text.get("vocab_size") or vocab_size)}
+  image = {"patch_size": patch["patch_size"], "image_size": config.image.image_size, "stem": config.image.get("stem", 0)}
+  return simvlm.SimVLM(image=image, text=txt, encoder=enc, decoder=dec, act=config.get("act", "gelu"),
+                       dropout=config.get("dropout", 0.0), remat=config.remat, scan=config.scan_layers,
+                       **shared_fields(config))
 
 
 def abstract_params(model, image_size: int, max_len: int):

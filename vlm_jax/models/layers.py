@@ -220,7 +220,7 @@ class Block(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, context, deterministic, decode=False):
+  def __call__(self, x, mask, context, deterministic, decode=False, context_mask=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
@@ -230,7 +230,7 @@ class Block(nn.Module):
     if self.cross_attention:
       y = layer_norm("ln_cross", eps=self.ln_eps, **kw)(x)
       x = x + drop(Attention(self.num_heads, dropout=self.dropout, name="cross_attn", **kw)(
-          y, inputs_kv=context, deterministic=deterministic))
+          y, context_mask, inputs_kv=context, deterministic=deterministic))
     y = layer_norm("ln_2", eps=self.ln_eps, **kw)(x)
     x = x + drop(MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)(
         y, deterministic=deterministic))
@@ -284,7 +284,8 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True, context=None,
-               decode: bool = False):
+               decode: bool = False, context_mask=None):
+    """context_mask: [batch, 1, q or 1, context] for cross-attention (None: every context token)."""
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
     block = Block
@@ -295,10 +296,10 @@ class Encoder(nn.Module):
               param_dtype=self.param_dtype)
     if self.scan:
       stack = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,
+                      in_axes=(nn.broadcast,) * 5, length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(name="blocks", **kw)(x, mask, context, deterministic, decode)
+      x, _ = stack(name="blocks", **kw)(x, mask, context, deterministic, decode, context_mask)
     else:
       for i in range(self.depth):
-        x, _ = block(name=f"block_{i}", **kw)(x, mask, context, deterministic, decode)
+        x, _ = block(name=f"block_{i}", **kw)(x, mask, context, deterministic, decode, context_mask)
     return x

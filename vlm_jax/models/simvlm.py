@@ -1,0 +1,164 @@
+"""SimVLM: an encoder-decoder PrefixLM (Wang et al. 2022).
+
+The encoder reads image patches (optionally through a small convolutional stem, SimVLM's stand-in for its
+ResNet stages) followed by the text prefix, with bidirectional attention; the decoder predicts the rest
+of the text causally, cross-attending to the encoder. The split point is chosen per example by the
+objective (`objectives/prefix_lm.py`); `text_only` hides the image (text-only PrefixLM batches). Word
+embeddings are shared by encoder, decoder and output layer, as in SimVLM / T5.
+
+Parameter groups: `image_*` (stem, patch and position embeddings), `text_embed`, `encoder*`, `decoder*`.
+"""
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlm_jax.models import layers
+
+
+class ConvStem(nn.Module):
+  """Two 3x3 convolutions (GELU) that give each patch local image features before patchifying."""
+  channels: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(2):
+      x = nn.Conv(self.channels, (3, 3), padding="SAME", name=f"conv{i + 1}", dtype=self.dtype,
+                  param_dtype=self.param_dtype)(x)
+      x = layers.ACTIVATIONS["gelu"](x)
+    return x
+
+
+class Stash(nn.Module):
+  """Keeps the encoder output between cached decoding calls (the `cache` collection)."""
+
+  @nn.compact
+  def __call__(self, encoded=None, valid=None):
+    if encoded is None:
+      return self.get_variable("cache", "encoded"), self.get_variable("cache", "valid")
+    self.variable("cache", "encoded", jnp.zeros, encoded.shape, encoded.dtype).value = encoded
+    self.variable("cache", "valid", jnp.zeros, valid.shape, bool).value = valid
+    return encoded, valid
+
+
+class SimVLM(nn.Module):
+  image: dict       # patch_size, image_size, stem (conv stem channels; 0 = none)
+  text: dict        # vocab_size, max_len, pad_id
+  encoder: dict     # width, depth, num_heads, mlp_dim
+  decoder: dict     # depth, num_heads, mlp_dim (width: the encoder's)
+  act: str = "gelu"
+  dropout: float = 0.0
+  remat: str = "none"
+  scan: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    width = self.encoder["width"]
+    p, size = self.image["patch_size"], self.image["image_size"]
+    if size % p:
+      raise ValueError(f"image_size {size} is not a multiple of patch_size {p}")
+    normal = lambda std, axes: layers.partitioned(nn.initializers.normal(std), axes)
+    self.image_stem = ConvStem(self.image["stem"], **kw) if self.image.get("stem", 0) else None
+    self.image_patch_embed = nn.Dense(width, kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
+                                                                            ("patch", "embed")), **kw)
+    self.image_pos_embed = self.param("image_pos_embed", normal(0.02, ("length", "embed")), ((size // p) ** 2, width),
+                                      self.param_dtype)
+    self.text_embed = nn.Embed(self.text["vocab_size"], width, embedding_init=normal(0.02, ("vocab", "embed")), **kw)
+    self.encoder_text_pos = self.param("encoder_text_pos", normal(0.01, ("length", "embed")),
+                                       (self.text["max_len"], width), self.param_dtype)
+    self.modality_embed = self.param("modality_embed", normal(0.02, ("classes", "embed")), (2, width), self.param_dtype)
+    common = dict(act=self.act, dropout=self.dropout, remat=self.remat, scan=self.scan, **kw)
+    self.encoder_stack = layers.Encoder(**{k: v for k, v in self.encoder.items() if k != "width"}, **common)
+    self.encoder_ln = layers.layer_norm("encoder_ln", **kw)
+    self.decoder_pos = self.param("decoder_pos", normal(0.01, ("length", "embed")), (self.text["max_len"], width),
+                                  self.param_dtype)
+    self.decoder_stack = layers.Encoder(cross_attention=True, **self.decoder, **common)
+    self.decoder_ln = layers.layer_norm("decoder_ln", **kw)
+    self.decode_state = layers.DecodeState()
+    self.stash = Stash()
+
+  # --- pieces --------------------------------------------------------------------------------------
+
+  def _valid(self, tokens):
+    pad_id = self.text.get("pad_id", 0)
+    return tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
+
+  def _image(self, images, train):
+    x = images.astype(self.dtype)
+    if self.image_stem is not None:
+      x = self.image_stem(x)
+    p = self.image["patch_size"]
+    patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
+    del train
+    return self.image_patch_embed(patches) + (self.image_pos_embed + self.modality_embed[0]).astype(self.dtype)
+
+  def _encode(self, image_tokens, image_valid, prefix, prefix_valid, train):
+    """[image; prefix] bidirectionally -> (encoded [b, n + L, w], valid [b, n + L])."""
+    length = prefix.shape[1]
+    text = self.text_embed(prefix) + (self.encoder_text_pos[:length] + self.modality_embed[1]).astype(self.dtype)
+    x = jnp.concatenate([image_tokens, text], axis=1)
+    valid = jnp.concatenate([image_valid, prefix_valid], axis=1)
+    x = self.encoder_stack(x, layers.attention_mask(jnp.ones_like(valid), valid, False), not train)
+    return self.encoder_ln(x), valid
+
+  def _decode(self, tokens, positions, mask, encoded, encoded_valid, train, decode=False):
+    x = self.text_embed(tokens) + jnp.take(self.decoder_pos, jnp.clip(positions, 0, self.text["max_len"] - 1),
+                                           axis=0).astype(self.dtype)
+    x = self.decoder_stack(x, mask, not train, context=encoded, decode=decode,
+                           context_mask=encoded_valid[:, None, None, :])
+    return self.text_embed.attend(self.decoder_ln(x)).astype(jnp.float32)
+
+  # --- training ------------------------------------------------------------------------------------
+
+  def prefix_lm_logits(self, images, tokens, prefix_len, train: bool = False, text_only: bool = False):
+    """Logits [batch, length, vocab] aligned with `tokens` (position t predicts tokens[:, t + 1]) for every
+    t >= prefix_len - 1: the encoder reads the image and tokens[:, :prefix_len], the decoder starts at the
+    last prefix token and continues the text."""
+    b, length = tokens.shape
+    pos = jnp.arange(length)[None, :]
+    image = self._image(images, train)
+    image_valid = jnp.full(image.shape[:2], not text_only)
+    prefix_valid = (pos < prefix_len[:, None]) & self._valid(tokens)
+    encoded, valid = self._encode(image, image_valid, tokens, prefix_valid, train)
+    # The decoder reads tokens[p - 1:], each row shifted to start at its last prefix token.
+    shifted = jnp.take_along_axis(tokens, jnp.clip(pos + prefix_len[:, None] - 1, 0, length - 1), axis=1)
+    shifted = jnp.where(pos + prefix_len[:, None] - 1 < length, shifted, self.text.get("pad_id", 0))
+    dec_valid = self._valid(shifted)
+    mask = layers.attention_mask(jnp.ones_like(dec_valid), dec_valid, True)
+    logits = self._decode(shifted, jnp.broadcast_to(pos, (b, length)), mask, encoded, valid, train)
+    # Back to the positions of `tokens`: t -> decoder step t - p + 1.
+    back = jnp.clip(pos - prefix_len[:, None] + 1, 0, length - 1)
+    return jnp.take_along_axis(logits, back[..., None], axis=1)
+
+  def caption_logits(self, images, tokens, train: bool = False):
+    return self.prefix_lm_logits(images, tokens, jnp.ones(tokens.shape[:1], jnp.int32), train)
+
+  # --- cached decoding (`vlm_jax.generate`) ----------------------------------------------------------
+
+  def decode_context(self, images):
+    return self._image(images, False)
+
+  def decode(self, context, tokens, prefill: bool = False):
+    """prefill: encode [image; prompt] and feed the decoder the prompt's last token, as a chunk as long as
+    the prompt (the rest padding), so that a cache sized by a full-length call has a slot for every
+    later token. Otherwise: continue the decoder."""
+    if prefill:
+      prompt_valid = self._valid(tokens)
+      encoded, valid = self.stash(*self._encode(context, jnp.ones(context.shape[:2], bool), tokens, prompt_valid,
+                                                False))
+      last = layers.last_valid(tokens[..., None], prompt_valid)
+      tokens = jnp.full_like(tokens, self.text.get("pad_id", 0)).at[:, :1].set(last)
+    else:
+      encoded, valid = self.stash()
+    token_valid = self._valid(tokens)
+    positions, mask = self.decode_state(token_valid, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
+    logits = self._decode(tokens, positions, mask, encoded, valid, False, decode=True)
+    return logits[:, 0] if prefill else logits
+
+  def __call__(self, images, tokens, train: bool = False):
+    return {"caption_logits": self.caption_logits(images, tokens, train)}
