@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
       std=(0.26862954, 0.26130258, 0.27577711), augment=dict(crop_scale=None, flip=False)))
   c.optim = ml_collections.ConfigDict(dict(
       lr=5e-4, warmup="2000 steps", schedule="cosine", end_lr_factor=0.0, b1=0.9, b2=0.98, eps=1e-6,
-      weight_decay=0.2, grad_clip_norm=0.0, frozen="", lr_multipliers=()))
+      weight_decay=0.2, grad_clip_norm=0.0, frozen="", trainable="", lr_multipliers=()))
   # init_from: start from another run's (or a converted model's) parameters; include: the paths to load.
   c.init_from = ml_collections.ConfigDict(dict(workdir="", step=-1, include=".*"))
   c.train = ml_collections.ConfigDict(dict(

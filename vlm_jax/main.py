@@ -45,7 +45,11 @@ def main(argv):
   try:
     config = FLAGS.config if FLAGS.config is not None else config_utils.load_workdir_config(FLAGS.workdir)
     experiment.check_config(config)
-    if FLAGS.mode == "train":
+    if FLAGS.mode == "train" and config.get("stages"):
+      from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
+      config_utils.save_workdir_config(config, FLAGS.workdir)
+      results = stages.run(config, FLAGS.workdir, train=trainer.train, log=lambda *a: log(*a, flush=True))
+    elif FLAGS.mode == "train":
       results = trainer.train(config, FLAGS.workdir, log=lambda *a: log(*a, flush=True))
     else:
       from vlm_jax.eval import evaluate  # pylint: disable=import-outside-toplevel

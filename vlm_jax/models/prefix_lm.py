@@ -36,7 +36,7 @@ class Projector(nn.Module):
 
 
 class PrefixLM(nn.Module):
-  image: dict          # VisionTransformer fields (its tokens are used: pool 'none')
+  image: dict          # VisionTransformer fields; its patch tokens are used (pool 'cls' keeps a CLIP tower's layout)
   text: dict           # the decoder: vocab_size, width, depth, num_heads, mlp_dim, max_len, pad_id, act, ...
   projector_kind: str = "mlp"
   dtype: Any = jnp.float32
@@ -45,7 +45,7 @@ class PrefixLM(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     t = self.text
-    self.image_encoder = vit.VisionTransformer(**{**self.image, "pool": "none"}, **kw)
+    self.image_encoder = vit.VisionTransformer(**{"pool": "none", **self.image}, **kw)
     self.projector = Projector(t["width"], self.projector_kind, **kw)
     self.lm_embed = nn.Embed(t["vocab_size"], t["width"], **kw,
                              embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))

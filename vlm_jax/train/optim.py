@@ -42,17 +42,19 @@ def make_schedule(config, total_steps: int, warmup_steps: int):
 def group_labels(config, params, extra_frozen: str = ""):
   """Each parameter's group: 'frozen', 'lr_mult_<i>' or 'default'. Unused regexes are config errors.
 
-  extra_frozen: a regex frozen on top of `config.frozen` (the locked towers of the model).
+  `config.frozen` freezes the paths it matches; `config.trainable` (if set) freezes every path it does not
+  match (a stage of a staged recipe). extra_frozen: a regex frozen on top (the locked towers of the model).
   """
   frozen = "|".join(r for r in (config.get("frozen", ""), extra_frozen) if r) or None
+  trainable = config.get("trainable", "") or None
   multipliers = tuple(config.get("lr_multipliers", ()) or ())
   paths = jax.tree.leaves(param_paths(params))
-  for regex in ([frozen] if frozen else []) + [r for r, _ in multipliers]:
+  for regex in [r for r in (frozen, trainable) if r] + [r for r, _ in multipliers]:
     if not any(re.fullmatch(regex, p) for p in paths):
       raise ConfigError(f"parameter regex {regex!r} matches no parameter path (paths look like {paths[0]!r})")
 
   def label(path):
-    if frozen and re.fullmatch(frozen, path):
+    if (frozen and re.fullmatch(frozen, path)) or (trainable and not re.fullmatch(trainable, path)):
       return "frozen"
     for i, (regex, _) in enumerate(multipliers):
       if re.fullmatch(regex, path):

@@ -132,7 +132,10 @@ def train(config, workdir: str, *, log=print) -> dict:
     ckpt.wait()
     ckpt.close()
     writer.close()
-  if step == exp.total_steps and main and final_eval:
-    with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+  # final_eval.json marks a finished run (staged recipes skip finished stages); a resumed finished run
+  # keeps the one it has.
+  final_path = os.path.join(workdir, "final_eval.json")
+  if step == exp.total_steps and main and (final_eval or not os.path.exists(final_path)):
+    with open(final_path, "w") as f:
       json.dump({"step": step, **final_eval}, f, indent=2)
   return final_eval
