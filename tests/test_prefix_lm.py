@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import vlm_jax
 from tests import helpers
+from vlm_jax.eval import text_metrics
+from vlm_jax.train.experiment import Experiment
 from vlm_jax.data import transforms
 from vlm_jax.models import prefix_lm
 from vlm_jax.objectives.prefix_lm import sample_prefix_len, suffix_loss
@@ -116,3 +119,14 @@ def test_short_decoder_only_run_learns_captions_and_answers(tmp_path):
   for key in ("eval/captioning/bleu4", "eval/captioning/cider", "eval/vqa/accuracy", "eval/vqa/count_acc",
               "eval/zero_shot_likelihood/shape_top1"):
     assert key in final, sorted(final)
+  # The public API on the workdir answers and captions as the evaluators did.
+  m = vlm_jax.load(str(tmp_path))
+  test = Experiment(config, log=lambda *a: None).data.test
+  rows = [(i, q, a) for i in range(16) for q, a in zip(test[i]["questions"], test[i]["answers"])]
+  pixels = m.preprocess([test[i]["image"] for i, _, _ in rows])
+  answers = m.answer(pixels, [q.decode() for _, q, _ in rows], max_answer_len=4)
+  accuracy = np.mean([text_metrics.vqa_accuracy(p, a.decode()) for p, (_, _, a) in zip(answers, rows)])
+  assert accuracy == pytest.approx(final["eval/vqa/accuracy"])
+  captions = m.caption(m.preprocess([test[i]["image"] for i in range(32)]))
+  scores = text_metrics.caption_scores(captions, [[c.decode() for c in test[i]["captions"]] for i in range(32)])
+  assert scores["cider"] == pytest.approx(final["eval/captioning/cider"])

@@ -5,7 +5,8 @@
   image_emb = m.encode_image(pixels)             # [n, d] float32, L2-normalised
   text_emb = m.encode_text(m.tokenize(["a photo of a red circle"]))
   probs = softmax(100 * image_emb @ text_emb.T)
-  m.caption(pixels)                              # models with a text decoder (CoCa): greedy captions
+  m.caption(pixels)                              # models with a text decoder (CoCa, prefix-LMs)
+  m.answer(pixels, ["what color is the shape?"])  # prefix-LMs: the question is the prefix
 
 Preprocessing is the run's eval preprocessing (resize, normalisation, tokenizer, lower-casing), so
 embeddings match what the evaluators saw.
@@ -51,27 +52,49 @@ class Pretrained:
     return self.tokenizer.encode_batch([texts] if isinstance(texts, str) else list(texts), self.max_len)
 
   def _batched(self, fn, inputs):
-    inputs = np.asarray(inputs)
+    """fn(params, inputs) over fixed-size batches (so that it compiles once); inputs: an array or a dict
+    of arrays with the same first dimension."""
+    n = len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
     out = []
-    for start in range(0, len(inputs), self.batch_size):
-      chunk = inputs[start:start + self.batch_size]
-      # Padded to a fixed batch so that the jitted function compiles once.
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
-      out.append(np.asarray(fn(self.params, padded))[: len(chunk)])
+    for start in range(0, n, self.batch_size):
+      def chunk(x):
+        x = np.asarray(x)[start:start + self.batch_size]
+        return np.concatenate([x, np.repeat(x[-1:], self.batch_size - len(x), axis=0)])
+      padded = {k: chunk(v) for k, v in inputs.items()} if isinstance(inputs, dict) else chunk(inputs)
+      out.append(np.asarray(fn(self.params, padded))[: min(self.batch_size, n - start)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
   def encode_image(self, pixels) -> np.ndarray:
     """float32 [n, S, S, 3] (from `preprocess`) -> L2-normalised [n, embed_dim]."""
     return self._batched(self._encode_image, np.asarray(pixels, np.float32))
 
-  def caption(self, pixels, max_len: int | None = None) -> list:
-    """Greedy captions (strings) of preprocessed images, for models with a text decoder (CoCa)."""
-    if not hasattr(self.model, "caption_logits"):
-      raise ValueError(f"model {self.config.model.name!r} has no text decoder to caption with")
-    max_len = max_len or self.max_len
-    if max_len not in self._captioners:
-      self._captioners[max_len] = jax.jit(generate.captioner(self.model, self.tokenizer, max_len))
-    tokens = self._batched(self._captioners[max_len], np.asarray(pixels, np.float32))
+  def _check_decoder(self):
+    if not hasattr(self.model, "decode"):
+      raise ValueError(f"model {self.config.model.name!r} has no text decoder to write with")
+
+  def caption(self, pixels, max_len: int | None = None, beams: int = 1, length_penalty: float = 0.0) -> list:
+    """Captions (strings) of preprocessed images: greedy, or beam search with `beams` > 1."""
+    self._check_decoder()
+    key = ("caption", max_len or self.max_len, beams, length_penalty)
+    if key not in self._captioners:
+      self._captioners[key] = jax.jit(generate.captioner(self.model, self.tokenizer, key[1], beams, length_penalty))
+    tokens = self._batched(self._captioners[key], np.asarray(pixels, np.float32))
+    return [self.tokenizer.decode(row) for row in tokens]
+
+  def answer(self, pixels, questions, max_answer_len: int = 8, beams: int = 1) -> list:
+    """Answers (strings) to one question per preprocessed image, from a prefix-LM (question = prefix)."""
+    self._check_decoder()
+    if isinstance(questions, str):
+      questions = [questions] * len(pixels)
+    if len(questions) != len(pixels):
+      raise ValueError(f"{len(questions)} questions for {len(pixels)} images; give one per image (or one string)")
+    key = ("answer", max_answer_len, beams)
+    if key not in self._captioners:
+      tok = self.tokenizer
+      self._captioners[key] = jax.jit(lambda p, b: generate.generate(
+          self.model, p, b["image"], b["prompt"], max_answer_len, eos_id=tok.eos_id, pad_id=tok.pad_id, beams=beams))
+    prompts = np.stack([self._preprocess.prompt(q) for q in questions])
+    tokens = self._batched(self._captioners[key], {"image": np.asarray(pixels, np.float32), "prompt": prompts})
     return [self.tokenizer.decode(row) for row in tokens]
 
   def encode_text(self, token_ids) -> np.ndarray:
