@@ -34,6 +34,8 @@ def test_first_mention():
   shapes = ("circle", "star", "square")
   assert first_mention("a red star next to a circle", shapes) == 1
   assert first_mention("a starry night", shapes) == -1
+  assert first_mention("two red stars and a circle", shapes) == 1
+  assert first_mention("three crosses", ("cross", "ring")) == 0
   positions = ("top", "top left", "left")
   assert first_mention("in the top left corner", positions) == 1   # the longer name wins a tie
 

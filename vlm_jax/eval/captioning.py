@@ -14,10 +14,11 @@ from vlm_jax.registry import EVALUATORS, ConfigError
 
 
 def first_mention(caption: str, names) -> int:
-  """Index into `names` of the name mentioned first in `caption` (whole words; longest wins ties), or -1."""
+  """Index into `names` of the name mentioned first in `caption` (whole words, plurals too: 'circles'
+  mentions 'circle'; the longest name wins ties), or -1."""
   best, best_key = -1, None
   for i, name in enumerate(names):
-    match = re.search(rf"\b{re.escape(name.lower())}\b", caption.lower())
+    match = re.search(rf"\b{re.escape(name.lower())}(e?s)?\b", caption.lower())
     if match and (best_key is None or (match.start(), -len(name)) < best_key):
       best, best_key = i, (match.start(), -len(name))
   return best
