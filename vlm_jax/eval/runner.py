@@ -6,27 +6,42 @@ from vlm_jax.registry import EVALUATORS
 
 
 class EvalRunner:
+  """evals: {key: evaluator config} (default: the run config's `evals`)."""
 
-  def __init__(self, experiment):
+  def __init__(self, experiment, evals=None):
     self.exp = experiment
-    self.evaluators = {key: EVALUATORS.get(cfg.get("name", key))(cfg, experiment)
-                       for key, cfg in experiment.config.evals.items()}
-    self._image_encoder = common.Encoder(experiment, "encode_image") if self.evaluators else None
+    evals = experiment.config.evals if evals is None else evals
+    self.evaluators = {key: EVALUATORS.get(cfg.get("name", key))(cfg, experiment) for key, cfg in evals.items()}
+    needs_images = any(getattr(e, "needs_image_emb", True) for e in self.evaluators.values())
+    self._image_encoder = common.Encoder(experiment, "encode_image") if needs_images else None
+
+  def num_examples(self, key: str) -> int:
+    limit, n = getattr(self.evaluators[key], "limit", None), len(self.exp.data.test)
+    return n if not limit else min(limit, n)
+
+  def run_each(self, params, keys=None):
+    """Yields (key, metrics, seconds) per evaluator (those in `keys`, default all), in config order."""
+    cache = {}
+    source = self.exp.data.test
+    for key, evaluator in self.evaluators.items():
+      if keys is not None and key not in keys:
+        continue
+      start = time.perf_counter()
+      if not getattr(evaluator, "needs_image_emb", True):
+        metrics = evaluator.run(params)
+      else:
+        n = self.num_examples(key)
+        if n not in cache:
+          cache[n] = self._image_encoder(params, n, common.image_rows(self.exp, source))
+        metrics = evaluator.run(params, image_emb=cache[n])
+      yield key, metrics, time.perf_counter() - start
 
   def run(self, params) -> dict:
     """{'eval/<metric>': value} for every evaluator, plus the wall time."""
     start = time.perf_counter()
-    cache, metrics = {}, {}
-    source = self.exp.data.test
-    for evaluator in self.evaluators.values():
-      if not getattr(evaluator, "needs_image_emb", True):
-        metrics.update(evaluator.run(params))
-        continue
-      n = len(source) if evaluator.limit is None else min(evaluator.limit, len(source))
-      if n not in cache:
-        cache[n] = self._image_encoder(params, n, common.image_rows(self.exp, source))
-      metrics.update(evaluator.run(params, image_emb=cache[n]))
-    out = {f"eval/{k}": v for k, v in metrics.items()}
+    out = {}
+    for _, metrics, _ in self.run_each(params):
+      out.update({f"eval/{k}": v for k, v in metrics.items()})
     if out:
       out["eval/wall_s"] = time.perf_counter() - start
     return out

@@ -77,6 +77,17 @@ def check_params_match(saved: dict, expected: dict, where: str, include=None):
                       "with init_from.include")
 
 
+def all_steps(directory: str) -> list:
+  """The sorted steps of the complete checkpoints in `directory` ([] if there are none)."""
+  if "://" not in directory and not os.path.isdir(directory):
+    return []
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
 def restore_params(directory: str, step: int | None, abstract_params, *, include=None):
   """Reads the parameters of a checkpoint in `directory` (a run's `checkpoints` folder), nothing else.
 
@@ -84,11 +95,7 @@ def restore_params(directory: str, step: int | None, abstract_params, *, include
   are read, and the result holds only them (see `merge_params`). Mismatches fail with the offending paths.
   Returns (params, step).
   """
-  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
-  try:
-    steps = list(manager.all_steps())
-  finally:
-    manager.close()
+  steps = all_steps(directory)
   if not steps:
     raise ConfigError(f"no checkpoint in {directory}; train first or pass the right --workdir")
   step = max(steps) if step is None or step < 0 else step

@@ -1,0 +1,45 @@
+r"""Evaluate a run's checkpoints and write one JSON record per (run, step, dataset, task).
+
+  python -m vlm_jax.eval --workdir runs/clip_tiny                       # latest checkpoint, every fitting task
+  python -m vlm_jax.eval --workdir runs/clip_tiny --all-checkpoints --tasks zero_shot,linear_probe
+  python -m vlm_jax.eval --workdir runs/clip_tiny --step 200 --force     # recompute existing records
+"""
+from absl import app, flags, logging
+
+from vlm_jax.cli import fail
+
+flags.DEFINE_string("workdir", None, "The run to evaluate (its config.json and checkpoints/).")
+flags.DEFINE_list("step", [], "Checkpoint step(s) (default: the latest).")
+flags.DEFINE_bool("all_checkpoints", False, "Evaluate every checkpoint of the run.")
+flags.DEFINE_list("tasks", [], "Tasks to run (default: every task that fits the model).")
+flags.DEFINE_bool("force", False, "Recompute records that exist.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdir:
+    fail("--workdir is required")
+  if FLAGS.step and FLAGS.all_checkpoints:
+    fail("give --step or --all-checkpoints, not both")
+  from vlm_jax.eval import harness  # pylint: disable=import-outside-toplevel
+  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  try:
+    written = harness.evaluate(FLAGS.workdir, steps=[int(s) for s in FLAGS.step], all_checkpoints=FLAGS.all_checkpoints,
+                               tasks=FLAGS.tasks or None, force=FLAGS.force)
+  except ConfigError as e:
+    fail(str(e))
+  print(f"{len(written)} record(s) written under {FLAGS.workdir}/{harness.RECORDS}")
+
+
+def _parse(argv):
+  """Accepts --all-checkpoints as well as --all_checkpoints."""
+  argv = [a.replace("-", "_", a.count("-") - 2) if a.startswith("--") and "=" not in a else
+          a.split("=", 1)[0][:2] + a.split("=", 1)[0][2:].replace("-", "_") + "=" + a.split("=", 1)[1]
+          if a.startswith("--") else a for a in argv]
+  return FLAGS(argv)
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  app.run(main, flags_parser=_parse)

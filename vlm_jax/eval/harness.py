@@ -1,0 +1,142 @@
+"""The eval harness: `python -m vlm_jax.eval --workdir RUN [--step N | --all-checkpoints] [--tasks ...]`.
+
+Runs every evaluator that fits the run's model (or the `--tasks` asked for) on the chosen checkpoints and
+writes one JSON record per (run, checkpoint step, dataset, task):
+  RUN/eval_records/step_<N>/<dataset>/<task>.json
+holding the metrics, the number of examples, the wall time, the config (flattened) and its hash, and the
+preprocessing used. A record is written atomically as soon as its task finishes, so a crash loses no
+finished record; a record that exists is not computed again (`force=True` recomputes it), so running twice
+adds nothing. `vlm_jax.tables` reads these records.
+"""
+import datetime
+import hashlib
+import json
+import os
+
+import jax
+
+from vlm_jax import config_utils
+from vlm_jax.eval.runner import EvalRunner
+from vlm_jax.registry import ConfigError
+from vlm_jax.train import checkpoint
+
+# Every task with the model methods it needs and its settings when the run's config has none.
+_LABELS = ("shape", "color")
+TASKS = {
+    "zero_shot": (("encode_image", "encode_text"), dict(label_keys=_LABELS)),
+    "retrieval": (("encode_image", "encode_text"), dict(ks=(1, 5, 10), limit=1000)),
+    "linear_probe": (("encode_image",), dict(label_keys=_LABELS, shots=(1, 5, 10), train_limit=5000, limit=1000)),
+    "itm_retrieval": (("itm_logits",), dict(limit=100, rerank_k=16)),
+    "mlm_accuracy": (("mlm_logits",), dict(limit=500)),
+    "captioning": (("decode",), dict(label_keys=_LABELS, limit=500)),
+    "vqa": (("decode", "prefix_lm_logits"), dict(limit=200)),
+    "zero_shot_likelihood": (("caption_logits",), dict(label_keys=_LABELS, templates=("a photo of a {}",),
+                                                       limit=500)),
+}
+RECORDS = "eval_records"
+
+
+def flatten(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def config_hash(config) -> str:
+  return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dataset_name(config) -> str:
+  data = config.data
+  if data.name == "embedded":
+    objects = f"_objects{data.get('max_objects', 1)}" if data.get("max_objects", 1) > 1 else ""
+    return f"embedded_{data.image_size}px{objects}"
+  return data.name
+
+
+def fitting_tasks(config, model, requested=None) -> dict:
+  """{task: evaluator config}: the requested tasks (an error if one does not fit), else all that fit."""
+  evals = config.get("evals", {}) or {}
+  method = lambda task: (evals.get(task) or {}).get("method")
+  fits = lambda task: all(hasattr(model, m) for m in ((method(task),) if method(task) else TASKS[task][0]))
+  for task in requested or ():
+    if task not in TASKS:
+      raise ConfigError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    if not fits(task):
+      raise ConfigError(f"task {task!r} does not fit model {config.model.name!r} (it needs "
+                        f"{', '.join(TASKS[task][0])})")
+  chosen = list(requested) if requested else [t for t in TASKS if fits(t)]
+  return {t: {**TASKS[t][1], **{k: v for k, v in (evals.get(t) or {}).items() if k != "every"}} for t in chosen}
+
+
+def record_path(workdir: str, step: int, dataset: str, task: str) -> str:
+  return os.path.join(workdir, RECORDS, f"step_{step}", dataset, f"{task}.json")
+
+
+def _write_atomic(path: str, record: dict):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2, sort_keys=True, default=str)
+  os.replace(path + ".tmp", path)
+
+
+def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=None, force: bool = False,
+             log=print) -> list:
+  """Evaluates checkpoints of `workdir` (default: the latest); returns the paths of the records written."""
+  from vlm_jax.train.experiment import Experiment  # pylint: disable=import-outside-toplevel
+  config = config_utils.load_workdir_config(workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  available = checkpoint.all_steps(ckpt_dir)
+  if not available:
+    raise ConfigError(f"{workdir} has no checkpoints to evaluate")
+  steps = available if all_checkpoints else (list(steps) if steps else [available[-1]])
+  missing = sorted(set(steps) - set(available))
+  if missing:
+    raise ConfigError(f"{workdir} has no checkpoint at step(s) {missing}; it has {available}")
+  with config.unlocked():
+    config.evals = {}   # the harness chooses its tasks; the experiment should not build the run's evaluators
+  exp = Experiment(config, log=lambda *a: None)
+  task_configs = fitting_tasks(config_utils.load_workdir_config(workdir), exp.model, tasks)
+  dataset = dataset_name(config)
+  run_config = config_utils.load_workdir_config(workdir)
+  common = {"run": os.path.basename(os.path.normpath(workdir)), "workdir": os.path.abspath(workdir),
+            "dataset": dataset, "config_hash": config_hash(run_config), "config": flatten(run_config.to_dict()),
+            "preprocessing": {"image_size": config.model.image.image_size, "max_len": config.model.text.get("max_len"),
+                              "mean": list(config.data.mean), "std": list(config.data.std),
+                              "tokenizer": config.data.tokenizer, "lowercase": config.data.get("lowercase", False)}}
+  written = []
+  runner = None
+  for step in steps:
+    todo = {t: c for t, c in task_configs.items() if force or not os.path.exists(record_path(workdir, step, dataset, t))}
+    if not todo:
+      log(f"step {step}: every record exists ({', '.join(task_configs)})")
+      continue
+    runner = EvalRunner(exp, todo)
+    params, _ = checkpoint.restore_params(ckpt_dir, step, exp.abstract_params_sharded())
+    for task, metrics, seconds in runner.run_each(params):
+      path = record_path(workdir, step, dataset, task)
+      record = {**common, "step": step, "task": task, "metrics": metrics, "task_config": todo[task],
+                "num_examples": runner.num_examples(task), "wall_s": seconds,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+      if jax.process_index() == 0:
+        _write_atomic(path, record)
+      written.append(path)
+      log(f"step {step} {dataset} {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+  return written
+
+
+def read_records(workdir: str) -> list:
+  """Every record under `workdir` (empty if none)."""
+  root = os.path.join(workdir, RECORDS)
+  out = []
+  for folder, _, files in os.walk(root):
+    for name in sorted(files):
+      if name.endswith(".json"):
+        with open(os.path.join(folder, name)) as f:
+          out.append(json.load(f))
+  return out
