@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "regex==2026.11.15",           # CLIP's BPE pre-tokenizer (\p{L} classes)
     "ftfy==6.3.1",                 # CLIP's BPE text clean-up
     "safetensors==0.8.0",          # reading imported checkpoints
+    "matplotlib==3.11.2",          # vlm_jax.tables plots
     "importlib-resources==7.1.0",  # tensorflow-datasets imports it for builders defined in packages
     "numpy>=2.0,<3",
 ]

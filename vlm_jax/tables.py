@@ -1,0 +1,244 @@
+r"""Ablation tables and plots from runs' eval records.
+
+  python -m vlm_jax.tables runs/sweeps/objectives_tiny --metrics zero_shot/shape_top1,vqa/accuracy \
+      --format md --out results/objectives_tiny.md [--plots results/plots]
+
+RUNS are run workdirs, or folders of them. Each run contributes its latest record per (dataset, task)
+(`python -m vlm_jax.eval`; a run without records falls back to its final_eval.json). Runs whose configs
+differ only by `seed` form one row, shown as mean ± std (sample std) with n. The columns are the config
+keys that vary across rows (a sweep's axes when every run has a sweep.json) and the chosen metrics; the
+best value per metric column is marked (higher is better, except for losses and wall times).
+Plots: training loss and the chosen metrics against step, one line per row (mean over its seeds).
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from vlm_jax.eval import harness
+
+IGNORED_KEYS = ("seed",)
+
+
+def find_runs(paths) -> list:
+  """Workdirs among `paths` and their sub-folders (a workdir has a config.json)."""
+  runs = []
+  for path in paths:
+    if os.path.exists(os.path.join(path, "config.json")):
+      runs.append(path)
+    elif os.path.isdir(path):
+      runs += find_runs(sorted(os.path.join(path, d) for d in os.listdir(path)
+                               if os.path.isdir(os.path.join(path, d))))
+  return runs
+
+
+def load_run(workdir: str) -> dict:
+  """{'name', 'config' (flattened), 'metrics' (latest step per dataset/task), 'axes' (from sweep.json)}."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = harness.flatten(json.load(f))
+  metrics, latest = {}, {}
+  for record in harness.read_records(workdir):
+    key = (record["dataset"], record["task"])
+    if record["step"] >= latest.get(key, -1):
+      latest[key] = record["step"]
+      metrics.update(record["metrics"])
+  if not metrics and os.path.exists(os.path.join(workdir, "final_eval.json")):
+    with open(os.path.join(workdir, "final_eval.json")) as f:
+      metrics = {k[len("eval/"):] if k.startswith("eval/") else k: v for k, v in json.load(f).items()}
+  axes = None
+  if os.path.exists(os.path.join(workdir, "sweep.json")):
+    with open(os.path.join(workdir, "sweep.json")) as f:
+      axes = json.load(f).get("axes")
+  return {"name": os.path.basename(os.path.normpath(workdir)), "workdir": workdir, "config": config,
+          "metrics": metrics, "axes": axes}
+
+
+def _key(value):
+  return json.dumps(value, sort_keys=True, default=str)
+
+
+def group_runs(runs: list) -> list:
+  """Runs grouped by their config minus the ignored keys; groups keep the order of first appearance."""
+  groups = {}
+  for run in runs:
+    key = _key({k: v for k, v in run["config"].items() if k not in IGNORED_KEYS})
+    groups.setdefault(key, []).append(run)
+  return list(groups.values())
+
+
+def varying_keys(runs: list) -> list:
+  """Config keys whose values differ across runs (ignoring seed): a sweep's axes when every run names them."""
+  if runs and all(r["axes"] for r in runs):
+    keys = []
+    for r in runs:
+      keys += [k for k in r["axes"] if k not in keys and k not in IGNORED_KEYS]
+    return keys
+  all_keys = sorted({k for r in runs for k in r["config"]})
+  return [k for k in all_keys if k not in IGNORED_KEYS
+          and len({_key(r["config"].get(k)) for r in runs}) > 1]
+
+
+def summarize(values) -> tuple:
+  """(mean, sample std or nan for n < 2, n) of the finite values."""
+  values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+  if not values:
+    return math.nan, math.nan, 0
+  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan, len(values)
+
+
+def lower_is_better(metric: str) -> bool:
+  return "loss" in metric or "wall" in metric
+
+
+def build_table(runs: list, metrics: list) -> dict:
+  """{'keys': varying keys, 'metrics', 'rows': [{'values': {key: value}, 'stats': {metric: (mean, std, n)},
+  'runs': [names]}], 'best': {metric: row index}}."""
+  groups = group_runs(runs)
+  keys = varying_keys(runs)
+  rows = []
+  for group in groups:
+    first = group[0]
+    values = {k: (first["axes"] or {}).get(k, first["config"].get(k)) for k in keys}
+    stats = {m: summarize([r["metrics"].get(m) for r in group]) for m in metrics}
+    rows.append({"values": values, "stats": stats, "runs": [r["name"] for r in group]})
+  best = {}
+  for m in metrics:
+    means = [(row["stats"][m][0], i) for i, row in enumerate(rows) if not math.isnan(row["stats"][m][0])]
+    if means:
+      best[m] = (min(means) if lower_is_better(m) else max(means))[1]
+  return {"keys": keys, "metrics": list(metrics), "rows": rows, "best": best}
+
+
+def _cell(stats, digits: int = 3) -> str:
+  mean, std, n = stats
+  if n == 0:
+    return "-"
+  text = f"{mean:.{digits}f}"
+  return text + (f" ± {std:.{digits}f} (n={n})" if n > 1 else " (n=1)")
+
+
+def _value(v) -> str:
+  return "-" if v is None else (", ".join(map(str, v)) if isinstance(v, list) else str(v))
+
+
+def render(table: dict, fmt: str) -> str:
+  keys, metrics, rows, best = table["keys"], table["metrics"], table["rows"], table["best"]
+  if fmt == "csv":
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(keys + [f"{m}{s}" for m in metrics for s in ("_mean", "_std", "_n", "_best")])
+    for i, row in enumerate(rows):
+      cells = [_value(row["values"][k]) for k in keys]
+      for m in metrics:
+        mean, std, n = row["stats"][m]
+        cells += [f"{mean:.6g}" if n else "", f"{std:.6g}" if n > 1 else "", n, int(best.get(m) == i)]
+      writer.writerow(cells)
+    return out.getvalue()
+  mark = {"md": lambda s: f"**{s}**", "latex": lambda s: f"\\textbf{{{s}}}"}[fmt]
+  header = keys + metrics
+  body = []
+  for i, row in enumerate(rows):
+    cells = [_value(row["values"][k]) for k in keys]
+    cells += [mark(_cell(row["stats"][m])) if best.get(m) == i else _cell(row["stats"][m]) for m in metrics]
+    body.append(cells)
+  if fmt == "md":
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body]) + "\n"
+  esc = lambda s: s.replace("_", "\\_").replace("±", "$\\pm$").replace("%", "\\%")
+  lines = ["\\begin{tabular}{" + "l" * len(keys) + "r" * len(metrics) + "}", "\\toprule",
+           " & ".join(esc(h) for h in header) + " \\\\", "\\midrule"]
+  lines += [" & ".join(esc(c) for c in cells) + " \\\\" for cells in body]
+  return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
+
+
+def _history(workdir: str, metric: str):
+  """(steps, values) of `metric` from metrics.jsonl ('train/...' or an eval metric) and eval records."""
+  points = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        record = json.loads(line)
+        for name in (metric, f"eval/{metric}"):
+          if name in record:
+            points[record["step"]] = record[name]
+  for record in harness.read_records(workdir):
+    if metric in record["metrics"]:
+      points[record["step"]] = record["metrics"][metric]
+  steps = sorted(points)
+  return np.array(steps), np.array([points[s] for s in steps], float)
+
+
+def plot(table: dict, runs: list, metrics: list, folder: str) -> list:
+  """One PNG per metric (and the training loss): each row's mean curve over its seeds, runs faint."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  by_name = {r["name"]: r for r in runs}
+  os.makedirs(folder, exist_ok=True)
+  written = []
+  for metric in ["train/loss"] + list(metrics):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for row in table["rows"]:
+      label = ", ".join(f"{k.split('.')[-1]}={_value(v)}" for k, v in row["values"].items()) or row["runs"][0]
+      label = label if len(label) <= 60 else label[:57] + "..."
+      curves = [_history(by_name[n]["workdir"], metric) for n in row["runs"]]
+      curves = [(s, v) for s, v in curves if len(s)]
+      if not curves:
+        continue
+      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+      mean = [np.mean([v[list(s).index(step)] for s, v in curves]) for step in common]
+      line, = ax.plot(common, mean, marker="o" if len(common) < 10 else None, label=label)
+      for s, v in curves if len(curves) > 1 else ():
+        ax.plot(s, v, alpha=0.25, linewidth=0.8, color=line.get_color())
+      drawn = True
+    if drawn:
+      ax.set_xlabel("step")
+      ax.set_ylabel(metric)
+      ax.legend(fontsize=7)
+      path = os.path.join(folder, metric.replace("/", "_") + ".png")
+      fig.tight_layout()
+      fig.savefig(path, dpi=100)
+      written.append(path)
+    plt.close(fig)
+  return written
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("runs", nargs="+", help="run workdirs, or folders holding them")
+  parser.add_argument("--metrics", required=True, help="comma-separated metric names, e.g. zero_shot/shape_top1")
+  parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+  parser.add_argument("--out", default="", help="output file (default: stdout)")
+  parser.add_argument("--plots", default="", help="folder for PNG plots (default: none)")
+  args = parser.parse_args(argv)
+  runs = [load_run(w) for w in find_runs(args.runs)]
+  if not runs:
+    sys.exit(f"error: no run workdirs (folders with config.json) under {', '.join(args.runs)}")
+  metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+  known = {m for r in runs for m in r["metrics"]}
+  unknown = [m for m in metrics if m not in known]
+  if unknown:
+    sys.exit(f"error: no run has metric(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+  table = build_table(runs, metrics)
+  text = render(table, args.format)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write(text)
+  else:
+    sys.stdout.write(text)
+  if args.plots:
+    for path in plot(table, runs, metrics, args.plots):
+      print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()
