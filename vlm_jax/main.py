@@ -15,9 +15,10 @@ from absl import app, flags, logging
 from vlm_jax.cli import FLAGS, fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "Directory (or bucket URL) for checkpoints, metrics and logs.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train (and evaluate), or evaluate a workdir's checkpoint (with the workdir's own config.json "
-                  "when --config is not given).")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"],
+                  "train (and evaluate); eval: evaluate a workdir's checkpoint (with the workdir's own config.json "
+                  "when --config is not given); compile: compile the train step for the mesh and report its memory "
+                  "and FLOPs, without training.")
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
@@ -34,7 +35,9 @@ def _initialize_distributed():
 
 def main(argv):
   del argv
-  if not FLAGS.workdir or (FLAGS.config is None and FLAGS.mode == "train"):
+  if FLAGS.mode == "compile" and FLAGS.config is None:
+    fail("--mode=compile needs --config")
+  if (not FLAGS.workdir and FLAGS.mode != "compile") or (FLAGS.config is None and FLAGS.mode == "train"):
     fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
   _initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
@@ -45,6 +48,20 @@ def main(argv):
   try:
     config = FLAGS.config if FLAGS.config is not None else config_utils.load_workdir_config(FLAGS.workdir)
     experiment.check_config(config)
+    if FLAGS.mode == "compile":
+      from vlm_jax.train import compile_check  # pylint: disable=import-outside-toplevel
+      stage_configs = [config]
+      if config.get("stages"):
+        from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
+        stage_configs = [c for _, c in stages.stage_configs(config, FLAGS.workdir or "compile-check")]
+      for i, c in enumerate(stage_configs):
+        if len(stage_configs) > 1:
+          log(f"Stage {i}: {config.stages[i]['name']}")
+        if not c.model.get("locked"):   # compiling needs no weights (a locked tower's source is still checked)
+          with c.unlocked():
+            c.init_from.workdir = ""
+        compile_check.compile_report(experiment.Experiment(c, log=log), log=log)
+      return
     if FLAGS.mode == "train" and config.get("stages"):
       from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
       config_utils.save_workdir_config(config, FLAGS.workdir)

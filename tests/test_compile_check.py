@@ -1,0 +1,43 @@
+"""--mode=compile: the train step compiles on abstract inputs and reports the FLOPs the real step has."""
+import jax
+import pytest
+
+from tests import helpers
+from vlm_jax.registry import ConfigError
+from vlm_jax.train import compile_check, flops
+from vlm_jax.train.experiment import Experiment
+
+
+def test_compile_report_matches_the_compiled_training_step():
+  config = helpers.micro_config(**{"mesh": "data:2,fsdp:2"})
+  exp = Experiment(config, devices=jax.devices()[:4], log=lambda *a: None)
+  report = compile_check.compile_report(exp, log=lambda *a: None)
+  state = exp.init_state()
+  batch = exp.global_batch(next(exp.train_iterator()))
+  real = flops.compiled_flops(exp.compile_train_step(state, batch))
+  assert report["flops_per_step_per_device"] == pytest.approx(real)
+  assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1} and report["global_batch"] == 16
+  assert report["params"] == sum(x.size for x in jax.tree.leaves(state.params))
+  assert report["total_bytes_per_device"] > report["argument_bytes"] > 0
+
+
+def test_compile_mode_from_the_command_line_needs_no_workdir():
+  result = helpers.subprocess.run(
+      [helpers.sys.executable, "-m", "vlm_jax.main", "--mode=compile", "--config", helpers.TINY,
+       *helpers.cli_overrides(**{**helpers.MICRO, "mesh": "data:2"})],
+      env=helpers.subprocess_env(2), capture_output=True, text=True, timeout=300, cwd=helpers.ROOT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "FLOPs per step per device" in result.stdout and "total bytes per device" in result.stdout
+  bad = helpers.subprocess.run(
+      [helpers.sys.executable, "-m", "vlm_jax.main", "--mode=compile", "--config", helpers.TINY,
+       *helpers.cli_overrides(**{**helpers.MICRO, "mesh": "data:3"})],
+      env=helpers.subprocess_env(2), capture_output=True, text=True, timeout=300, cwd=helpers.ROOT)
+  assert bad.returncode == 2 and "needs 3 devices" in bad.stderr
+
+
+def test_a_step_that_does_not_fit_the_device_is_an_error(monkeypatch):
+  exp = Experiment(helpers.micro_config(), devices=jax.devices()[:1], log=lambda *a: None)
+  device = jax.devices()[0]
+  monkeypatch.setattr(type(device), "memory_stats", lambda self: {"bytes_limit": 1024})
+  with pytest.raises(ConfigError, match="per device but a device has"):
+    compile_check.compile_report(exp, log=lambda *a: None)

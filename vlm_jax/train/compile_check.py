@@ -1,0 +1,60 @@
+"""`python -m vlm_jax.main --mode=compile`: lower and compile the train step for the configured mesh without
+training (or reading a checkpoint), and report its memory and FLOPs, so that a sweep fails fast on a
+config that does not compile or fit before a pod is paid for.
+
+The state and batch are abstract (shapes, dtypes and shardings only); one example is preprocessed to get
+the batch's shapes. Memory is XLA's per-device estimate of the compiled step: arguments (state + batch),
+outputs, temporaries and generated code; when the device reports its capacity, an estimate above it is
+an error.
+"""
+import jax
+import flax.linen as nn
+
+from vlm_jax.train import flops as flops_lib, sharding
+from vlm_jax.registry import ConfigError
+
+
+def _mib(n) -> str:
+  return f"{n / 2 ** 20:,.1f} MiB"
+
+
+def compile_report(exp, log=print) -> dict:
+  """Compiles `exp`'s train step on abstract inputs; returns {flops_per_step, *_bytes, params, ...}."""
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                jax.eval_shape(exp._create_state, jax.random.PRNGKey(0)),  # pylint: disable=protected-access
+                                exp.state_shardings)
+  example = exp.train_preprocess(exp.data.train[0], None)
+  batch_sharding = sharding.batch_sharding(exp.mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct((exp.batch_size,) + v.shape, v.dtype, sharding=batch_sharding)
+                    for k, v in example.items()}
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
+    compiled = exp.jit_train_step().lower(abstract_state, abstract_batch).compile()
+  report = {"devices": jax.device_count(), "mesh": dict(exp.mesh.shape), "global_batch": exp.batch_size,
+            "params": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
+            "flops_per_step_per_device": flops_lib.compiled_flops(compiled)}
+  memory = compiled.memory_analysis()
+  for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+               "generated_code_size_in_bytes"):
+    value = getattr(memory, name, None) if memory is not None else None
+    if value is not None:
+      report[name.replace("_size_in_bytes", "_bytes")] = int(value)
+  # Donated state buffers are reused for the outputs (aliased), so they are not counted twice.
+  keys = ("argument_bytes", "output_bytes", "temp_bytes", "generated_code_bytes")
+  if all(k in report for k in keys):
+    report["total_bytes_per_device"] = sum(report[k] for k in keys) - report.get("alias_bytes", 0)
+  stats = jax.devices()[0].memory_stats() or {}
+  capacity = stats.get("bytes_limit")
+  log(f"Compiled the train step for mesh {report['mesh']} ({report['devices']} devices), global batch "
+      f"{report['global_batch']}, {report['params'] / 1e6:.2f}M parameters")
+  flops = report["flops_per_step_per_device"]
+  log(f"  FLOPs per step per device: {flops / 1e9:,.2f} GFLOP" if flops else "  FLOPs: not reported by this backend")
+  for key in keys + ("alias_bytes", "total_bytes_per_device"):
+    if key in report:
+      log(f"  {key.replace('_', ' ')}: {_mib(report[key])}")
+  if capacity and report.get("total_bytes_per_device", 0) > capacity:
+    raise ConfigError(f"the train step needs about {_mib(report['total_bytes_per_device'])} per device but a "
+                      f"device has {_mib(capacity)}; use a larger mesh (fsdp/tensor), remat, or a smaller batch")
+  if capacity:
+    report["device_capacity_bytes"] = int(capacity)
+    log(f"  device capacity: {_mib(capacity)}")
+  return report
