@@ -1,4 +1,5 @@
 """Tiny configs and subprocess runs shared by the tests."""
+import json
 import os
 import subprocess
 import sys
@@ -81,6 +82,19 @@ def subprocess_env(num_devices: int):
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return env
+
+
+def run_recipe(spec, workdir, *extra, timeout=1800):
+  """Trains a shipped recipe as a user would (a subprocess on one device); returns its final_eval.json."""
+  result = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--config", spec, "--workdir", str(workdir), *extra],
+                          env=subprocess_env(1), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(str(workdir), "final_eval.json")) as f:
+    return json.load(f)
+
+
+def losses(workdir, name):
+  return [r[f"train/{name}"] for r in metrics_lib.read_metrics(str(workdir)) if f"train/{name}" in r]
 
 
 def main_command(workdir, *extra, **overrides):
