@@ -124,19 +124,28 @@ def tiny_coca(scan=False):
                    decoder=dict(depth=2, num_heads=2, mlp_dim=64), embed_dim=16, caption_queries=4)
 
 
+TOKENS = types.SimpleNamespace(bos_id=1, eos_id=2, pad_id=0)
+
+
+def cached_equals_uncached(model, batch: int, seed: int = 0):
+  """Random (scaled-up, so that rows differ and some end early) parameters; asserts that cached greedy
+  captions equal uncached ones and returns (params, images, captions, logits_fn)."""
+  images = jax.random.normal(jax.random.PRNGKey(1), (batch, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(seed), images, jnp.ones((batch, 10), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x * 3.0, params)
+  logits_fn = lambda tokens: model.apply({"params": params}, images, tokens, method="caption_logits")
+  uncached = np.asarray(jax.jit(lambda: generate.greedy_uncached(logits_fn, batch, 10, bos_id=1, eos_id=2))())
+  cached = np.asarray(jax.jit(generate.captioner(model, TOKENS, 10))(params, images))
+  np.testing.assert_array_equal(cached, uncached)
+  assert len({tuple(r) for r in cached}) > 1
+  return params, images, cached, logits_fn
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_cached_decoding_writes_exactly_the_tokens_of_uncached_decoding(scan):
   model = tiny_coca(scan)
-  images = jax.random.normal(jax.random.PRNGKey(1), (6, 16, 16, 3))
-  params = model.init(jax.random.PRNGKey(scan), images, jnp.ones((6, 10), jnp.int32))["params"]
-  # Larger logits than at init, so that rows differ and some end early at eos.
-  params = jax.tree.map(lambda x: x * 3.0, params)
-  tok = types.SimpleNamespace(bos_id=1, eos_id=2, pad_id=0)
-  logits_fn = lambda tokens: model.apply({"params": params}, images, tokens, method="caption_logits")
-  uncached = np.asarray(jax.jit(lambda: generate.greedy_uncached(logits_fn, 6, 10, bos_id=1, eos_id=2))())
-  cached = np.asarray(jax.jit(generate.captioner(model, tok, 10))(params, images))
-  np.testing.assert_array_equal(cached, uncached)
-  assert len({tuple(r) for r in cached}) > 1
+  params, images, cached, logits_fn = cached_equals_uncached(model, 6, seed=int(scan))
+  tok = TOKENS
   # One beam through the cache is greedy too; more beams find captions at least as likely.
   one = np.asarray(jax.jit(generate.captioner(model, tok, 10, beams=1))(params, images))
   np.testing.assert_array_equal(one, cached)
@@ -182,15 +191,7 @@ def tiny_simvlm():
 @pytest.mark.parametrize("make", [tiny_prefix_lm, tiny_simvlm], ids=["prefix_lm", "simvlm"])
 def test_prefix_lms_decode_with_the_cache_exactly_as_without(make):
   model = make()
-  images = jax.random.normal(jax.random.PRNGKey(1), (5, 16, 16, 3))
-  params = model.init(jax.random.PRNGKey(0), images, jnp.ones((5, 10), jnp.int32))["params"]
-  params = jax.tree.map(lambda x: x * 3.0, params)
-  tok = types.SimpleNamespace(bos_id=1, eos_id=2, pad_id=0)
-  logits_fn = lambda tokens: model.apply({"params": params}, images, tokens, method="caption_logits")
-  uncached = np.asarray(jax.jit(lambda: generate.greedy_uncached(logits_fn, 5, 10, bos_id=1, eos_id=2))())
-  cached = np.asarray(jax.jit(generate.captioner(model, tok, 10))(params, images))
-  np.testing.assert_array_equal(cached, uncached)
-  assert len({tuple(r) for r in cached}) > 1
+  params, images, _, _ = cached_equals_uncached(model, 5)
   # A question prompt is the prefix: the cached answer equals the uncached prefix-LM continuation.
   prompt = jnp.array([[1, 5, 6], [1, 4, 0], [1, 7, 8], [1, 3, 0], [1, 6, 6]], jnp.int32)
   lengths = np.asarray((prompt != 0).sum(1))
