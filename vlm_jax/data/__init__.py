@@ -2,8 +2,11 @@
 import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
-from vlm_jax.data import synthetic
-from vlm_jax.registry import DATASETS
+import json
+import os
+
+from vlm_jax.data import sources, synthetic
+from vlm_jax.registry import DATASETS, ConfigError
 
 
 @dataclasses.dataclass
@@ -32,3 +35,22 @@ def build_embedded(config) -> ImageTextData:
       class_names={"shape": synthetic.SHAPES, "color": tuple(synthetic.COLORS), "size": synthetic.SIZES,
                    "position": synthetic.POSITIONS, "count": synthetic.COUNTS},
       tokenizer_path=tokenizer_path, question_types=synthetic.QUESTION_TYPES)
+
+
+@DATASETS.register("prepared")
+def build_prepared(config) -> ImageTextData:
+  """ArrayRecord files written by `python -m vlm_jax.data.prepare` in `data.path` (train / test splits;
+  an image folder's classes become the label key `label`)."""
+  path = config.get("path", "")
+  if not path or not os.path.exists(os.path.join(path, "info.json")):
+    raise ConfigError(f"data.path {path!r} is not a prepared dataset (no info.json); write one with "
+                      "python -m vlm_jax.data.prepare --kind table|folder|shards --input ... --output DIR")
+  with open(os.path.join(path, "info.json")) as f:
+    info = json.load(f)
+  names = info.get("class_names")
+  return ImageTextData(
+      description=f"{info['kind']} data prepared from {info['source']} ({info['written']['train']} train / "
+                  f"{info['written']['test']} test)",
+      train=sources.PreparedSource(os.path.join(path, "train.array_record")),
+      test=sources.PreparedSource(os.path.join(path, "test.array_record")),
+      class_names={"label": tuple(names)} if names else {})

@@ -4,9 +4,15 @@ The global example order is a function of the seed alone (grain shuffles each ep
 process p of P reads rows [p*B/P, (p+1)*B/P) of every global batch of B. So a run on any number of
 processes sees exactly the batches of a single-process run, and the iterator position (checkpointed
 with the model) is one integer that is the same on every process.
+
+A sample whose preprocessing raises `sources.SampleError` (an undecodable image, an empty caption) is
+dropped and counted in `sources.SKIPS`; its row is filled by the process's next sample, so with bad
+samples the batches of different process counts may differ in those rows.
 """
 import numpy as np
 import grain
+
+from vlm_jax.data import sources
 
 _FOREVER = 2 ** 62
 
@@ -22,9 +28,13 @@ def train_iterator(source, preprocess, *, global_batch: int, seed: int, process_
   def load(k):
     step, row = divmod(k, local_batch)
     position = step * global_batch + process_index * local_batch + row
-    return preprocess(stream[position], np.random.default_rng([seed, position]))
+    try:
+      return preprocess(stream[position], np.random.default_rng([seed, position]))
+    except sources.SampleError as e:
+      sources.SKIPS.add(e)
+      return None
 
   dataset = grain.MapDataset.range(_FOREVER).map(load).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, 1) * local_batch))
-  return iter(dataset.batch(local_batch, drop_remainder=True))
+  return iter(dataset.filter(lambda x: x is not None).batch(local_batch, drop_remainder=True))
 

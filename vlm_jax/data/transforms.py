@@ -5,6 +5,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from vlm_jax.data import sources
+
 # OpenAI CLIP's normalisation, the convention of the dual-tower models this project imports.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,8 +47,12 @@ class Preprocess:
                lowercase=config.data.get("lowercase", False), crop_scale=aug.get("crop_scale"),
                flip=aug.get("flip", False), **fields)
 
-  def image(self, image, rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    image = Image.fromarray(np.asarray(image)) if not isinstance(image, Image.Image) else image
+  def image(self, image, rng: Optional[np.random.Generator] = None, key: str = "") -> np.ndarray:
+    """A PIL image, an array, or encoded bytes (undecodable bytes raise `sources.SampleError`)."""
+    if isinstance(image, (bytes, bytearray)):
+      image = sources.decode_image(image, key)
+    elif not isinstance(image, Image.Image):
+      image = Image.fromarray(np.asarray(image))
     image = image.convert("RGB")
     if rng is not None and self.crop_scale is not None:
       w, h = image.size
@@ -61,12 +67,14 @@ class Preprocess:
       pixels = pixels[:, ::-1]
     return ((pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
 
-  def text(self, caption) -> np.ndarray:
-    caption = _to_text(caption)
+  def text(self, caption, key: str = "") -> np.ndarray:
+    """Token ids; a missing or empty caption raises `sources.SampleError`."""
+    caption = sources.clean_caption(caption, key)
     return self.tokenizer.encode(caption.lower() if self.lowercase else caption, self.max_len)
 
   def __call__(self, example: dict, rng: Optional[np.random.Generator] = None) -> dict:
-    out = {"image": self.image(example["image"], rng), "text": self.text(example["caption"])}
+    key = str(example.get("key", ""))
+    out = {"image": self.image(example["image"], rng, key), "text": self.text(example.get("caption"), key)}
     if "word_start" in self.batch_keys:
       out["word_start"] = self.tokenizer.word_starts(out["text"])
     if "qa" in self.batch_keys:

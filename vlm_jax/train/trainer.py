@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from vlm_jax import config_utils, durations
+from vlm_jax.data import sources
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import checkpoint, flops, metrics as metrics_lib
 from vlm_jax.train.experiment import Experiment
@@ -71,6 +72,7 @@ def train(config, workdir: str, *, log=print) -> dict:
   evaluator = EvalRunner(exp)
   eval_every = {k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
                 for k, c in config.evals.items()}
+  sources.SKIPS.reset()
   data_iter = exp.train_iterator()
   latest = ckpt.latest_step()
   state = exp.init_state(apply_init_from=latest is None)  # a resumed run has its own parameters
@@ -111,6 +113,7 @@ def train(config, workdir: str, *, log=print) -> dict:
               if last_good is not None else f"non-finite {bad} at step {bad_step}; stopping (no checkpoint yet)"
           ) from None
         pending = []
+        record.update({f"data/skipped/{k}": float(v) for k, v in sources.SKIPS.snapshot().items()})
         record.update(progress.measure(step))
         writer.write(step, record)
         log(progress.line(step, record))

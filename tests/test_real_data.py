@@ -1,0 +1,130 @@
+"""Real data: brace patterns, tables / folders / tar shards through prepare, bad samples skipped and
+counted, and a tiny CLIP trained from tar shards of real images that ship with matplotlib."""
+import glob
+import io
+import json
+import os
+import tarfile
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import helpers
+from vlm_jax.data import pipeline, prepare, sources
+from vlm_jax.registry import ConfigError
+from vlm_jax.train import trainer
+
+MPL = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data")
+REAL_IMAGES = sorted(glob.glob(os.path.join(MPL, "images", "*.png")) +
+                     [os.path.join(MPL, "sample_data", n) for n in ("grace_hopper.jpg", "logo2.png")])
+
+
+def png(color, size=(24, 20)):
+  buffer = io.BytesIO()
+  Image.new("RGB", size, color).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def write_tar(path, samples, truncate_at=None):
+  """samples: [(key, {ext: bytes})]; truncate_at: cut the file to that many bytes."""
+  with tarfile.open(path, "w") as tar:
+    for key, members in samples:
+      for ext, data in members.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+  if truncate_at:
+    with open(path, "r+b") as f:
+      f.truncate(truncate_at)
+
+
+def test_brace_patterns():
+  assert sources.expand_braces("/d/{000..002}.tar") == ["/d/000.tar", "/d/001.tar", "/d/002.tar"]
+  assert sources.expand_braces("s{8..10}-{a,b}") == ["s8-a", "s8-b", "s9-a", "s9-b", "s10-a", "s10-b"]
+  assert sources.expand_braces("gs://b/x.tar") == ["gs://b/x.tar"]
+  assert sources.resolve(["a{1..2}", "b"]) == ["a1", "a2", "b"]
+
+
+def test_tables_and_folders_round_trip_through_prepare(tmp_path):
+  images = tmp_path / "images"
+  images.mkdir()
+  colors = {f"im{i}.png": (i * 20, 255 - i * 20, 7) for i in range(12)}
+  for name, color in colors.items():
+    (images / name).write_bytes(png(color))
+  rows = [(f"images/{name}", f"a colour {i}") for i, name in enumerate(colors)]
+  (tmp_path / "t.csv").write_text("filepath,title\n" + "".join(f"{p},{c}\n" for p, c in rows))
+  (tmp_path / "t.tsv").write_text("filepath\ttitle\n" + "".join(f"{p}\t{c}\n" for p, c in rows))
+  (tmp_path / "t.jsonl").write_text("".join(json.dumps({"img": p, "txt": c}) + "\n" for p, c in rows))
+  for table, keys in (("t.csv", {}), ("t.tsv", {}), ("t.jsonl", dict(image_key="img", caption_key="txt"))):
+    out = tmp_path / f"prepared_{table}"
+    info = prepare.prepare("table", str(tmp_path / table), str(out), test_fraction=0.25, log=lambda *a: None, **keys)
+    assert info["written"]["train"] + info["written"]["test"] == 12 and info["written"]["test"] > 0
+    got = {}
+    for split in ("train", "test"):
+      for record in sources.PreparedSource(str(out / f"{split}.array_record")):
+        got[record["caption"]] = record["image"]
+    assert got == {c: (tmp_path / p).read_bytes() for p, c in rows}
+  # An image folder: classes from folder names, or renamed by a file.
+  for cls in ("cat", "dog"):
+    os.makedirs(tmp_path / "folder" / cls)
+    for i in range(3):
+      (tmp_path / "folder" / cls / f"{i}.png").write_bytes(png((i, 0, 0)))
+  (tmp_path / "names.txt").write_text("cat\ta cat\ndog\ta dog\n")
+  info = prepare.prepare("folder", str(tmp_path / "folder"), str(tmp_path / "pf"), classnames=str(tmp_path / "names.txt"),
+                         test_fraction=0.0, log=lambda *a: None)
+  assert info["class_names"] == ["a cat", "a dog"] and info["written"]["train"] == 6
+  labels = sorted(r["label"] for r in sources.PreparedSource(str(tmp_path / "pf" / "train.array_record")))
+  assert labels == [0, 0, 0, 1, 1, 1]
+
+
+def test_bad_samples_of_every_kind_are_skipped_and_counted(tmp_path):
+  good = {"png": png((1, 2, 3)), "txt": b"a good one"}
+  write_tar(tmp_path / "a.tar", [("k0", good), ("k1", {"png": b"not an image", "txt": b"x"}),
+                                 ("k2", {"png": png((4, 5, 6)), "txt": b"   "}), ("k3", {"txt": b"no image"}),
+                                 ("k4", {"png": png((7, 8, 9))}), ("k5", good)])
+  noise = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 120, 3), np.uint8)).save(noise, format="PNG")
+  big = [("m0", good), ("m1", {"png": noise.getvalue(), "txt": b"cut"})]   # m1's image: ~40 KiB of noise
+  write_tar(tmp_path / "b.tar", big)
+  write_tar(tmp_path / "b.tar", big, truncate_at=os.path.getsize(tmp_path / "b.tar") // 2)
+  info = prepare.prepare("shards", str(tmp_path / "{a,b}.tar"), str(tmp_path / "out"), test_fraction=0.0,
+                         log=lambda *a: None)
+  assert info["written"]["train"] == 3   # k0, k5, m0
+  assert info["skipped"] == {"undecodable_image": 1, "empty_caption": 1, "missing_image": 1, "missing_caption": 1,
+                             "truncated_tar": 1}
+  with pytest.raises(ConfigError, match="c.tar"):
+    prepare.prepare("shards", str(tmp_path / "{a,c}.tar"), str(tmp_path / "out2"), log=lambda *a: None)
+  # The training pipeline drops samples that fail preprocessing and counts them; batches stay full.
+  from vlm_jax.data import tokenizers, transforms
+  data = [{"key": f"s{i}", "image": png((i, i, i)), "caption": f"sample {i}"} for i in range(20)]
+  data[3] = {**data[3], "image": b"\x89PNG broken"}
+  data[7] = {**data[7], "caption": ""}
+  pre = transforms.Preprocess(8, tokenizers.ByteTokenizer(), 16)
+  sources.SKIPS.reset()
+  iterator = pipeline.train_iterator(data, pre, global_batch=6, seed=0, num_threads=1)
+  batches = [next(iterator) for _ in range(5)]
+  assert all(b["image"].shape == (6, 8, 8, 3) for b in batches)
+  assert sources.SKIPS.snapshot() == {"undecodable_image": 2, "empty_caption": 2}   # 30 rows: each bad one twice
+
+
+def test_a_tiny_clip_trains_from_tar_shards_of_real_images(tmp_path):
+  """Tar shards of the images matplotlib ships (captioned by their file names) -> prepare -> a micro CLIP."""
+  assert len(REAL_IMAGES) >= 16, REAL_IMAGES
+  samples = []
+  for i, path in enumerate(REAL_IMAGES * 4):
+    name = os.path.basename(path).rsplit(".", 1)[0].replace("_", " ")
+    samples.append((f"{i:05d}", {path.rsplit(".", 1)[1]: open(path, "rb").read(), "txt": f"the {name} icon".encode()}))
+  for shard in range(2):
+    write_tar(tmp_path / f"shard-{shard:03d}.tar", samples[shard::2])
+  info = prepare.prepare("shards", str(tmp_path / "shard-{000..001}.tar"), str(tmp_path / "prepared"),
+                         test_fraction=0.1, max_size=64, log=lambda *a: None)
+  assert info["written"]["train"] + info["written"]["test"] == len(samples) and not info["skipped"]
+  config = helpers.micro_config(**{
+      "data.name": "prepared", "data.path": str(tmp_path / "prepared"), "data.tokenizer": "bytes",
+      "model.text.max_len": 32, "train.duration": "30 steps", "train.log_every": "5 steps",
+      "train.checkpoint_every": "0 steps", "optim.lr": 3e-3, "optim.warmup": "5 steps", "evals": {}})
+  trainer.train(config, str(tmp_path / "run"), log=lambda *a: None)
+  losses = helpers.losses(tmp_path / "run", "loss")
+  assert losses[-1] < 0.75 * losses[0], losses   # from ln(batch) ~ 2.8 upwards: it learns to match them
