@@ -128,3 +128,42 @@ def test_a_tiny_clip_trains_from_tar_shards_of_real_images(tmp_path):
   trainer.train(config, str(tmp_path / "run"), log=lambda *a: None)
   losses = helpers.losses(tmp_path / "run", "loss")
   assert losses[-1] < 0.75 * losses[0], losses   # from ln(batch) ~ 2.8 upwards: it learns to match them
+
+
+def test_mixtures_draw_by_weight_deterministically():
+  from vlm_jax.data import Mixture
+  mix = Mixture([["a"] * 10, ["b"] * 30], [0.25, 0.75], seed=1)
+  draws = [mix[i] for i in range(4000)]
+  assert abs(draws.count("a") / 4000 - 0.25) < 0.03 and len(mix) == 40
+  assert draws == [Mixture([["a"] * 10, ["b"] * 30], [0.25, 0.75], seed=1)[i] for i in range(4000)]
+  with pytest.raises(ConfigError, match="non-negative"):
+    Mixture([["a"]], [0.0])
+
+
+def test_tfds_datasets_through_the_data_source_api(tmp_path):
+  """The embedded data is itself a TFDS dataset prepared in a data dir: read it as any TFDS dataset."""
+  import ml_collections
+  from vlm_jax.data import DATASETS, synthetic
+  synthetic.load(64, log=lambda *a: None)
+  config = ml_collections.ConfigDict(dict(name="tfds", tfds_name="synthetic_shapes/64px_seed0",
+                                          data_dir=synthetic.default_data_dir(), caption_key="caption"))
+  data = DATASETS.get("tfds")(config)
+  example, reference = data.test[3], synthetic.load(64, log=lambda *a: None)[0]["test"][3]
+  assert example["caption"] == reference["caption"] and example["shape"] == reference["shape"]
+  assert data.class_names["shape"] == synthetic.SHAPES and len(data.train) == 50_000
+  with pytest.raises(ConfigError, match=r"tfds build cifar10 --data_dir .*nowhere"):
+    DATASETS.get("tfds")(ml_collections.ConfigDict(dict(name="tfds", tfds_name="cifar10",
+                                                        data_dir=str(tmp_path / "nowhere"))))
+
+
+def test_a_mixture_config_combines_datasets_by_weight():
+  import ml_collections
+  from vlm_jax.data import DATASETS, synthetic
+  config = ml_collections.ConfigDict(dict(
+      name="mixture", image_size=64, seed=0, max_objects=1, data_dir=synthetic.default_data_dir(),
+      sources=[dict(name="embedded", weight=0.8),
+               dict(name="tfds", tfds_name="synthetic_shapes/64px_seed0", caption_key="caption", weight=0.2)]))
+  data = DATASETS.get("mixture")(config)
+  from_tfds = np.mean(["key" in data.train[i] for i in range(1000)])   # only the TFDS view adds a key
+  assert abs(from_tfds - 0.2) < 0.05 and data.class_names["shape"] == synthetic.SHAPES
+  assert data.tokenizer_path and "0.8 x the embedded" in data.description

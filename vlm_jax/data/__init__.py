@@ -5,6 +5,9 @@ from typing import Any, Dict, Optional, Sequence
 import json
 import os
 
+import ml_collections
+import numpy as np
+
 from vlm_jax.data import sources, synthetic
 from vlm_jax.registry import DATASETS, ConfigError
 
@@ -54,3 +57,110 @@ def build_prepared(config) -> ImageTextData:
       train=sources.PreparedSource(os.path.join(path, "train.array_record")),
       test=sources.PreparedSource(os.path.join(path, "test.array_record")),
       class_names={"label": tuple(names)} if names else {})
+
+
+class _FieldsView:
+  """A random-access view of a TFDS split as {'key', 'image', 'caption', <label keys>}."""
+
+  def __init__(self, source, image_key: str, caption_key: str, label_keys):
+    self.source, self.image_key, self.caption_key, self.label_keys = source, image_key, caption_key, label_keys
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    example = self.source[i]
+    out = {"key": str(i), "image": _field(example, self.image_key)}
+    if self.caption_key:
+      caption = _field(example, self.caption_key)
+      # Several captions per image (coco_captions): the first is the caption, all are references.
+      if isinstance(caption, (list, tuple)) or getattr(caption, "ndim", 0):
+        out["captions"] = list(caption)
+        caption = caption[0] if len(caption) else None
+      out["caption"] = caption
+    for key in self.label_keys:
+      out[key] = int(example[key])
+    return out
+
+
+def _field(example, path: str):
+  for part in path.split("/"):
+    example = example[part]
+  return example
+
+
+@DATASETS.register("tfds")
+def build_tfds(config) -> ImageTextData:
+  """A TFDS dataset prepared in `data.data_dir` (TFDS's default when empty), read through its
+  TensorFlow-free data-source API: data.tfds_name (e.g. 'coco_captions'), data.image_key ('image'),
+  data.caption_key ('captions/text'; '' for classification data), data.train_split / data.test_split.
+  Its ClassLabel features become label keys (zero-shot, linear probe)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  name = config.get("tfds_name", "")
+  if not name:
+    raise ConfigError("data.name=tfds needs data.tfds_name, e.g. coco_captions or cifar10")
+  data_dir = config.get("data_dir", "") or None
+  splits = (config.get("train_split", "train"), config.get("test_split", "test"))
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except  (tfds raises several kinds for an unknown name)
+    raise ConfigError(f"TFDS has no dataset {name!r}: {e}") from None
+  if not builder.is_prepared():
+    raise ConfigError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; prepare it with "
+                      f"`tfds build {name} --data_dir {data_dir or '~/tensorflow_datasets'}` (datasets that need a "
+                      "manual download say where to put the files), or set data.data_dir")
+  try:
+    split_sources = {s: builder.as_data_source(split=s) for s in splits}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"TFDS dataset {name!r} has no split {e}; its splits: {', '.join(builder.info.splits)}") from None
+  features = builder.info.features
+  labels = {k: tuple(f.names) for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)}
+  image_key, caption_key = config.get("image_key", "image"), config.get("caption_key", "captions/text")
+  view = lambda s: _FieldsView(split_sources[s], image_key, caption_key, tuple(labels))
+  return ImageTextData(description=f"TFDS {name} from {builder.data_dir} ({splits[0]} / {splits[1]})",
+                       train=view(splits[0]), test=view(splits[1]), class_names=labels)
+
+
+class Mixture:
+  """Random access to a weighted mixture: item i comes from source j with probability weight_j and is a
+  uniformly drawn example of it, both decided by (seed, i) alone, so the stream is deterministic and its
+  position is one integer like any other source's."""
+
+  def __init__(self, sources, weights, seed: int = 0):
+    total = float(sum(weights))
+    if not sources or len(sources) != len(weights) or total <= 0 or min(weights) < 0:
+      raise ConfigError(f"a mixture needs sources with non-negative weights summing above 0, got {list(weights)}")
+    self.sources, self.weights, self.seed = list(sources), np.asarray(weights, float) / total, seed
+
+  def __len__(self):
+    return sum(len(s) for s in self.sources)
+
+  def __getitem__(self, i):
+    rng = np.random.default_rng([self.seed, int(i)])
+    j = int(rng.choice(len(self.sources), p=self.weights))
+    return self.sources[j][int(rng.integers(len(self.sources[j])))]
+
+
+@DATASETS.register("mixture")
+def build_mixture(config) -> ImageTextData:
+  """data.sources: a list of data configs (each with its `name` and a `weight`; fields it lacks come from
+  the enclosing data config). Training draws from them by weight; evaluation uses the test split and
+  class names of source `data.eval_source` (default 0)."""
+  specs = list(config.get("sources", None) or [])
+  if not specs:
+    raise ConfigError("data.name=mixture needs data.sources, e.g. [dict(name='prepared', path=..., weight=0.7), ...]")
+  parent = {k: v for k, v in config.items() if k not in ("sources", "name")}
+  built = []
+  for spec in specs:
+    spec = dict(spec)
+    if "name" not in spec:
+      raise ConfigError(f"every mixture source needs a name; got {spec}")
+    sub = ml_collections.ConfigDict({**parent, **{k: v for k, v in spec.items() if k != "weight"}})
+    built.append((DATASETS.get(spec["name"])(sub), float(spec.get("weight", 1.0))))
+  first = built[int(config.get("eval_source", 0))][0]
+  return ImageTextData(
+      description="mixture of " + "; ".join(f"{w:g} x {d.description}" for d, w in built),
+      train=Mixture([d.train for d, _ in built], [w for _, w in built], config.get("seed", 0)),
+      test=first.test, class_names=first.class_names,
+      tokenizer_path=next((d.tokenizer_path for d, _ in built if d.tokenizer_path), None),
+      question_types=first.question_types)

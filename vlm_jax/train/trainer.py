@@ -122,8 +122,9 @@ def train(config, workdir: str, *, log=print) -> dict:
         last_good = step
       if evaluate:
         final_eval = evaluator.run(state.params)
-        writer.write(step, final_eval)
-        log(f"Eval at step {step}: " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(final_eval.items())))
+        if final_eval:
+          writer.write(step, final_eval)
+          log(f"Eval at step {step}: " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(final_eval.items())))
         progress.start(step)  # do not count eval time as train throughput
       if stop and not done:
         log(f"Stopping at step {step} with a checkpoint saved; run the same command to resume.")
