@@ -167,3 +167,9 @@ def test_a_mixture_config_combines_datasets_by_weight():
   from_tfds = np.mean(["key" in data.train[i] for i in range(1000)])   # only the TFDS view adds a key
   assert abs(from_tfds - 0.2) < 0.05 and data.class_names["shape"] == synthetic.SHAPES
   assert data.tokenizer_path and "0.8 x the embedded" in data.description
+
+
+def test_data_bench_reports_throughput():
+  from vlm_jax.data import bench
+  result = bench.measure(helpers.micro_config(), batches=2, warmup=1)
+  assert result["images_per_s"] > 0 and result["batch_size"] == 16 and result["skipped"] == {}
