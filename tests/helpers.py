@@ -27,6 +27,7 @@ MICRO = {
     "model.embed_dim": 32, "model.image.variant": "micro/8", "model.image.image_size": 32,
     "model.text.variant": "micro", "model.text.max_len": 16,
     "batch_size": 16, "eval_batch_size": 16, "data.num_threads": 2,
+    "data.max_objects": 1,   # one dataset build for every test (the prefix-LM recipes use the 3-object one)
     "train.duration": "6 steps", "train.log_every": "2 steps", "train.checkpoint_every": "3 steps",
     "train.mfu": False, "optim.warmup": "2 steps",
     "evals.zero_shot.limit": 32, "evals.retrieval.limit": 32,
