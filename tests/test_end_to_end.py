@@ -36,7 +36,7 @@ def _check_learned(workdir, result):
 
 def test_tiny_clip_learns_quickly(tmp_path):
   """A shortened tiny run (the full one is test_tiny_clip_config_as_shipped)."""
-  result = _run_tiny(tmp_path, "--config.train.duration=250", "--config.evals.zero_shot.every=0",
+  result = _run_tiny(tmp_path, "--config.train.duration=150", "--config.evals.zero_shot.every=0",
                      "--config.evals.retrieval.every=0")
   _check_learned(tmp_path, result)
 
