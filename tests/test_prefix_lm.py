@@ -1,5 +1,6 @@
 """Prefix-LMs: the suffix-only loss, split sampling, the prefix mask inside the model, QA inputs, and a
 short decoder-only run whose losses fall."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +153,20 @@ def test_simvlm_tiny_as_shipped(tmp_path):
   assert final["eval/zero_shot_likelihood/color_top1"] > 2 / 8 and final["eval/captioning/cider"] > 1.0
   for name in ("prefix_lm_loss", "text_lm_loss"):
     assert helpers.losses(tmp_path, name)[-1] < 0.5 * helpers.losses(tmp_path, name)[0]
+
+
+def test_projector_kinds():
+  images, tokens = jnp.zeros((1, 16, 16, 3)), jnp.ones((1, 8), jnp.int32)
+  shapes = {}
+  for kind in ("linear", "mlp"):
+    model = prefix_lm.PrefixLM(image=dict(width=24, depth=1, num_heads=2, mlp_dim=48, patch_size=8, image_size=16),
+                               text=dict(vocab_size=16, width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8),
+                               projector_kind=kind)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens)["params"])
+    shapes[kind] = jax.tree.map(lambda x: x.shape, params["projector"])
+  assert shapes["linear"] == {"fc1": {"kernel": (24, 32), "bias": (32,)}}
+  assert shapes["mlp"] == {"fc1": {"kernel": (24, 32), "bias": (32,)}, "fc2": {"kernel": (32, 32), "bias": (32,)}}
+  with pytest.raises(ValueError, match="unknown projector"):
+    prefix_lm.PrefixLM(image=dict(width=24, depth=1, num_heads=2, mlp_dim=48, patch_size=8, image_size=16),
+                       text=dict(vocab_size=16, width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8),
+                       projector_kind="conv").init(jax.random.PRNGKey(0), images, tokens)
