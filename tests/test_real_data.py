@@ -77,6 +77,11 @@ def test_tables_and_folders_round_trip_through_prepare(tmp_path):
   assert info["class_names"] == ["a cat", "a dog"] and info["written"]["train"] == 6
   labels = sorted(r["label"] for r in sources.PreparedSource(str(tmp_path / "pf" / "train.array_record")))
   assert labels == [0, 0, 0, 1, 1, 1]
+  # Captionless data is for evaluation: training on it is a one-line error, not an endless skip.
+  config = helpers.micro_config(**{"data.name": "prepared", "data.path": str(tmp_path / "pf"),
+                                   "data.tokenizer": "bytes", "evals": {}})
+  with pytest.raises(ConfigError, match="has no captions"):
+    trainer.train(config, str(tmp_path / "run"), log=lambda *a: None)
 
 
 def test_bad_samples_of_every_kind_are_skipped_and_counted(tmp_path):

@@ -89,7 +89,8 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
              log=print) -> list:
   """Evaluates checkpoints of `workdir` (default: the latest); returns the paths of the records written."""
   from vlm_jax.train.experiment import Experiment  # pylint: disable=import-outside-toplevel
-  config = config_utils.load_workdir_config(workdir)
+  run_config = config_utils.load_workdir_config(workdir)
+  config = config_utils.load_workdir_config(workdir)   # a copy the experiment builds no evaluators from
   ckpt_dir = os.path.join(workdir, "checkpoints")
   available = checkpoint.all_steps(ckpt_dir)
   if not available:
@@ -101,9 +102,8 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
   with config.unlocked():
     config.evals = {}   # the harness chooses its tasks; the experiment should not build the run's evaluators
   exp = Experiment(config, log=lambda *a: None)
-  task_configs = fitting_tasks(config_utils.load_workdir_config(workdir), exp.model, tasks)
+  task_configs = fitting_tasks(run_config, exp.model, tasks)
   dataset = dataset_name(config)
-  run_config = config_utils.load_workdir_config(workdir)
   common = {"run": os.path.basename(os.path.normpath(workdir)), "workdir": os.path.abspath(workdir),
             "dataset": dataset, "config_hash": config_hash(run_config), "config": flatten(run_config.to_dict()),
             "preprocessing": {"image_size": config.model.image.image_size, "max_len": config.model.text.get("max_len"),

@@ -136,6 +136,10 @@ class Experiment:
   # --- data ----------------------------------------------------------------------------------------
 
   def train_iterator(self):
+    if self.data.train[0].get("caption") is None:
+      raise ConfigError(f"{self.data.description} has no captions (an image folder, or a classification dataset "
+                        "read without data.caption_key?); the objectives train on image-text pairs: evaluate on "
+                        "it, and train on captioned data")
     return pipeline.train_iterator(
         self.data.train, self.train_preprocess, global_batch=self.batch_size, seed=self.config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
