@@ -42,7 +42,7 @@ def test_first_mention():
 
 def test_short_coca_run_learns_to_name_colours(tmp_path):
   config = helpers.micro_config(helpers.COCA_TINY, batch_size=64, **{
-      "train.duration": "120 steps", "train.log_every": "20 steps", "train.checkpoint_every": "0 steps",
+      "train.duration": "90 steps", "train.log_every": "15 steps", "train.checkpoint_every": "0 steps",
       "optim.lr": 3e-3, "optim.warmup": "20 steps", "evals.zero_shot.limit": 64, "evals.retrieval.limit": 64,
       "evals.captioning.limit": 128})
   final = trainer.train(config, str(tmp_path), log=lambda *a: None)

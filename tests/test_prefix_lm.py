@@ -91,7 +91,9 @@ def test_question_answer_inputs():
     transforms.Preprocess(16, tok, 4).question_answer("a long question", "x")
 
 
+@pytest.mark.slow
 def test_short_simvlm_run_learns_captions(tmp_path):
+  """Opt-in (35 s): SimVLM's model and objective are covered by the decoding and prefix-LM tests."""
   config = helpers.micro_config(helpers.SIMVLM_TINY, batch_size=32, **{
       "model.encoder.variant": "micro", "model.decoder.variant": "micro", "model.image.stem": 4,
       "train.duration": "60 steps", "train.log_every": "10 steps", "train.checkpoint_every": "0 steps",
