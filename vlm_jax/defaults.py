@@ -20,7 +20,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       name="embedded", image_size=64, seed=0, max_objects=1, data_dir="", tokenizer="sentencepiece", tokenizer_path="",
       num_threads=8, lowercase=False, mean=(0.48145466, 0.4578275, 0.40821073),
-      std=(0.26862954, 0.26130258, 0.27577711), augment=dict(crop_scale=None, flip=False)))
+      std=(0.26862954, 0.26130258, 0.27577711), augment=dict(crop_scale=None, flip=False),
+      # Real data (vlm_jax/data/__init__.py says which dataset reads which): prepared / folder ...
+      path="", train_path="", classnames="", test_fraction=0.5,
+      # ... TFDS (image_key / caption_key: feature paths; caption_key "" for classification data) ...
+      tfds_name="", train_split="train", test_split="test", image_key="image", caption_key="captions/text",
+      # ... and streamed tar shards (workers: reader threads per process).
+      shards="", test_shards="", shuffle_buffer=1000, workers=2, resampled=False, num_samples=0))
   c.optim = ml_collections.ConfigDict(dict(
       lr=5e-4, warmup="2000 steps", schedule="cosine", end_lr_factor=0.0, b1=0.9, b2=0.98, eps=1e-6,
       weight_decay=0.2, grad_clip_norm=0.0, frozen="", trainable="", lr_multipliers=()))

@@ -8,7 +8,7 @@ import os
 import ml_collections
 import numpy as np
 
-from vlm_jax.data import sources, synthetic
+from vlm_jax.data import sources, streaming, synthetic
 from vlm_jax.registry import DATASETS, ConfigError
 
 
@@ -57,6 +57,67 @@ def build_prepared(config) -> ImageTextData:
       train=sources.PreparedSource(os.path.join(path, "train.array_record")),
       test=sources.PreparedSource(os.path.join(path, "test.array_record")),
       class_names={"label": tuple(names)} if names else {})
+
+
+@DATASETS.register("shards")
+def build_shards(config) -> ImageTextData:
+  """Webdataset tar shards streamed in order, without a prepare step (streaming.py): data.shards (a brace
+  pattern or a list of them, local paths or URLs), data.shuffle_buffer (samples), data.workers (reader
+  threads per process), data.resampled, data.num_samples (only for durations in epochs). The test split is
+  data.test_shards, read into memory (keep it small), or empty: then give evaluators their own `data`."""
+  spec = config.get("shards", "")
+  if not spec:
+    raise ConfigError("data.name=shards needs data.shards, e.g. '/data/cc3m/{00000..00331}.tar'")
+  urls = sources.resolve(spec)
+  sources.check_exist(urls, "shard")
+  test_urls = sources.resolve(config.get("test_shards", "")) if config.get("test_shards", "") else []
+  sources.check_exist(test_urls, "test shard")
+  test = [s for url in test_urls for s in sources.read_tar(url)]
+  return ImageTextData(
+      description=f"{len(urls)} tar shards streamed from {urls[0]}" + (f"..{urls[-1]}" if len(urls) > 1 else "")
+                  + f" ({len(test)} test pairs)",
+      train=streaming.ShardStream(urls, shuffle_buffer=config.get("shuffle_buffer", 1000),
+                                  workers=config.get("workers", 2), resampled=config.get("resampled", False),
+                                  num_samples=config.get("num_samples", 0)),
+      test=test, class_names={})
+
+
+class FolderSource:
+  """Random access to image-folder samples {'key', 'image': bytes, 'caption': None, 'label'}."""
+
+  def __init__(self, rows):
+    self.rows = rows
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    row = self.rows[i]
+    with open(row["image"], "rb") as f:
+      return {**row, "image": f.read(), "caption": None}
+
+
+@DATASETS.register("folder")
+def build_folder(config) -> ImageTextData:
+  """An image folder of class sub-folders read in place, for zero-shot classification and linear probes
+  (label key `label`): data.path, class names from the folder names or data.classnames (a file).
+  data.train_path: a second folder for the probe's training split; without it the images split by a hash
+  of their key, data.test_fraction (default 0.5) of them for testing."""
+  path = config.get("path", "")
+  rows, names = sources.read_folder(path, config.get("classnames", ""))
+  train_path = config.get("train_path", "")
+  if train_path:
+    train_rows, train_names = sources.read_folder(train_path, config.get("classnames", ""))
+    if train_names != names:
+      raise ConfigError(f"{train_path} and {path} have different classes: {train_names[:5]}... vs {names[:5]}...")
+    test_rows = rows
+  else:
+    fraction = config.get("test_fraction", 0.5)
+    test_rows = [r for r in rows if sources.in_test_split(r["key"], fraction)]
+    train_rows = [r for r in rows if not sources.in_test_split(r["key"], fraction)]
+  return ImageTextData(description=f"image folder {path} ({len(names)} classes, {len(train_rows)} train / "
+                                   f"{len(test_rows)} test images)",
+                       train=FolderSource(train_rows), test=FolderSource(test_rows), class_names={"label": tuple(names)})
 
 
 class _FieldsView:

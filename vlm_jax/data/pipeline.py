@@ -8,11 +8,14 @@ with the model) is one integer that is the same on every process.
 A sample whose preprocessing raises `sources.SampleError` (an undecodable image, an empty caption) is
 dropped and counted in `sources.SKIPS`; its row is filled by the process's next sample, so with bad
 samples the batches of different process counts may differ in those rows.
+
+Streamed tar shards (`streaming.ShardStream`, no random access) go through `streaming.BatchIterator`
+instead: same interface, its own order and position (see streaming.py).
 """
 import numpy as np
 import grain
 
-from vlm_jax.data import sources
+from vlm_jax.data import sources, streaming
 
 _FOREVER = 2 ** 62
 
@@ -23,6 +26,10 @@ def train_iterator(source, preprocess, *, global_batch: int, seed: int, process_
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
   local_batch = global_batch // process_count
+  if isinstance(source, streaming.ShardStream):
+    return streaming.BatchIterator(source, preprocess, local_batch=local_batch, seed=seed,
+                                   process_index=process_index, process_count=process_count,
+                                   num_threads=num_threads, prefetch=prefetch)
   stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
 
   def load(k):

@@ -11,7 +11,6 @@ a hash of their key, so the split does not depend on the order) and OUTPUT/info.
 samples by reason, bytes, class names). Every image is decoded once here, so a training run reads only
 good samples; the bytes are stored as they were (or re-encoded as JPEG no larger than --max_size).
 """
-import hashlib
 import io
 import json
 import os
@@ -52,10 +51,6 @@ def _samples(kind: str, spec: str, image_key: str, caption_key: str, classnames:
   raise ConfigError(f"unknown --kind {kind!r}; known: {', '.join(KINDS)}")
 
 
-def _is_test(key: str, fraction: float) -> bool:
-  return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 16 ** 8 < fraction
-
-
 def prepare(kind: str, spec: str, output: str, *, image_key: str = "filepath", caption_key: str = "title",
             classnames: str = "", test_fraction: float = 0.01, max_size: int = 0, log=print) -> dict:
   """Writes the prepared dataset; returns its info (also OUTPUT/info.json)."""
@@ -86,7 +81,7 @@ def prepare(kind: str, spec: str, output: str, *, image_key: str = "filepath", c
         record["caption"] = caption
       if "label" in sample:
         record["label"] = sample["label"]
-      split = "test" if _is_test(sample["key"], test_fraction) else "train"
+      split = "test" if sources.in_test_split(sample["key"], test_fraction) else "train"
       encoded = sources.encode_record(record)
       writers[split].write(encoded)
       counts[split] += 1

@@ -9,6 +9,7 @@ logged once per reason with the sample's key.
 """
 import collections
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -127,6 +128,11 @@ def clean_caption(text, key: str) -> str:
   return text
 
 
+def in_test_split(key: str, fraction: float) -> bool:
+  """A split by a hash of the sample's key: independent of order, stable as data is added."""
+  return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 16 ** 8 < fraction
+
+
 def read_table(path: str, image_key: str = "filepath", caption_key: str = "title", base_dir: str = "") -> list:
   """Rows of a CSV (comma), TSV (tab) or JSONL table as {'key', 'image', 'caption'}; relative image paths
   are read relative to `base_dir` (default: the table's folder). open_clip's column names by default."""
@@ -179,10 +185,11 @@ def read_folder(root: str, classnames_file: str = "") -> tuple:
   return samples, names
 
 
-def read_tar(url: str):
+def read_tar(url: str, skips: Skips | None = None):
   """Samples of a webdataset tar: members grouped by key (the path up to the first dot of the file name),
-  as {'key', 'image': bytes, 'caption', 'json'}. Samples without an image or caption, and the rest of a
-  truncated or corrupt tar, are skipped and counted."""
+  as {'key', 'image': bytes, 'caption', 'json'}. Samples without an image, and the rest of a truncated or
+  corrupt tar, are skipped and counted in `skips` (default `SKIPS`)."""
+  skips = SKIPS if skips is None else skips
   current, members = None, {}
 
   def finish(key, members):
@@ -205,18 +212,18 @@ def read_tar(url: str):
           try:
             yield finish(current, members)
           except SampleError as e:
-            SKIPS.add(e)
+            skips.add(e)
           members = {}
         current = key
         members[ext.lower()] = tar.extractfile(member).read()
   except (tarfile.TarError, EOFError, OSError) as e:
-    SKIPS.add(SampleError("truncated_tar", url, f"({type(e).__name__}: {e})"))
+    skips.add(SampleError("truncated_tar", url, f"({type(e).__name__}: {e})"))
     return   # the last sample may be incomplete: dropped
   if current is not None:
     try:
       yield finish(current, members)
     except SampleError as e:
-      SKIPS.add(e)
+      skips.add(e)
 
 
 # --- prepared ArrayRecord files ----------------------------------------------------------------------

@@ -33,6 +33,8 @@ def check_config(config, *, num_devices: int | None = None, process_count: int |
     OBJECTIVES.get(cfg.get("name", key))
   for key, cfg in config.evals.items():
     EVALUATORS.get(cfg.get("name", key))
+    if cfg.get("data"):
+      DATASETS.get(cfg.data.get("name", config.data.name))
     durations.parse(cfg.every)
   for name in ("duration", "log_every", "checkpoint_every", "warmup"):
     durations.parse(config.train[name] if name != "warmup" else config.optim.warmup)
@@ -136,7 +138,8 @@ class Experiment:
   # --- data ----------------------------------------------------------------------------------------
 
   def train_iterator(self):
-    if self.data.train[0].get("caption") is None:
+    streamed = not hasattr(self.data.train, "__getitem__")   # tar shards: checked as they stream
+    if not streamed and self.data.train[0].get("caption") is None:
       raise ConfigError(f"{self.data.description} has no captions (an image folder, or a classification dataset "
                         "read without data.caption_key?); the objectives train on image-text pairs: evaluate on "
                         "it, and train on captioned data")
