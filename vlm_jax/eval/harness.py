@@ -51,12 +51,17 @@ def config_hash(config) -> str:
   return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def dataset_name(config) -> str:
-  data = config.data
-  if data.name == "embedded":
+def dataset_name(config, task_config=None) -> str:
+  """The records' dataset folder: the task's own `data` (fields it lacks from the run's) or the run's."""
+  data = dict(config.data.to_dict(), **dict((task_config or {}).get("data") or {}))
+  if data["name"] == "embedded":
     objects = f"_objects{data.get('max_objects', 1)}" if data.get("max_objects", 1) > 1 else ""
-    return f"embedded_{data.image_size}px{objects}"
-  return data.name
+    return f"embedded_{data['image_size']}px{objects}"
+  if data["name"] == "tfds":
+    return f"tfds_{data.get('tfds_name', '')}"
+  if data.get("path") and data["name"] in ("folder", "prepared"):
+    return f"{data['name']}_{os.path.basename(os.path.normpath(data['path']))}"
+  return data["name"]
 
 
 def fitting_tasks(config, model, requested=None) -> dict:
@@ -71,7 +76,12 @@ def fitting_tasks(config, model, requested=None) -> dict:
       raise ConfigError(f"task {task!r} does not fit model {config.model.name!r} (it needs "
                         f"{', '.join(TASKS[task][0])})")
   chosen = list(requested) if requested else [t for t in TASKS if fits(t)]
-  return {t: {**TASKS[t][1], **{k: v for k, v in (evals.get(t) or {}).items() if k != "every"}} for t in chosen}
+  def settings(task):
+    own = {k: v for k, v in (evals.get(task) or {}).items() if k != "every"}
+    # The default label keys are the embedded data's; a task on its own data classifies that data's labels.
+    defaults = {k: v for k, v in TASKS[task][1].items() if not (own.get("data") and k == "label_keys")}
+    return {**defaults, **own}
+  return {t: settings(t) for t in chosen}
 
 
 def record_path(workdir: str, step: int, dataset: str, task: str) -> str:
@@ -103,30 +113,31 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
     config.evals = {}   # the harness chooses its tasks; the experiment should not build the run's evaluators
   exp = Experiment(config, log=lambda *a: None)
   task_configs = fitting_tasks(run_config, exp.model, tasks)
-  dataset = dataset_name(config)
+  dataset = {t: dataset_name(config, c) for t, c in task_configs.items()}
   common = {"run": os.path.basename(os.path.normpath(workdir)), "workdir": os.path.abspath(workdir),
-            "dataset": dataset, "config_hash": config_hash(run_config), "config": flatten(run_config.to_dict()),
+            "config_hash": config_hash(run_config), "config": flatten(run_config.to_dict()),
             "preprocessing": {"image_size": config.model.image.image_size, "max_len": config.model.text.get("max_len"),
                               "mean": list(config.data.mean), "std": list(config.data.std),
                               "tokenizer": config.data.tokenizer, "lowercase": config.data.get("lowercase", False)}}
   written = []
   runner = None
   for step in steps:
-    todo = {t: c for t, c in task_configs.items() if force or not os.path.exists(record_path(workdir, step, dataset, t))}
+    todo = {t: c for t, c in task_configs.items()
+            if force or not os.path.exists(record_path(workdir, step, dataset[t], t))}
     if not todo:
       log(f"step {step}: every record exists ({', '.join(task_configs)})")
       continue
     runner = EvalRunner(exp, todo)
     params, _ = checkpoint.restore_params(ckpt_dir, step, exp.abstract_params_sharded())
     for task, metrics, seconds in runner.run_each(params):
-      path = record_path(workdir, step, dataset, task)
-      record = {**common, "step": step, "task": task, "metrics": metrics, "task_config": todo[task],
+      path = record_path(workdir, step, dataset[task], task)
+      record = {**common, "dataset": dataset[task], "step": step, "task": task, "metrics": metrics, "task_config": todo[task],
                 "num_examples": runner.num_examples(task), "wall_s": seconds,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
       if jax.process_index() == 0:
         _write_atomic(path, record)
       written.append(path)
-      log(f"step {step} {dataset} {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+      log(f"step {step} {dataset[task]} {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
   return written
 
 

@@ -1,8 +1,35 @@
-"""Builds the configured evaluators and runs them together, sharing the test-image embeddings."""
+"""Builds the configured evaluators and runs them together, sharing the test-image embeddings.
+
+An evaluator config may name its own dataset, `data=dict(name='folder', path=..., classnames=...)` (fields it
+lacks come from the run's data config): a zero-shot or linear-probe set for a run trained on other data.
+Without `label_keys` it then classifies every label of that dataset.
+"""
+import json
 import time
 
+import ml_collections
+
 from vlm_jax.eval import common
-from vlm_jax.registry import EVALUATORS
+from vlm_jax.registry import DATASETS, EVALUATORS, ConfigError
+
+
+class ExperimentOnData:
+  """The experiment as an evaluator sees it, with another dataset in place of the run's."""
+
+  def __init__(self, experiment, data):
+    self._experiment, self.data = experiment, data
+
+  def __getattr__(self, name):
+    return getattr(self._experiment, name)
+
+
+def eval_data(experiment, data_config):
+  """The dataset an evaluator's `data` config names (fields it lacks from the run's data config)."""
+  merged = {**experiment.config.data.to_dict(), **dict(data_config)}
+  data = DATASETS.get(merged["name"])(ml_collections.ConfigDict(merged))
+  if not len(data.test):
+    raise ConfigError(f"evaluation data {data.description} has no test examples")
+  return data
 
 
 class EvalRunner:
@@ -11,18 +38,33 @@ class EvalRunner:
   def __init__(self, experiment, evals=None):
     self.exp = experiment
     evals = experiment.config.evals if evals is None else evals
-    self.evaluators = {key: EVALUATORS.get(cfg.get("name", key))(cfg, experiment) for key, cfg in evals.items()}
+    datasets, self.evaluators = {}, {}
+    for key, cfg in evals.items():
+      view = experiment
+      if cfg.get("data"):
+        spec = json.dumps(dict(cfg["data"]), sort_keys=True, default=str)
+        if spec not in datasets:
+          datasets[spec] = eval_data(experiment, cfg["data"])
+        view = ExperimentOnData(experiment, datasets[spec])
+        if not cfg.get("label_keys"):
+          cfg = {**dict(cfg), "label_keys": tuple(view.data.class_names)}
+      elif not len(experiment.data.test):
+        raise ConfigError(f"evaluator {key!r} has no test data: {experiment.data.description}; give it its own "
+                          f"in the config, e.g. evals.{key}.data = dict(name='folder', path=DIR)")
+      self.evaluators[key] = EVALUATORS.get(cfg.get("name", key))(cfg, view)
     needs_images = any(getattr(e, "needs_image_emb", True) for e in self.evaluators.values())
     self._image_encoder = common.Encoder(experiment, "encode_image") if needs_images else None
 
+  def data(self, key: str):
+    return self.evaluators[key].exp.data
+
   def num_examples(self, key: str) -> int:
-    limit, n = getattr(self.evaluators[key], "limit", None), len(self.exp.data.test)
+    limit, n = getattr(self.evaluators[key], "limit", None), len(self.data(key).test)
     return n if not limit else min(limit, n)
 
   def run_each(self, params, keys=None):
     """Yields (key, metrics, seconds) per evaluator (those in `keys`, default all), in config order."""
     cache = {}
-    source = self.exp.data.test
     for key, evaluator in self.evaluators.items():
       if keys is not None and key not in keys:
         continue
@@ -30,10 +72,10 @@ class EvalRunner:
       if not getattr(evaluator, "needs_image_emb", True):
         metrics = evaluator.run(params)
       else:
-        n = self.num_examples(key)
-        if n not in cache:
-          cache[n] = self._image_encoder(params, n, common.image_rows(self.exp, source))
-        metrics = evaluator.run(params, image_emb=cache[n])
+        n, data = self.num_examples(key), self.data(key)
+        if (id(data), n) not in cache:
+          cache[id(data), n] = self._image_encoder(params, n, common.image_rows(self.exp, data.test))
+        metrics = evaluator.run(params, image_emb=cache[id(data), n])
       yield key, metrics, time.perf_counter() - start
 
   def run(self, params) -> dict:
