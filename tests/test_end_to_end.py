@@ -34,8 +34,10 @@ def _check_learned(workdir, result):
   assert (workdir / "config.json").exists() and list((workdir / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_tiny_clip_learns_quickly(tmp_path):
-  """A shortened tiny run (the full one is test_tiny_clip_config_as_shipped)."""
+  """A shortened tiny run (the full one is test_tiny_clip_config_as_shipped). Opt-in since the default run
+  covers learning with the micro runs of every family and streamed shards (test_streaming)."""
   result = _run_tiny(tmp_path, "--config.train.duration=150", "--config.evals.zero_shot.every=0",
                      "--config.evals.retrieval.every=0")
   _check_learned(tmp_path, result)
@@ -50,7 +52,13 @@ def test_eval_mode_reproduces_final_eval(tmp_path):
   """--mode=eval on a finished run's workdir gives the metrics the run recorded."""
   quick = ["--config.train.duration=4", "--config.model.image.variant=micro/8", "--config.model.text.variant=micro",
            "--config.batch_size=16", "--config.evals.retrieval.limit=64", "--config.evals.zero_shot.limit=64"]
-  _run_tiny(tmp_path, *quick)
+  result = _run_tiny(tmp_path, *quick)
+  lines = result.stdout.splitlines()
+  data_line = next(i for i, line in enumerate(lines) if line.startswith("Data: "))
+  assert "using the embedded one" in lines[data_line]
+  assert data_line < next(i for i, line in enumerate(lines) if line.startswith("Compiled"))  # said first
+  assert "zero_shot/shape_top1" in result.stdout and "retrieval/i2t_r10" in result.stdout
+  assert (tmp_path / "config.json").exists() and list((tmp_path / "tensorboard").iterdir())
   _run_tiny(tmp_path, "--mode=eval", *quick)
   final = json.loads((tmp_path / "final_eval.json").read_text())
   again = json.loads((tmp_path / "eval" / "step_4.json").read_text())

@@ -28,9 +28,10 @@ def _run_steps(config, devices, steps=3):
     ("data:2,fsdp:2,tensor:2", {"objectives.coca.impl": "local"}, helpers.COCA_TINY),
     # ViLT: masking, hard-negative mining and the image swap happen on the global batch.
     ("data:4,fsdp:2", {"objectives.itm.negatives": "mixed"}, helpers.VILT_TINY),
-    # FLAVA: all five objectives, patch and token masks drawn on the global batch (tensor parallelism is
-    # covered by the CLIP and CoCa cases; compiling FLAVA for it would double this test's time).
-    ("data:4,fsdp:2", {"objectives.clip.impl": "local"}, helpers.FLAVA_TINY)])
+    # FLAVA: all five objectives, patch and token masks drawn on the global batch. Opt-in (-m slow, ~1 min):
+    # the ViLT case covers the fusion family's masking and mining in the default run.
+    pytest.param("data:4,fsdp:2", {"objectives.clip.impl": "local"}, helpers.FLAVA_TINY,
+                 marks=pytest.mark.slow)])
 def test_sharded_steps_equal_single_device(mesh, options, base):
   # Adam turns a gradient of 1e-9 into a step of +-lr, and some gradients are exactly zero in exact
   # arithmetic (attention key biases: softmax is shift-invariant), so reduction-order noise would flip

@@ -4,6 +4,11 @@ r"""Benchmark the train step of any config: one JSON line with compile time, ste
 
 Batches are random arrays of the configured shapes, so this measures the step, not the input pipeline.
 MFU compares XLA's FLOP count of the compiled step with the matmul peak measured on the spot.
+
+`--with_data` also runs the loop as the trainer does (dispatch the step, load and place the next batch from
+the configured data pipeline while it runs) and reports its step time next to the same loop on one fixed
+batch, alternating rounds so that machine noise hits both: `data_slowdown` near 1 means the pipeline keeps
+the step fed.
 """
 import json
 import statistics
@@ -16,6 +21,8 @@ from vlm_jax.cli import FLAGS, fail, parse_flags
 
 flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_boolean("with_data", False, "Also time the step fed by the configured data pipeline.")
+flags.DEFINE_integer("rounds", 3, "With --with_data: alternating rounds of --steps steps per mode.")
 
 
 def random_batch(exp, rng):
@@ -32,7 +39,37 @@ def random_batch(exp, rng):
   return batch
 
 
-def benchmark(config, steps: int = 10, warmup: int = 2) -> dict:
+def _loop_time(step, state, batch, next_batch, steps):
+  """Seconds per step of the trainer's loop shape: the next batch is loaded while the step runs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch)
+    batch = next_batch(batch)
+  jax.block_until_ready(metrics)
+  return (time.perf_counter() - start) / steps, state, batch
+
+
+def data_feed(exp, state, steps: int, rounds: int) -> dict:
+  """Step time on one fixed batch vs fed by the data pipeline, in alternating rounds (medians)."""
+  iterator = exp.train_iterator()
+  fetch = lambda _: exp.global_batch(next(iterator))
+  batch = fetch(None)
+  step = exp.compile_train_step(state, batch)   # the pipeline's batches may carry more keys than random ones
+  fixed, fed, data_batch = [], [], fetch(None)
+  for _ in range(rounds):
+    seconds, state, _ = _loop_time(step, state, batch, lambda b: b, steps)
+    fixed.append(seconds)
+    seconds, state, data_batch = _loop_time(step, state, data_batch, fetch, steps)
+    fed.append(seconds)
+  close = getattr(iterator, "close", None)
+  if close:
+    close()
+  return {"step_time_fixed_batch_s": statistics.median(fixed), "step_time_with_data_s": statistics.median(fed),
+          "data_slowdown": statistics.median(fed) / statistics.median(fixed), "data": exp.data.description}
+
+
+def benchmark(config, steps: int = 10, warmup: int = 2, with_data: bool = False, rounds: int = 3) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import flops  # pylint: disable=import-outside-toplevel
   from vlm_jax.train.experiment import Experiment  # pylint: disable=import-outside-toplevel
@@ -52,6 +89,7 @@ def benchmark(config, steps: int = 10, warmup: int = 2) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   step_time = statistics.median(times)
+  fed = data_feed(exp, state, steps, rounds) if with_data else {}
   flops_per_device = flops.compiled_flops(step)
   peak = flops.measure_matmul_peak()
   return {
@@ -62,7 +100,7 @@ def benchmark(config, steps: int = 10, warmup: int = 2) -> dict:
       "step_time_min_s": min(times), "images_per_s": exp.batch_size / step_time,
       "flops_per_step": None if flops_per_device is None else flops_per_device * jax.device_count(),
       "peak_flops_per_device": peak,
-      "mfu": None if flops_per_device is None else flops_per_device / step_time / peak,
+      "mfu": None if flops_per_device is None else flops_per_device / step_time / peak, **fed,
   }
 
 
@@ -72,7 +110,8 @@ def main(argv):
     fail("--config is required, e.g. --config experiments/clip_b32.py:tiny")
   from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
   try:
-    print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)), flush=True)
+    print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.with_data, FLAGS.rounds)),
+          flush=True)
   except ConfigError as e:
     fail(str(e))
 

@@ -215,3 +215,31 @@ def load(image_size: int, seed: int = 0, data_dir: str | None = None, log=print,
         texts += [t.decode() for key in ("captions", "questions", "answers") for t in example[key]]
       tokenizers.train_sentencepiece(texts, tokenizer_path, vocab_size=TOKENIZER_VOCAB, hard_vocab_limit=False)
   return sources, tokenizer_path
+
+
+def write_shards(output: str, count: int, *, per_shard: int = 1000, image_size: int = 256, seed: int = 0,
+                 quality: int = 90, log=print) -> list:
+  """The first `count` training examples of the embedded data, drawn at `image_size` and written as
+  webdataset tar shards (KEY.jpg, KEY.txt, KEY.json with the labels) plus the data's SentencePiece model:
+  real JPEG decoding for the streaming path (`data.name=shards`) without downloading anything."""
+  import io, json, shutil, tarfile  # pylint: disable=import-outside-toplevel,multiple-imports
+  os.makedirs(output, exist_ok=True)
+  shutil.copy(load(64, seed, log=log)[1], os.path.join(output, TOKENIZER_FILE))
+  paths = []
+  for first in range(0, count, per_shard):
+    path = os.path.join(output, f"{first // per_shard:05d}.tar")
+    with tarfile.open(path, "w") as tar:
+      for i in range(first, min(first + per_shard, count)):
+        example = draw_example(np.random.default_rng([seed, SPLITS["train"][1], i]), image_size)
+        jpeg = io.BytesIO()
+        example["image"].save(jpeg, format="JPEG", quality=quality)
+        labels = {k: example[k] for k in ("shape", "color", "size", "position")}
+        for ext, data in (("jpg", jpeg.getvalue()), ("txt", example["caption"].encode()),
+                          ("json", json.dumps(labels).encode())):
+          info = tarfile.TarInfo(f"{i:08d}.{ext}")
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+    paths.append(path)
+  log(f"Wrote {count} examples at {image_size}px in {len(paths)} shards to {output}")
+  return paths
+
