@@ -121,6 +121,9 @@ def test_bad_streamed_samples_are_skipped_and_counted(tmp_path):
     DATASETS.get("shards")(ml_collections.ConfigDict({"name": "shards"}))
   with pytest.raises(ConfigError, match="b.tar"):
     DATASETS.get("shards")(ml_collections.ConfigDict({"name": "shards", "shards": str(tmp_path / "{a,b}.tar")}))
+  with pytest.raises(ConfigError, match="random access.*prepare"):
+    DATASETS.get("mixture")(ml_collections.ConfigDict({"name": "mixture", "sources": [
+        {"name": "shards", "shards": str(tmp_path / "a.tar")}]}))
 
 
 def _image_folder(root):

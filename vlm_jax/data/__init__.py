@@ -218,6 +218,11 @@ def build_mixture(config) -> ImageTextData:
       raise ConfigError(f"every mixture source needs a name; got {spec}")
     sub = ml_collections.ConfigDict({**parent, **{k: v for k, v in spec.items() if k != "weight"}})
     built.append((DATASETS.get(spec["name"])(sub), float(spec.get("weight", 1.0))))
+  streamed = [d.description for d, _ in built if not hasattr(d.train, "__getitem__")]
+  if streamed:
+    raise ConfigError(f"a mixture draws by random access, which streamed shards do not have ({streamed[0]}); "
+                      "convert them first: python -m vlm_jax.data.prepare --kind shards --input ... --output DIR, "
+                      "then use dict(name='prepared', path=DIR, weight=...)")
   first = built[int(config.get("eval_source", 0))][0]
   return ImageTextData(
       description="mixture of " + "; ".join(f"{w:g} x {d.description}" for d, w in built),

@@ -67,6 +67,10 @@ class ShardStream:
     return SampleStream(self, seed, process_index, process_count, state)
 
 
+class Closed(Exception):
+  """The stream was closed while a thread waited on it."""
+
+
 class _Reader:
   """A reader thread: the samples of its shards from a cursor (epoch, slot, offset), into a bounded queue,
   each with its address (reader, epoch, slot, offset)."""
@@ -106,7 +110,13 @@ class _Reader:
       self._put(e)
 
   def get(self):
-    item = self.queue.get()
+    while True:
+      try:
+        item = self.queue.get(timeout=_STOP_POLL_S)
+        break
+      except queue.Empty:
+        if self._stop.is_set():
+          raise Closed() from None
     if isinstance(item, Exception):
       raise item
     return item
@@ -231,6 +241,8 @@ class BatchIterator:
             break
           except queue.Full:
             pass
+    except Closed:
+      return
     except Exception as e:  # pylint: disable=broad-except  (raised in the consumer by __next__)
       out.put(e)
 

@@ -133,6 +133,8 @@ def train(config, workdir: str, *, log=print) -> dict:
         batch = exp.global_batch(next(data_iter))
   finally:
     preemption.restore()
+    if hasattr(data_iter, "close"):   # reader and decoding threads of streamed data
+      data_iter.close()
     ckpt.wait()
     ckpt.close()
     writer.close()
