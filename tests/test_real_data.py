@@ -40,6 +40,15 @@ def write_tar(path, samples, truncate_at=None):
       f.truncate(truncate_at)
 
 
+def real_image_samples(repeat: int = 4):
+  """[(key, {ext: bytes, 'txt': caption})]: matplotlib's images, captioned by their file names."""
+  samples = []
+  for i, path in enumerate(REAL_IMAGES * repeat):
+    name = os.path.basename(path).rsplit(".", 1)[0].replace("_", " ")
+    samples.append((f"{i:05d}", {path.rsplit(".", 1)[1]: open(path, "rb").read(), "txt": f"the {name} icon".encode()}))
+  return samples
+
+
 def test_brace_patterns():
   assert sources.expand_braces("/d/{000..002}.tar") == ["/d/000.tar", "/d/001.tar", "/d/002.tar"]
   assert sources.expand_braces("s{8..10}-{a,b}") == ["s8-a", "s8-b", "s9-a", "s9-b", "s10-a", "s10-b"]
@@ -117,10 +126,7 @@ def test_bad_samples_of_every_kind_are_skipped_and_counted(tmp_path):
 def test_a_tiny_clip_trains_from_tar_shards_of_real_images(tmp_path):
   """Tar shards of the images matplotlib ships (captioned by their file names) -> prepare -> a micro CLIP."""
   assert len(REAL_IMAGES) >= 16, REAL_IMAGES
-  samples = []
-  for i, path in enumerate(REAL_IMAGES * 4):
-    name = os.path.basename(path).rsplit(".", 1)[0].replace("_", " ")
-    samples.append((f"{i:05d}", {path.rsplit(".", 1)[1]: open(path, "rb").read(), "txt": f"the {name} icon".encode()}))
+  samples = real_image_samples()
   for shard in range(2):
     write_tar(tmp_path / f"shard-{shard:03d}.tar", samples[shard::2])
   info = prepare.prepare("shards", str(tmp_path / "shard-{000..001}.tar"), str(tmp_path / "prepared"),

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests import helpers
-from tests.test_real_data import REAL_IMAGES, png, write_tar
+from tests.test_real_data import REAL_IMAGES, png, real_image_samples, write_tar
 from vlm_jax.data import DATASETS, sources, streaming, tokenizers, transforms
 from vlm_jax.registry import ConfigError
 from vlm_jax.train import checkpoint, trainer
@@ -139,10 +139,7 @@ def _image_folder(root):
 
 
 def test_a_micro_clip_trains_from_streamed_shards_and_resumes_exactly(tmp_path):
-  samples = []
-  for i, path in enumerate(REAL_IMAGES * 4):
-    name = os.path.basename(path).rsplit(".", 1)[0].replace("_", " ")
-    samples.append((f"{i:05d}", {path.rsplit(".", 1)[1]: open(path, "rb").read(), "txt": f"the {name} icon".encode()}))
+  samples = real_image_samples()
   for shard in range(4):
     write_tar(tmp_path / f"shard-{shard}.tar", samples[shard::4])
   _image_folder(tmp_path / "folder" / "images")
