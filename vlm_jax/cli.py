@@ -1,4 +1,5 @@
-"""Command-line pieces shared by `main` and `bench`: the --config flag and one-line errors."""
+"""Command-line pieces shared by the entry points: the --config flag, flag spelling, one-line errors."""
+import os
 import re
 import sys
 
@@ -15,14 +16,39 @@ def fail(message: str, code: int = 2):
   sys.exit(code)
 
 
+def normalise_flag(arg: str) -> str:
+  """`--all-checkpoints` -> `--all_checkpoints` (flag names only; values and --config.* keys untouched)."""
+  if not arg.startswith("--") or arg.startswith("--config.") or arg == "--":
+    return arg
+  name, sep, value = arg[2:].partition("=")
+  return "--" + name.replace("-", "_") + sep + value
+
+
+def _config_file(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+  return None
+
+
 def parse_flags(argv):
-  """absl's parser, but a bad --config override (unknown key, wrong type) is one line, not a traceback."""
+  """absl's parser with both flag spellings (dashes or underscores), and one-line errors for a missing
+  config file or a bad --config override (unknown key, wrong type) instead of a traceback."""
+  argv = [argv[0]] + [normalise_flag(a) for a in argv[1:]]
+  spec = _config_file(argv)
+  if spec is not None and not os.path.isfile(spec.partition(":")[0]):
+    fail(f"config file {spec.partition(':')[0]!r} not found (from {os.getcwd()}); give a path such as "
+         "experiments/clip_b32.py:tiny")
   try:
     return FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    fail(f"unknown flag --{e.flagname}; see --help for the flags")
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     message = " ".join(re.sub(r"\\n|\\|'|\"", " ", str(e)).split())
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     if isinstance(e, (AttributeError, KeyError)):
       message = f"unknown config key {message.split()[0]!r}" + (
           f" ({' '.join(message.split()[1:])})" if len(message.split()) > 1 else "")
-    fail(f"bad config override {' '.join(overrides)}: {message}")
+    fail(f"bad config override {' '.join(overrides)}: {message}" if overrides else f"bad flag: {message}")

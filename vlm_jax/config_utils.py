@@ -4,7 +4,8 @@ import os
 
 import ml_collections
 
-from vlm_jax.registry import ConfigError
+from vlm_jax import storage
+from vlm_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -75,21 +76,19 @@ WORKDIR_CONFIG = "config.json"
 
 def save_workdir_config(config, workdir: str):
   """Writes the config a run (or a converted model) was made with, so that the workdir is self-describing."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, WORKDIR_CONFIG), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  storage.write_text(storage.join(workdir, WORKDIR_CONFIG), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config saved in `workdir`. A relative data.tokenizer_path is resolved against the workdir."""
   import json  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, WORKDIR_CONFIG)
-  if not os.path.exists(path):
+  path = storage.join(workdir, WORKDIR_CONFIG)
+  if not storage.exists(path):
     raise ConfigError(f"{workdir} has no {WORKDIR_CONFIG}; is it a vlm_jax run or converted model? "
                       "Pass --config explicitly otherwise")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(storage.read_text(path)))
   tokenizer_path = config.data.get("tokenizer_path", "")
-  if tokenizer_path and not os.path.isabs(tokenizer_path) and os.path.exists(os.path.join(workdir, tokenizer_path)):
-    config.data.tokenizer_path = os.path.join(workdir, tokenizer_path)
+  if (tokenizer_path and not os.path.isabs(tokenizer_path) and not storage.is_remote(tokenizer_path)
+      and storage.exists(storage.join(workdir, tokenizer_path))):
+    config.data.tokenizer_path = storage.join(workdir, tokenizer_path)
   return config.lock()

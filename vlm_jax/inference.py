@@ -11,12 +11,10 @@
 Preprocessing is the run's eval preprocessing (resize, normalisation, tokenizer, lower-casing), so
 embeddings match what the evaluators saw.
 """
-import os
-
 import jax
 import numpy as np
 
-from vlm_jax import config_utils, generate, models
+from vlm_jax import config_utils, generate, models, storage
 from vlm_jax.data import tokenizers, transforms
 from vlm_jax.registry import DATASETS, MODELS
 from vlm_jax.train import checkpoint
@@ -112,7 +110,8 @@ def _tokenizer(config):
 
 def load(workdir: str, step: int | None = None, *, batch_size: int = 256) -> Pretrained:
   """A run's or converted model's workdir -> `Pretrained` (latest checkpoint unless `step` is given)."""
+  workdir = storage.resolve(workdir)
   model = Pretrained(config_utils.load_workdir_config(workdir), batch_size=batch_size)
-  model.params, model.step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), step,
+  model.params, model.step = checkpoint.restore_params(storage.join(workdir, "checkpoints"), step,
                                                        model.abstract_params())
   return model

@@ -20,6 +20,9 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"],
                   "when --config is not given); compile: compile the train step for the mesh and report its memory "
                   "and FLOPs, without training.")
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
+flags.DEFINE_string("topology", None,
+                    "--mode=compile: compile for this TPU topology (e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4, v6e:8x8) "
+                    "instead of this machine's devices; needs libtpu (pip install -e '.[tpu]'), no TPU.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-host runs.")
@@ -33,47 +36,70 @@ def _initialize_distributed():
     jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
 
 
+def _topology_devices(name: str):
+  """The devices of a TPU topology, described by libtpu on any host (they can compile, not run)."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  try:
+    return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+  except Exception as e:  # pylint: disable=broad-except  (libtpu missing, or a name it does not know)
+    reason = " ".join(str(e).split())[:200]
+    fail(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {reason}); install libtpu with "
+         "pip install -e '.[tpu]' and give a name such as v5e:2x2, v5e:16x16, v4:2x2x2, v5p:4x4x4")
+
+
+def _compile(config, log):
+  from vlm_jax.train import compile_check, experiment  # pylint: disable=import-outside-toplevel
+  devices = _topology_devices(FLAGS.topology) if FLAGS.topology else None
+  experiment.check_config(config, num_devices=None if devices is None else len(devices))
+  stage_configs = [config]
+  if config.get("stages"):
+    from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
+    stage_configs = [c for _, c in stages.stage_configs(config, FLAGS.workdir or "compile-check")]
+  for i, c in enumerate(stage_configs):
+    if len(stage_configs) > 1:
+      log(f"Stage {i}: {config.stages[i]['name']}")
+    if not c.model.get("locked"):   # compiling needs no weights (a locked tower's source is still checked)
+      with c.unlocked():
+        c.init_from.workdir = ""
+    compile_check.compile_report(experiment.Experiment(c, devices=devices, log=log), log=log,
+                                 topology=FLAGS.topology)
+
+
 def main(argv):
   del argv
   if FLAGS.mode == "compile" and FLAGS.config is None:
     fail("--mode=compile needs --config")
+  if FLAGS.topology and FLAGS.mode != "compile":
+    fail("--topology is for --mode=compile (training runs on the devices it finds)")
   if (not FLAGS.workdir and FLAGS.mode != "compile") or (FLAGS.config is None and FLAGS.mode == "train"):
     fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
-  _initialize_distributed()
+  if FLAGS.topology:   # this host's accelerators (if any) are not used; describing the topology is enough
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  else:
+    _initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
-  from vlm_jax import config_utils  # pylint: disable=import-outside-toplevel
-  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
-  from vlm_jax.train import experiment, trainer  # pylint: disable=import-outside-toplevel
+  from vlm_jax import config_utils, storage  # pylint: disable=import-outside-toplevel
+  from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.train import checkpoint, experiment, trainer  # pylint: disable=import-outside-toplevel
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   try:
-    config = FLAGS.config if FLAGS.config is not None else config_utils.load_workdir_config(FLAGS.workdir)
-    experiment.check_config(config)
+    workdir = storage.resolve(FLAGS.workdir) if FLAGS.workdir else None
+    config = FLAGS.config if FLAGS.config is not None else config_utils.load_workdir_config(workdir)
     if FLAGS.mode == "compile":
-      from vlm_jax.train import compile_check  # pylint: disable=import-outside-toplevel
-      stage_configs = [config]
-      if config.get("stages"):
-        from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
-        stage_configs = [c for _, c in stages.stage_configs(config, FLAGS.workdir or "compile-check")]
-      for i, c in enumerate(stage_configs):
-        if len(stage_configs) > 1:
-          log(f"Stage {i}: {config.stages[i]['name']}")
-        if not c.model.get("locked"):   # compiling needs no weights (a locked tower's source is still checked)
-          with c.unlocked():
-            c.init_from.workdir = ""
-        compile_check.compile_report(experiment.Experiment(c, log=log), log=log)
+      _compile(config, log)
       return
+    experiment.check_config(config)
     if FLAGS.mode == "train" and config.get("stages"):
       from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
-      config_utils.save_workdir_config(config, FLAGS.workdir)
-      results = stages.run(config, FLAGS.workdir, train=trainer.train, log=lambda *a: log(*a, flush=True))
+      results = stages.run(config, workdir, train=trainer.train, log=lambda *a: log(*a, flush=True))
     elif FLAGS.mode == "train":
-      results = trainer.train(config, FLAGS.workdir, log=lambda *a: log(*a, flush=True))
+      results = trainer.train(config, workdir, log=lambda *a: log(*a, flush=True))
     else:
       from vlm_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
-      results = evaluate.evaluate_workdir(config, FLAGS.workdir, step=FLAGS.step, log=log)
+      results = evaluate.evaluate_workdir(config, workdir, step=FLAGS.step, log=log)
   except ConfigError as e:
     fail(str(e))
-  except trainer.TrainingDiverged as e:
+  except (trainer.TrainingDiverged, checkpoint.CheckpointSaveError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   for name, value in sorted(results.items()):

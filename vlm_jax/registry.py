@@ -5,9 +5,7 @@ known names, before any device is touched.
 """
 from typing import Callable, Dict
 
-
-class ConfigError(ValueError):
-  """A config that cannot run. The message is one line naming the problem and the fix."""
+from vlm_jax.errors import ConfigError  # noqa: F401  (re-exported: modules import it from here too)
 
 
 class Registry:

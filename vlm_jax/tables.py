@@ -15,11 +15,12 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 
 import numpy as np
 
+from vlm_jax import storage
+from vlm_jax.errors import ConfigError
 from vlm_jax.eval import harness
 
 IGNORED_KEYS = ("seed",)
@@ -29,32 +30,30 @@ def find_runs(paths) -> list:
   """Workdirs among `paths` and their sub-folders (a workdir has a config.json)."""
   runs = []
   for path in paths:
-    if os.path.exists(os.path.join(path, "config.json")):
+    path = storage.resolve(path)
+    if storage.exists(storage.join(path, "config.json")):
       runs.append(path)
-    elif os.path.isdir(path):
-      runs += find_runs(sorted(os.path.join(path, d) for d in os.listdir(path)
-                               if os.path.isdir(os.path.join(path, d))))
+    elif storage.isdir(path):
+      runs += find_runs([storage.join(path, d) for d in storage.listdir(path)
+                         if storage.isdir(storage.join(path, d))])
   return runs
 
 
 def load_run(workdir: str) -> dict:
   """{'name', 'config' (flattened), 'metrics' (latest step per dataset/task), 'axes' (from sweep.json)}."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = harness.flatten(json.load(f))
+  config = harness.flatten(storage.read_json(storage.join(workdir, "config.json")))
   metrics, latest = {}, {}
   for record in harness.read_records(workdir):
     key = (record["dataset"], record["task"])
     if record["step"] >= latest.get(key, -1):
       latest[key] = record["step"]
       metrics.update(record["metrics"])
-  if not metrics and os.path.exists(os.path.join(workdir, "final_eval.json")):
-    with open(os.path.join(workdir, "final_eval.json")) as f:
-      metrics = {k[len("eval/"):] if k.startswith("eval/") else k: v for k, v in json.load(f).items()}
-  axes = None
-  if os.path.exists(os.path.join(workdir, "sweep.json")):
-    with open(os.path.join(workdir, "sweep.json")) as f:
-      axes = json.load(f).get("axes")
-  return {"name": os.path.basename(os.path.normpath(workdir)), "workdir": workdir, "config": config,
+  final_eval = storage.join(workdir, "final_eval.json")
+  if not metrics and storage.exists(final_eval):
+    metrics = {k[len("eval/"):] if k.startswith("eval/") else k: v for k, v in storage.read_json(final_eval).items()}
+  sweep_json = storage.join(workdir, "sweep.json")
+  axes = storage.read_json(sweep_json).get("axes") if storage.exists(sweep_json) else None
+  return {"name": storage.basename(workdir), "workdir": workdir, "config": config,
           "metrics": metrics, "axes": axes}
 
 
@@ -159,14 +158,13 @@ def render(table: dict, fmt: str) -> str:
 def _history(workdir: str, metric: str):
   """(steps, values) of `metric` from metrics.jsonl ('train/...' or an eval metric) and eval records."""
   points = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        record = json.loads(line)
-        for name in (metric, f"eval/{metric}"):
-          if name in record:
-            points[record["step"]] = record[name]
+  path = storage.join(workdir, "metrics.jsonl")
+  if storage.exists(path):
+    for line in storage.read_text(path).splitlines():
+      record = json.loads(line)
+      for name in (metric, f"eval/{metric}"):
+        if name in record:
+          points[record["step"]] = record[name]
   for record in harness.read_records(workdir):
     if metric in record["metrics"]:
       points[record["step"]] = record["metrics"][metric]
@@ -180,7 +178,6 @@ def plot(table: dict, runs: list, metrics: list, folder: str) -> list:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   by_name = {r["name"]: r for r in runs}
-  os.makedirs(folder, exist_ok=True)
   written = []
   for metric in ["train/loss"] + list(metrics):
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -202,9 +199,11 @@ def plot(table: dict, runs: list, metrics: list, folder: str) -> list:
       ax.set_xlabel("step")
       ax.set_ylabel(metric)
       ax.legend(fontsize=7)
-      path = os.path.join(folder, metric.replace("/", "_") + ".png")
+      path = storage.join(folder, metric.replace("/", "_") + ".png")
       fig.tight_layout()
-      fig.savefig(path, dpi=100)
+      png = io.BytesIO()
+      fig.savefig(png, format="png", dpi=100)
+      storage.write_bytes(path, png.getvalue())
       written.append(path)
     plt.close(fig)
   return written
@@ -219,7 +218,10 @@ def main(argv=None):
   parser.add_argument("--out", default="", help="output file (default: stdout)")
   parser.add_argument("--plots", default="", help="folder for PNG plots (default: none)")
   args = parser.parse_args(argv)
-  runs = [load_run(w) for w in find_runs(args.runs)]
+  try:
+    runs = [load_run(w) for w in find_runs(args.runs)]
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
   if not runs:
     sys.exit(f"error: no run workdirs (folders with config.json) under {', '.join(args.runs)}")
   metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -230,9 +232,7 @@ def main(argv=None):
   table = build_table(runs, metrics)
   text = render(table, args.format)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      f.write(text)
+    storage.write_text(args.out, text)
   else:
     sys.stdout.write(text)
   if args.plots:

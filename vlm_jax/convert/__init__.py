@@ -9,13 +9,12 @@ WORKDIR/tokenizer/ (the model's vocabulary, when found). WORKDIR then works wher
 """
 import importlib.util
 import os
-import shutil
 
 import jax
 import ml_collections
 import numpy as np
 
-from vlm_jax import config_utils, defaults, models
+from vlm_jax import config_utils, defaults, models, storage
 from vlm_jax.convert import hf, openclip
 from vlm_jax.registry import MODELS, ConfigError
 
@@ -122,24 +121,23 @@ def convert(kind: str, input_path: str, output: str, *, tokenizer_path: str = ""
   """Writes WORKDIR = `output`: config.json, checkpoints/0 and tokenizer/. Returns the config."""
   from vlm_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   config, params = load_pretrained(input_path, kind, tokenizer_path=tokenizer_path, log=log, **options)
-  if os.path.exists(os.path.join(output, "checkpoints")):
+  output = storage.resolve(output)
+  if storage.exists(storage.join(output, "checkpoints")):
     raise ConfigError(f"{output} already holds checkpoints; choose an empty --output")
-  os.makedirs(output, exist_ok=True)
+  storage.check_writable_dir(output, "--output")
   config = ml_collections.ConfigDict(config.to_dict())
   source = config.data.tokenizer_path
   if source:
     # Copied next to the weights and referred to relative to the workdir, so the workdir can move.
-    target = os.path.join(output, "tokenizer")
-    os.makedirs(target, exist_ok=True)
     files = [os.path.join(source, f) for f in ("vocab.json", "merges.txt")] if os.path.isdir(source) else [source]
     for f in files:
-      shutil.copy(f, target)
-    config.data.tokenizer_path = "tokenizer" if os.path.isdir(source) else os.path.join("tokenizer",
+      storage.copy(f, storage.join(output, "tokenizer", os.path.basename(f)))
+    config.data.tokenizer_path = "tokenizer" if os.path.isdir(source) else storage.join("tokenizer",
                                                                                         os.path.basename(source))
   else:
     log(f"warning: no tokenizer vocabulary found for {input_path}; pass --tokenizer PATH, or set "
         "data.tokenizer_path when using the workdir")
-  ckpt = checkpoint.Checkpointer(os.path.join(output, "checkpoints"), keep=1, async_save=False)
+  ckpt = checkpoint.Checkpointer(storage.join(output, "checkpoints"), keep=1, async_save=False)
   ckpt.save(0, {"params": params})
   ckpt.close()
   config_utils.save_workdir_config(config, output)

@@ -6,12 +6,13 @@ Patches come from the config's training images at the model's input size, normal
 targets are, so a patch's code is the nearest centroid of exactly what the objective sees. Deterministic
 given --seed. Prints one JSON line (codes, patches used, mean squared distance to the nearest code).
 """
+import io
 import json
-import os
 
 import numpy as np
 from absl import app, flags, logging
 
+from vlm_jax import storage
 from vlm_jax.cli import FLAGS, fail, parse_flags
 
 flags.DEFINE_integer("size", 256, "Number of codes (visual tokens).")
@@ -72,8 +73,9 @@ def main(argv):
     centroids, distortion = kmeans(points, FLAGS.size, FLAGS.iterations, FLAGS.seed)
   except (ConfigError, ValueError) as e:
     fail(str(e))
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-  np.save(FLAGS.output, centroids)
+  buffer = io.BytesIO()
+  np.save(buffer, centroids)
+  storage.write_bytes(FLAGS.output, buffer.getvalue())
   print(json.dumps({"codes": FLAGS.size, "patches": len(points), "patch_dim": points.shape[1],
                     "mean_sq_distance": distortion, "output": FLAGS.output}))
 

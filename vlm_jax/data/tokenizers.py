@@ -13,7 +13,8 @@ import string
 
 import numpy as np
 
-from vlm_jax.registry import ConfigError
+from vlm_jax import storage
+from vlm_jax.errors import ConfigError
 
 
 class _FixedLength:
@@ -58,10 +59,10 @@ class SentencePieceTokenizer(_FixedLength):
 
   def __init__(self, path: str):
     import sentencepiece  # pylint: disable=import-outside-toplevel
-    if not os.path.exists(path):
+    if not storage.exists(path):
       raise ConfigError(f"SentencePiece model {path!r} not found; set data.tokenizer_path")
     self.path = path
-    self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    self._sp = sentencepiece.SentencePieceProcessor(model_proto=storage.read_bytes(path))
     self.pad_id, self.bos_id, self.eos_id = self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()
     if min(self.pad_id, self.bos_id, self.eos_id) < 0:
       raise ConfigError(f"SentencePiece model {path!r} lacks pad/bos/eos ids; retrain it with pad_id/bos_id/eos_id")
@@ -108,11 +109,11 @@ class SiglipTokenizer:
 
   def __init__(self, path: str):
     import sentencepiece  # pylint: disable=import-outside-toplevel
-    path = os.path.join(path, "spiece.model") if os.path.isdir(path) else path
-    if not os.path.exists(path):
+    path = storage.join(path, "spiece.model") if storage.isdir(path) else path
+    if not storage.exists(path):
       raise ConfigError(f"SentencePiece model {path!r} not found; set data.tokenizer_path to SigLIP's spiece.model")
     self.path = path
-    self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+    self._sp = sentencepiece.SentencePieceProcessor(model_proto=storage.read_bytes(path))
     self.eos_id = self.pad_id = self._sp.piece_to_id("</s>")
     self.mask_id = -1
     self.vocab_size = self._sp.get_piece_size()
@@ -170,24 +171,21 @@ class ClipBpeTokenizer(_FixedLength):
   def __init__(self, path: str):
     import regex  # pylint: disable=import-outside-toplevel
     vocab_json = None
-    if os.path.isdir(path):
-      vocab_json = os.path.join(path, "vocab.json")
-      path = os.path.join(path, "merges.txt")
-    if not os.path.exists(path):
+    if storage.isdir(path):
+      vocab_json = storage.join(path, "vocab.json")
+      path = storage.join(path, "merges.txt")
+    if not storage.exists(path):
       raise ConfigError(f"CLIP BPE merges {path!r} not found; set data.tokenizer_path to bpe_simple_vocab_16e6.txt.gz "
                         "(it ships with open_clip) or an HF CLIP folder")
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-      lines = f.read().split("\n")
+    data = storage.read_bytes(path)
+    lines = (gzip.decompress(data) if path.endswith(".gz") else data).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line.strip()]
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     self.encoder = {token: i for i, token in enumerate(vocab)}
-    if vocab_json and os.path.exists(vocab_json):
-      import json  # pylint: disable=import-outside-toplevel
-      with open(vocab_json, encoding="utf-8") as f:
-        self.encoder = json.load(f)
+    if vocab_json and storage.exists(vocab_json):
+      self.encoder = storage.read_json(vocab_json)
     self.decoder = {i: token for token, i in self.encoder.items()}
     self.ranks = {m: i for i, m in enumerate(merges)}
     self.bos_id, self.eos_id = self.encoder["<|startoftext|>"], self.encoder["<|endoftext|>"]
@@ -258,11 +256,11 @@ class WordPieceTokenizer(_FixedLength):
   with [PAD], as transformers' BertTokenizer produces them. path: vocab.txt or a folder holding it."""
 
   def __init__(self, path: str):
-    path = os.path.join(path, "vocab.txt") if os.path.isdir(path) else path
-    if not os.path.exists(path):
+    path = storage.join(path, "vocab.txt") if storage.isdir(path) else path
+    if not storage.exists(path):
       raise ConfigError(f"WordPiece vocabulary {path!r} not found; set data.tokenizer_path to BERT's vocab.txt")
-    with open(path, encoding="utf-8") as f:
-      self.vocab = {line.rstrip("\n"): i for i, line in enumerate(f) if line.rstrip("\n")}
+    lines = storage.read_text(path).split("\n")
+    self.vocab = {line: i for i, line in enumerate(lines) if line}
     self.inverse = {i: t for t, i in self.vocab.items()}
     ids = {name: self.vocab.get(name, -1) for name in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
     if min(ids.values()) < 0:

@@ -6,7 +6,7 @@ r"""Evaluate a run's checkpoints and write one JSON record per (run, step, datas
 """
 from absl import app, flags, logging
 
-from vlm_jax.cli import fail
+from vlm_jax.cli import fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "The run to evaluate (its config.json and checkpoints/).")
 flags.DEFINE_list("step", [], "Checkpoint step(s) (default: the latest).")
@@ -32,14 +32,6 @@ def main(argv):
   print(f"{len(written)} record(s) written under {FLAGS.workdir}/{harness.RECORDS}")
 
 
-def _parse(argv):
-  """Accepts --all-checkpoints as well as --all_checkpoints."""
-  argv = [a.replace("-", "_", a.count("-") - 2) if a.startswith("--") and "=" not in a else
-          a.split("=", 1)[0][:2] + a.split("=", 1)[0][2:].replace("-", "_") + "=" + a.split("=", 1)[1]
-          if a.startswith("--") else a for a in argv]
-  return FLAGS(argv)
-
-
 if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=parse_flags)

@@ -1,8 +1,7 @@
 """`main --mode=eval`: evaluate a workdir's checkpoint and write its record."""
-import json
-import os
-
 import jax
+
+from vlm_jax import storage
 
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import checkpoint
@@ -12,12 +11,13 @@ from vlm_jax.train.experiment import Experiment
 def evaluate_workdir(config, workdir: str, *, step: int | None = None, log=print) -> dict:
   """Runs the config's evaluators on checkpoint `step` (default: latest); writes workdir/eval/step_N.json."""
   exp = Experiment(config, log=log)
-  params, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), step,
+  workdir = storage.resolve(workdir)
+  params, step = checkpoint.restore_params(storage.join(workdir, "checkpoints"), step,
                                            exp.abstract_params_sharded())
   log(f"Evaluating step {step} of {workdir} on {exp.data.description}")
   results = EvalRunner(exp).run(params)
   if jax.process_index() == 0:
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(os.path.join(workdir, "eval", f"step_{step}.json"), "w") as f:
-      json.dump({"step": step, **results}, f, indent=2)
+    path = storage.join(workdir, "eval", f"step_{step}.json")
+    storage.write_json(path, {"step": step, **results})
+    log(f"Wrote {path}")
   return results

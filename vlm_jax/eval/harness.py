@@ -8,14 +8,14 @@ preprocessing used. A record is written atomically as soon as its task finishes,
 finished record; a record that exists is not computed again (`force=True` recomputes it), so running twice
 adds nothing. `vlm_jax.tables` reads these records.
 """
+import copy
 import datetime
 import hashlib
 import json
-import os
 
 import jax
 
-from vlm_jax import config_utils
+from vlm_jax import config_utils, storage
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.registry import ConfigError
 from vlm_jax.train import checkpoint
@@ -60,7 +60,7 @@ def dataset_name(config, task_config=None) -> str:
   if data["name"] == "tfds":
     return f"tfds_{data.get('tfds_name', '')}"
   if data.get("path") and data["name"] in ("folder", "prepared"):
-    return f"{data['name']}_{os.path.basename(os.path.normpath(data['path']))}"
+    return f"{data['name']}_{storage.basename(data['path'])}"
   return data["name"]
 
 
@@ -85,23 +85,17 @@ def fitting_tasks(config, model, requested=None) -> dict:
 
 
 def record_path(workdir: str, step: int, dataset: str, task: str) -> str:
-  return os.path.join(workdir, RECORDS, f"step_{step}", dataset, f"{task}.json")
-
-
-def _write_atomic(path: str, record: dict):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2, sort_keys=True, default=str)
-  os.replace(path + ".tmp", path)
+  return storage.join(workdir, RECORDS, f"step_{step}", dataset, f"{task}.json")
 
 
 def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=None, force: bool = False,
              log=print) -> list:
   """Evaluates checkpoints of `workdir` (default: the latest); returns the paths of the records written."""
   from vlm_jax.train.experiment import Experiment  # pylint: disable=import-outside-toplevel
+  workdir = storage.resolve(workdir)
   run_config = config_utils.load_workdir_config(workdir)
-  config = config_utils.load_workdir_config(workdir)   # a copy the experiment builds no evaluators from
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  config = copy.deepcopy(run_config)   # a copy the experiment builds no evaluators from
+  ckpt_dir = storage.join(workdir, "checkpoints")
   available = checkpoint.all_steps(ckpt_dir)
   if not available:
     raise ConfigError(f"{workdir} has no checkpoints to evaluate")
@@ -114,7 +108,7 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
   exp = Experiment(config, log=lambda *a: None)
   task_configs = fitting_tasks(run_config, exp.model, tasks)
   dataset = {t: dataset_name(config, c) for t, c in task_configs.items()}
-  common = {"run": os.path.basename(os.path.normpath(workdir)), "workdir": os.path.abspath(workdir),
+  common = {"run": storage.basename(workdir), "workdir": workdir,
             "config_hash": config_hash(run_config), "config": flatten(run_config.to_dict()),
             "preprocessing": {"image_size": config.model.image.image_size, "max_len": config.model.text.get("max_len"),
                               "mean": list(config.data.mean), "std": list(config.data.std),
@@ -123,7 +117,7 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
   runner = None
   for step in steps:
     todo = {t: c for t, c in task_configs.items()
-            if force or not os.path.exists(record_path(workdir, step, dataset[t], t))}
+            if force or not storage.exists(record_path(workdir, step, dataset[t], t))}
     if not todo:
       log(f"step {step}: every record exists ({', '.join(task_configs)})")
       continue
@@ -135,7 +129,7 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
                 "num_examples": runner.num_examples(task), "wall_s": seconds,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
       if jax.process_index() == 0:
-        _write_atomic(path, record)
+        storage.write_json(path, record, sort_keys=True, default=str)
       written.append(path)
       log(f"step {step} {dataset[task]} {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
   return written
@@ -143,11 +137,4 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
 
 def read_records(workdir: str) -> list:
   """Every record under `workdir` (empty if none)."""
-  root = os.path.join(workdir, RECORDS)
-  out = []
-  for folder, _, files in os.walk(root):
-    for name in sorted(files):
-      if name.endswith(".json"):
-        with open(os.path.join(folder, name)) as f:
-          out.append(json.load(f))
-  return out
+  return [storage.read_json(path) for path in storage.find_files(storage.join(workdir, RECORDS), ".json")]

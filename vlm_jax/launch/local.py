@@ -7,11 +7,15 @@ import subprocess
 import sys
 import time
 
+from vlm_jax import storage
 from vlm_jax.launch import sweep as sweep_lib
 
 
-def finished(run) -> bool:
-  return os.path.exists(os.path.join(run.workdir, "final_eval.json"))
+def _log_path(run, sweep_name: str) -> str:
+  """The run's console log: WORKDIR/train.log, or runs/logs/SWEEP/RUN.log on this machine for a bucket workdir."""
+  folder = os.path.join("runs", "logs", sweep_name) if storage.is_remote(run.workdir) else run.workdir
+  os.makedirs(folder, exist_ok=True)
+  return os.path.join(folder, f"{run.name}.log" if storage.is_remote(run.workdir) else "train.log")
 
 
 def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False, log=print,
@@ -19,7 +23,7 @@ def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False
   """Returns {run name: 'skipped' | 'finished' | 'failed (exit N, see LOG)'}; dry_run prints the commands."""
   status, queue, active = {}, [], []
   for run in runs:
-    if finished(run):
+    if run.finished():
       status[run.name] = "skipped"
       log(f"{run.name}: finished earlier, skipping")
     elif dry_run:
@@ -30,8 +34,9 @@ def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False
     while queue and len(active) < max(1, parallel):
       run = queue.pop(0)
       run.write_sweep_json(sweep_name)
-      logfile = open(os.path.join(run.workdir, "train.log"), "a")  # pylint: disable=consider-using-with
-      resuming = os.path.isdir(os.path.join(run.workdir, "checkpoints"))
+      log_path = _log_path(run, sweep_name)
+      logfile = open(log_path, "a")  # pylint: disable=consider-using-with  (the child's stdout: a local file)
+      resuming = storage.isdir(storage.join(run.workdir, "checkpoints"))
       log(f"{run.name}: {'resuming' if resuming else 'starting'} -> {run.workdir}")
       process = subprocess.Popen(sweep_lib.main_command(run, python), stdout=logfile, stderr=subprocess.STDOUT,
                                  env=env)
@@ -44,10 +49,10 @@ def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False
       active.remove(item)
       logfile.close()
       seconds = time.perf_counter() - start
-      if process.returncode == 0 and finished(run):
+      if process.returncode == 0 and run.finished():
         status[run.name] = "finished"
         log(f"{run.name}: finished in {seconds:.0f}s")
       else:
-        status[run.name] = f"failed (exit {process.returncode}, see {os.path.join(run.workdir, 'train.log')})"
+        status[run.name] = f"failed (exit {process.returncode}, see {_log_path(run, sweep_name)})"
         log(f"{run.name}: {status[run.name]}")
   return status

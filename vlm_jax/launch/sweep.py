@@ -16,12 +16,12 @@ recipes. A run's name is made of its axis values (`clip_b32-tiny__lr0.001__seed0
 import dataclasses
 import importlib.util
 import itertools
-import json
 import os
 import re
 import sys
 
-from vlm_jax.registry import ConfigError
+from vlm_jax import storage
+from vlm_jax.errors import ConfigError
 
 SWEEP_KEYS = ("name", "base", "grid", "zip", "seeds", "overrides", "root", "tpu", "slurm")
 
@@ -40,12 +40,13 @@ class Run:
         f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()]
 
   def write_sweep_json(self, sweep_name: str):
-    if "://" in self.workdir:
-      return
-    os.makedirs(self.workdir, exist_ok=True)
-    with open(os.path.join(self.workdir, "sweep.json"), "w") as f:
-      json.dump({"sweep": sweep_name, "run": self.name, "config": self.config, "axes": self.axes,
-                 "overrides": self.overrides}, f, indent=2, default=str)
+    storage.write_json(storage.join(self.workdir, "sweep.json"),
+                       {"sweep": sweep_name, "run": self.name, "config": self.config, "axes": self.axes,
+                        "overrides": self.overrides}, default=str)
+
+  def finished(self) -> bool:
+    """A finished run has final_eval.json (so does each finished stage of a staged recipe)."""
+    return storage.exists(storage.join(self.workdir, "final_eval.json"))
 
 
 def format_value(value) -> str:

@@ -6,13 +6,14 @@ nearest entry of a k-means patch codebook fitted on the training data (`python -
 trained with cross-entropy, as BEiT/FLAVA do with a dVAE tokenizer that cannot be downloaded here.
 MMM masks text tokens and image patches together and predicts both from the multimodal encoder.
 """
-import os
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vlm_jax import storage
 from vlm_jax.data import masking
 from vlm_jax.objectives.matching import mlm_setup
 from vlm_jax.registry import OBJECTIVES, ConfigError
@@ -26,10 +27,10 @@ class MimTargets:
     self.codebook = None
     if self.kind == "codebook":
       path = config.get("codebook_path", "")
-      if not path or not os.path.exists(path):
+      if not path or not storage.exists(path):
         raise ConfigError(f"MIM target 'codebook' needs codebook_path (got {path!r}); fit one with "
                           "`python -m vlm_jax.data.codebook --config CONFIG --output codebook.npy`")
-      self.codebook = jnp.asarray(np.load(path), jnp.float32)
+      self.codebook = jnp.asarray(np.load(io.BytesIO(storage.read_bytes(path))), jnp.float32)
     elif self.kind != "pixel":
       raise ConfigError(f"unknown MIM target {self.kind!r}; known: pixel, codebook")
 

@@ -3,21 +3,24 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a process killed
 mid-save leaves the previous checkpoints intact and the partial one is ignored on restore.
 """
-import os
-
 import grain
 import jax
 from flax import traverse_util
 import orbax.checkpoint as ocp
 
-from vlm_jax.registry import ConfigError
+from vlm_jax import storage
+from vlm_jax.errors import ConfigError
 from vlm_jax.train.optim import path_str
+
+
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint failed; the ones written before it are intact."""
 
 
 class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    self.directory = storage.resolve(directory)
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -30,10 +33,29 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None):
+    """Starts writing checkpoint `step` (async); raises CheckpointSaveError if this or an earlier save failed."""
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._checked(lambda: self.manager.save(step, args=ocp.args.Composite(**items), force=True), step)
+    self.check()
+
+  def check(self):
+    """Raises CheckpointSaveError if a background save has failed (cheap; call it at log points)."""
+    self._checked(self.manager.check_for_errors, None)
+
+  def _checked(self, fn, step):
+    try:
+      return fn()
+    except CheckpointSaveError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+      kept = [s for s in self.all_steps() if step is None or s != step]
+      reason = " ".join(str(e).split())[:300]
+      raise CheckpointSaveError(
+          f"saving a checkpoint{'' if step is None else f' at step {step}'} in {self.directory} failed "
+          f"({type(e).__name__}: {reason}); the run stops. Checkpoints written before are intact "
+          f"(steps {kept or 'none'}): fix the storage and run the same command to resume") from None
 
   def restore(self, step: int, target_state, data_iterator=None):
     """Restores into the shardings of `target_state` (arrays or ShapeDtypeStructs with .sharding)."""
@@ -45,7 +67,7 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
   def wait(self):
-    self.manager.wait_until_finished()
+    self._checked(self.manager.wait_until_finished, None)
 
   def close(self):
     self.manager.close()
@@ -79,13 +101,28 @@ def check_params_match(saved: dict, expected: dict, where: str, include=None):
 
 def all_steps(directory: str) -> list:
   """The sorted steps of the complete checkpoints in `directory` ([] if there are none)."""
-  if "://" not in directory and not os.path.isdir(directory):
+  directory = storage.resolve(directory)
+  if not storage.isdir(directory):
     return []
   manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
   try:
     return sorted(manager.all_steps())
   finally:
     manager.close()
+
+
+def state_path(directory: str, step: int) -> str:
+  return storage.join(storage.resolve(directory), str(step), "state")
+
+
+def saved_param_shapes(directory: str, step: int) -> dict:
+  """{parameter path: metadata with .shape} of checkpoint `step`, read from its metadata (no array data)."""
+  path = state_path(directory, step)
+  metadata = ocp.PyTreeCheckpointer().metadata(path).item_metadata
+  saved = metadata.tree if metadata is not None else None
+  if not saved or "params" not in saved:
+    raise ConfigError(f"{path} holds no 'params'; is it a vlm_jax checkpoint?")
+  return flat_paths(saved["params"])
 
 
 def restore_params(directory: str, step: int | None, abstract_params, *, include=None):
@@ -95,20 +132,17 @@ def restore_params(directory: str, step: int | None, abstract_params, *, include
   are read, and the result holds only them (see `merge_params`). Mismatches fail with the offending paths.
   Returns (params, step).
   """
+  directory = storage.resolve(directory)
   steps = all_steps(directory)
   if not steps:
     raise ConfigError(f"no checkpoint in {directory}; train first or pass the right --workdir")
   step = max(steps) if step is None or step < 0 else step
   if step not in steps:
     raise ConfigError(f"no checkpoint at step {step} in {directory}; available: {sorted(steps)}")
-  path = os.path.join(directory, str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(path).item_metadata.tree
-  if "params" not in saved:
-    raise ConfigError(f"{path} holds no 'params'; is it a vlm_jax checkpoint?")
-  saved_params = flat_paths(saved["params"])
+  path = state_path(directory, step)
   expected = flat_paths(abstract_params)
-  check_params_match(saved_params, expected, f"{directory} (step {step})", include)
+  check_params_match(saved_param_shapes(directory, step), expected, f"{directory} (step {step})", include)
+  checkpointer = ocp.PyTreeCheckpointer()
   target = traverse_util.unflatten_dict(
       {p: x for p, x in expected.items() if include is None or include(p)}, sep="/")
   restore_args = jax.tree.map(

@@ -20,9 +20,7 @@ def _mib(n) -> str:
 
 def compile_report(exp, log=print) -> dict:
   """Compiles `exp`'s train step on abstract inputs; returns {flops_per_step, *_bytes, params, ...}."""
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                jax.eval_shape(exp._create_state, jax.random.PRNGKey(0)),  # pylint: disable=protected-access
-                                exp.state_shardings)
+  abstract_state = exp.abstract_state()
   example = exp.train_preprocess(exp.data.train[0], None)
   batch_sharding = sharding.batch_sharding(exp.mesh)
   abstract_batch = {k: jax.ShapeDtypeStruct((exp.batch_size,) + v.shape, v.dtype, sharding=batch_sharding)

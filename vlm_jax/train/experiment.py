@@ -5,7 +5,6 @@ that does not fit the devices, and batch sizes that do not divide; `Experiment` 
 the trainer, the evaluators and the benchmark share.
 """
 import functools
-import os
 import re
 
 import flax.linen as nn
@@ -14,12 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vlm_jax import config_utils, durations, models
+from vlm_jax import config_utils, durations, models, storage
 from vlm_jax.data import pipeline, tokenizers, transforms
 from vlm_jax.objectives import build_objective
 from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES, ConfigError
 from vlm_jax.train import checkpoint, optim, sharding
 from vlm_jax.train.state import TrainState
+
+# A PRNG key's shape and dtype: tracing init needs no concrete key, and a concrete one cannot be made on the
+# devices of an AOT topology (`--topology`), which hold no data.
+ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
 def check_config(config, *, num_devices: int | None = None, process_count: int | None = None):
@@ -43,7 +46,7 @@ def check_config(config, *, num_devices: int | None = None, process_count: int |
   if locked and not init_workdir:
     raise ConfigError(f"model.locked={locked} but init_from.workdir is empty: a locked tower must come from a "
                       "checkpoint; set --config.init_from.workdir to a vlm_jax run or converted model")
-  if init_workdir and "://" not in init_workdir and not os.path.isdir(os.path.join(init_workdir, "checkpoints")):
+  if init_workdir and not storage.isdir(storage.join(storage.resolve(init_workdir), "checkpoints")):
     raise ConfigError(f"init_from.workdir {init_workdir!r} has no checkpoints/ folder; give a vlm_jax run's workdir "
                       "or the output of `python -m vlm_jax.convert`")
   num_devices = jax.device_count() if num_devices is None else num_devices
@@ -93,13 +96,13 @@ class Experiment:
 
   def _build_state_shardings(self):
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
-      boxed = jax.eval_shape(self._boxed_params, jax.random.PRNGKey(0))
+      boxed = jax.eval_shape(self._boxed_params, ABSTRACT_KEY)
     self.param_shardings = sharding.logical_shardings(boxed, self.mesh)
     self.abstract_params = nn.unbox(boxed)
     locked = models.locked_regex(self.config.model.get("locked", ()))
     self.tx, self.schedule = optim.make_optimizer(self.config.optim, self.abstract_params, self.total_steps,
                                                   self.warmup_steps, extra_frozen=locked)
-    abstract_state = jax.eval_shape(self._create_state, jax.random.PRNGKey(0))
+    abstract_state = jax.eval_shape(self._create_state, ABSTRACT_KEY)
     self.state_shardings = sharding.state_shardings(abstract_state, self.param_shardings, self.mesh)
 
   def _create_state(self, root_key):
@@ -118,6 +121,11 @@ class Experiment:
       state = state.replace(params=checkpoint.merge_params(state.params, loaded))
     return state
 
+  def abstract_state(self) -> TrainState:
+    """The state's shapes, dtypes and shardings, without allocating it (restore targets, AOT compiles)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        jax.eval_shape(self._create_state, ABSTRACT_KEY), self.state_shardings)
+
   def abstract_params_sharded(self):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         self.abstract_params, self.param_shardings)
@@ -126,7 +134,7 @@ class Experiment:
     """Parameters whose path fully matches `include`, from the latest (or `step`) checkpoint of a run or a
     converted model in `workdir`, placed in this experiment's shardings."""
     regex = re.compile(include)
-    loaded, step = checkpoint.restore_params(os.path.join(workdir, "checkpoints"), step,
+    loaded, step = checkpoint.restore_params(storage.join(storage.resolve(workdir), "checkpoints"), step,
                                              self.abstract_params_sharded(),
                                              include=None if include == ".*" else regex.fullmatch)
     count = len(jax.tree.leaves(loaded))

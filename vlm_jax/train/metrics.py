@@ -1,10 +1,11 @@
 """Metrics as JSON lines and TensorBoard events in the workdir (process 0 only), and the progress line."""
 import json
 import math
-import os
 import time
 
 import jax
+
+from vlm_jax import storage
 
 
 def _scalar(value):
@@ -12,34 +13,78 @@ def _scalar(value):
   return value if math.isfinite(value) else str(value)  # JSON has no NaN; keep it visible
 
 
+class _ObjectRecordWriter:
+  """tensorboardX's record writer for bucket URLs: a bucket object cannot be appended to, so every flush
+  uploads the whole events file (scalars only: small), and TensorBoard reading the bucket sees it live."""
+
+  def __init__(self, path: str):
+    self.path, self._data = path, bytearray()
+
+  def write(self, data: bytes):
+    self._data += data
+
+  def flush(self):
+    storage.write_bytes(self.path, bytes(self._data))
+
+  def close(self):
+    self.flush()
+
+
+class _ObjectRecordWriterFactory:
+
+  def open(self, path):
+    return _ObjectRecordWriter(path)
+
+  def directory_check(self, path):   # buckets have no folders to create
+    del path
+
+
+def _register_bucket_writers():
+  from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+  for scheme in ("gs", "s3"):
+    record_writer.register_writer_factory(scheme, _ObjectRecordWriterFactory())
+
+
 class MetricWriter:
-  """Appends {"step": N, name: value, ...} lines to workdir/metrics.jsonl and writes TensorBoard scalars."""
+  """Appends {"step": N, name: value, ...} lines to workdir/metrics.jsonl and writes TensorBoard scalars.
+
+  Local files are appended to; in a bucket the file is rewritten whole at each write (an object cannot be
+  appended to), so it is complete in the bucket after every log point."""
 
   def __init__(self, workdir: str, *, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = storage.join(workdir, "metrics.jsonl")
+    self._remote = storage.is_remote(workdir)
+    self._lines = None   # a bucket file's content, kept to rewrite it
     self._tb = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
+      storage.makedirs(workdir)
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      _register_bucket_writers()
+      self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
+      if self._remote:
+        self._lines = storage.read_text(self.path).splitlines(keepends=True) if storage.exists(self.path) else []
 
   def drop_after(self, step: int):
     """On resume, forget lines logged after the checkpoint we resume from: they will be logged again."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not storage.exists(self.path):
       return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(self.path + ".tmp", self.path)
+    lines = storage.read_text(self.path).splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    storage.write_text(self.path, "".join(kept))
+    if self._remote:
+      self._lines = kept
 
   def write(self, step: int, metrics: dict):
     if not self.enabled or not metrics:
       return
-    record = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    line = json.dumps({"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}) + "\n"
+    if self._remote:
+      self._lines.append(line)
+      storage.write_text(self.path, "".join(self._lines))
+    else:
+      with storage.path(self.path).open("a") as f:
+        f.write(line)
     for name, value in metrics.items():
       self._tb.add_scalar(name, float(value), int(step))
     self._tb.flush()
@@ -51,8 +96,8 @@ class MetricWriter:
 
 def read_metrics(workdir: str):
   """All records of a run's metrics.jsonl, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines()
+          if line.strip()]
 
 
 def format_duration(seconds: float) -> str:
@@ -64,13 +109,29 @@ def format_duration(seconds: float) -> str:
 class Progress:
   """Throughput and ETA from wall time between log points (the first, compiling, step excluded)."""
 
+  HEARTBEAT_S = 10.0   # between log points, a short line at most this often shows the run is alive
+
   def __init__(self, total_steps: int, batch_size: int, flops_per_step: float | None, peak_flops: float | None):
     self.total, self.batch = total_steps, batch_size
     self.flops, self.peak = flops_per_step, peak_flops
     self._mark = None
+    self._printed = time.perf_counter()
 
   def start(self, step: int):
     self._mark = (step, time.perf_counter())
+
+  def heartbeat_due(self) -> bool:
+    return time.perf_counter() - self._printed >= self.HEARTBEAT_S
+
+  def heartbeat(self, step: int) -> str:
+    """Steps dispatched so far and the rate since the last log point (no device sync)."""
+    self._printed = time.perf_counter()
+    last_step, last_time = self._mark
+    parts = [f"step {step}/{self.total}"]
+    if step > last_step:
+      step_time = (self._printed - last_time) / (step - last_step)
+      parts += [f"{self.batch / step_time:.1f} img/s", f"ETA {format_duration(step_time * (self.total - step))}"]
+    return " | ".join(parts)
 
   def measure(self, step: int) -> dict:
     """Rates since the last call; {} if no step ran."""
@@ -87,6 +148,7 @@ class Progress:
     return out
 
   def line(self, step: int, metrics: dict) -> str:
+    self._printed = time.perf_counter()
     parts = [f"step {step}/{self.total}", f"loss {metrics.get('train/loss', float('nan')):.4f}"]
     if "perf/images_per_s" in metrics:
       parts += [f"{metrics['perf/images_per_s']:.1f} img/s", f"ETA {format_duration(metrics['perf/eta_s'])}"]

@@ -15,11 +15,12 @@ Running the command again skips finished stages (those with final_eval.json) and
 from its own checkpoints; a stage never starts before the previous one has finished.
 """
 import copy
-import os
 
+import jax
 import ml_collections
 
-from vlm_jax.registry import ConfigError
+from vlm_jax import config_utils, storage
+from vlm_jax.errors import ConfigError
 
 STAGE_KEYS = ("name", "trainable", "init_from", "include", "overrides")
 
@@ -35,7 +36,7 @@ def _set(config, key: str, value):
 
 
 def stage_dir(workdir: str, index: int, stage: dict) -> str:
-  return os.path.join(workdir, f"stage{index}_{stage['name']}")
+  return storage.join(workdir, f"stage{index}_{stage['name']}")
 
 
 def stage_configs(config, workdir: str):
@@ -64,12 +65,17 @@ def stage_configs(config, workdir: str):
 
 def run(config, workdir: str, *, train, log=print) -> dict:
   """Trains every stage in order with `train(config, workdir, log=...)`; returns the last one's results."""
+  workdir = storage.resolve(workdir)
+  configs = stage_configs(config, workdir)
+  if jax.process_index() == 0:
+    storage.check_writable_dir(workdir)
+    config_utils.save_workdir_config(config, workdir)
   results = {}
-  for i, (subdir, c) in enumerate(stage_configs(config, workdir)):
-    if os.path.exists(os.path.join(subdir, "final_eval.json")):
-      log(f"Stage {i} ({os.path.basename(subdir)}) finished earlier; skipping")
+  for i, (subdir, c) in enumerate(configs):
+    if storage.exists(storage.join(subdir, "final_eval.json")):
+      log(f"Stage {i} ({storage.basename(subdir)}) finished earlier; skipping")
       continue
-    log(f"Stage {i}: {os.path.basename(subdir)} (trainable: {c.optim.trainable or 'all'}; "
+    log(f"Stage {i}: {storage.basename(subdir)} (trainable: {c.optim.trainable or 'all'}; "
         f"from: {c.init_from.workdir or 'fresh initialisation'})")
     results = train(c, subdir, log=log)
   return results

@@ -5,19 +5,21 @@ Metrics stay on device until a log, checkpoint or eval point; there they are fet
 NaN/Inf, averaged and written. A checkpoint is only written after the steps before it were checked
 finite, so the last checkpoint on disk is always a good one.
 """
-import json
-import os
 import signal
 import time
 
 import jax
 import numpy as np
 
-from vlm_jax import config_utils, durations
+from vlm_jax import config_utils, durations, storage
+from vlm_jax.errors import ConfigError
 from vlm_jax.data import sources
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import checkpoint, flops, metrics as metrics_lib
 from vlm_jax.train.experiment import Experiment
+from vlm_jax.train.workdir_lock import WorkdirLock
+
+FINAL_EVAL = "final_eval.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -25,25 +27,38 @@ class TrainingDiverged(RuntimeError):
 
 
 class _Preemption:
-  """SIGTERM (preemption, scancel, `kill`) asks the loop to checkpoint and exit cleanly."""
+  """SIGTERM (preemption, scancel, `kill`) asks the loop to checkpoint and exit cleanly.
+
+  One process: a signal handler sets a flag. Several: JAX's preemption service (started by
+  `jax.distributed.initialize`) catches the signal on any process and agrees on one step at which every
+  process saves, without a blocking collective in each step."""
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._multi = jax.process_count() > 1
+    self._previous = None if self._multi else signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
   def should_stop(self, step) -> bool:
-    if jax.process_count() > 1:
-      # All processes must stop at the same step to save a consistent checkpoint.
+    if self._multi:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _all_agree(ok: bool) -> bool:
+  """Whether every process reports ok (one collective; used once at start)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(multihost_utils.process_allgather(np.array(ok)).all())
 
 
 def _mean_metrics(pending):
@@ -58,26 +73,56 @@ def _mean_metrics(pending):
 
 def train(config, workdir: str, *, log=print) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
-  exp = Experiment(config, log=log)
+  workdir = storage.resolve(workdir)
   main = jax.process_index() == 0
+  lock, error = WorkdirLock(workdir, log=log), None
+  if main:
+    try:
+      storage.check_writable_dir(workdir)
+      lock.acquire()
+    except ConfigError as e:
+      error = e
+  if not _all_agree(error is None):
+    raise error or ConfigError(f"process 0 could not take {workdir}; see its log")
+  try:
+    return _train(config, workdir, main, log)
+  finally:
+    if main:
+      lock.release()
+
+
+def _train(config, workdir, main, log):
+  exp = Experiment(config, log=log)
+  ckpt = checkpoint.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                                 async_save=config.train.get("async_checkpoints", True))
+  latest = ckpt.latest_step()
+  final_path = storage.join(workdir, FINAL_EVAL)
+  if latest is not None:
+    # Before anything is written: a run resumed with another model keeps its config.json and checkpoints.
+    checkpoint.check_params_match(checkpoint.saved_param_shapes(ckpt.directory, latest),
+                                  checkpoint.flat_paths(exp.abstract_params),
+                                  f"{ckpt.directory} (step {latest}, resuming)")
+    if latest >= exp.total_steps and storage.exists(final_path):
+      ckpt.close()
+      log(f"{workdir} is a finished run ({latest} of {exp.total_steps} steps); its results are in {final_path}. "
+          "Evaluate it with --mode=eval, train longer with a larger --config.train.duration, or use a new --workdir.")
+      return {k: v for k, v in storage.read_json(final_path).items() if k != "step"}
   log(f"Data: {exp.data.description}" + (" [no dataset configured: using the embedded one]"
                                           if config.data.name == "embedded" else ""))
   log(f"Mesh: {dict(exp.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
       f"{jax.process_count()} process(es); global batch {exp.batch_size}; {exp.total_steps} steps")
   if main:
     config_utils.save_workdir_config(config, workdir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                                 async_save=config.train.get("async_checkpoints", True))
   writer = metrics_lib.MetricWriter(workdir)
   evaluator = EvalRunner(exp)
   eval_every = {k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
                 for k, c in config.evals.items()}
   sources.SKIPS.reset()
   data_iter = exp.train_iterator()
-  latest = ckpt.latest_step()
-  state = exp.init_state(apply_init_from=latest is None)  # a resumed run has its own parameters
-  if latest is not None:
-    state = ckpt.restore(latest, state, data_iter)
+  if latest is None:
+    state = exp.init_state()
+  else:   # restored straight into its shardings: no random state is built first
+    state = ckpt.restore(latest, exp.abstract_state(), data_iter)
     writer.drop_after(latest)
     log(f"Resumed from checkpoint at step {latest} in {ckpt.directory}")
   step = int(state.step)
@@ -85,6 +130,8 @@ def train(config, workdir: str, *, log=print) -> dict:
 
   local = next(data_iter)
   batch = exp.global_batch(local)
+  log(f"Compiling the train step ({sum(x.size for x in jax.tree.leaves(exp.abstract_params)) / 1e6:.2f}M "
+      "parameters) ...")
   compile_start = time.perf_counter()
   train_step = exp.compile_train_step(state, batch)
   log(f"Compiled the train step in {time.perf_counter() - compile_start:.1f}s")
@@ -117,6 +164,9 @@ def train(config, workdir: str, *, log=print) -> dict:
         record.update(progress.measure(step))
         writer.write(step, record)
         log(progress.line(step, record))
+        ckpt.check()   # a background save that failed stops the run here
+      elif main and progress.heartbeat_due():
+        log(progress.heartbeat(step))
       if save:
         ckpt.save(step, state, data_iter)
         last_good = step
@@ -135,13 +185,15 @@ def train(config, workdir: str, *, log=print) -> dict:
     preemption.restore()
     if hasattr(data_iter, "close"):   # reader and decoding threads of streamed data
       data_iter.close()
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    try:
+      ckpt.wait()
+    finally:
+      ckpt.close()
+      writer.close()
   # final_eval.json marks a finished run (staged recipes skip finished stages); a resumed finished run
   # keeps the one it has.
-  final_path = os.path.join(workdir, "final_eval.json")
-  if step == exp.total_steps and main and (final_eval or not os.path.exists(final_path)):
-    with open(final_path, "w") as f:
-      json.dump({"step": step, **final_eval}, f, indent=2)
+  if step == exp.total_steps and main and (final_eval or not storage.exists(final_path)):
+    storage.write_json(final_path, {"step": step, **final_eval})
+  if main and step == exp.total_steps:
+    log(f"Finished: checkpoints, metrics.jsonl, TensorBoard events and {FINAL_EVAL} are in {workdir}")
   return final_eval

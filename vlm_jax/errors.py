@@ -1,0 +1,6 @@
+"""The project's error types, importable from anywhere without importing anything else of the project."""
+
+
+class ConfigError(ValueError):
+  """A config (or command line, or input) that cannot run. The message is one line naming the problem and
+  the fix; entry points print it as `error: ...` and exit 2, without a traceback."""
