@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
 ]
 
+GCSFS = "gcsfs==2026.10.1"
+
 setup(
     name="vlm_jax",
     version="0.1.0",
@@ -33,9 +35,15 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
+        # gs:// workdirs and data (etils epath and fsspec use gcsfs when TensorFlow is absent).
+        "gcs": [GCSFS],
+        # Cloud TPU VMs, and `--mode=compile --topology=v5e:16x16` on any host: libtpu as jax[tpu] pins it.
+        "tpu": ["jax[tpu]==0.10.2", GCSFS],
         # torch 2.13.0 is pinned so that pip takes the CPU wheel; transformers is the reference the
-        # weight-import tests compare against.
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "transformers==5.23.0"],
+        # weight-import tests compare against; gcp-storage-emulator serves the GCS API on 127.0.0.1 for the
+        # bucket tests; libtpu compiles for TPU topologies on this CPU host.
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "transformers==5.23.0", GCSFS,
+                 "gcp-storage-emulator==2026.7.19", "jax[tpu]==0.10.2"],
         "convert": ["torch==2.13.0"],    # reading .pt/.bin checkpoints (.safetensors needs no torch)
         "tf": ["tensorflow"],
     },

@@ -41,4 +41,8 @@ def get_config(arg=None):
     c.train.update(duration="400 steps", log_every="50 steps", checkpoint_every="200 steps")
     c.evals.zero_shot.every = "200 steps"
     c.evals.retrieval.every = "200 steps"
+    # Its evaluators read the embedded data whatever the run trains on (e.g. the same images written as tar
+    # shards by `python -m vlm_jax.data.write_shards`), so that --config.data.name=shards needs nothing else.
+    for evaluator in c.evals.values():
+      evaluator.data = ml_collections.ConfigDict(dict(name="embedded"))
   return c.lock()

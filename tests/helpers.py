@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vlm_jax import config_utils
+from vlm_jax import config_utils, storage
 from vlm_jax.train import metrics as metrics_lib  # noqa: F401  (used by tests through helpers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,14 +109,14 @@ def run_main(workdir, *extra, num_devices=2, timeout=300, **overrides):
 
 
 def checkpoint_steps(workdir):
-  directory = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  """Steps of the complete checkpoints in a local or bucket workdir."""
+  return sorted(int(d) for d in storage.listdir(storage.join(str(workdir), "checkpoints")) if d.isdigit())
 
 
 def load_params(workdir, step=None):
   """The params of a run's checkpoint (default: the latest) as a flat {path: np.ndarray}."""
   step = checkpoint_steps(workdir)[-1] if step is None else step
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  path = storage.join(str(workdir), "checkpoints", str(step), "state")
   checkpointer = ocp.StandardCheckpointer()
   # Restore onto this process's first device whatever topology wrote the checkpoint.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

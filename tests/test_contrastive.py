@@ -65,3 +65,14 @@ def test_sharded_clip_loss_equals_single_device(impl, mesh_spec):
   _, ref_metrics = contrastive.clip_loss_global(img, txt, scale)
   for name, ref in ref_metrics.items():
     np.testing.assert_allclose(metrics[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_losses_trace_at_a_64k_batch():
+  """rows x (cols - 1) logits passes 2^31 at CoCa's published batch (65536); shapes only, no memory used."""
+  from vlm_jax.objectives import sigmoid  # pylint: disable=import-outside-toplevel
+  emb = jax.ShapeDtypeStruct((65536, 8), jnp.float32)
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  loss, metrics = jax.eval_shape(contrastive.clip_loss_global, emb, emb, scalar)
+  assert loss.shape == () and metrics["neg_logit"].shape == ()
+  loss, metrics = jax.eval_shape(sigmoid.sigmoid_loss_global, emb, emb, scalar, scalar)
+  assert loss.shape == () and metrics["neg_logit"].shape == ()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax import tables
-from vlm_jax.launch import local, slurm, sweep as sweep_lib
+from vlm_jax import storage, tables
+from vlm_jax.launch import slurm, sweep as sweep_lib
 from vlm_jax.registry import ConfigError
 
 FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes")
@@ -108,3 +108,58 @@ def test_tpu_vm_backend_recreates_a_preempted_vm_and_the_run_resumes(tmp_path):
   assert json.load(open(os.path.join(workdir, "final_eval.json")))["step"] == 6
   dry = subprocess.run(cmd + ["--dry-run"], env=env, capture_output=True, text=True, timeout=120, cwd=helpers.ROOT)
   assert "tpu-vm create" in dry.stdout and "--accelerator-type=v4-8" in dry.stdout and "--zone=z1" in dry.stdout
+
+
+def test_a_slurm_job_stopped_by_its_time_limit_requeues_itself_until_the_run_finishes(tmp_path):
+  """The sbatch script, run with stand-ins for srun (the trainer stopped by SIGTERM: exit 0, unfinished)
+  and scontrol: it activates the launcher's environment, then requeues the job; once the run has
+  finished it does not."""
+  workdir = tmp_path / "run"
+  run = sweep_lib.Run(name="r", config="experiments/clip_b32.py:tiny", overrides={}, axes={}, workdir=str(workdir))
+  text = slurm.script(run, "s", {})
+  assert f"source {os.path.join(sys.prefix, 'bin', 'activate')}" in text.splitlines()
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name in ("srun", "scontrol"):
+    (bin_dir / name).write_text(f"#!/bin/bash\necho {name} \"$@\" >> {tmp_path}/calls.log\n")
+    (bin_dir / name).chmod(0o755)
+  script = tmp_path / "sbatch.sh"
+  script.write_text(text)
+  env = dict(helpers.subprocess_env(1), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="42")
+  first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+  assert first.returncode == 0, first.stderr
+  calls = (tmp_path / "calls.log").read_text().splitlines()
+  assert calls[0].startswith("srun python -m vlm_jax.main") and calls[1:] == ["scontrol requeue 42"]
+  workdir.mkdir()
+  (workdir / "final_eval.json").write_text('{"step": 400}')
+  (tmp_path / "calls.log").unlink()
+  second = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+  assert second.returncode == 0 and (tmp_path / "calls.log").read_text().splitlines() == [calls[0]]
+
+
+def test_tpu_vm_sweeps_run_max_parallel_runs_at_once_into_a_bucket(tmp_path, gcs):
+  """Two runs, tpu.max_parallel=2, the sweep's root a gs:// bucket (on the emulator): both VMs exist at once,
+  every run finishes in the bucket, and a preempted one is re-created and resumes from the bucket."""
+  import uuid  # pylint: disable=import-outside-toplevel
+  root = f"gs://bucket/{uuid.uuid4().hex[:8]}"
+  values = {**helpers.MICRO, "train.duration": "6 steps", "train.checkpoint_every": "2 steps"}
+  path = tmp_path / "sweep.py"
+  path.write_text(f"def get_sweep():\n  return dict(name='micro', base={helpers.TINY!r}, seeds=[0, 1], "
+                  f"overrides={values!r}, root={root!r}, tpu=dict(zone='z1', max_parallel=2, poll_s=0))\n")
+  fake = tmp_path / "gcloud_state"
+  fake.mkdir()
+  (fake / "preempt_once").write_text("")
+  env = dict(helpers.subprocess_env(1), **gcs, FAKE_GCLOUD_DIR=str(fake), FAKE_VENV=sys.prefix)
+  cmd = [sys.executable, os.path.join(helpers.ROOT, "launch", "sweep.py"), str(path), "--backend", "tpu_vm",
+         "--gcloud", os.path.join(FAKES, "gcloud")]
+  result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=helpers.ROOT)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  calls = [c.split() for c in (fake / "calls.log").read_text().splitlines()]
+  lifecycle = [(c[3], c[4]) for c in calls if c[3] in ("create", "delete")]
+  first_delete = next(i for i, (verb, _) in enumerate(lifecycle) if verb == "delete")
+  assert {name for verb, name in lifecycle[:first_delete] if verb == "create"} == {
+      "vlm-jax-micro-0", "vlm-jax-micro-1"}   # both VMs up before either run ended
+  assert sum(verb == "create" for verb, _ in lifecycle) == 3   # one preempted and re-created
+  assert "Resumed from checkpoint at step" in result.stdout
+  for run in sweep_lib.expand(sweep_lib.load_sweep(str(path))):
+    assert run.finished() and storage.read_json(f"{run.workdir}/final_eval.json")["step"] == 6

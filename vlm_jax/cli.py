@@ -16,12 +16,7 @@ def fail(message: str, code: int = 2):
   sys.exit(code)
 
 
-def normalise_flag(arg: str) -> str:
-  """`--all-checkpoints` -> `--all_checkpoints` (flag names only; values and --config.* keys untouched)."""
-  if not arg.startswith("--") or arg.startswith("--config.") or arg == "--":
-    return arg
-  name, sep, value = arg[2:].partition("=")
-  return "--" + name.replace("-", "_") + sep + value
+from vlm_jax.flag_spelling import normalise_argv, normalise_flag  # noqa: F401  (re-exported)
 
 
 def _config_file(argv) -> str | None:

@@ -13,7 +13,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/file.py[:arg]` by calling its `get_config(arg)`; the result is locked."""
   path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
+  if not os.path.exists(path):  # local path: a config file, imported
     raise ConfigError(f"config file {path!r} not found")
   module_spec = importlib.util.spec_from_file_location("vlm_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -88,7 +88,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
                       "Pass --config explicitly otherwise")
   config = ml_collections.ConfigDict(json.loads(storage.read_text(path)))
   tokenizer_path = config.data.get("tokenizer_path", "")
-  if (tokenizer_path and not os.path.isabs(tokenizer_path) and not storage.is_remote(tokenizer_path)
+  if (tokenizer_path and not os.path.isabs(tokenizer_path) and not storage.is_remote(tokenizer_path)  # local path: a test
       and storage.exists(storage.join(workdir, tokenizer_path))):
     config.data.tokenizer_path = storage.join(workdir, tokenizer_path)
   return config.lock()

@@ -34,7 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict(dict(workdir="", step=-1, include=".*"))
   c.train = ml_collections.ConfigDict(dict(
       duration="32 epochs", log_every="50 steps", checkpoint_every="1000 steps", keep_checkpoints=3,
-      async_checkpoints=True, mfu=True))
+      async_checkpoints=True, mfu=True,
+      max_steps=0))   # > 0: stop after this many steps (a smoke test), on the schedule of the full duration
   c.evals = ml_collections.ConfigDict({
       "zero_shot": dict(every="1 epochs", label_keys=("shape", "color"), templates=ZERO_SHOT_TEMPLATES, limit=0),
       "retrieval": dict(every="1 epochs", ks=(1, 5, 10), limit=1000),

@@ -4,3 +4,8 @@
 class ConfigError(ValueError):
   """A config (or command line, or input) that cannot run. The message is one line naming the problem and
   the fix; entry points print it as `error: ...` and exit 2, without a traceback."""
+
+
+class StorageError(OSError):
+  """Reading or writing data failed after retries; the message names the file. Entry points print it as
+  `error: ...` and exit 1."""

@@ -50,7 +50,7 @@ def _topology_devices(name: str):
 def _compile(config, log):
   from vlm_jax.train import compile_check, experiment  # pylint: disable=import-outside-toplevel
   devices = _topology_devices(FLAGS.topology) if FLAGS.topology else None
-  experiment.check_config(config, num_devices=None if devices is None else len(devices))
+  experiment.check_config(config, num_devices=None if devices is None else len(devices), weights=False)
   stage_configs = [config]
   if config.get("stages"):
     from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
@@ -58,10 +58,9 @@ def _compile(config, log):
   for i, c in enumerate(stage_configs):
     if len(stage_configs) > 1:
       log(f"Stage {i}: {config.stages[i]['name']}")
-    if not c.model.get("locked"):   # compiling needs no weights (a locked tower's source is still checked)
-      with c.unlocked():
-        c.init_from.workdir = ""
-    compile_check.compile_report(experiment.Experiment(c, devices=devices, log=log), log=log,
+    with c.unlocked():   # compiling needs no weights
+      c.init_from.workdir = ""
+    compile_check.compile_report(experiment.Experiment(c, devices=devices, log=log, weights=False), log=log,
                                  topology=FLAGS.topology)
 
 

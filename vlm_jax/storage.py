@@ -20,6 +20,18 @@ from vlm_jax.errors import ConfigError
 _PACKAGES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs"}
 
 
+def _no_listing_caches():
+  """Buckets are shared: another process (a trainer, another host) adds checkpoints and records while this
+  one reads. fsspec caches folder listings per filesystem instance, which would hide them; every listing
+  here asks the bucket."""
+  import fsspec.config  # pylint: disable=import-outside-toplevel
+  for scheme in ("gs", "gcs", "s3", "az"):
+    fsspec.config.conf.setdefault(scheme, {}).setdefault("use_listings_cache", False)
+
+
+_no_listing_caches()
+
+
 def is_remote(path) -> bool:
   return "://" in str(path)
 
@@ -120,11 +132,15 @@ def remove(p):
 
 
 def find_files(root, name_suffix: str) -> list:
-  """Every file below `root` whose name ends with `name_suffix`, sorted."""
-  folder = path(root)
-  if not folder.is_dir():
-    return []
-  return sorted(str(f) for f in folder.rglob(f"*{name_suffix}") if not f.is_dir())
+  """Every file below `root` whose name ends with `name_suffix`, sorted (epath has no recursive glob)."""
+  found, folders = [], [path(root)] if path(root).is_dir() else []
+  while folders:
+    for child in folders.pop().iterdir():
+      if child.is_dir():
+        folders.append(child)
+      elif child.name.endswith(name_suffix):
+        found.append(str(child))
+  return sorted(found)
 
 
 def check_writable_dir(p, what: str = "workdir"):

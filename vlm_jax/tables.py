@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from vlm_jax.flag_spelling import normalise_argv
 from vlm_jax import storage
 from vlm_jax.errors import ConfigError
 from vlm_jax.eval import harness
@@ -217,7 +218,7 @@ def main(argv=None):
   parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
   parser.add_argument("--out", default="", help="output file (default: stdout)")
   parser.add_argument("--plots", default="", help="folder for PNG plots (default: none)")
-  args = parser.parse_args(argv)
+  args = parser.parse_args(normalise_argv(argv))
   try:
     runs = [load_run(w) for w in find_runs(args.runs)]
   except ConfigError as e:

@@ -36,24 +36,24 @@ def _find_tokenizer(kind: str, path: str, files, tokenizer_path: str = "") -> st
   """The vocabulary that goes with the checkpoint: given, next to it, or (open_clip) the one open_clip ships."""
   if tokenizer_path:
     return tokenizer_path
-  folder = path if os.path.isdir(path) else os.path.dirname(path)
-  if all(os.path.exists(os.path.join(folder, f)) for f in files):
-    return folder if kind == "hf_clip" else os.path.join(folder, files[0])
+  folder = path if os.path.isdir(path) else os.path.dirname(path)  # local path: the input
+  if all(os.path.exists(os.path.join(folder, f)) for f in files):  # local path: the input
+    return folder if kind == "hf_clip" else os.path.join(folder, files[0])  # local path: the input
   if kind == "openclip":
     spec = importlib.util.find_spec("open_clip")
     if spec and spec.submodule_search_locations:
-      bundled = os.path.join(list(spec.submodule_search_locations)[0], files[0])
-      if os.path.exists(bundled):
+      bundled = os.path.join(list(spec.submodule_search_locations)[0], files[0])  # local path: the input
+      if os.path.exists(bundled):  # local path: the input
         return bundled
   return ""
 
 
 def _normalisation(kind: str, path: str):
   """Image mean/std: from an HF preprocessor_config.json if present, else the model family's."""
-  config_path = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else ""
-  if config_path and os.path.exists(config_path):
+  config_path = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else ""  # local path: the input
+  if config_path and os.path.exists(config_path):  # local path: the input
     import json  # pylint: disable=import-outside-toplevel
-    with open(config_path) as f:
+    with open(config_path) as f:  # local path: the input
       pre = json.load(f)
     if "image_mean" in pre and "image_std" in pre:
       return tuple(pre["image_mean"]), tuple(pre["image_std"])
@@ -129,11 +129,11 @@ def convert(kind: str, input_path: str, output: str, *, tokenizer_path: str = ""
   source = config.data.tokenizer_path
   if source:
     # Copied next to the weights and referred to relative to the workdir, so the workdir can move.
-    files = [os.path.join(source, f) for f in ("vocab.json", "merges.txt")] if os.path.isdir(source) else [source]
+    folder = storage.isdir(source)
+    files = [storage.join(source, f) for f in ("vocab.json", "merges.txt")] if folder else [source]
     for f in files:
-      storage.copy(f, storage.join(output, "tokenizer", os.path.basename(f)))
-    config.data.tokenizer_path = "tokenizer" if os.path.isdir(source) else storage.join("tokenizer",
-                                                                                        os.path.basename(source))
+      storage.copy(f, storage.join(output, "tokenizer", storage.basename(f)))
+    config.data.tokenizer_path = "tokenizer" if folder else storage.join("tokenizer", storage.basename(source))
   else:
     log(f"warning: no tokenizer vocabulary found for {input_path}; pass --tokenizer PATH, or set "
         "data.tokenizer_path when using the workdir")

@@ -2,12 +2,12 @@
 import dataclasses
 from typing import Any, Dict, Optional, Sequence
 
-import json
 import os
 
 import ml_collections
 import numpy as np
 
+from vlm_jax import storage
 from vlm_jax.data import sources, streaming, synthetic
 from vlm_jax.registry import DATASETS, ConfigError
 
@@ -45,11 +45,13 @@ def build_prepared(config) -> ImageTextData:
   """ArrayRecord files written by `python -m vlm_jax.data.prepare` in `data.path` (train / test splits;
   an image folder's classes become the label key `label`)."""
   path = config.get("path", "")
-  if not path or not os.path.exists(os.path.join(path, "info.json")):
+  if storage.is_remote(path):   # ArrayRecord's reader opens local files (random access)
+    raise ConfigError(f"data.path {path!r}: prepared ArrayRecord data is read from local disk; copy it to the "
+                      "machine (gcloud storage cp -r), or stream tar shards from the bucket with data.name=shards")
+  if not path or not storage.exists(storage.join(path, "info.json")):
     raise ConfigError(f"data.path {path!r} is not a prepared dataset (no info.json); write one with "
                       "python -m vlm_jax.data.prepare --kind table|folder|shards --input ... --output DIR")
-  with open(os.path.join(path, "info.json")) as f:
-    info = json.load(f)
+  info = storage.read_json(storage.join(path, "info.json"))
   names = info.get("class_names")
   return ImageTextData(
       description=f"{info['kind']} data prepared from {info['source']} ({info['written']['train']} train / "
@@ -93,8 +95,7 @@ class FolderSource:
 
   def __getitem__(self, i):
     row = self.rows[i]
-    with open(row["image"], "rb") as f:
-      return {**row, "image": f.read(), "caption": None}
+    return {**row, "image": storage.read_bytes(row["image"]), "caption": None}
 
 
 @DATASETS.register("folder")
@@ -115,8 +116,11 @@ def build_folder(config) -> ImageTextData:
     fraction = config.get("test_fraction", 0.5)
     test_rows = [r for r in rows if sources.in_test_split(r["key"], fraction)]
     train_rows = [r for r in rows if not sources.in_test_split(r["key"], fraction)]
-  return ImageTextData(description=f"image folder {path} ({len(names)} classes, {len(train_rows)} train / "
-                                   f"{len(test_rows)} test images)",
+  split = (f"{len(train_rows)} train images from {train_path}" if train_path else
+           f"split by a hash of the file names into {len(train_rows)} train / {len(test_rows)} test images "
+           f"(data.test_fraction={config.get('test_fraction', 0.5)}; data.train_path gives a split of your own)")
+  return ImageTextData(description=f"image folder {path} ({len(names)} classes, {len(test_rows)} test images; "
+                                   f"{split})",
                        train=FolderSource(train_rows), test=FolderSource(test_rows), class_names={"label": tuple(names)})
 
 

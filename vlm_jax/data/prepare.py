@@ -12,11 +12,12 @@ samples by reason, bytes, class names). Every image is decoded once here, so a t
 good samples; the bytes are stored as they were (or re-encoded as JPEG no larger than --max_size).
 """
 import io
-import json
 import os
 import sys
 import time
 
+from vlm_jax.flag_spelling import normalise_argv
+from vlm_jax import storage
 from vlm_jax.data import sources
 from vlm_jax.registry import ConfigError
 
@@ -41,8 +42,7 @@ def _samples(kind: str, spec: str, image_key: str, caption_key: str, classnames:
 
     def load_folder(rows):
       for row in rows:
-        with open(row["image"], "rb") as f:
-          yield {**row, "image": f.read(), "caption": None}
+        yield {**row, "image": storage.read_bytes(row["image"]), "caption": None}
     return load_folder(rows), names, len(rows)
   if kind == "shards":
     urls = sources.resolve(spec)
@@ -55,9 +55,11 @@ def prepare(kind: str, spec: str, output: str, *, image_key: str = "filepath", c
             classnames: str = "", test_fraction: float = 0.01, max_size: int = 0, log=print) -> dict:
   """Writes the prepared dataset; returns its info (also OUTPUT/info.json)."""
   from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
+  if storage.is_remote(output):   # ArrayRecord writes (and reads) local files
+    raise ConfigError(f"--output {output}: prepared data is written to local disk; prepare it there and copy it")
   samples, names, total = _samples(kind, spec, image_key, caption_key, classnames)
-  os.makedirs(output, exist_ok=True)
-  writers = {split: ArrayRecordWriter(os.path.join(output, f"{split}.array_record"), "group_size:1")
+  storage.check_writable_dir(output, "--output")
+  writers = {split: ArrayRecordWriter(os.path.join(output, f"{split}.array_record"), "group_size:1")  # local path
              for split in ("train", "test")}
   counts, size, start = {"train": 0, "test": 0}, 0, time.time()
   sources.SKIPS.reset()
@@ -97,8 +99,7 @@ def prepare(kind: str, spec: str, output: str, *, image_key: str = "filepath", c
   print(file=sys.stderr)
   info = {"kind": kind, "source": spec, "written": counts, "skipped": sources.SKIPS.snapshot(), "bytes": size,
           "class_names": names, "seconds": round(time.time() - start, 1)}
-  with open(os.path.join(output, "info.json"), "w") as f:
-    json.dump(info, f, indent=2)
+  storage.write_json(storage.join(output, "info.json"), info)
   log(f"Wrote {counts['train']} train + {counts['test']} test samples ({size / 2 ** 20:.1f} MiB) to {output}; "
       f"skipped {sum(info['skipped'].values())} ({', '.join(f'{k}: {v}' for k, v in info['skipped'].items()) or 'none'})")
   return info
@@ -116,7 +117,7 @@ def main(argv=None):
   parser.add_argument("--classnames", default="")
   parser.add_argument("--test_fraction", type=float, default=0.01)
   parser.add_argument("--max_size", type=int, default=0)
-  args = parser.parse_args(argv)
+  args = parser.parse_args(normalise_argv(argv))
   try:
     prepare(args.kind, args.input, args.output, image_key=args.image_key, caption_key=args.caption_key,
             classnames=args.classnames, test_fraction=args.test_fraction, max_size=args.max_size)

@@ -14,13 +14,16 @@ import io
 import json
 import logging
 import os
+import posixpath
 import re
 import tarfile
 import threading
+import time
 
 from PIL import Image
 
-from vlm_jax.registry import ConfigError
+from vlm_jax import storage
+from vlm_jax.errors import ConfigError, StorageError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 CAPTION_EXTENSIONS = ("txt", "caption")
@@ -40,10 +43,10 @@ class Skips:
   def __init__(self):
     self._lock, self._counts = threading.Lock(), collections.Counter()
 
-  def add(self, error: SampleError):
+  def add(self, error: SampleError, count: int = 1):
     with self._lock:
       first = error.reason not in self._counts
-      self._counts[error.reason] += 1
+      self._counts[error.reason] += count
     if first:
       logging.warning("skipping bad samples (first of kind %s): %s", error.reason, error)
 
@@ -137,7 +140,7 @@ def read_table(path: str, image_key: str = "filepath", caption_key: str = "title
   """Rows of a CSV (comma), TSV (tab) or JSONL table as {'key', 'image', 'caption'}; relative image paths
   are read relative to `base_dir` (default: the table's folder). open_clip's column names by default."""
   check_exist([path], "table")
-  base_dir = base_dir or os.path.dirname(path)
+  base_dir = base_dir or (posixpath.dirname(path) if storage.is_remote(path) else os.path.dirname(path))
   with open_file(path, "rb") as f:
     text = f.read().decode("utf-8")
   if path.endswith(".jsonl"):
@@ -151,9 +154,9 @@ def read_table(path: str, image_key: str = "filepath", caption_key: str = "title
   out = []
   for i, row in enumerate(rows):
     image = str(row[image_key])
-    if "://" not in image and not os.path.isabs(image):
-      image = os.path.join(base_dir, image)
-    out.append({"key": f"{os.path.basename(path)}:{i}", "image": image, "caption": row.get(caption_key)})
+    if not storage.is_remote(image) and not os.path.isabs(image):
+      image = storage.join(base_dir, image)
+    out.append({"key": f"{storage.basename(path)}:{i}", "image": image, "caption": row.get(caption_key)})
   return out
 
 
@@ -161,15 +164,14 @@ def read_folder(root: str, classnames_file: str = "") -> tuple:
   """An image folder with one sub-folder per class -> ([{'key', 'image', 'label'}], class names). Class
   names are the folder names (sorted), or the lines of `classnames_file` ('folder<TAB>name' or one name
   per folder in sorted order)."""
-  if not os.path.isdir(root):
+  if not storage.isdir(root):
     raise ConfigError(f"image folder {root!r} does not exist")
-  folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  folders = [d for d in storage.listdir(root) if storage.isdir(storage.join(root, d))]
   if not folders:
     raise ConfigError(f"{root} has no class sub-folders")
   names = list(folders)
   if classnames_file:
-    with open(classnames_file) as f:
-      lines = [l.rstrip("\n") for l in f if l.strip()]
+    lines = [l.rstrip("\r") for l in storage.read_text(classnames_file).split("\n") if l.strip()]
     if all("\t" in l for l in lines):
       mapping = dict(l.split("\t", 1) for l in lines)
       names = [mapping.get(d, d) for d in folders]
@@ -179,51 +181,115 @@ def read_folder(root: str, classnames_file: str = "") -> tuple:
       raise ConfigError(f"{classnames_file} has {len(lines)} names for {len(folders)} class folders")
   samples = []
   for label, folder in enumerate(folders):
-    for name in sorted(os.listdir(os.path.join(root, folder))):
+    for name in storage.listdir(storage.join(root, folder)):
       if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
-        samples.append({"key": f"{folder}/{name}", "image": os.path.join(root, folder, name), "label": label})
+        samples.append({"key": f"{folder}/{name}", "image": storage.join(root, folder, name), "label": label})
   return samples, names
 
 
-def read_tar(url: str, skips: Skips | None = None):
-  """Samples of a webdataset tar: members grouped by key (the path up to the first dot of the file name),
-  as {'key', 'image': bytes, 'caption', 'json'}. Samples without an image, and the rest of a truncated or
-  corrupt tar, are skipped and counted in `skips` (default `SKIPS`)."""
-  skips = SKIPS if skips is None else skips
-  current, members = None, {}
+class _EndCheckingTarInfo(tarfile.TarInfo):
+  """Marks a tar stream that ends without its end-of-archive zero blocks: cut exactly at a 512-byte block
+  boundary, which tarfile itself takes for a normal end."""
 
-  def finish(key, members):
+  @classmethod
+  def fromtarfile(cls, tar):
+    try:
+      return super().fromtarfile(tar)
+    except tarfile.EmptyHeaderError:
+      tar.vlm_jax_cut = True
+      raise
+
+
+class _Truncated(Exception):
+  pass
+
+
+def shard_size(url: str) -> int | None:
+  """A shard's sample count when img2dataset's `<shard>_stats.json` ("successes") lies beside it."""
+  stats = re.sub(r"\.tar(\.gz)?$", "_stats.json", url)
+  try:
+    with open_file(stats, "rb") as f:
+      return int(json.load(f)["successes"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def _tar_groups(url: str):
+  """(key, {extension: bytes}) per sample of a tar, in order; raises _Truncated for a cut or corrupt tar
+  (the sample being read when it ended is dropped) and OSError for a storage failure."""
+  current, members = None, {}
+  with open_file(url, "rb") as f:
+    try:
+      with tarfile.open(fileobj=f, mode="r|*", tarinfo=_EndCheckingTarInfo) as tar:
+        for member in tar:
+          if not member.isfile():
+            continue
+          folder, name = posixpath.split(member.name)
+          key, _, ext = name.partition(".")
+          key = posixpath.join(folder, key)
+          if current is not None and key != current:
+            yield current, members
+            members = {}
+          current = key
+          members[ext.lower()] = tar.extractfile(member).read()
+        cut = getattr(tar, "vlm_jax_cut", False)
+    except (tarfile.TarError, EOFError) as e:
+      raise _Truncated(f"{type(e).__name__}: {e}") from None
+  if cut:
+    raise _Truncated("it ends without the end-of-archive blocks (cut at a block boundary)")
+  if current is not None:
+    yield current, members
+
+
+def read_tar(url: str, skips: Skips | None = None, *, retries: int = 4, backoff_s: float = 1.0):
+  """Samples of a webdataset tar: members grouped by key (the path up to the first dot of the file name),
+  as {'key', 'image': bytes, 'caption', 'json'}.
+
+  Samples without an image are skipped and counted in `skips` (default `SKIPS`). A truncated or corrupt
+  tar loses its rest: counted as `truncated_tar`, plus `lost_in_truncated_tar` samples when the shard's
+  size is known. A storage error (network, permissions) is retried `retries` times with exponential
+  backoff, resuming at the sample it reached, then raised as StorageError naming the shard."""
+  skips = SKIPS if skips is None else skips
+  name = posixpath.basename(url)
+
+  def sample(key, members):
     image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
     caption = next((members[e] for e in CAPTION_EXTENSIONS if e in members), None)
     if image is None:
-      raise SampleError("missing_image", f"{os.path.basename(url)}:{key}")
+      raise SampleError("missing_image", f"{name}:{key}")
     meta = json.loads(members["json"]) if "json" in members else {}
-    return {"key": f"{os.path.basename(url)}:{key}", "image": image, "caption": caption, "json": meta}
+    return {"key": f"{name}:{key}", "image": image, "caption": caption, "json": meta}
 
-  try:
-    with open_file(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-      for member in tar:
-        if not member.isfile():
-          continue
-        folder, name = os.path.split(member.name)
-        key, _, ext = name.partition(".")
-        key = os.path.join(folder, key)
-        if current is not None and key != current:
-          try:
-            yield finish(current, members)
-          except SampleError as e:
-            skips.add(e)
-          members = {}
-        current = key
-        members[ext.lower()] = tar.extractfile(member).read()
-  except (tarfile.TarError, EOFError, OSError) as e:
-    skips.add(SampleError("truncated_tar", url, f"({type(e).__name__}: {e})"))
-    return   # the last sample may be incomplete: dropped
-  if current is not None:
+  done = 0   # samples handed out or skipped so far: a retry resumes after them
+  for attempt in range(retries + 1):
     try:
-      yield finish(current, members)
-    except SampleError as e:
-      skips.add(e)
+      for index, (key, members) in enumerate(_tar_groups(url)):
+        if index < done:
+          continue
+        done += 1
+        try:
+          result = sample(key, members)
+        except SampleError as e:
+          skips.add(e)
+          continue
+        yield result
+      return
+    except _Truncated as e:
+      expected = shard_size(url)
+      lost = None if expected is None else max(expected - done, 0)
+      skips.add(SampleError("truncated_tar", url, f"({e}; {done} samples read, "
+                            + (f"{lost} lost)" if lost is not None else "the number lost is unknown without "
+                               "the shard's size, e.g. img2dataset's _stats.json)")))
+      if lost:
+        skips.add(SampleError("lost_in_truncated_tar", url), count=lost)
+      return
+    except OSError as e:
+      if attempt == retries:
+        raise StorageError(f"reading shard {url} failed {retries + 1} times ({type(e).__name__}: {e}); "
+                           "check that it is readable from this machine") from None
+      wait = backoff_s * 2 ** attempt
+      logging.warning("reading %s failed (%s: %s); retrying in %.0fs", url, type(e).__name__, e, wait)
+      time.sleep(wait)
 
 
 # --- prepared ArrayRecord files ----------------------------------------------------------------------

@@ -197,11 +197,13 @@ def load(image_size: int, seed: int = 0, data_dir: str | None = None, log=print,
   os.makedirs(data_dir, exist_ok=True)
   if not 1 <= max_objects <= len(COUNTS):
     raise ValueError(f"data.max_objects must be in 1..{len(COUNTS)}, got {max_objects}")
-  builder = SyntheticShapes(config=SyntheticShapesConfig(image_size=image_size, seed=seed, max_objects=max_objects),
-                            data_dir=data_dir, file_format="array_record")
   # Processes sharing a cache directory build it once: the first takes the lock, the rest then find it built.
+  # The builder reads the dataset's split info when it is made, so it is made under the lock too (a
+  # half-written build has an empty split list).
   with open(os.path.join(data_dir, ".vlm_jax_build.lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = SyntheticShapes(config=SyntheticShapesConfig(image_size=image_size, seed=seed, max_objects=max_objects),
+                              data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
       log(f"Building the embedded synthetic dataset ({image_size}px) in {data_dir} ...")
       tfds.disable_progress_bar()
@@ -222,13 +224,15 @@ def write_shards(output: str, count: int, *, per_shard: int = 1000, image_size: 
   """The first `count` training examples of the embedded data, drawn at `image_size` and written as
   webdataset tar shards (KEY.jpg, KEY.txt, KEY.json with the labels) plus the data's SentencePiece model:
   real JPEG decoding for the streaming path (`data.name=shards`) without downloading anything."""
-  import io, json, shutil, tarfile  # pylint: disable=import-outside-toplevel,multiple-imports
-  os.makedirs(output, exist_ok=True)
-  shutil.copy(load(64, seed, log=log)[1], os.path.join(output, TOKENIZER_FILE))
+  import io, json, tarfile  # pylint: disable=import-outside-toplevel,multiple-imports
+  from vlm_jax import storage  # pylint: disable=import-outside-toplevel
+  output = storage.resolve(output)
+  storage.copy(load(64, seed, log=log)[1], storage.join(output, TOKENIZER_FILE))
   paths = []
   for first in range(0, count, per_shard):
-    path = os.path.join(output, f"{first // per_shard:05d}.tar")
-    with tarfile.open(path, "w") as tar:
+    path = storage.join(output, f"{first // per_shard:05d}.tar")
+    shard = io.BytesIO()
+    with tarfile.open(fileobj=shard, mode="w") as tar:
       for i in range(first, min(first + per_shard, count)):
         example = draw_example(np.random.default_rng([seed, SPLITS["train"][1], i]), image_size)
         jpeg = io.BytesIO()
@@ -239,6 +243,10 @@ def write_shards(output: str, count: int, *, per_shard: int = 1000, image_size: 
           info = tarfile.TarInfo(f"{i:08d}.{ext}")
           info.size = len(data)
           tar.addfile(info, io.BytesIO(data))
+    storage.write_bytes(path, shard.getvalue())
+    written = min(first + per_shard, count) - first   # img2dataset's stats file: sizes for the loss count
+    storage.write_json(path.replace(".tar", "_stats.json"),
+                       {"count": written, "successes": written, "failed_to_download": 0})
     paths.append(path)
   log(f"Wrote {count} examples at {image_size}px in {len(paths)} shards to {output}")
   return paths

@@ -17,11 +17,27 @@ from vlm_jax import storage
 from vlm_jax.errors import ConfigError
 
 
+class TextCounts:
+  """How many texts were encoded, and how many were cut to fit max_len: a silent loss the trainer reports.
+  Counts are approximate under threads (no lock on the hot path); they only feed a log line."""
+
+  def __init__(self):
+    self.encoded = self.cut = 0
+
+  def note(self, length: int, room: int):
+    self.encoded += 1
+    self.cut += length > room
+
+
+TEXT_COUNTS = TextCounts()
+
+
 class _FixedLength:
 
   def _frame(self, body: np.ndarray, max_len: int) -> np.ndarray:
     if max_len < 3:
       raise ValueError(f"max_len {max_len} leaves no room for text between bos and eos")
+    TEXT_COUNTS.note(len(body), max_len - 2)
     body = body[: max_len - 2]
     ids = np.full(max_len, self.pad_id, np.int32)
     ids[0] = self.bos_id
@@ -128,7 +144,9 @@ class SiglipTokenizer:
     return " ".join(text.split())
 
   def encode(self, text: str, max_len: int) -> np.ndarray:
-    body = self._sp.encode(self.canonicalize(text))[: max_len - 1]
+    body = self._sp.encode(self.canonicalize(text))
+    TEXT_COUNTS.note(len(body), max_len - 1)
+    body = body[: max_len - 1]
     ids = np.full(max_len, self.pad_id, np.int32)
     ids[: len(body)] = body
     ids[len(body)] = self.eos_id

@@ -9,6 +9,7 @@ script would register its TFDS builder twice.)
 import argparse
 
 from vlm_jax.data import synthetic
+from vlm_jax.flag_spelling import normalise_argv
 
 
 def main():
@@ -18,7 +19,7 @@ def main():
   parser.add_argument("--per_shard", type=int, default=1000)
   parser.add_argument("--image_size", type=int, default=256)
   parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args()
+  args = parser.parse_args(normalise_argv())
   synthetic.write_shards(args.output, args.count, per_shard=args.per_shard, image_size=args.image_size,
                          seed=args.seed)
 

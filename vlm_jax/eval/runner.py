@@ -45,12 +45,19 @@ class EvalRunner:
         spec = json.dumps(dict(cfg["data"]), sort_keys=True, default=str)
         if spec not in datasets:
           datasets[spec] = eval_data(experiment, cfg["data"])
+          experiment.log(f"Evaluator {key!r} reads {datasets[spec].description}")
         view = ExperimentOnData(experiment, datasets[spec])
         if not cfg.get("label_keys"):
           cfg = {**dict(cfg), "label_keys": tuple(view.data.class_names)}
       elif not len(experiment.data.test):
         raise ConfigError(f"evaluator {key!r} has no test data: {experiment.data.description}; give it its own "
                           f"in the config, e.g. evals.{key}.data = dict(name='folder', path=DIR)")
+      missing = [k for k in cfg.get("label_keys", ()) or () if k not in view.data.class_names]
+      if missing:
+        raise ConfigError(f"evaluator {key!r} classifies label(s) {', '.join(missing)}, which "
+                          f"{view.data.description} does not have (it has: "
+                          f"{', '.join(view.data.class_names) or 'no labels'}); set evals.{key}.label_keys, or give "
+                          f"it data of its own, e.g. evals.{key}.data = dict(name='embedded')")
       self.evaluators[key] = EVALUATORS.get(cfg.get("name", key))(cfg, view)
     needs_images = any(getattr(e, "needs_image_emb", True) for e in self.evaluators.values())
     self._image_encoder = common.Encoder(experiment, "encode_image") if needs_images else None

@@ -5,10 +5,12 @@ r"""Expand a sweep file into named runs and launch them.
   python launch/sweep.py SWEEP --backend tpu_vm --delete          # delete the sweep's TPU VMs
   python launch/sweep.py SWEEP --backend slurm [--dry-run]        # one sbatch script per run
   python launch/sweep.py SWEEP --list                             # the runs and their workdirs
+  python launch/sweep.py SWEEP --only RUN --set train.max_steps=10  # smoke-test one run of a sweep
 """
 import argparse
 import sys
 
+from vlm_jax.flag_spelling import normalise_argv
 from vlm_jax.launch import local, slurm, sweep as sweep_lib, tpu_vm
 from vlm_jax.registry import ConfigError
 
@@ -18,17 +20,20 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   parser.add_argument("sweep", help="a sweep file (see vlm_jax/launch/sweep.py)")
   parser.add_argument("--backend", choices=("local", "tpu_vm", "slurm"), default="local")
-  parser.add_argument("--dry-run", action="store_true", help="print the commands / scripts, run nothing")
+  parser.add_argument("--dry_run", action="store_true", help="print the commands / scripts, run nothing")
   parser.add_argument("--parallel", type=int, default=1, help="local: runs at a time")
   parser.add_argument("--root", default="", help="override the sweep's root folder (or bucket)")
   parser.add_argument("--only", default="", help="comma-separated run names to launch (default: all)")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config override for every run, e.g. --set train.max_steps=10 (a smoke test)")
   parser.add_argument("--list", action="store_true", help="list the runs and exit")
   parser.add_argument("--delete", action="store_true", help="tpu_vm: delete the sweep's TPU VMs and exit")
   parser.add_argument("--gcloud", default="gcloud", help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  args = parser.parse_args(normalise_argv(argv))
   try:
     sweep = sweep_lib.load_sweep(args.sweep)
-    runs = sweep_lib.expand(sweep, args.root or None)
+    extra = dict(sweep_lib.parse_override(o) for o in args.set)
+    runs = sweep_lib.expand({**sweep, "overrides": {**(sweep.get("overrides") or {}), **extra}}, args.root or None)
     if args.only:
       wanted = set(args.only.split(","))
       unknown = wanted - {r.name for r in runs}

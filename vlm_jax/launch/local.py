@@ -13,9 +13,10 @@ from vlm_jax.launch import sweep as sweep_lib
 
 def _log_path(run, sweep_name: str) -> str:
   """The run's console log: WORKDIR/train.log, or runs/logs/SWEEP/RUN.log on this machine for a bucket workdir."""
-  folder = os.path.join("runs", "logs", sweep_name) if storage.is_remote(run.workdir) else run.workdir
-  os.makedirs(folder, exist_ok=True)
-  return os.path.join(folder, f"{run.name}.log" if storage.is_remote(run.workdir) else "train.log")
+  # local path: a child's stdout is a file on this machine
+  folder = os.path.join("runs", "logs", sweep_name) if storage.is_remote(run.workdir) else run.workdir  # local path
+  os.makedirs(folder, exist_ok=True)  # local path
+  return os.path.join(folder, f"{run.name}.log" if storage.is_remote(run.workdir) else "train.log")  # local path
 
 
 def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False, log=print,
@@ -35,7 +36,7 @@ def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False
       run = queue.pop(0)
       run.write_sweep_json(sweep_name)
       log_path = _log_path(run, sweep_name)
-      logfile = open(log_path, "a")  # pylint: disable=consider-using-with  (the child's stdout: a local file)
+      logfile = open(log_path, "a")  # pylint: disable=consider-using-with  # local path: the child's stdout
       resuming = storage.isdir(storage.join(run.workdir, "checkpoints"))
       log(f"{run.name}: {'resuming' if resuming else 'starting'} -> {run.workdir}")
       process = subprocess.Popen(sweep_lib.main_command(run, python), stdout=logfile, stderr=subprocess.STDOUT,

@@ -2,26 +2,41 @@
 `jax.distributed` initialises from SLURM's environment), written to the run's workdir and submitted with
 `sbatch`. A requeued or resubmitted job resumes from the run's last checkpoint.
 
+Time limits: SLURM sends SIGTERM 5 minutes before the limit; the trainer saves and exits 0, and the script
+then requeues the job (`scontrol requeue`) unless the run has finished, so a long run continues over as
+many allocations as it needs. (`--requeue` alone only covers node failures and preemption.)
+
 Sweep settings (`slurm`): nodes (1), gpus_per_node (8), cpus_per_task (16), time ("24:00:00"), partition,
-account, qos, venv (a virtualenv to activate), setup (extra shell lines), repo (the checkout to run from;
-default: this one).
+account, qos, venv (a virtualenv to activate; default: the one the launcher runs in, or its conda
+environment), setup (extra shell lines), repo (the checkout to run from; default: this one).
 """
 import dataclasses
 import os
 import shlex
 import subprocess
+import sys
 
+from vlm_jax import storage
 from vlm_jax.launch import sweep as sweep_lib
 
 DEFAULTS = dict(nodes=1, gpus_per_node=8, cpus_per_task=16, time="24:00:00", partition="", account="", qos="",
                 venv="", setup="", repo="")
 
 
+def launching_environment() -> list:
+  """Shell lines that activate the Python environment this launcher runs in (a venv, or conda's)."""
+  if sys.prefix != sys.base_prefix:
+    return [f"source {shlex.quote(os.path.join(sys.prefix, 'bin', 'activate'))}"]  # local path: the venv
+  if os.environ.get("CONDA_PREFIX"):
+    return [f"export PATH={shlex.quote(os.path.join(os.environ['CONDA_PREFIX'], 'bin'))}:$PATH"]  # local path
+  return []
+
+
 def script(run, sweep_name: str, settings: dict) -> str:
   s = {**DEFAULTS, **(settings or {})}
-  if "://" not in run.workdir:   # the job runs from the repo; its paths must not depend on where sbatch ran
-    run = dataclasses.replace(run, workdir=os.path.abspath(run.workdir))
-  repo = s["repo"] or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # The job runs from the repo; its paths must not depend on where sbatch ran.
+  run = dataclasses.replace(run, workdir=storage.resolve(run.workdir))
+  repo = s["repo"] or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # local path
   lines = ["#!/bin/bash",
            f"#SBATCH --job-name={sweep_name}:{run.name}"[:200],
            f"#SBATCH --nodes={s['nodes']}",
@@ -35,10 +50,16 @@ def script(run, sweep_name: str, settings: dict) -> str:
   lines += [f"#SBATCH --{k}={s[k]}" for k in ("partition", "account", "qos") if s[k]]
   lines += ["set -euo pipefail", f"cd {shlex.quote(repo)}"]
   if s["venv"]:
-    lines.append(f"source {shlex.quote(os.path.join(s['venv'], 'bin', 'activate'))}")
+    lines.append(f"source {shlex.quote(os.path.join(s['venv'], 'bin', 'activate'))}")  # local path: the venv
+  else:
+    lines += launching_environment()
   if s["setup"]:
     lines.append(s["setup"])
   lines.append("srun " + shlex.join(sweep_lib.main_command(run, "python")))
+  lines += ["# Stopped by the time limit (SIGTERM: a checkpoint is saved, exit 0) but not finished: run again.",
+            f"if ! python -m vlm_jax.launch.status {shlex.quote(run.workdir)}; then",
+            '  scontrol requeue "$SLURM_JOB_ID"',
+            "fi"]
   return "\n".join(lines) + "\n"
 
 
@@ -51,13 +72,16 @@ def submit(runs, sweep_name: str, settings: dict, *, dry_run: bool = False, log=
       log(f"# {run.name}\n{text}")
       status[run.name] = "dry-run"
       continue
-    if os.path.exists(os.path.join(run.workdir, "final_eval.json")):
+    if run.finished():
       status[run.name] = "skipped"
       continue
     run.write_sweep_json(sweep_name)
-    path = os.path.join(run.workdir, "sbatch.sh")
-    with open(path, "w") as f:
-      f.write(text)
+    # sbatch reads a local file; the copy in the workdir (a bucket, too) records what ran.
+    path = storage.join(run.workdir, "sbatch.sh")
+    storage.write_text(path, text)
+    if storage.is_remote(path):   # local path: sbatch's own copy, on this machine
+      path = os.path.join("runs", "slurm", sweep_name, f"{run.name}.sbatch.sh")  # local path
+      storage.write_text(path, text)
     result = subprocess.run(["sbatch", path], capture_output=True, text=True, check=False)
     status[run.name] = result.stdout.strip() if result.returncode == 0 else f"failed: {result.stderr.strip()}"
     log(f"{run.name}: {status[run.name]}")

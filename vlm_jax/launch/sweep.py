@@ -54,8 +54,16 @@ def format_value(value) -> str:
   return repr(value) if isinstance(value, (tuple, list)) else str(value)
 
 
+def parse_override(text: str) -> tuple:
+  """'train.max_steps=10' -> ('train.max_steps', '10') (the value is passed on as --config.KEY=VALUE)."""
+  key, sep, value = text.partition("=")
+  if not sep or not key.strip():
+    raise ConfigError(f"--set {text!r}: write KEY=VALUE, e.g. --set train.max_steps=10")
+  return key.strip(), value
+
+
 def load_sweep(path: str) -> dict:
-  if not os.path.exists(path):
+  if not os.path.exists(path):  # local path: a sweep file, imported
     raise ConfigError(f"sweep file {path!r} not found")
   spec = importlib.util.spec_from_file_location("vlm_jax_sweep", path)
   module = importlib.util.module_from_spec(spec)
@@ -72,7 +80,7 @@ def load_sweep(path: str) -> dict:
 
 def _short(key: str, value) -> str:
   if key == "config":
-    value = os.path.basename(str(value)).replace(".py", "")
+    value = storage.basename(str(value)).replace(".py", "")
   name = "" if key == "config" else key.split(".")[-1]
   return re.sub(r"[^A-Za-z0-9._:+-]", "", f"{name}{value}").replace(":", "-")
 
@@ -87,7 +95,7 @@ def expand(sweep: dict, root: str | None = None) -> list:
   zip_rows = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
   grid_rows = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
   seeds = list(sweep.get("seeds") or [0])
-  root = root or sweep.get("root") or os.path.join("runs", "sweeps")
+  root = root or sweep.get("root") or "runs/sweeps"
   runs, names = [], set()
   for grid_row, zip_row, seed in itertools.product(grid_rows, zip_rows, seeds):
     axes = {**zip_row, **grid_row}
@@ -98,8 +106,7 @@ def expand(sweep: dict, root: str | None = None) -> list:
       raise ConfigError(f"sweep {sweep['name']}: two runs would share the name {name!r}")
     names.add(name)
     runs.append(Run(name=name, config=config, overrides=overrides, axes={**axes, "seed": seed},
-                    workdir=os.path.join(root, sweep["name"], name) if "://" not in root
-                    else f"{root.rstrip('/')}/{sweep['name']}/{name}"))
+                    workdir=storage.join(root.rstrip("/"), sweep["name"], name)))
   return runs
 
 

@@ -6,9 +6,10 @@ checkpoint in the bucket. `dry_run` prints every gcloud command instead of runni
 
 Sweep settings (`tpu`): zone, accelerator_type ("v4-8"), runtime_version ("tpu-ubuntu2204-base"), project,
 spot, preemptible, queued (use queued resources), name_prefix, code ("copy": this checkout's files, or a
-git URL to clone), delete_when_done (True), max_restarts (10), poll_s (30), require_bucket (True: the
-sweep root must be gs://, so that checkpoints outlive a VM).
+git URL to clone), delete_when_done (True), max_restarts (10), poll_s (30), max_parallel (1: runs, and so
+VMs, at once), require_bucket (True: the sweep root must be gs://, so that checkpoints outlive a VM).
 """
+import concurrent.futures
 import os
 import re
 import shlex
@@ -21,9 +22,9 @@ from vlm_jax.registry import ConfigError
 
 DEFAULTS = dict(zone="", accelerator_type="v4-8", runtime_version="tpu-ubuntu2204-base", project="", spot=False,
                 preemptible=False, queued=False, name_prefix="vlm-jax", code="copy", delete_when_done=True,
-                max_restarts=10, poll_s=30, require_bucket=True)
+                max_restarts=10, poll_s=30, max_parallel=1, require_bucket=True)
 GONE = ("PREEMPTED", "TERMINATED", "NOT_FOUND", "DELETING", "FAILED", "SUSPENDED")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # local path: this checkout
 
 
 def vm_name(prefix: str, sweep_name: str, index: int) -> str:
@@ -92,14 +93,15 @@ class TpuVm:
       url = shlex.quote(self.s["code"])
       self.ssh(name, f"git clone --depth 1 {url} ~/vlm_jax || git -C ~/vlm_jax pull --ff-only")
       return
-    archive = os.path.join(tempfile.gettempdir(), "vlm_jax_code.tar.gz")
+    # local path: the code's archive, one per VM (runs go in parallel)
+    archive = os.path.join(tempfile.gettempdir(), f"vlm_jax_code_{name}.tar.gz")  # local path
     if not self.dry_run:
       files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.split()
-      with tarfile.open(archive, "w:gz") as tar:
+      with tarfile.open(archive, "w:gz") as tar:  # local path
         for f in files:
-          if os.path.exists(os.path.join(REPO, f)):
-            tar.add(os.path.join(REPO, f), arcname=f)
+          if os.path.exists(os.path.join(REPO, f)):  # local path
+            tar.add(os.path.join(REPO, f), arcname=f)  # local path
     self.call("compute", "tpus", "tpu-vm", "scp", archive, f"{name}:~/vlm_jax.tar.gz", *self._common(), "--worker=all")
     self.ssh(name, "mkdir -p ~/vlm_jax && tar xzf ~/vlm_jax.tar.gz -C ~/vlm_jax")
 
@@ -124,26 +126,30 @@ class TpuVm:
         if self.s["delete_when_done"]:
           self.delete(name)
         return "dry-run"
-      if code == 0:
+      if code == 0 and run.finished():   # exit 0 alone may be a SIGTERM stop (maintenance) with a checkpoint
         self.log(f"{run.name}: finished on {name}")
         if self.s["delete_when_done"]:
           self.delete(name)
         return "finished"
       state = self.state(name)
-      if state not in GONE:
+      if state in GONE:
+        self.log(f"{run.name}: {name} is {state}; re-creating it and resuming from the last checkpoint")
+      elif code == 0:
+        self.log(f"{run.name}: stopped with a checkpoint on {name} (SIGTERM); resuming it there")
+      else:
         return f"failed (exit {code}, TPU state {state}; the VM is kept for inspection)"
-      self.log(f"{run.name}: {name} is {state}; re-creating it and resuming from the last checkpoint")
     return f"failed: preempted more than {self.s['max_restarts']} times"
 
 
 def launch(runs, sweep_name: str, settings: dict, *, dry_run: bool = False, log=print, gcloud: str = "gcloud",
            sleep=time.sleep) -> dict:
-  """Runs the sweep's runs one after another, one TPU VM each (named <prefix>-<sweep>-<index>)."""
+  """Runs the sweep's runs, `tpu.max_parallel` at a time, one TPU VM each (named <prefix>-<sweep>-<index>)."""
   backend = TpuVm(settings, gcloud=gcloud, dry_run=dry_run, log=log, sleep=sleep)
-  status = {}
-  for i, run in enumerate(runs):
-    status[run.name] = backend.run(run, vm_name(backend.s["name_prefix"], sweep_name, i))
-  return status
+  names = [vm_name(backend.s["name_prefix"], sweep_name, i) for i in range(len(runs))]
+  parallel = 1 if dry_run else max(1, int(backend.s["max_parallel"]))
+  with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+    results = list(pool.map(backend.run, runs, names))
+  return {run.name: result for run, result in zip(runs, results)}
 
 
 def delete_all(runs, sweep_name: str, settings: dict, *, dry_run: bool = False, log=print, gcloud: str = "gcloud"):

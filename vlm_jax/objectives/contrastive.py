@@ -33,12 +33,12 @@ def clip_loss(image_emb, text_emb, logit_scale):
 
 def _block_metrics(logits, labels, image_emb, text_emb, logit_scale):
   """Metrics of a [rows, columns] logit block whose row r matches column labels[r]."""
-  rows, cols = logits.shape
+  rows, cols = logits.shape   # rows * (cols - 1) passes 2^31 at batch 64k: divided as a float
   positive = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
   return {
       "i2t_acc": jnp.mean(jnp.argmax(logits, axis=1) == labels),
       "pos_logit": positive.mean(),
-      "neg_logit": (logits.sum() - positive.sum()) / (rows * (cols - 1)) if cols > 1 else jnp.zeros(()),
+      "neg_logit": (logits.sum() - positive.sum()) / float(rows * (cols - 1)) if cols > 1 else jnp.zeros(()),
       "logit_scale": jnp.exp(logit_scale),
       "image_emb_norm": jnp.linalg.norm(image_emb.astype(jnp.float32), axis=-1).mean(),
       "text_emb_norm": jnp.linalg.norm(text_emb.astype(jnp.float32), axis=-1).mean(),

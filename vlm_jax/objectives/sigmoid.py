@@ -38,7 +38,7 @@ def _metrics(pos_logit_sum, neg_logit_sum, correct, n_rows, n_cols, logit_scale,
   """Means over the global batch from globally summed parts. `first` names the rows' modality."""
   return {
       "pos_logit": pos_logit_sum / n_rows,
-      "neg_logit": neg_logit_sum / (n_rows * max(n_cols - 1, 1)),
+      "neg_logit": neg_logit_sum / float(n_rows * max(n_cols - 1, 1)),   # a float: above 2^31 at batch 64k
       # A row is right when its positive scores above every negative in it (as CLIP's top-1 accuracy).
       f"{first}2{'t' if first == 'i' else 'i'}_acc": correct / n_rows,
       "logit_scale": jnp.exp(logit_scale),

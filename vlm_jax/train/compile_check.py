@@ -1,6 +1,8 @@
-"""`python -m vlm_jax.main --mode=compile`: lower and compile the train step for the configured mesh without
-training (or reading a checkpoint), and report its memory and FLOPs, so that a sweep fails fast on a
-config that does not compile or fit before a pod is paid for.
+"""`python -m vlm_jax.main --mode=compile [--topology=v5e:16x16]`: lower and compile the train step for the
+configured mesh without training (or reading a checkpoint), and report its memory and FLOPs, so that a sweep
+fails fast on a config that does not compile or fit before a pod is paid for. With `--topology`, the mesh is
+made of a TPU topology's devices as libtpu describes them on any host (no TPU needed): XLA's TPU compiler
+then reports the memory of one chip.
 
 The state and batch are abstract (shapes, dtypes and shardings only); one example is preprocessed to get
 the batch's shapes. Memory is XLA's per-device estimate of the compiled step: arguments (state + batch),
@@ -14,11 +16,33 @@ from vlm_jax.train import flops as flops_lib, sharding
 from vlm_jax.registry import ConfigError
 
 
+GIB = 2 ** 30
+# HBM per TPU chip (GiB), keyed by `device_kind`. v2/v3 (and v4 without megacore, as AOT topologies describe
+# it) expose one device per TensorCore, which then has its share of the chip.
+TPU_HBM_GIB = {"TPU v2": 16, "TPU v3": 32, "TPU v4": 32, "TPU v4 lite": 8, "TPU v5 lite": 16, "TPU v5": 95,
+               "TPU v5p": 95, "TPU v6 lite": 32, "TPU v6e": 32}
+
+
 def _mib(n) -> str:
   return f"{n / 2 ** 20:,.1f} MiB"
 
 
-def compile_report(exp, log=print) -> dict:
+def device_capacity(devices) -> int | None:
+  """Bytes of memory one device of `devices` has: the runtime's figure for local devices, else the TPU table."""
+  device = devices[0]
+  try:
+    stats = device.memory_stats() or {}
+    if stats.get("bytes_limit"):
+      return int(stats["bytes_limit"])
+  except Exception:  # pylint: disable=broad-except  (topology devices hold no data and have no stats)
+    pass
+  if device.device_kind not in TPU_HBM_GIB:
+    return None
+  cores_per_chip = sum(1 for d in devices if tuple(d.coords) == tuple(device.coords))
+  return TPU_HBM_GIB[device.device_kind] * GIB // cores_per_chip
+
+
+def compile_report(exp, log=print, topology: str | None = None) -> dict:
   """Compiles `exp`'s train step on abstract inputs; returns {flops_per_step, *_bytes, params, ...}."""
   abstract_state = exp.abstract_state()
   example = exp.train_preprocess(exp.data.train[0], None)
@@ -27,7 +51,9 @@ def compile_report(exp, log=print) -> dict:
                     for k, v in example.items()}
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
     compiled = exp.jit_train_step().lower(abstract_state, abstract_batch).compile()
-  report = {"devices": jax.device_count(), "mesh": dict(exp.mesh.shape), "global_batch": exp.batch_size,
+  devices = list(exp.mesh.devices.flat)
+  report = {"devices": len(devices), "device_kind": devices[0].device_kind, "mesh": dict(exp.mesh.shape),
+            "global_batch": exp.batch_size, "dtype": str(exp.config.model.get("dtype", "float32")),
             "params": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
             "flops_per_step_per_device": flops_lib.compiled_flops(compiled)}
   memory = compiled.memory_analysis()
@@ -40,10 +66,10 @@ def compile_report(exp, log=print) -> dict:
   keys = ("argument_bytes", "output_bytes", "temp_bytes", "generated_code_bytes")
   if all(k in report for k in keys):
     report["total_bytes_per_device"] = sum(report[k] for k in keys) - report.get("alias_bytes", 0)
-  stats = jax.devices()[0].memory_stats() or {}
-  capacity = stats.get("bytes_limit")
-  log(f"Compiled the train step for mesh {report['mesh']} ({report['devices']} devices), global batch "
-      f"{report['global_batch']}, {report['params'] / 1e6:.2f}M parameters")
+  capacity = device_capacity(devices)
+  where = f"TPU topology {topology} ({devices[0].device_kind})" if topology else devices[0].device_kind
+  log(f"Compiled the train step for mesh {report['mesh']} ({report['devices']} devices of {where}), global batch "
+      f"{report['global_batch']}, {report['params'] / 1e6:.2f}M parameters, compute dtype {report['dtype']}")
   flops = report["flops_per_step_per_device"]
   log(f"  FLOPs per step per device: {flops / 1e9:,.2f} GFLOP" if flops else "  FLOPs: not reported by this backend")
   for key in keys + ("alias_bytes", "total_bytes_per_device"):

@@ -25,8 +25,10 @@ from vlm_jax.train.state import TrainState
 ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
-def check_config(config, *, num_devices: int | None = None, process_count: int | None = None):
-  """Raises ConfigError (one line) for anything that would fail later."""
+def check_config(config, *, num_devices: int | None = None, process_count: int | None = None,
+                 weights: bool = True):
+  """Raises ConfigError (one line) for anything that would fail later. weights=False (compiling) skips the
+  checks of where a locked tower's weights come from."""
   MODELS.get(config.model.name)
   DATASETS.get(config.data.name)
   tokenizers.check_tokenizer_name(config.data.tokenizer)
@@ -43,7 +45,7 @@ def check_config(config, *, num_devices: int | None = None, process_count: int |
     durations.parse(config.train[name] if name != "warmup" else config.optim.warmup)
   locked = tuple(config.model.get("locked", ()))
   init_workdir = (config.get("init_from") or {}).get("workdir", "")
-  if locked and not init_workdir:
+  if weights and locked and not init_workdir:
     raise ConfigError(f"model.locked={locked} but init_from.workdir is empty: a locked tower must come from a "
                       "checkpoint; set --config.init_from.workdir to a vlm_jax run or converted model")
   if init_workdir and not storage.isdir(storage.join(storage.resolve(init_workdir), "checkpoints")):
@@ -56,11 +58,20 @@ def check_config(config, *, num_devices: int | None = None, process_count: int |
   config_utils.check_batch_size(config.eval_batch_size, mesh, process_count, what="eval_batch_size")
 
 
+def planned_steps(config, dataset_size: int | None = None) -> tuple:
+  """(the schedule's length, the step this run stops at). train.max_steps cuts a run short (a smoke test) on
+  the full run's schedule, so its steps are exactly the first steps of the full run, which can continue
+  from it. dataset_size is needed only for durations in epochs."""
+  total = durations.to_steps(config.train.duration, batch_size=config.batch_size, dataset_size=dataset_size)
+  max_steps = config.train.get("max_steps", 0) or 0
+  return total, (min(total, max_steps) if max_steps > 0 else total)
+
+
 class Experiment:
 
-  def __init__(self, config, *, devices=None, log=print):
-    """devices: the mesh's devices (default: all of them)."""
-    check_config(config, num_devices=None if devices is None else len(devices))
+  def __init__(self, config, *, devices=None, log=print, weights: bool = True):
+    """devices: the mesh's devices (default: all of them); weights=False: for compiling only."""
+    check_config(config, num_devices=None if devices is None else len(devices), weights=weights)
     self.config = config
     self.log = log
     self.mesh = sharding.make_mesh(config.mesh, devices)
@@ -72,7 +83,7 @@ class Experiment:
     self.batch_size = config.batch_size
     to_steps = functools.partial(durations.to_steps, batch_size=config.batch_size,
                                  dataset_size=len(self.data.train))
-    self.total_steps = to_steps(config.train.duration)
+    self.total_steps, self.stop_step = planned_steps(config, len(self.data.train))
     self.warmup_steps = to_steps(config.optim.warmup)
     self.log_every = max(to_steps(config.train.log_every), 1)
     self.checkpoint_every = to_steps(config.train.checkpoint_every)

@@ -63,6 +63,13 @@ def stage_configs(config, workdir: str):
   return out
 
 
+def _stop_step(config) -> int:
+  from vlm_jax.registry import DATASETS  # pylint: disable=import-outside-toplevel
+  from vlm_jax.train.experiment import planned_steps  # pylint: disable=import-outside-toplevel
+  needs_size = "epoch" in str(config.train.duration)
+  return planned_steps(config, len(DATASETS.get(config.data.name)(config.data).train) if needs_size else None)[1]
+
+
 def run(config, workdir: str, *, train, log=print) -> dict:
   """Trains every stage in order with `train(config, workdir, log=...)`; returns the last one's results."""
   workdir = storage.resolve(workdir)
@@ -72,7 +79,8 @@ def run(config, workdir: str, *, train, log=print) -> dict:
     config_utils.save_workdir_config(config, workdir)
   results = {}
   for i, (subdir, c) in enumerate(configs):
-    if storage.exists(storage.join(subdir, "final_eval.json")):
+    final = storage.join(subdir, "final_eval.json")
+    if storage.exists(final) and storage.read_json(final)["step"] >= _stop_step(c):
       log(f"Stage {i} ({storage.basename(subdir)}) finished earlier; skipping")
       continue
     log(f"Stage {i}: {storage.basename(subdir)} (trainable: {c.optim.trainable or 'all'}; "

@@ -13,7 +13,7 @@ import numpy as np
 
 from vlm_jax import config_utils, durations, storage
 from vlm_jax.errors import ConfigError
-from vlm_jax.data import sources
+from vlm_jax.data import sources, tokenizers
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import checkpoint, flops, metrics as metrics_lib
 from vlm_jax.train.experiment import Experiment
@@ -75,7 +75,7 @@ def train(config, workdir: str, *, log=print) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
   workdir = storage.resolve(workdir)
   main = jax.process_index() == 0
-  lock, error = WorkdirLock(workdir, log=log), None
+  lock, error, created = WorkdirLock(workdir, log=log), None, not storage.exists(workdir)
   if main:
     try:
       storage.check_writable_dir(workdir)
@@ -89,39 +89,42 @@ def train(config, workdir: str, *, log=print) -> dict:
   finally:
     if main:
       lock.release()
+      if created and storage.isdir(workdir) and not storage.listdir(workdir):
+        storage.path(workdir).rmdir()   # a run that failed before writing anything leaves no empty folder
 
 
 def _train(config, workdir, main, log):
   exp = Experiment(config, log=log)
-  ckpt = checkpoint.Checkpointer(storage.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                                 async_save=config.train.get("async_checkpoints", True))
-  latest = ckpt.latest_step()
+  ckpt_dir = storage.join(workdir, "checkpoints")
+  latest = (checkpoint.all_steps(ckpt_dir) or [None])[-1]
   final_path = storage.join(workdir, FINAL_EVAL)
   if latest is not None:
     # Before anything is written: a run resumed with another model keeps its config.json and checkpoints.
-    checkpoint.check_params_match(checkpoint.saved_param_shapes(ckpt.directory, latest),
+    checkpoint.check_params_match(checkpoint.saved_param_shapes(ckpt_dir, latest),
                                   checkpoint.flat_paths(exp.abstract_params),
-                                  f"{ckpt.directory} (step {latest}, resuming)")
-    if latest >= exp.total_steps and storage.exists(final_path):
-      ckpt.close()
-      log(f"{workdir} is a finished run ({latest} of {exp.total_steps} steps); its results are in {final_path}. "
+                                  f"{ckpt_dir} (step {latest}, resuming)")
+    if latest >= exp.stop_step and storage.exists(final_path):
+      log(f"{workdir} is a finished run ({latest} of {exp.stop_step} steps); its results are in {final_path}. "
           "Evaluate it with --mode=eval, train longer with a larger --config.train.duration, or use a new --workdir.")
       return {k: v for k, v in storage.read_json(final_path).items() if k != "step"}
   log(f"Data: {exp.data.description}" + (" [no dataset configured: using the embedded one]"
                                           if config.data.name == "embedded" else ""))
   log(f"Mesh: {dict(exp.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-      f"{jax.process_count()} process(es); global batch {exp.batch_size}; {exp.total_steps} steps")
-  if main:
-    config_utils.save_workdir_config(config, workdir)
-  writer = metrics_lib.MetricWriter(workdir)
+      f"{jax.process_count()} process(es); global batch {exp.batch_size}; {exp.total_steps} steps"
+      + (f" (stopping at step {exp.stop_step}: train.max_steps)" if exp.stop_step < exp.total_steps else ""))
   evaluator = EvalRunner(exp)
   eval_every = {k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
                 for k, c in config.evals.items()}
   sources.SKIPS.reset()
   data_iter = exp.train_iterator()
-  if latest is None:
-    state = exp.init_state()
-  else:   # restored straight into its shardings: no random state is built first
+  # A fresh run writes nothing until its state exists (init_from read): a bad start leaves no half-made workdir.
+  state = exp.init_state() if latest is None else None
+  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints,
+                                 async_save=config.train.get("async_checkpoints", True))
+  if main:
+    config_utils.save_workdir_config(config, workdir)
+  writer = metrics_lib.MetricWriter(workdir)
+  if latest is not None:   # restored straight into its shardings: no random state is built first
     state = ckpt.restore(latest, exp.abstract_state(), data_iter)
     writer.drop_after(latest)
     log(f"Resumed from checkpoint at step {latest} in {ckpt.directory}")
@@ -135,17 +138,17 @@ def _train(config, workdir, main, log):
   compile_start = time.perf_counter()
   train_step = exp.compile_train_step(state, batch)
   log(f"Compiled the train step in {time.perf_counter() - compile_start:.1f}s")
-  progress = metrics_lib.Progress(exp.total_steps, exp.batch_size, flops.compiled_flops(train_step),
+  progress = metrics_lib.Progress(exp.stop_step, exp.batch_size, flops.compiled_flops(train_step),
                                   flops.measure_matmul_peak() if config.train.get("mfu", True) else None)
   preemption = _Preemption()
-  pending, final_eval = [], {}
+  pending, final_eval, cut_reported = [], {}, False
   try:
     progress.start(step)
-    while step < exp.total_steps:
+    while step < exp.stop_step:
       state, step_metrics = train_step(state, batch)
       step += 1
       pending.append((step, step_metrics))
-      done = step == exp.total_steps
+      done = step == exp.stop_step
       stop = preemption.should_stop(step)
       save = done or stop or (exp.checkpoint_every and step % exp.checkpoint_every == 0)
       evaluate = done or any(every and step % every == 0 for every in eval_every.values())
@@ -161,6 +164,11 @@ def _train(config, workdir, main, log):
           ) from None
         pending = []
         record.update({f"data/skipped/{k}": float(v) for k, v in sources.SKIPS.snapshot().items()})
+        if not cut_reported and tokenizers.TEXT_COUNTS.cut:
+          cut_reported = True
+          counts = tokenizers.TEXT_COUNTS
+          log(f"Note: {counts.cut} of the {counts.encoded} captions read so far were longer than "
+              f"model.text.max_len={exp.max_len} tokens and were cut; raise it if the ends matter")
         record.update(progress.measure(step))
         writer.write(step, record)
         log(progress.line(step, record))
@@ -192,8 +200,8 @@ def _train(config, workdir, main, log):
       writer.close()
   # final_eval.json marks a finished run (staged recipes skip finished stages); a resumed finished run
   # keeps the one it has.
-  if step == exp.total_steps and main and (final_eval or not storage.exists(final_path)):
+  if step == exp.stop_step and main and (final_eval or not storage.exists(final_path)):
     storage.write_json(final_path, {"step": step, **final_eval})
-  if main and step == exp.total_steps:
+  if main and step == exp.stop_step:
     log(f"Finished: checkpoints, metrics.jsonl, TensorBoard events and {FINAL_EVAL} are in {workdir}")
   return final_eval

@@ -78,7 +78,7 @@ class WorkdirLock:
     else:
       storage.makedirs(self.workdir)
       try:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # local path: exclusive create
       except FileExistsError:
         raise ConfigError(f"another run took the lock of {self.workdir} at the same moment; run one at a time") \
             from None
