@@ -5,6 +5,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Before gcsfs is imported anywhere in the test process: see tests/gcs.py.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+# Topology compiles in two test workers at once (no TPU is used): see vlm_jax/main.py.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# The persistent compilation cache the entry points use (vlm_jax/cli.py), for this process and every
+# subprocess, and for the small compiles of micro models too: tests compile the same steps many times.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/vlm_jax/xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 

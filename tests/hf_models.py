@@ -14,6 +14,7 @@ TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_att
 
 def make_hf_clip(folder):
   """A random-weight HF CLIPModel with its tokenizer files, saved as safetensors."""
+  os.makedirs(folder, exist_ok=True)
   _, tok = write_clip_vocab(folder)
   config = transformers.CLIPConfig(
       text_config=dict(vocab_size=tok.vocab_size, max_position_embeddings=16, bos_token_id=tok.bos_id,
@@ -28,6 +29,7 @@ def make_hf_clip(folder):
 
 
 def make_hf_siglip(folder):
+  os.makedirs(folder, exist_ok=True)
   path = train_siglip_spm(os.path.join(folder, "spiece"))
   os.rename(path, os.path.join(folder, "spiece.model"))
   import sentencepiece

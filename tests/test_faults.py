@@ -22,6 +22,7 @@ HOLD_LOCK = ("import sys, time; from vlm_jax.train.workdir_lock import WorkdirLo
              "WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
 
 
+@pytest.mark.ci   # subprocess runs: CI's second tier
 def test_a_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_is_taken_over(cwd):
   holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, "runs/clip"], env=helpers.subprocess_env(1), cwd=cwd,
                             stdout=subprocess.PIPE, text=True)
@@ -52,6 +53,7 @@ async_path.rename = rename
 """
 
 
+@pytest.mark.ci   # subprocess runs: CI's second tier
 def test_a_failed_background_save_stops_the_run_in_one_line_and_keeps_earlier_checkpoints(cwd):
   result = run(cwd, "--config", "experiments/clip_b32.py:tiny", "--workdir", "runs/clip",
                *helpers.cli_overrides(**{"train.duration": "12 steps"}), prelude=FAIL_SAVE_6)
@@ -146,5 +148,17 @@ def test_two_processes_building_the_data_cache_at_once_both_get_it(tmp_path):
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-    assert out.split() == ["50000", "2000"]
-  assert os.path.isdir(tmp_path / "cache")
+    assert out.split()[-2:] == ["50000", "2000"]
+  assert sum("Building the embedded synthetic dataset" in out for out, _ in outs) == 1   # built once
+
+
+@pytest.mark.ci   # subprocess runs: CI's second tier
+def test_an_unreadable_shard_stops_the_run_in_one_line_naming_it(cwd):
+  from vlm_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  synthetic.write_shards(str(cwd / "shards"), 32, per_shard=16, image_size=32, log=lambda *a: None)
+  os.remove(cwd / "shards" / "00001.tar")
+  os.mkdir(cwd / "shards" / "00001.tar")   # there, but not readable as a file (EISDIR on every try)
+  result = train(cwd, "runs/clip", "--config.data.name=shards", "--config.data.shards=shards/{00000..00001}.tar",
+                 f"--config.data.tokenizer_path=shards/{synthetic.TOKENIZER_FILE}", "--config.data.shuffle_buffer=4")
+  last = one_line_error(result, code=1)
+  assert "reading shard" in last and "shards/00001.tar failed 5 times (IsADirectoryError" in last

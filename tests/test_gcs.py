@@ -9,10 +9,12 @@ import time
 import uuid
 
 import numpy as np
+import pytest
 
 from tests import gcs as gcs_lib, helpers
 from vlm_jax import storage
 
+pytestmark = pytest.mark.ci   # CI's second tier: a few minutes of runs against the emulator
 STEPS = {"train.duration": "16 steps", "train.checkpoint_every": "4 steps", "train.log_every": "1 steps"}
 
 

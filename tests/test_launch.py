@@ -137,12 +137,13 @@ def test_a_slurm_job_stopped_by_its_time_limit_requeues_itself_until_the_run_fin
   assert second.returncode == 0 and (tmp_path / "calls.log").read_text().splitlines() == [calls[0]]
 
 
+@pytest.mark.ci
 def test_tpu_vm_sweeps_run_max_parallel_runs_at_once_into_a_bucket(tmp_path, gcs):
   """Two runs, tpu.max_parallel=2, the sweep's root a gs:// bucket (on the emulator): both VMs exist at once,
   every run finishes in the bucket, and a preempted one is re-created and resumes from the bucket."""
   import uuid  # pylint: disable=import-outside-toplevel
   root = f"gs://bucket/{uuid.uuid4().hex[:8]}"
-  values = {**helpers.MICRO, "train.duration": "6 steps", "train.checkpoint_every": "2 steps"}
+  values = {**helpers.MICRO, "train.duration": "40 steps", "train.checkpoint_every": "2 steps"}
   path = tmp_path / "sweep.py"
   path.write_text(f"def get_sweep():\n  return dict(name='micro', base={helpers.TINY!r}, seeds=[0, 1], "
                   f"overrides={values!r}, root={root!r}, tpu=dict(zone='z1', max_parallel=2, poll_s=0))\n")
@@ -162,4 +163,4 @@ def test_tpu_vm_sweeps_run_max_parallel_runs_at_once_into_a_bucket(tmp_path, gcs
   assert sum(verb == "create" for verb, _ in lifecycle) == 3   # one preempted and re-created
   assert "Resumed from checkpoint at step" in result.stdout
   for run in sweep_lib.expand(sweep_lib.load_sweep(str(path))):
-    assert run.finished() and storage.read_json(f"{run.workdir}/final_eval.json")["step"] == 6
+    assert run.finished() and storage.read_json(f"{run.workdir}/final_eval.json")["step"] == 40

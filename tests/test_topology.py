@@ -15,6 +15,7 @@ def devices(name):
   return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
 
 
+@pytest.mark.ci   # a TPU compile of the tiny recipe: CI's second tier
 def test_the_tiny_recipe_compiles_for_a_v5e_2x2_from_the_command_line(cwd):
   result = run(cwd, "--mode=compile", "--topology=v5e:2x2", "--config", "experiments/clip_b32.py:tiny")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -29,6 +30,7 @@ def test_chip_memory_comes_from_the_chip_table_and_is_shared_by_its_cores():
   assert compile_check.device_capacity(devices("v5p:2x2x1")) == 95 * 2 ** 30
 
 
+@pytest.mark.ci
 def test_a_step_that_does_not_fit_a_chip_is_an_error(monkeypatch):
   exp = Experiment(helpers.micro_config(), devices=devices("v5e:2x2"), log=lambda *a: None, weights=False)
   monkeypatch.setitem(compile_check.TPU_HBM_GIB, "TPU v5 lite", 2 ** -20)   # a 1 KiB chip
@@ -36,6 +38,7 @@ def test_a_step_that_does_not_fit_a_chip_is_an_error(monkeypatch):
     compile_check.compile_report(exp, log=lambda *a: None, topology="v5e:2x2")
 
 
+@pytest.mark.ci
 def test_an_unknown_topology_is_one_line(cwd):
   result = run(cwd, "--mode=compile", "--topology=v9z:2x2", "--config", "experiments/clip_b32.py:tiny")
   assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -15,7 +15,7 @@ TINY = "experiments/clip_b32.py:tiny"
 
 def run(cwd, *args, module="vlm_jax.main", timeout=300, prelude=""):
   command = [sys.executable, "-m", module, *args] if not prelude else [
-      sys.executable, "-c", f"{prelude}; import runpy, sys; sys.argv = {[module, *args]!r}; "
+      sys.executable, "-c", f"{prelude}\nimport runpy, sys\nsys.argv = {[module, *args]!r}\n"
       f"runpy.run_module({module!r}, run_name='__main__')"]
   return subprocess.run(command, env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=timeout,
                         cwd=cwd)
@@ -34,6 +34,7 @@ def one_line_error(result, code=2):
 
 
 def test_relative_workdir_from_training_to_eval_harness_and_load(cwd):
+  """One workdir, the commands one after another as a user types them, and the mistakes they make on it."""
   first = train(cwd, "runs/clip")
   assert first.returncode == 0, first.stderr[-3000:]
   assert f"are in {cwd / 'runs' / 'clip'}" in first.stdout   # where the results are, said once
@@ -51,16 +52,19 @@ def test_relative_workdir_from_training_to_eval_harness_and_load(cwd):
                         env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=300, cwd=cwd)
   assert load.returncode == 0 and load.stdout.split()[-1] == "6", load.stderr[-3000:]
 
-
-def test_resuming_with_another_model_names_the_paths_and_leaves_the_workdir_as_it_was(cwd):
-  assert train(cwd, "runs/clip").returncode == 0
+  # Resuming with another model names the paths and leaves the workdir as it was.
   saved = (cwd / "runs/clip/config.json").read_bytes()
   changed = train(cwd, "runs/clip", "--config.model.embed_dim=48", "--config.train.duration=9")
-  last = one_line_error(changed)
-  assert "image_proj/kernel: checkpoint (64, 32) vs model (64, 48)" in last
+  assert "image_proj/kernel: checkpoint (64, 32) vs model (64, 48)" in one_line_error(changed)
   assert (cwd / "runs/clip/config.json").read_bytes() == saved
+  # A start that fails (a LiT tower from a run of another shape) leaves no half-made workdir.
+  lit = run(cwd, "--config", "experiments/lit_b16.py:tiny", "--workdir", "runs/lit",
+            "--config.init_from.workdir=runs/clip")
+  assert "does not fit the model" in one_line_error(lit)
+  assert not (cwd / "runs" / "lit").exists()
 
 
+@pytest.mark.ci   # five CLI starts: CI's second tier
 @pytest.mark.parametrize("args,message", [
     (["--config", "experiments/nosuch.py:tiny", "--workdir", "runs/x"], "config file 'experiments/nosuch.py' not found"),
     (["--config", TINY, "--workdir", "notes.txt"], "is a file; give a folder"),
@@ -74,24 +78,17 @@ def test_bad_input_is_one_line_before_anything_is_written(cwd, args, message):
   assert not (cwd / "runs").exists()
 
 
+@pytest.mark.ci
 def test_a_bucket_workdir_without_gcsfs_says_how_to_install_it(cwd):
   result = run(cwd, "--config", TINY, "--workdir", "gs://bucket/run", prelude="import sys; sys.modules['gcsfs'] = None")
   assert "pip install gcsfs" in one_line_error(result)
 
 
-def test_dashed_and_underscored_flags_are_the_same_flag(cwd):
+def test_dashed_and_underscored_flags_are_the_same_flag():
   from vlm_jax import flag_spelling  # pylint: disable=import-outside-toplevel
   assert flag_spelling.normalise_argv(["--all-checkpoints", "--dry-run", "--step=-1", "--config.optim.lr=1e-3",
                                        "pos-arg", "--per-shard=3"]) == [
       "--all_checkpoints", "--dry_run", "--step=-1", "--config.optim.lr=1e-3", "pos-arg", "--per_shard=3"]
-
-
-def test_a_start_that_fails_leaves_no_half_made_workdir(cwd):
-  assert train(cwd, "runs/clip").returncode == 0
-  lit = run(cwd, "--config", "experiments/lit_b16.py:tiny", "--workdir", "runs/lit",
-            "--config.init_from.workdir=runs/clip")   # the micro CLIP is not the tiny LiT's shape
-  assert "does not fit the model" in one_line_error(lit)
-  assert not (cwd / "runs" / "lit").exists()
 
 
 def test_captions_cut_by_max_len_are_said_once(tmp_path):

@@ -6,6 +6,11 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+# A persistent XLA compilation cache, so that a resumed or repeated run (or an eval of the same model)
+# skips recompiling: set before JAX is imported. JAX_COMPILATION_CACHE_DIR moves it; empty turns it off.
+DEFAULT_COMPILATION_CACHE = os.path.expanduser("~/.cache/vlm_jax/xla")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", DEFAULT_COMPILATION_CACHE)
+
 config_flags.DEFINE_config_file("config", None, "Experiment config: path/to/file.py[:variant].",
                                 lock_config=True)
 FLAGS = flags.FLAGS

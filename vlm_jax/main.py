@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
-from vlm_jax.cli import FLAGS, fail, parse_flags
+from vlm_jax.cli import DEFAULT_COMPILATION_CACHE, FLAGS, fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "Directory (or bucket URL) for checkpoints, metrics and logs.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"],
@@ -74,11 +74,16 @@ def main(argv):
     fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
   if FLAGS.topology:   # this host's accelerators (if any) are not used; describing the topology is enough
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # libtpu takes /tmp/libtpu_lockfile as if it drove a TPU; compiling for a described topology does not,
+    # so compiles may run side by side (a sweep's configs, parallel tests).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") == DEFAULT_COMPILATION_CACHE:
+      os.environ["JAX_COMPILATION_CACHE_DIR"] = ""   # TPU executables for a pod are not this host's to cache
   else:
     _initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
   from vlm_jax import config_utils, storage  # pylint: disable=import-outside-toplevel
-  from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.errors import ConfigError, StorageError  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import checkpoint, experiment, trainer  # pylint: disable=import-outside-toplevel
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   try:
@@ -98,7 +103,7 @@ def main(argv):
       results = evaluate.evaluate_workdir(config, workdir, step=FLAGS.step, log=log)
   except ConfigError as e:
     fail(str(e))
-  except (trainer.TrainingDiverged, checkpoint.CheckpointSaveError) as e:
+  except (trainer.TrainingDiverged, checkpoint.CheckpointSaveError, StorageError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   for name, value in sorted(results.items()):

@@ -3,6 +3,8 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a process killed
 mid-save leaves the previous checkpoints intact and the partial one is ignored on restore.
 """
+import logging
+
 import grain
 import jax
 from flax import traverse_util
@@ -15,6 +17,19 @@ from vlm_jax.train.optim import path_str
 
 class CheckpointSaveError(RuntimeError):
   """Writing a checkpoint failed; the ones written before it are intact."""
+
+
+class _OrbaxErrorsWithoutTracebacks(logging.Filter):
+  """Orbax logs a failed background save with its traceback from each thread it passes through; the run
+  reports the failure itself, in one line (CheckpointSaveError), so orbax's lines keep only their message."""
+
+  def filter(self, record):
+    if record.exc_info and "orbax" in record.pathname:
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+logging.getLogger("absl").addFilter(_OrbaxErrorsWithoutTracebacks())
 
 
 class Checkpointer:
