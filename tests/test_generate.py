@@ -208,3 +208,21 @@ def test_prefix_lms_decode_with_the_cache_exactly_as_without(make):
       tokens[row, write] = 0 if done else int(np.argmax(logits[row, write - 1]))
   for row in range(5):
     np.testing.assert_array_equal(out[row], tokens[row, lengths[row]:lengths[row] + 5])
+
+
+def test_generation_never_writes_a_padded_vocabulary_id():
+  """A model's vocabulary is padded past the tokenizer's (for sharding); an untrained or imported model may
+  score those columns highest, and the tokenizer cannot decode them."""
+  model = tiny_coca()
+  images = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
+  params = model.init(jax.random.PRNGKey(0), images, jnp.ones((4, 10), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x * 3.0, params)
+  # Make the last two of the 9 columns win everywhere: they stand for the padding of a 7-piece tokenizer.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x.at[..., 7:].add(100.0) if "bias" in str(path[-1]) and x.shape[-1] == 9 else x, params)
+  tok = types.SimpleNamespace(bos_id=1, eos_id=2, pad_id=0, vocab_size=7)
+  unmasked = np.asarray(jax.jit(generate.captioner(model, TOKENS, 10))(params, images))
+  assert (unmasked[:, 1:] >= 7).any()   # without the tokenizer's size, padded ids are written
+  for beams in (1, 3):
+    out = np.asarray(jax.jit(generate.captioner(model, tok, 10, beams=beams))(params, images))
+    assert (out < 7).all(), out

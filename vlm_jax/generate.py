@@ -23,6 +23,14 @@ def _no_pad(logits, pad_id: int):
   return logits.at[..., pad_id].set(NEG)
 
 
+def _in_vocab(logits, vocab_size: int | None):
+  """Columns past the tokenizer's vocabulary (the embedding table is padded for sharding) are no tokens: a
+  model never writes them, whatever it learnt for them. None: every column is a token."""
+  if vocab_size is None or vocab_size >= logits.shape[-1]:
+    return logits
+  return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, NEG)
+
+
 def greedy_search(step, cache, logits, steps: int, *, eos_id: int, pad_id: int):
   """Greedy continuation of next-token `logits` [batch, vocab] (the prompt's).
 
@@ -85,9 +93,10 @@ def beam_search(step, cache, logits, steps: int, *, beams: int, eos_id: int, pad
 
 
 def generate(model, params, images, prompt, steps: int, *, eos_id: int, pad_id: int, beams: int = 1,
-             length_penalty: float = 0.0):
+             length_penalty: float = 0.0, vocab_size: int | None = None):
   """Continue `prompt` (int32 [batch, P], right-padded with `pad_id`) for up to `steps` tokens with the
-  model's key/value cache. Returns int32 [batch, steps]: the new tokens, padded after eos."""
+  model's key/value cache. Returns int32 [batch, steps]: the new tokens, padded after eos. vocab_size: the
+  tokenizer's; ids from there on (the padded columns) are never written."""
   context = model.apply({"params": params}, images, method="decode_context")
   if beams > 1:
     context = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0), context)
@@ -100,10 +109,11 @@ def generate(model, params, images, prompt, steps: int, *, eos_id: int, pad_id: 
                                               mutable=["cache"])[1]["cache"])
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   logits, state = call(cache, prompt, True)
+  logits = _in_vocab(logits, vocab_size)
 
   def step(cache, tokens):
     logits, state = call(cache, tokens, False)
-    return logits, state["cache"]
+    return _in_vocab(logits, vocab_size), state["cache"]
 
   if beams == 1:
     return greedy_search(step, state["cache"], logits, steps, eos_id=eos_id, pad_id=pad_id)
@@ -113,7 +123,7 @@ def generate(model, params, images, prompt, steps: int, *, eos_id: int, pad_id: 
 
 
 def greedy_uncached(logits_fn, batch_size: int, max_len: int, *, bos_id: int, eos_id: int, pad_id: int = 0,
-                    prompt=None):
+                    prompt=None, vocab_size: int | None = None):
   """Reference greedy decoding without a cache -> int32 [batch, max_len] starting with bos (or `prompt`'s
   non-pad prefix). logits_fn(tokens [batch, max_len]) -> next-token logits at every position.
   """
@@ -126,7 +136,7 @@ def greedy_uncached(logits_fn, batch_size: int, max_len: int, *, bos_id: int, eo
 
   def step(t, state):
     tokens, done = state
-    logits = _no_pad(logits_fn(tokens)[:, t - 1], pad_id)
+    logits = _no_pad(_in_vocab(logits_fn(tokens)[:, t - 1], vocab_size), pad_id)
     next_token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     write = (t >= length) & ~done
     tokens = tokens.at[:, t].set(jnp.where(write, next_token, tokens[:, t]))
@@ -142,7 +152,7 @@ def captioner(model, tokenizer, max_len: int, beams: int = 1, length_penalty: fl
   def captions(params, images):
     bos = jnp.full((images.shape[0], 1), tokenizer.bos_id, jnp.int32)
     out = generate(model, params, images, bos, max_len - 1, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   beams=beams, length_penalty=length_penalty)
+                   beams=beams, length_penalty=length_penalty, vocab_size=getattr(tokenizer, "vocab_size", None))
     return jnp.concatenate([bos, out], axis=1)
 
   return captions

@@ -90,7 +90,8 @@ class Pretrained:
     if key not in self._captioners:
       tok = self.tokenizer
       self._captioners[key] = jax.jit(lambda p, b: generate.generate(
-          self.model, p, b["image"], b["prompt"], max_answer_len, eos_id=tok.eos_id, pad_id=tok.pad_id, beams=beams))
+          self.model, p, b["image"], b["prompt"], max_answer_len, eos_id=tok.eos_id, pad_id=tok.pad_id, beams=beams,
+          vocab_size=tok.vocab_size))
     prompts = np.stack([self._preprocess.prompt(q) for q in questions])
     tokens = self._batched(self._captioners[key], {"image": np.asarray(pixels, np.float32), "prompt": prompts})
     return [self.tokenizer.decode(row) for row in tokens]

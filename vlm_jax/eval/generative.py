@@ -38,7 +38,8 @@ class Vqa:
     tok = experiment.tokenizer
     steps, beams = int(config.get("max_answer_len", 4)), int(config.get("beams", 1))
     answer = lambda params, batch: generate.generate(experiment.model, params, batch["image"], batch["prompt"], steps,
-                                                     eos_id=tok.eos_id, pad_id=tok.pad_id, beams=beams)
+                                                     eos_id=tok.eos_id, pad_id=tok.pad_id, beams=beams,
+                                                     vocab_size=tok.vocab_size)
     self.answerer = common.Encoder(experiment, answer)
 
   def run(self, params, image_emb=None):
