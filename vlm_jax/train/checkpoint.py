@@ -41,9 +41,6 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
 
-  def latest_step(self):
-    return self.manager.latest_step()
-
   def all_steps(self):
     return list(self.manager.all_steps())
 

@@ -22,10 +22,6 @@ HEARTBEAT_S = 30
 STALE_S = 300
 
 
-def _now() -> float:
-  return time.time()
-
-
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -47,7 +43,7 @@ class WorkdirLock:
 
   def _info(self, started: float) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "started": started,
-            "heartbeat": _now()}
+            "heartbeat": time.time()}
 
   def holder(self) -> dict | None:
     """The current holder's info, or None when the workdir is free or its lock is stale."""
@@ -57,7 +53,7 @@ class WorkdirLock:
       return None
     if info.get("host") == socket.gethostname():
       return info if _pid_alive(int(info.get("pid", -1))) else None
-    return info if _now() - float(info.get("heartbeat", 0)) < STALE_S else None
+    return info if time.time() - float(info.get("heartbeat", 0)) < STALE_S else None
 
   def acquire(self):
     holder = self.holder()
@@ -69,7 +65,7 @@ class WorkdirLock:
       stale = storage.read_text(self.path).strip()
       self.log(f"Taking over a stale lock in {self.workdir} (its run is gone: {stale[:200]})")
       storage.remove(self.path)
-    info = self._info(_now())
+    info = self._info(time.time())
     if storage.is_remote(self.path):
       storage.write_json(self.path, info)
       time.sleep(1.0)   # let a racing writer's upload land, then see whose lock stands
