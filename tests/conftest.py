@@ -15,6 +15,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import pytest  # noqa: E402
 
 from tests.gcs import gcs  # noqa: E402,F401  (the GCS emulator fixture, for the bucket tests)
+import vlm_jax.builtins  # noqa: E402,F401  (the registries, filled as every entry point fills them)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

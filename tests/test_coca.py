@@ -7,7 +7,7 @@ from vlm_jax.eval import zero_shot
 from vlm_jax.eval.captioning import first_mention
 from vlm_jax.objectives.captioning import caption_loss
 from vlm_jax.train import trainer
-from vlm_jax.train.experiment import Experiment
+from vlm_jax.core.experiment import Experiment
 
 
 def test_caption_loss_is_cross_entropy_on_real_targets_only():

@@ -3,9 +3,10 @@ import jax
 import pytest
 
 from tests import helpers
-from vlm_jax.registry import ConfigError
-from vlm_jax.train import compile_check, flops
-from vlm_jax.train.experiment import Experiment
+from vlm_jax.errors import ConfigError
+from vlm_jax.core import flops
+from vlm_jax.train import compile_check
+from vlm_jax.core.experiment import Experiment
 
 
 def test_compile_report_matches_the_compiled_training_step():

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlm_jax.objectives import contrastive
-from vlm_jax.train import sharding
+from vlm_jax.core import sharding
 
 
 def _embeddings(n=16, d=8, seed=0):

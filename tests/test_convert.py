@@ -8,7 +8,7 @@ import pytest
 
 import vlm_jax
 from vlm_jax import convert
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 from tests import helpers
 from tests.hf_models import make_hf_clip, make_hf_flava, make_hf_siglip, make_hf_vilt, openai_state_dict
 from tests.test_tokenizers import SENTENCES

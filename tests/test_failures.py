@@ -2,8 +2,8 @@
 import pytest
 
 from tests import helpers
-from vlm_jax.registry import ConfigError
-from vlm_jax.train.experiment import check_config
+from vlm_jax.errors import ConfigError
+from vlm_jax.core.experiment import check_config
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -9,7 +9,7 @@ import pytest
 from tests import helpers
 from vlm_jax import config_utils, tables
 from vlm_jax.eval import harness, linear_probe
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 from vlm_jax.train import trainer
 
 
@@ -68,7 +68,7 @@ def test_tasks_must_fit_the_model(micro_run):
   with pytest.raises(ConfigError, match="no checkpoint at step"):
     harness.evaluate(str(micro_run), steps=[5], log=lambda *a: None)
   config = config_utils.load_workdir_config(str(micro_run))
-  from vlm_jax.train.experiment import Experiment
+  from vlm_jax.core.experiment import Experiment
   model = Experiment(config, log=lambda *a: None).model
   assert set(harness.fitting_tasks(config, model)) == {"zero_shot", "retrieval", "linear_probe"}
 

@@ -11,7 +11,7 @@ import pytest
 from tests import helpers
 from vlm_jax import storage, tables
 from vlm_jax.launch import slurm, sweep as sweep_lib
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakes")
 

@@ -9,7 +9,7 @@ import pytest
 import vlm_jax
 from tests import helpers
 from vlm_jax.eval import text_metrics
-from vlm_jax.train.experiment import Experiment
+from vlm_jax.core.experiment import Experiment
 from vlm_jax.data import transforms
 from vlm_jax.models import prefix_lm
 from vlm_jax.objectives.prefix_lm import sample_prefix_len, suffix_loss

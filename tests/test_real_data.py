@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests import helpers
 from vlm_jax.data import pipeline, prepare, sources
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 from vlm_jax.train import trainer
 
 MPL = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data")

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlm_jax.objectives import sigmoid
-from vlm_jax.train import sharding
+from vlm_jax.core import sharding
 from tests.test_contrastive import _embeddings
 
 

@@ -7,8 +7,9 @@ import pytest
 
 import vlm_jax
 from tests import helpers
-from vlm_jax.registry import ConfigError
-from vlm_jax.train import checkpoint, stages, trainer
+from vlm_jax.errors import ConfigError
+from vlm_jax.core import checkpoint
+from vlm_jax.train import stages, trainer
 
 LLAVA_TINY = os.path.join(helpers.ROOT, "experiments", "llava_stages.py") + ":tiny"
 

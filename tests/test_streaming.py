@@ -14,8 +14,9 @@ from PIL import Image
 from tests import helpers
 from tests.test_real_data import REAL_IMAGES, png, real_image_samples, write_tar
 from vlm_jax.data import DATASETS, sources, streaming, tokenizers, transforms
-from vlm_jax.registry import ConfigError
-from vlm_jax.train import checkpoint, trainer
+from vlm_jax.errors import ConfigError
+from vlm_jax.core import checkpoint
+from vlm_jax.train import trainer
 
 SIZES = [3, 5, 4, 6, 2, 5, 4]   # unequal shards, as web shards are
 

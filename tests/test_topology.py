@@ -6,7 +6,7 @@ from tests import helpers
 from tests.test_user_paths import run
 from vlm_jax.errors import ConfigError
 from vlm_jax.train import compile_check
-from vlm_jax.train.experiment import Experiment
+from vlm_jax.core.experiment import Experiment
 
 topologies = pytest.importorskip("jax.experimental.topologies")
 

@@ -8,8 +8,8 @@ import pytest
 from vlm_jax import config_utils, durations
 from vlm_jax.data import pipeline, tokenizers
 from vlm_jax.models import layers, text
-from vlm_jax.registry import ConfigError
-from vlm_jax.train import optim
+from vlm_jax.errors import ConfigError
+from vlm_jax.core import optim
 
 
 @pytest.mark.parametrize("duration,steps", [(100, 100), ("100", 100), ("100 steps", 100), ("2 epochs", 250),

@@ -71,8 +71,9 @@ def data_feed(exp, state, steps: int, rounds: int) -> dict:
 
 def benchmark(config, steps: int = 10, warmup: int = 2, with_data: bool = False, rounds: int = 3) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
-  from vlm_jax.train import flops  # pylint: disable=import-outside-toplevel
-  from vlm_jax.train.experiment import Experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
+  from vlm_jax.core import flops  # pylint: disable=import-outside-toplevel
+  from vlm_jax.core.experiment import Experiment  # pylint: disable=import-outside-toplevel
   exp = Experiment(config, log=lambda *a: None)
   state = exp.init_state()
   batch = exp.global_batch(random_batch(exp, np.random.default_rng(0)))
@@ -108,7 +109,7 @@ def main(argv):
   del argv
   if FLAGS.config is None:
     fail("--config is required, e.g. --config experiments/clip_b32.py:tiny")
-  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   try:
     print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.with_data, FLAGS.rounds)),
           flush=True)

@@ -7,7 +7,7 @@ keeps a sweep over batch sizes comparable.
 import math
 import re
 
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 _UNITS = {"step": "steps", "steps": "steps", "epoch": "epochs", "epochs": "epochs",
           "example": "examples", "examples": "examples"}

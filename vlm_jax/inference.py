@@ -14,10 +14,11 @@ embeddings match what the evaluators saw.
 import jax
 import numpy as np
 
+from vlm_jax import builtins  # noqa: F401  pylint: disable=unused-import  (registers the built-ins)
 from vlm_jax import config_utils, generate, models, storage
 from vlm_jax.data import tokenizers, transforms
 from vlm_jax.registry import DATASETS, MODELS
-from vlm_jax.train import checkpoint
+from vlm_jax.core import checkpoint
 
 
 class Pretrained:

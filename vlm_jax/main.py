@@ -48,7 +48,9 @@ def _topology_devices(name: str):
 
 
 def _compile(config, log):
-  from vlm_jax.train import compile_check, experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
+  from vlm_jax.core import experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.train import compile_check  # pylint: disable=import-outside-toplevel
   devices = _topology_devices(FLAGS.topology) if FLAGS.topology else None
   experiment.check_config(config, num_devices=None if devices is None else len(devices), weights=False)
   stage_configs = [config]
@@ -84,7 +86,9 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   from vlm_jax import config_utils, storage  # pylint: disable=import-outside-toplevel
   from vlm_jax.errors import ConfigError, StorageError  # pylint: disable=import-outside-toplevel
-  from vlm_jax.train import checkpoint, experiment, trainer  # pylint: disable=import-outside-toplevel
+  from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
+  from vlm_jax.core import checkpoint, experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.train import trainer  # pylint: disable=import-outside-toplevel
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   try:
     workdir = storage.resolve(FLAGS.workdir) if FLAGS.workdir else None

@@ -1,11 +1,12 @@
 """Name -> builder registries for models, objectives, datasets and evaluators.
 
 Configs hold names, never import paths; `Registry.get` fails at config-load time with the list of
-known names, before any device is touched.
+known names, before any device is touched. This module imports nothing of the project but its errors:
+the built-in entries register themselves when `vlm_jax.builtins` is imported, which every entry point does.
 """
 from typing import Callable, Dict
 
-from vlm_jax.errors import ConfigError  # noqa: F401  (re-exported: modules import it from here too)
+from vlm_jax.errors import ConfigError
 
 
 class Registry:
@@ -23,13 +24,12 @@ class Registry:
     return decorator
 
   def get(self, name: str) -> Callable:
-    _import_builtins()
     if name not in self._entries:
-      raise ConfigError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+      hint = "" if self._entries else " (none registered: `import vlm_jax.builtins` registers the built-in ones)"
+      raise ConfigError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}{hint}")
     return self._entries[name]
 
   def names(self):
-    _import_builtins()
     return sorted(self._entries)
 
 
@@ -38,8 +38,3 @@ OBJECTIVES = Registry("objective")
 DATASETS = Registry("dataset")
 EVALUATORS = Registry("evaluator")
 
-
-def _import_builtins():
-  # The built-in entries register themselves on import; importing here keeps `registry` free of
-  # import cycles while making every lookup see them.
-  from vlm_jax import data, eval, models, objectives  # noqa: F401  pylint: disable=redefined-builtin,import-outside-toplevel

@@ -14,8 +14,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from vlm_jax import builtins  # noqa: F401  pylint: disable=unused-import  (registers the built-ins)
 from vlm_jax import config_utils, defaults, models, storage
 from vlm_jax.convert import hf, openclip
+from vlm_jax.core import checkpoint
 from vlm_jax.registry import MODELS, ConfigError
 
 KINDS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava")
@@ -111,7 +113,6 @@ def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print
 
 def check_fits(config, params, where: str):
   """Raises ConfigError listing the parameter paths where `params` and the config's model disagree."""
-  from vlm_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   model = MODELS.get(config.model.name)(config.model, vocab_size=config.model.text.vocab_size)
   expected = models.abstract_params(model, config.model.image.image_size, config.model.text.max_len)
   checkpoint.check_params_match(checkpoint.flat_paths(params), checkpoint.flat_paths(expected), where)
@@ -119,7 +120,6 @@ def check_fits(config, params, where: str):
 
 def convert(kind: str, input_path: str, output: str, *, tokenizer_path: str = "", log=print, **options):
   """Writes WORKDIR = `output`: config.json, checkpoints/0 and tokenizer/. Returns the config."""
-  from vlm_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   config, params = load_pretrained(input_path, kind, tokenizer_path=tokenizer_path, log=log, **options)
   output = storage.resolve(output)
   if storage.exists(storage.join(output, "checkpoints")):

@@ -26,7 +26,7 @@ def main(argv):
   if not (FLAGS["from"].value and FLAGS.input and FLAGS.output):
     fail("--from, --input and --output are required")
   from vlm_jax import convert  # pylint: disable=import-outside-toplevel
-  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   kind = FLAGS["from"].value
   options = dict(act=FLAGS.act, image_heads=FLAGS.image_heads, text_heads=FLAGS.text_heads) if kind == "openclip" else {}
   try:

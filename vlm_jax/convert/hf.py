@@ -6,7 +6,7 @@ import numpy as np
 
 from vlm_jax.convert import torch_layout as tl
 from vlm_jax.models import text as text_lib
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "relu": "relu"}

@@ -10,7 +10,7 @@ import numpy as np
 
 from vlm_jax.convert import torch_layout as tl
 from vlm_jax.models import text as text_lib
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 
 def _blocks(state, prefix, depth, heads):

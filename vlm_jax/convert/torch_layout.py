@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 
 # Tensors that carry no weights (buffers and OpenAI's bookkeeping entries).

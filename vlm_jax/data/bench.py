@@ -18,6 +18,7 @@ flags.DEFINE_integer("warmup", 3, "Batches before timing (thread start-up, first
 
 
 def measure(config, batches: int = 20, warmup: int = 3) -> dict:
+  from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
   from vlm_jax.data import DATASETS, pipeline, sources, tokenizers, transforms  # pylint: disable=import-outside-toplevel
   data = DATASETS.get(config.data.name)(config.data)
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, config.data.get("tokenizer_path", ""),

@@ -26,7 +26,7 @@ def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
   """k-means++ initialisation then Lloyd iterations. Returns (centroids [k, d], mean squared distance)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from vlm_jax.data.masking import nearest_code  # pylint: disable=import-outside-toplevel
+  from vlm_jax.objectives.masking import nearest_code  # pylint: disable=import-outside-toplevel
   if len(points) < k:
     raise ValueError(f"{len(points)} patches cannot make {k} codes; use more --images or a smaller --size")
   rng = np.random.default_rng(seed)
@@ -51,8 +51,9 @@ def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
 
 def patches_of(config, images: int, seed: int) -> np.ndarray:
   """Normalised patches of `images` training images, preprocessed as for evaluation (no augmentation)."""
+  from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
   from vlm_jax.data import transforms  # pylint: disable=import-outside-toplevel
-  from vlm_jax.data.masking import normalized_patches  # pylint: disable=import-outside-toplevel
+  from vlm_jax.objectives.masking import normalized_patches  # pylint: disable=import-outside-toplevel
   from vlm_jax.registry import DATASETS  # pylint: disable=import-outside-toplevel
   data = DATASETS.get(config.data.name)(config.data)
   preprocess = transforms.Preprocess.from_config(config, None)
@@ -67,7 +68,7 @@ def main(argv):
   del argv
   if FLAGS.config is None or not FLAGS.output:
     fail("--config and --output are required")
-  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   try:
     points = patches_of(FLAGS.config, FLAGS.images, FLAGS.seed)
     centroids, distortion = kmeans(points, FLAGS.size, FLAGS.iterations, FLAGS.seed)

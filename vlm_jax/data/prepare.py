@@ -19,7 +19,7 @@ import time
 from vlm_jax.flag_spelling import normalise_argv
 from vlm_jax import storage
 from vlm_jax.data import sources
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 KINDS = ("table", "folder", "shards")
 

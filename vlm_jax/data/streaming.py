@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from vlm_jax.data import sources
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 _STOP_POLL_S = 0.1
 

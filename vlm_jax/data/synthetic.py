@@ -17,6 +17,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vlm_jax import storage
 from vlm_jax.data import tokenizers
 from PIL import Image, ImageDraw
 
@@ -225,7 +226,6 @@ def write_shards(output: str, count: int, *, per_shard: int = 1000, image_size: 
   webdataset tar shards (KEY.jpg, KEY.txt, KEY.json with the labels) plus the data's SentencePiece model:
   real JPEG decoding for the streaming path (`data.name=shards`) without downloading anything."""
   import io, json, tarfile  # pylint: disable=import-outside-toplevel,multiple-imports
-  from vlm_jax import storage  # pylint: disable=import-outside-toplevel
   output = storage.resolve(output)
   storage.copy(load(64, seed, log=log)[1], storage.join(output, TOKENIZER_FILE))
   paths = []

@@ -22,8 +22,9 @@ def main(argv):
     fail("--workdir is required")
   if FLAGS.step and FLAGS.all_checkpoints:
     fail("give --step or --all-checkpoints, not both")
+  from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
   from vlm_jax.eval import harness  # pylint: disable=import-outside-toplevel
-  from vlm_jax.registry import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   try:
     written = harness.evaluate(FLAGS.workdir, steps=[int(s) for s in FLAGS.step], all_checkpoints=FLAGS.all_checkpoints,
                                tasks=FLAGS.tasks or None, force=FLAGS.force)

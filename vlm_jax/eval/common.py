@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vlm_jax.train import sharding
+from vlm_jax.core import sharding
 
 
 class Encoder:

@@ -4,8 +4,8 @@ import jax
 from vlm_jax import storage
 
 from vlm_jax.eval.runner import EvalRunner
-from vlm_jax.train import checkpoint
-from vlm_jax.train.experiment import Experiment
+from vlm_jax.core import checkpoint
+from vlm_jax.core.experiment import Experiment
 
 
 def evaluate_workdir(config, workdir: str, *, step: int | None = None, log=print) -> dict:

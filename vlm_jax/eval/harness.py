@@ -17,8 +17,9 @@ import jax
 
 from vlm_jax import config_utils, storage
 from vlm_jax.eval.runner import EvalRunner
-from vlm_jax.registry import ConfigError
-from vlm_jax.train import checkpoint
+from vlm_jax.errors import ConfigError
+from vlm_jax.core import checkpoint
+from vlm_jax.core.experiment import Experiment
 
 # Every task with the model methods it needs and its settings when the run's config has none.
 _LABELS = ("shape", "color")
@@ -91,7 +92,6 @@ def record_path(workdir: str, step: int, dataset: str, task: str) -> str:
 def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=None, force: bool = False,
              log=print) -> list:
   """Evaluates checkpoints of `workdir` (default: the latest); returns the paths of the records written."""
-  from vlm_jax.train.experiment import Experiment  # pylint: disable=import-outside-toplevel
   workdir = storage.resolve(workdir)
   run_config = config_utils.load_workdir_config(workdir)
   config = copy.deepcopy(run_config)   # a copy the experiment builds no evaluators from

@@ -12,7 +12,7 @@ import sys
 
 from vlm_jax.flag_spelling import normalise_argv
 from vlm_jax.launch import local, slurm, sweep as sweep_lib, tpu_vm
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import time
 
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 DEFAULTS = dict(zone="", accelerator_type="v4-8", runtime_version="tpu-ubuntu2204-base", project="", spot=False,
                 preemptible=False, queued=False, name_prefix="vlm-jax", code="copy", delete_when_done=True,

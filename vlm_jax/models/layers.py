@@ -1,6 +1,6 @@
 """Transformer building blocks shared by every model. Every parameter carries logical axis names.
 
-Logical axes: batch, length, embed, mlp, heads, kv, vocab, layers. `vlm_jax.train.sharding` maps them
+Logical axes: batch, length, embed, mlp, heads, kv, vocab, layers. `vlm_jax.core.sharding` maps them
 to the `data`/`fsdp`/`tensor` mesh.
 """
 import functools

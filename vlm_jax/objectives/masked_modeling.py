@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 from vlm_jax import storage
-from vlm_jax.data import masking
+from vlm_jax.objectives import masking
 from vlm_jax.objectives.matching import mlm_setup
 from vlm_jax.registry import OBJECTIVES, ConfigError
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vlm_jax.data import masking
+from vlm_jax.objectives import masking
 from vlm_jax.registry import OBJECTIVES, ConfigError
 
 NEGATIVE_MODES = ("random", "hard", "mixed")

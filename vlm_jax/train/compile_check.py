@@ -12,8 +12,8 @@ an error.
 import jax
 import flax.linen as nn
 
-from vlm_jax.train import flops as flops_lib, sharding
-from vlm_jax.registry import ConfigError
+from vlm_jax.core import flops as flops_lib, sharding
+from vlm_jax.errors import ConfigError
 
 
 GIB = 2 ** 30

@@ -20,6 +20,8 @@ import jax
 import ml_collections
 
 from vlm_jax import config_utils, storage
+from vlm_jax.core.experiment import planned_steps
+from vlm_jax.registry import DATASETS
 from vlm_jax.errors import ConfigError
 
 STAGE_KEYS = ("name", "trainable", "init_from", "include", "overrides")
@@ -64,8 +66,6 @@ def stage_configs(config, workdir: str):
 
 
 def _stop_step(config) -> int:
-  from vlm_jax.registry import DATASETS  # pylint: disable=import-outside-toplevel
-  from vlm_jax.train.experiment import planned_steps  # pylint: disable=import-outside-toplevel
   needs_size = "epoch" in str(config.train.duration)
   return planned_steps(config, len(DATASETS.get(config.data.name)(config.data).train) if needs_size else None)[1]
 

@@ -15,8 +15,9 @@ from vlm_jax import config_utils, durations, storage
 from vlm_jax.errors import ConfigError
 from vlm_jax.data import sources, tokenizers
 from vlm_jax.eval.runner import EvalRunner
-from vlm_jax.train import checkpoint, flops, metrics as metrics_lib
-from vlm_jax.train.experiment import Experiment
+from vlm_jax.core import checkpoint, flops
+from vlm_jax.train import metrics as metrics_lib
+from vlm_jax.core.experiment import Experiment
 from vlm_jax.train.workdir_lock import WorkdirLock
 
 FINAL_EVAL = "final_eval.json"

@@ -10,6 +10,7 @@ import flax.linen as nn
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from vlm_jax import config_utils
+from vlm_jax.core.optim import path_str
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -68,7 +69,6 @@ def state_shardings(abstract_state, param_shardings, mesh):
   Optax states embed the parameter tree (adam's mu/nu, per-group inner states), so a state leaf whose
   path ends with a parameter's path and has its shape gets that parameter's sharding.
   """
-  from vlm_jax.train.optim import path_str  # pylint: disable=import-outside-toplevel
   by_path = {}
   jax.tree_util.tree_map_with_path(lambda p, s: by_path.__setitem__(path_str(p), s), param_shardings)
   params_by_path = {}

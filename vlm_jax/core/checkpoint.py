@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 
 from vlm_jax import storage
 from vlm_jax.errors import ConfigError
-from vlm_jax.train.optim import path_str
+from vlm_jax.core.optim import path_str
 
 
 class CheckpointSaveError(RuntimeError):

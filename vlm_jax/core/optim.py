@@ -9,7 +9,7 @@ import re
 import jax
 import optax
 
-from vlm_jax.registry import ConfigError
+from vlm_jax.errors import ConfigError
 
 
 def path_str(path) -> str:

@@ -17,8 +17,8 @@ from vlm_jax import config_utils, durations, models, storage
 from vlm_jax.data import pipeline, tokenizers, transforms
 from vlm_jax.objectives import build_objective
 from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES, ConfigError
-from vlm_jax.train import checkpoint, optim, sharding
-from vlm_jax.train.state import TrainState
+from vlm_jax.core import checkpoint, optim, sharding
+from vlm_jax.core.state import TrainState
 
 # A PRNG key's shape and dtype: tracing init needs no concrete key, and a concrete one cannot be made on the
 # devices of an AOT topology (`--topology`), which hold no data.
