@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax.data import codebook, masking
+from vlm_jax.data import codebook
+from vlm_jax.objectives import masking
 from vlm_jax.models import vit
 from vlm_jax.train import metrics as metrics_lib, trainer
 

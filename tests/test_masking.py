@@ -3,7 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm_jax.data import masking, tokenizers
+from vlm_jax.data import tokenizers
+from vlm_jax.objectives import masking
 from vlm_jax.objectives.matching import choose_negatives
 
 SPECIAL = (0, 1, 2, 3)   # pad, bos, eos, mask
