@@ -5,7 +5,7 @@ import vlm_jax
 from tests import helpers
 from vlm_jax.eval import zero_shot
 from vlm_jax.eval.captioning import first_mention
-from vlm_jax.objectives.captioning import caption_loss
+from vlm_jax.objectives.base import next_token_loss as caption_loss
 from vlm_jax.train import trainer
 from vlm_jax.core.experiment import Experiment
 

@@ -12,7 +12,8 @@ from vlm_jax.eval import text_metrics
 from vlm_jax.core.experiment import Experiment
 from vlm_jax.data import transforms
 from vlm_jax.models import prefix_lm
-from vlm_jax.objectives.prefix_lm import sample_prefix_len, suffix_loss
+from vlm_jax.objectives.base import next_token_loss as suffix_loss
+from vlm_jax.objectives.prefix_lm import sample_prefix_len
 from vlm_jax.train import trainer
 
 PREFIXLM_TINY = helpers.PREFIXLM_TINY
@@ -78,7 +79,7 @@ def test_prefix_tokens_see_each_other_and_the_image_but_never_the_suffix():
 def test_question_answer_inputs():
   from vlm_jax.data import tokenizers
   tok = tokenizers.ByteTokenizer()
-  pre = transforms.Preprocess(16, tok, 24, batch_keys=frozenset({"qa"}))
+  pre = transforms.Preprocess(16, tok, 24)
   text, prefix = pre.question_answer("what?", "red")
   question, answer = tok.encode("what?", 24), tok.encode("red", 24)
   assert prefix == 1 + len("what?")

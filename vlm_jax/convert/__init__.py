@@ -18,7 +18,8 @@ from vlm_jax import builtins  # noqa: F401  pylint: disable=unused-import  (regi
 from vlm_jax import config_utils, defaults, models, storage
 from vlm_jax.convert import hf, openclip
 from vlm_jax.core import checkpoint
-from vlm_jax.registry import MODELS, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import MODELS
 
 KINDS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava")
 FUSION_OBJECTIVES = {"mlm": dict(weight=1.0, rate=0.15, whole_word=True),

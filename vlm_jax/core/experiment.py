@@ -16,7 +16,8 @@ import optax
 from vlm_jax import config_utils, durations, models, storage
 from vlm_jax.data import pipeline, tokenizers, transforms
 from vlm_jax.objectives import build_objective
-from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES
 from vlm_jax.core import checkpoint, optim, sharding
 from vlm_jax.core.state import TrainState
 
@@ -79,7 +80,8 @@ class Experiment:
     self.tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, config.data.get("tokenizer_path", ""),
                                               self.data.tokenizer_path)
     self.model = MODELS.get(config.model.name)(config.model, vocab_size=self.tokenizer.vocab_size)
-    self.loss_fn = build_objective(config.objectives, mesh=self.mesh, tokenizer=self.tokenizer)
+    self.loss_fn = build_objective(config.objectives, mesh=self.mesh, tokenizer=self.tokenizer,
+                                   max_len=config.model.text.max_len, patch_size=models.patch_size(config.model))
     self.batch_size = config.batch_size
     to_steps = functools.partial(durations.to_steps, batch_size=config.batch_size,
                                  dataset_size=len(self.data.train))
@@ -90,9 +92,10 @@ class Experiment:
     self.image_size = config.model.image.image_size
     self.max_len = config.model.text.max_len
     self.train_preprocess = transforms.Preprocess.from_config(config, self.tokenizer, train=True,
-                                                              batch_keys=frozenset(self.loss_fn.batch_keys))
+                                                              prepare=self.loss_fn.prepare)
     self.eval_preprocess = transforms.Preprocess.from_config(config, self.tokenizer)
     self._build_state_shardings()
+    self._check_objectives_fit_model()
 
   # --- state ---------------------------------------------------------------------------------------
 
@@ -115,6 +118,17 @@ class Experiment:
                                                   self.warmup_steps, extra_frozen=locked)
     abstract_state = jax.eval_shape(self._create_state, ABSTRACT_KEY)
     self.state_shardings = sharding.state_shardings(abstract_state, self.param_shardings, self.mesh)
+
+  def _check_objectives_fit_model(self):
+    """Traces one loss on abstract inputs, so that an objective the model cannot feed (an output it does not
+    give) is a config error now, not after the first step's compile."""
+    n = sharding.data_parallel_size(self.mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self.dummy_batch(n).items()}
+    for field, (shape, dtype) in self.loss_fn.batch_fields.items():
+      batch[field] = jax.ShapeDtypeStruct((n, *shape), dtype)
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
+      jax.eval_shape(lambda p, b, k: self.loss_fn(p, b, k, model=self.model, train=True), self.abstract_params,
+                     batch, ABSTRACT_KEY)
 
   def _create_state(self, root_key):
     params = nn.unbox(self._boxed_params(jax.random.fold_in(root_key, 0)))

@@ -9,7 +9,8 @@ import numpy as np
 
 from vlm_jax import storage
 from vlm_jax.data import sources, streaming, synthetic
-from vlm_jax.registry import DATASETS, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import DATASETS
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Host-side preprocessing: image resize/augment/normalise and caption tokenisation."""
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -33,9 +33,9 @@ class Preprocess:
   flip: bool = False
   label_keys: tuple = ()
   lowercase: bool = False
-  # Extra inputs objectives ask for: 'word_start' (whole-word masking), 'qa' (one question/answer pair
-  # as `qa_text` = start, question, answer, end, with `qa_prefix` = the length of start + question).
-  batch_keys: frozenset = frozenset()
+  # The objectives' host-side preparation: (example, out, preprocess, rng) -> extra fields (word boundaries
+  # for whole-word masking, a question/answer pair, ...); `vlm_jax.objectives` builds it.
+  prepare: Optional[Callable] = None
 
   @classmethod
   def from_config(cls, config, tokenizer, *, train: bool = False, **fields):
@@ -75,11 +75,8 @@ class Preprocess:
   def __call__(self, example: dict, rng: Optional[np.random.Generator] = None) -> dict:
     key = str(example.get("key", ""))
     out = {"image": self.image(example["image"], rng, key), "text": self.text(example.get("caption"), key)}
-    if "word_start" in self.batch_keys:
-      out["word_start"] = self.tokenizer.word_starts(out["text"])
-    if "qa" in self.batch_keys:
-      i = int(rng.integers(len(example["questions"]))) if rng is not None else 0
-      out["qa_text"], out["qa_prefix"] = self.question_answer(example["questions"][i], example["answers"][i])
+    if self.prepare is not None:
+      out.update(self.prepare(example, out, self, rng))
     for key in self.label_keys:
       out[key] = np.int32(example[key])
     return out

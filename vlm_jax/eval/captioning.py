@@ -10,7 +10,8 @@ import numpy as np
 
 from vlm_jax import generate
 from vlm_jax.eval import common, text_metrics
-from vlm_jax.registry import EVALUATORS, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import EVALUATORS
 
 
 def first_mention(caption: str, names) -> int:
@@ -27,6 +28,8 @@ def first_mention(caption: str, names) -> int:
 class Captioning:
   """config: label_keys (default shape, color), limit (examples), max_len (default: the text length),
   beams (1: greedy), length_penalty (beam search)."""
+  needs = ("decode",)
+  defaults = dict(label_keys=("shape", "color"), limit=500)
   needs_image_emb = False
 
   def __init__(self, config, experiment):

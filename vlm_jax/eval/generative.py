@@ -9,7 +9,8 @@ import numpy as np
 
 from vlm_jax import generate
 from vlm_jax.eval import common, text_metrics
-from vlm_jax.registry import EVALUATORS, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import EVALUATORS
 
 
 def _check_writes_text(experiment, evaluator: str, method: str):
@@ -29,6 +30,8 @@ class Vqa:
 
   config: limit (images), max_answer_len (tokens, default 4), beams (1).
   """
+  needs = ("decode", "prefix_lm_logits")
+  defaults = dict(limit=200)
   needs_image_emb = False
 
   def __init__(self, config, experiment):
@@ -75,6 +78,8 @@ class LikelihoodZeroShot:
 
   config: label_keys, templates, limit (examples).
   """
+  needs = ("caption_logits",)
+  defaults = dict(label_keys=("shape", "color"), templates=("a photo of a {}",), limit=500)
   needs_image_emb = False
 
   def __init__(self, config, experiment):

@@ -18,22 +18,10 @@ import jax
 from vlm_jax import config_utils, storage
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.errors import ConfigError
+from vlm_jax.registry import EVALUATORS
 from vlm_jax.core import checkpoint
 from vlm_jax.core.experiment import Experiment
 
-# Every task with the model methods it needs and its settings when the run's config has none.
-_LABELS = ("shape", "color")
-TASKS = {
-    "zero_shot": (("encode_image", "encode_text"), dict(label_keys=_LABELS)),
-    "retrieval": (("encode_image", "encode_text"), dict(ks=(1, 5, 10), limit=1000)),
-    "linear_probe": (("encode_image",), dict(label_keys=_LABELS, shots=(1, 5, 10), train_limit=5000, limit=1000)),
-    "itm_retrieval": (("itm_logits",), dict(limit=100, rerank_k=16)),
-    "mlm_accuracy": (("mlm_logits",), dict(limit=500)),
-    "captioning": (("decode",), dict(label_keys=_LABELS, limit=500)),
-    "vqa": (("decode", "prefix_lm_logits"), dict(limit=200)),
-    "zero_shot_likelihood": (("caption_logits",), dict(label_keys=_LABELS, templates=("a photo of a {}",),
-                                                       limit=500)),
-}
 RECORDS = "eval_records"
 
 
@@ -68,19 +56,20 @@ def dataset_name(config, task_config=None) -> str:
 def fitting_tasks(config, model, requested=None) -> dict:
   """{task: evaluator config}: the requested tasks (an error if one does not fit), else all that fit."""
   evals = config.get("evals", {}) or {}
+  # Each evaluator declares the model methods it calls (`needs`, or the `method` its config names).
   method = lambda task: (evals.get(task) or {}).get("method")
-  fits = lambda task: all(hasattr(model, m) for m in ((method(task),) if method(task) else TASKS[task][0]))
+  needs = lambda task: (method(task),) if method(task) else EVALUATORS.get(task).needs
+  fits = lambda task: all(hasattr(model, m) for m in needs(task))
   for task in requested or ():
-    if task not in TASKS:
-      raise ConfigError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    EVALUATORS.get(task)   # an unknown task: the error lists the known ones
     if not fits(task):
       raise ConfigError(f"task {task!r} does not fit model {config.model.name!r} (it needs "
-                        f"{', '.join(TASKS[task][0])})")
-  chosen = list(requested) if requested else [t for t in TASKS if fits(t)]
+                        f"{', '.join(needs(task))})")
+  chosen = list(requested) if requested else [t for t in EVALUATORS.names() if fits(t)]
   def settings(task):
     own = {k: v for k, v in (evals.get(task) or {}).items() if k != "every"}
     # The default label keys are the embedded data's; a task on its own data classifies that data's labels.
-    defaults = {k: v for k, v in TASKS[task][1].items() if not (own.get("data") and k == "label_keys")}
+    defaults = {k: v for k, v in EVALUATORS.get(task).defaults.items() if not (own.get("data") and k == "label_keys")}
     return {**defaults, **own}
   return {t: settings(t) for t in chosen}
 

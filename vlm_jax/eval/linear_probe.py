@@ -9,7 +9,8 @@ training examples). Test: the first `limit` test examples.
 import numpy as np
 
 from vlm_jax.eval import common
-from vlm_jax.registry import EVALUATORS, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import EVALUATORS
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, l2: float):
@@ -36,6 +37,8 @@ def few_shot_indices(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarra
 class LinearProbe:
   """config: label_keys, shots (default 1, 5, 10), train_limit (5000), val_size (500), limit (test, 1000),
   l2_grid, seed."""
+  needs = ("encode_image",)
+  defaults = dict(label_keys=("shape", "color"), shots=(1, 5, 10), train_limit=5000, limit=1000)
   needs_image_emb = True
 
   def __init__(self, config, experiment):

@@ -4,8 +4,9 @@ import numpy as np
 
 from vlm_jax.eval import common
 from vlm_jax.eval.retrieval import recall_at_k
-from vlm_jax.objectives.matching import mlm_setup
-from vlm_jax.registry import EVALUATORS, ConfigError
+from vlm_jax.objectives.matching import text_masking
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import EVALUATORS
 
 
 class _TestInputs:
@@ -52,6 +53,8 @@ class ItmRetrieval:
   in the embedded data can repeat, so a few off-diagonal pairs are true matches; both metrics count them as
   non-matching, which only lowers them.
   """
+  needs = ("itm_logits",)
+  defaults = dict(limit=100, rerank_k=16)
   needs_image_emb = False
 
   def __init__(self, config, experiment):
@@ -107,6 +110,8 @@ class MlmAccuracy:
 
   config: limit (captions, default 500), rate (0.15), whole_word (True), method ('mlm_logits').
   """
+  needs = ("mlm_logits",)
+  defaults = dict(limit=500)
   needs_image_emb = False
 
   def __init__(self, config, experiment):
@@ -115,7 +120,7 @@ class MlmAccuracy:
       raise ConfigError(f"mlm_accuracy needs the model method {self.method!r}; {experiment.config.model.name!r} "
                         "has none")
     # Masked exactly as the mlm objective masks (same rate, whole words, special ids), with a fixed key.
-    self.mask, self.batch_keys = mlm_setup(config, experiment.tokenizer)
+    self.request, self.fields, self.prepare = text_masking(config, experiment.tokenizer, experiment.max_len)
     self.exp, self.inputs, self.limit = experiment, _TestInputs(experiment), config.get("limit") or 500
     model, method = experiment.model, self.method
     self.predict = common.Encoder(experiment, lambda params, batch: model.apply(
@@ -126,10 +131,11 @@ class MlmAccuracy:
     n = min(self.limit, len(self.exp.data.test))
     images, texts = self.inputs(n)
     batch = {"text": texts}
-    if "word_start" in self.batch_keys:
-      batch["word_start"] = np.stack([self.exp.tokenizer.word_starts(t) for t in texts])
-    masked, selected = jax.jit(self.mask)(jax.random.PRNGKey(0), batch)
-    masked, selected = np.asarray(masked), np.asarray(selected)
+    if self.prepare is not None:
+      batch.update({k: np.stack([self.prepare(None, {"text": t}, self.exp.eval_preprocess, None)[k] for t in texts])
+                    for k in self.fields})
+    drawn = jax.jit(self.request.draw)(jax.random.PRNGKey(0), batch)
+    masked, selected = np.asarray(drawn["tokens"]), np.asarray(drawn["selected"])
     predicted = self.predict(params, n, lambda idx: {"image": images[idx], "text": masked[idx]})
     return {"mlm/accuracy": float((predicted == texts)[selected].mean()) if selected.any() else 0.0,
             "mlm/masked_tokens": float(selected.sum())}

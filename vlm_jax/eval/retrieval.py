@@ -14,6 +14,8 @@ def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict:
 
 class Retrieval:
   """config: ks (default 1, 5, 10), limit (examples, optional)."""
+  needs = ("encode_image", "encode_text")
+  defaults = dict(ks=(1, 5, 10), limit=1000)
 
   def __init__(self, config, experiment):
     self.exp = experiment

@@ -10,7 +10,8 @@ import time
 import ml_collections
 
 from vlm_jax.eval import common
-from vlm_jax.registry import DATASETS, EVALUATORS, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import DATASETS, EVALUATORS
 
 
 class ExperimentOnData:

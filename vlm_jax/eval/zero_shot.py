@@ -2,7 +2,8 @@
 import numpy as np
 
 from vlm_jax.eval import common
-from vlm_jax.registry import EVALUATORS, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.registry import EVALUATORS
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture showing a {}.")
 
@@ -22,6 +23,8 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 class ZeroShot:
   """config: label_keys (dataset label keys, e.g. shape, color), templates, limit (examples, optional)."""
+  needs = ("encode_image", "encode_text")   # the model methods it calls: the harness runs it where they exist
+  defaults = dict(label_keys=("shape", "color"))
 
   def __init__(self, config, experiment):
     self.exp = experiment

@@ -33,6 +33,12 @@ def tower_fields(config, vocab_size: int):
   return image, txt
 
 
+def patch_size(config) -> int:
+  """The image tower's patch size in a model config (model.image.patch_size, or the variant's)."""
+  image = config.image
+  return int(image.get("patch_size") or vit.parse_variant(image.variant)["patch_size"])
+
+
 def locked_regex(locked) -> str:
   """The parameter paths of locked towers: 'image' -> every 'image_*/...' parameter."""
   return "|".join(f"{tower}_[^/]*/.*" for tower in locked)

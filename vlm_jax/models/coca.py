@@ -109,7 +109,8 @@ class CoCa(nn.Module):
     _, hidden = self._text(tokens, train)
     return self._decode(hidden, context, tokens, train)
 
-  def __call__(self, images, tokens, train: bool = False):
+  def __call__(self, images, tokens, train: bool = False, requests=None):
+    del requests   # CoCa's objective reads the outputs below; it asks for nothing more
     image_emb, context = self._image(images, train)
     text_emb, hidden = self._text(tokens, train)
     return {"image_emb": image_emb, "text_emb": text_emb,

@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers, text, vit
@@ -113,10 +112,6 @@ class Flava(nn.Module):
   def encode_text(self, tokens, train: bool = False):
     return l2_normalize(self.text_proj(self._text(tokens, train)[0]))
 
-  def match_scores(self, images, tokens):
-    """[text, image] contrastive similarities, for mining hard ITM negatives."""
-    return jax.lax.stop_gradient(self.encode_text(tokens) @ self.encode_image(images).T)
-
   def itm_logits(self, images, tokens, train: bool = False):
     pooled, _, _ = self._multimodal(self._image(images, train)[2], self._text(tokens, train)[2], tokens, train)
     return self.itm_head(pooled).astype(jnp.float32)
@@ -139,13 +134,41 @@ class Flava(nn.Module):
     _, image_part, text_part = self._multimodal(image_hidden, self._text(tokens, train)[2], tokens, train)
     return self.mm_mlm_head(text_part), self.mm_mim_head(image_part[:, 1:])
 
-  def __call__(self, images, tokens, train: bool = False):
-    """Contrastive outputs plus every head (so that init creates them; under jit unused ones cost nothing)."""
+  def __call__(self, images, tokens, train: bool = False, requests=None):
+    """One forward pass for every FLAVA objective.
+
+    Always the contrastive embeddings and scale. Requests (see `vlm_jax.objectives`) add: `masked_text` ->
+    text_mlm_logits at the masked positions; `patch_mask` -> image_mim; both -> mm_mlm_logits and mm_mim of
+    the multimodal encoder over the masked streams (MMM reuses the unimodal MLM / MIM encodings); `itm` ->
+    itm_logits of the multimodal encoder over each text and the image it is paired with, mined from the
+    contrastive similarities computed here (the unimodal encodings are reused, not recomputed), and the
+    pairing (itm_negative, itm_hard). Without requests (init, plain calls): every head on the unmasked
+    inputs. Under jit, what no objective reads is pruned.
+    """
     image_cls, image_tokens, image_hidden = self._image(images, train)
     text_pooled, text_tokens, text_hidden = self._text(tokens, train)
-    pooled, image_part, text_part = self._multimodal(image_hidden, text_hidden, tokens, train)
-    return {"image_emb": l2_normalize(self.image_proj(image_cls)), "text_emb": l2_normalize(self.text_proj(text_pooled)),
-            "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
-            "itm_logits": self.itm_head(pooled), "text_mlm_logits": self.text_mlm_head(text_tokens),
-            "image_mim": self.image_mim_head(image_tokens[:, 1:]), "mm_mlm_logits": self.mm_mlm_head(text_part),
-            "mm_mim": self.mm_mim_head(image_part[:, 1:])}
+    image_emb, text_emb = l2_normalize(self.image_proj(image_cls)), l2_normalize(self.text_proj(text_pooled))
+    out = {"image_emb": image_emb, "text_emb": text_emb,
+           "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max)}
+    if not requests:
+      pooled, image_part, text_part = self._multimodal(image_hidden, text_hidden, tokens, train)
+      return {**out, "itm_logits": self.itm_head(pooled), "text_mlm_logits": self.text_mlm_head(text_tokens),
+              "image_mim": self.image_mim_head(image_tokens[:, 1:]), "mm_mlm_logits": self.mm_mlm_head(text_part),
+              "mm_mim": self.mm_mim_head(image_part[:, 1:])}
+    masked, patch_mask, itm = requests.get("masked_text"), requests.get("patch_mask"), requests.get("itm")
+    at = lambda x, positions: jnp.take_along_axis(x, positions[..., None], axis=1)
+    if masked is not None:
+      _, masked_text, masked_text_hidden = self._text(masked["tokens"], train)
+      out["text_mlm_logits"] = self.text_mlm_head(at(masked_text, masked["positions"]))
+    if patch_mask is not None:
+      _, masked_image, masked_image_hidden = self._image(images, train, patch_mask)
+      out["image_mim"] = self.image_mim_head(masked_image[:, 1:])
+    if masked is not None and patch_mask is not None:
+      _, image_part, text_part = self._multimodal(masked_image_hidden, masked_text_hidden, masked["tokens"], train)
+      out["mm_mlm_logits"] = self.mm_mlm_head(at(text_part, masked["positions"]))
+      out["mm_mim"] = self.mm_mim_head(image_part[:, 1:])
+    if itm is not None:
+      index, negative, hard = itm(text_emb @ image_emb.T if itm.needs_scores else None)
+      pooled, _, _ = self._multimodal(image_hidden[index], text_hidden, tokens, train)
+      out.update(itm_logits=self.itm_head(pooled).astype(jnp.float32), itm_negative=negative, itm_hard=hard)
+    return out

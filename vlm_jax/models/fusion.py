@@ -98,10 +98,25 @@ class SingleTower(nn.Module):
     x = self.mlm_ln(layers.ACTIVATIONS[self.act](self.mlm_transform(text_tokens)))
     return (self.text_embed.attend(x) + self.mlm_bias.astype(self.dtype)).astype(jnp.float32)
 
-  def __call__(self, images, tokens, train: bool = False):
-    """Features plus both heads' outputs (under jit, what a caller does not use is not computed)."""
-    out = self.features(images, tokens, train)
-    return {**out, "itm_logits": self._itm_head(out["pooled"]), "mlm_logits": self._mlm_head(out["text_tokens"])}
+  def __call__(self, images, tokens, train: bool = False, requests=None):
+    """One forward pass for ViLT's objectives. Requests (see `vlm_jax.objectives`): `masked_text` ->
+    mlm_logits at the masked positions (one pass over the masked text and its image); `itm` -> itm_logits
+    over each text and the image it is paired with (one pass; hard negatives mined from `match_scores`),
+    and the pairing (itm_negative, itm_hard). Without requests (init, plain calls): the features and both
+    heads at every position."""
+    if not requests:
+      out = self.features(images, tokens, train)
+      return {**out, "itm_logits": self._itm_head(out["pooled"]), "mlm_logits": self._mlm_head(out["text_tokens"])}
+    out = {}
+    masked, itm = requests.get("masked_text"), requests.get("itm")
+    if masked is not None:
+      text = self.features(images, masked["tokens"], train)["text_tokens"]
+      out["mlm_logits"] = self._mlm_head(jnp.take_along_axis(text, masked["positions"][..., None], axis=1))
+    if itm is not None:
+      index, negative, hard = itm(self.match_scores(images, tokens) if itm.needs_scores else None)
+      out.update(itm_logits=self._itm_head(self.features(images[index], tokens, train)["pooled"]),
+                 itm_negative=negative, itm_hard=hard)
+    return out
 
   def itm_logits(self, images, tokens, train: bool = False):
     """[batch, 2] logits of (not matching, matching)."""

@@ -74,16 +74,24 @@ class PrefixLM(nn.Module):
   def _logits(self, x):
     return self.lm_head(self.lm_ln(x)).astype(jnp.float32)
 
-  def prefix_lm_logits(self, images, tokens, prefix_len, train: bool = False, text_only: bool = False):
+  def prefix_lm_logits(self, images, tokens, prefix_len, train: bool = False, text_only: bool = False,
+                       inputs=None, parallel=None, image_tokens=None):
     """Logits [batch, length, vocab]; position t predicts tokens[:, t + 1]. The first `prefix_len` text
-    tokens (per row; >= 1) and the image form the bidirectional prefix. text_only: no image tokens."""
+    tokens (per row; >= 1) and the image form the bidirectional prefix. text_only: no image tokens.
+
+    inputs: the input tokens, when they differ from `tokens` (CapPa's masked inputs); parallel: [batch]
+    bool, rows whose text attends to every text position (one block with the image, all positions valid);
+    image_tokens: the projected image, when the caller has it already."""
     b, length = tokens.shape
     valid = self._valid(tokens)
-    x = self._embed(tokens, jnp.broadcast_to(jnp.arange(length), tokens.shape))
+    x = self._embed(tokens if inputs is None else inputs, jnp.broadcast_to(jnp.arange(length), tokens.shape))
+    if parallel is not None:
+      prefix_len = jnp.where(parallel, length, prefix_len)
+      valid = valid | parallel[:, None]
     blocks = layers.prefix_blocks(length, prefix_len)
     n = 0
     if not text_only:
-      image = self._image_tokens(images, train)
+      image = self._image_tokens(images, train) if image_tokens is None else image_tokens
       n = image.shape[1]
       x = jnp.concatenate([image.astype(x.dtype), x], axis=1)
       valid = jnp.concatenate([jnp.ones((b, n), bool), valid], axis=1)
@@ -117,5 +125,15 @@ class PrefixLM(nn.Module):
     logits = self._logits(self.lm_decoder(x, mask, True, decode=True)[:, n:])
     return layers.last_valid(logits, valid[:, n:]) if prefill else logits
 
-  def __call__(self, images, tokens, train: bool = False):
-    return {"caption_logits": self.caption_logits(images, tokens, train)}
+  def __call__(self, images, tokens, train: bool = False, requests=None):
+    """Captioning logits, plus `lm/<name>` logits for each prefix-LM request (see `objectives.prefix_lm`);
+    the image is encoded once for all of them."""
+    image = self._image_tokens(images, train)
+    lm = lambda tokens, prefix_len, **kw: self.prefix_lm_logits(images, tokens, prefix_len, train, image_tokens=image,
+                                                                **kw)
+    out = {"caption_logits": lm(tokens, jnp.ones(tokens.shape[:1], jnp.int32))}
+    for name, r in (requests or {}).items():
+      if name.startswith("lm/"):
+        out[name] = lm(r["tokens"], r["prefix_len"], text_only=r.get("text_only", False), inputs=r.get("inputs"),
+                       parallel=r.get("parallel"))
+    return out

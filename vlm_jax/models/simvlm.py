@@ -115,10 +115,15 @@ class SimVLM(nn.Module):
 
   # --- training ------------------------------------------------------------------------------------
 
-  def prefix_lm_logits(self, images, tokens, prefix_len, train: bool = False, text_only: bool = False):
+  def prefix_lm_logits(self, images, tokens, prefix_len, train: bool = False, text_only: bool = False,
+                       inputs=None, parallel=None):
     """Logits [batch, length, vocab] aligned with `tokens` (position t predicts tokens[:, t + 1]) for every
     t >= prefix_len - 1: the encoder reads the image and tokens[:, :prefix_len], the decoder starts at the
-    last prefix token and continues the text."""
+    last prefix token and continues the text.
+
+    inputs: the decoder's input tokens, when they differ from `tokens` (CapPa's masked inputs); parallel:
+    [batch] bool, rows whose decoder attends to every position instead of causally (all of them valid, so
+    that the caption's length is not given away)."""
     b, length = tokens.shape
     pos = jnp.arange(length)[None, :]
     image = self._image(images, train)
@@ -126,11 +131,16 @@ class SimVLM(nn.Module):
     prefix_valid = (pos < prefix_len[:, None]) & self._valid(tokens)
     encoded, valid = self._encode(image, image_valid, tokens, prefix_valid, train)
     # The decoder reads tokens[p - 1:], each row shifted to start at its last prefix token.
-    shifted = jnp.take_along_axis(tokens, jnp.clip(pos + prefix_len[:, None] - 1, 0, length - 1), axis=1)
-    shifted = jnp.where(pos + prefix_len[:, None] - 1 < length, shifted, self.text.get("pad_id", 0))
+    source = jnp.clip(pos + prefix_len[:, None] - 1, 0, length - 1)
+    outside = pos + prefix_len[:, None] - 1 >= length
+    shift = lambda x: jnp.where(outside, self.text.get("pad_id", 0), jnp.take_along_axis(x, source, axis=1))
+    shifted = shift(tokens)
     dec_valid = self._valid(shifted)
     mask = layers.attention_mask(jnp.ones_like(dec_valid), dec_valid, True)
-    logits = self._decode(shifted, jnp.broadcast_to(pos, (b, length)), mask, encoded, valid, train)
+    if parallel is not None:
+      mask = jnp.where(parallel[:, None, None, None], True, mask)
+    dec_inputs = shifted if inputs is None else shift(inputs)
+    logits = self._decode(dec_inputs, jnp.broadcast_to(pos, (b, length)), mask, encoded, valid, train)
     # Back to the positions of `tokens`: t -> decoder step t - p + 1.
     back = jnp.clip(pos - prefix_len[:, None] + 1, 0, length - 1)
     return jnp.take_along_axis(logits, back[..., None], axis=1)
@@ -160,5 +170,11 @@ class SimVLM(nn.Module):
     logits = self._decode(tokens, positions, mask, encoded, valid, False, decode=True)
     return logits[:, 0] if prefill else logits
 
-  def __call__(self, images, tokens, train: bool = False):
-    return {"caption_logits": self.caption_logits(images, tokens, train)}
+  def __call__(self, images, tokens, train: bool = False, requests=None):
+    """Captioning logits, plus `lm/<name>` logits for each prefix-LM request (see `objectives.prefix_lm`)."""
+    out = {"caption_logits": self.caption_logits(images, tokens, train)}
+    for name, r in (requests or {}).items():
+      if name.startswith("lm/"):
+        out[name] = self.prefix_lm_logits(images, r["tokens"], r["prefix_len"], train, r.get("text_only", False),
+                                          r.get("inputs"), r.get("parallel"))
+    return out

@@ -82,23 +82,29 @@ class TwoTower(nn.Module):
     embed = lambda x, train: self.text_proj(self.text_encoder(x, train=train)[0])
     return l2_normalize(run_tower(self.locked, "text", embed, tokens, train))
 
-  def text_mlm_logits(self, images, tokens, train: bool = False):
-    """[batch, length, vocab] MLM logits of the text tower (images unused: the towers are separate)."""
+  def text_mlm_logits(self, images, tokens, train: bool = False, positions=None):
+    """[batch, length, vocab] MLM logits of the text tower (images unused: the towers are separate); at
+    `positions` [batch, k] only, when given."""
     del images
     if not self.text_mlm_head:
       raise ValueError("set model.text_mlm_head=True to train the text tower with the mlm objective")
     _, hidden = self.text_encoder(tokens, train=train)
+    if positions is not None:
+      hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
     x = self.text_mlm_ln(layers.ACTIVATIONS[self.text.get("act", "gelu")](self.text_mlm_transform(hidden)))
     return self.text_mlm_decoder(x).astype(jnp.float32)
 
-  def __call__(self, images, tokens, train: bool = False):
-    """Returns L2-normalised embeddings and the clamped (log) logit scale."""
+  def __call__(self, images, tokens, train: bool = False, requests=None):
+    """L2-normalised embeddings and the clamped (log) logit scale; with `model.text_mlm_head`, MLM logits of
+    the text tower (at the masked positions of a `masked_text` request)."""
     out = {"image_emb": self.encode_image(images, train), "text_emb": self.encode_text(tokens, train),
            # Clamped in the forward pass (open_clip clamps the parameter after each step): beyond ln(100)
            # the scale gets no gradient, so it cannot run away.
            "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max)}
     if self.logit_bias_init is not None:
       out["logit_bias"] = self.logit_bias
-    if self.text_mlm_head:  # so that init creates the head; under jit it costs nothing unless used
-      out["text_mlm_logits"] = self.text_mlm_logits(images, tokens, train)
+    if self.text_mlm_head:
+      masked = (requests or {}).get("masked_text")
+      out["text_mlm_logits"] = (self.text_mlm_logits(images, tokens, train) if masked is None else
+                                self.text_mlm_logits(images, masked["tokens"], train, masked["positions"]))
     return out

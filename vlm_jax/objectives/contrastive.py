@@ -1,34 +1,25 @@
-"""Contrastive image-text losses (CLIP InfoNCE) and their distributed implementations.
+"""Contrastive image-text loss (CLIP InfoNCE), one entry with two distributed implementations.
 
-`clip_loss` is the reference definition. `clip_loss_global` computes it over the whole global batch and lets
-XLA insert the collectives. `clip_loss_local` is open_clip's local loss under `shard_map`: each data shard
-gathers all features (with gradient), scores its own rows against every column and offsets its labels
-by its shard index, so it holds a [local, global] block of logits instead of [global, global].
+`clip_loss(..., impl='global')` computes it over the whole global batch and lets XLA insert the
+collectives. `impl='local'` is open_clip's local loss under `shard_map`: each data shard gathers all
+features (with gradient), scores its own rows against every column and offsets its labels by its shard
+index, so it holds a [local, global] block of logits instead of [global, global].
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from vlm_jax.registry import OBJECTIVES, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.objectives.base import Objective, need
+from vlm_jax.registry import OBJECTIVES
 
 BATCH_AXES = ("data", "fsdp")
+CLIP_IMPLEMENTATIONS = ("global", "local")
 
 
 def _cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def clip_loss(image_emb, text_emb, logit_scale):
-  """Mean of image->text and text->image cross-entropy; logits = exp(logit_scale) * image_emb @ text_emb.T.
-
-  Inputs are L2-normalised [batch, dim] embeddings; row i of each is a matching pair.
-  """
-  logits = jnp.exp(logit_scale) * image_emb.astype(jnp.float32) @ text_emb.astype(jnp.float32).T
-  labels = jnp.arange(logits.shape[0])
-  return 0.5 * (_cross_entropy(logits, labels) + _cross_entropy(logits.T, labels))
 
 
 def _block_metrics(logits, labels, image_emb, text_emb, logit_scale):
@@ -45,8 +36,18 @@ def _block_metrics(logits, labels, image_emb, text_emb, logit_scale):
   }
 
 
-def clip_loss_global(image_emb, text_emb, logit_scale):
-  """(loss, metrics) over the global batch; under jit the batch may be sharded any way."""
+def clip_loss(image_emb, text_emb, logit_scale, *, impl: str = "global", mesh=None):
+  """CLIP's InfoNCE: (mean of image->text and text->image cross-entropy, metrics), with logits =
+  exp(logit_scale) * image_emb @ text_emb.T over L2-normalised [batch, dim] embeddings whose row i is a pair.
+
+  impl: 'global' (the [batch, batch] logits; under jit the batch may be sharded any way) or 'local' (each
+  shard scores its rows against gathered columns, `_clip_loss_local`; needs the mesh). Equal in value and
+  gradient.
+  """
+  if impl not in CLIP_IMPLEMENTATIONS:
+    raise ConfigError(f"unknown clip impl {impl!r}; known: {', '.join(CLIP_IMPLEMENTATIONS)}")
+  if impl == "local":
+    return _clip_loss_local(image_emb, text_emb, logit_scale, mesh=mesh)
   logits = jnp.exp(logit_scale) * image_emb.astype(jnp.float32) @ text_emb.astype(jnp.float32).T
   labels = jnp.arange(logits.shape[0])
   loss = 0.5 * (_cross_entropy(logits, labels) + _cross_entropy(logits.T, labels))
@@ -55,10 +56,10 @@ def clip_loss_global(image_emb, text_emb, logit_scale):
   return loss, metrics
 
 
-def clip_loss_local(image_emb, text_emb, logit_scale, *, mesh, axes=BATCH_AXES):
+def _clip_loss_local(image_emb, text_emb, logit_scale, *, mesh, axes=BATCH_AXES):
   """(loss, metrics) with each shard scoring local rows against gathered global columns.
 
-  Equal to `clip_loss_global` in value and gradient: `all_gather` is differentiable (its transpose is a
+  Equal to the global loss in value and gradient: `all_gather` is differentiable (its transpose is a
   reduce-scatter), so each shard's rows also receive the gradient that flows through other shards' columns.
   """
   axes = tuple(a for a in axes if mesh.shape[a] > 1) or axes[:1]
@@ -82,27 +83,17 @@ def clip_loss_local(image_emb, text_emb, logit_scale, *, mesh, axes=BATCH_AXES):
       image_emb, text_emb, logit_scale)
 
 
-CLIP_IMPLEMENTATIONS = {"global": clip_loss_global, "local": clip_loss_local}
-
-
-def clip_implementation(impl: str, mesh):
-  """(image_emb, text_emb, logit_scale) -> (loss, metrics) for config value `impl`: global | local."""
+@OBJECTIVES.register("clip")
+def build_clip_objective(config, context):
+  """CLIP objective. config.impl: 'global' (logits over the global batch) or 'local' (shard_map local loss)."""
+  impl = config.get("impl", "global")
   if impl not in CLIP_IMPLEMENTATIONS:
     raise ConfigError(f"unknown clip impl {impl!r}; known: {', '.join(CLIP_IMPLEMENTATIONS)}")
-  if impl == "local":
-    return functools.partial(clip_loss_local, mesh=mesh)
-  return CLIP_IMPLEMENTATIONS[impl]
 
+  def loss(outputs, inputs):
+    del inputs
+    value, metrics = clip_loss(need(outputs, "image_emb", "clip", "use a model with both towers"),
+                               outputs["text_emb"], outputs["logit_scale"], impl=impl, mesh=context.mesh)
+    return value, {"clip_loss": value, **metrics}
 
-@OBJECTIVES.register("clip")
-def build_clip_objective(config, *, mesh, tokenizer=None):
-  """CLIP objective. config.impl: 'global' (logits over the global batch) or 'local' (shard_map local loss)."""
-  del tokenizer
-  loss_impl = clip_implementation(config.get("impl", "global"), mesh)
-
-  def loss_fn(params, batch, rng, *, model, train):
-    out = model.apply({"params": params}, batch["image"], batch["text"], train=train, rngs={"dropout": rng})
-    loss, metrics = loss_impl(out["image_emb"], out["text_emb"], out["logit_scale"])
-    return loss, {"clip_loss": loss, **metrics}
-
-  return loss_fn
+  return Objective(loss)

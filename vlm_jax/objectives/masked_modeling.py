@@ -8,15 +8,16 @@ MMM masks text tokens and image patches together and predicts both from the mult
 """
 import io
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from vlm_jax import storage
+from vlm_jax.errors import ConfigError
 from vlm_jax.objectives import masking
-from vlm_jax.objectives.matching import mlm_setup
-from vlm_jax.registry import OBJECTIVES, ConfigError
+from vlm_jax.objectives.base import Objective, Request, need, token_cross_entropy
+from vlm_jax.objectives.matching import text_masking
+from vlm_jax.registry import OBJECTIVES
 
 
 class MimTargets:
@@ -54,55 +55,43 @@ class MimTargets:
     return (per_patch * weights).sum() / count, accuracy
 
 
-def _patch_size(model):
-  return model.image["patch_size"]
+def patch_masking(rate: float, patch_size: int):
+  """The `patch_mask` request: round(rate * patches) random patches of each image, [batch, patches] bool."""
+  def draw(rng, batch):
+    b, h, w, _ = batch["image"].shape
+    return masking.mask_patches(rng, b, (h // patch_size) * (w // patch_size), rate)
+  return Request(draw, ("patch_mask", rate))
 
 
 @OBJECTIVES.register("mim")
-def build_mim_objective(config, *, mesh, tokenizer=None):
+def build_mim_objective(config, context):
   """Masked image modeling on the image encoder. config: rate (0.4), target, codebook_path."""
-  del mesh, tokenizer
-  targets, rate = MimTargets(config), float(config.get("rate", 0.4))
+  targets, p = MimTargets(config), context.patch_size
 
-  def loss_fn(params, batch, rng, *, model, train):
-    mask_rng, dropout_rng = jax.random.split(rng)
-    images = batch["image"]
-    p = _patch_size(model)
-    patch_mask = masking.mask_patches(mask_rng, images.shape[0], (images.shape[1] // p) * (images.shape[2] // p), rate)
-    predictions = model.apply({"params": params}, images, batch["text"], patch_mask, train=train,
-                              method="image_mim", rngs={"dropout": dropout_rng})
-    loss, accuracy = targets.loss(predictions, images, patch_mask, p)
-    metrics = {"mim_loss": loss}
-    if targets.kind == "codebook":
-      metrics["mim_acc"] = accuracy
-    return loss, metrics
+  def loss(outputs, inputs):
+    predictions = need(outputs, "image_mim", "mim", "use model.name='flava'")
+    value, accuracy = targets.loss(predictions, inputs["image"], inputs["patch_mask"], p)
+    return value, ({"mim_loss": value, "mim_acc": accuracy} if targets.kind == "codebook" else {"mim_loss": value})
 
-  return loss_fn
+  return Objective(loss, requests={"patch_mask": patch_masking(float(config.get("rate", 0.4)), p)})
 
 
 @OBJECTIVES.register("mmm")
-def build_mmm_objective(config, *, mesh, tokenizer=None):
+def build_mmm_objective(config, context):
   """Masked multimodal modeling: text and patches masked together, both predicted by the multimodal
-  encoder; loss = MLM + MIM. config: rate (text, 0.15), whole_word, image_rate (0.4), target, codebook_path."""
-  del mesh
-  targets, image_rate = MimTargets(config), float(config.get("image_rate", 0.4))
-  mask_text, batch_keys = mlm_setup(config, tokenizer)
+  encoder; loss = MLM + MIM. config: rate (text, 0.15), whole_word, max_predictions, image_rate (0.4),
+  target, codebook_path. With an mlm / mim objective of equal rates, the masks are shared (as FLAVA)."""
+  targets, p = MimTargets(config), context.patch_size
+  text_request, fields, prepare = text_masking(config, context.tokenizer, context.max_len)
 
-  def loss_fn(params, batch, rng, *, model, train):
-    text_rng, image_rng, dropout_rng = jax.random.split(rng, 3)
-    images, tokens = batch["image"], batch["text"]
-    p = _patch_size(model)
-    masked, selected = mask_text(text_rng, batch)
-    patch_mask = masking.mask_patches(image_rng, images.shape[0], (images.shape[1] // p) * (images.shape[2] // p),
-                                      image_rate)
-    text_logits, patch_predictions = model.apply({"params": params}, images, masked, patch_mask, train=train,
-                                                 method="mmm", rngs={"dropout": dropout_rng})
-    weights = selected.astype(jnp.float32)
-    count = jnp.maximum(weights.sum(), 1.0)
-    mlm = (optax.softmax_cross_entropy_with_integer_labels(text_logits, tokens) * weights).sum() / count
-    mim, _ = targets.loss(patch_predictions, images, patch_mask, p)
+  def loss(outputs, inputs):
+    masked = inputs["masked_text"]
+    logits = need(outputs, "mm_mlm_logits", "mmm", "use model.name='flava'")
+    mlm, accuracy, _ = token_cross_entropy(logits, masked["targets"], masked["weights"])
+    mim, _ = targets.loss(outputs["mm_mim"], inputs["image"], inputs["patch_mask"], p)
     return mlm + mim, {"mmm_loss": mlm + mim, "mmm_text_loss": mlm, "mmm_image_loss": mim,
-                       "mmm_text_acc": ((jnp.argmax(text_logits, -1) == tokens) * weights).sum() / count}
+                       "mmm_text_acc": accuracy}
 
-  loss_fn.batch_keys = batch_keys
-  return loss_fn
+  requests = {"masked_text": text_request,
+              "patch_mask": patch_masking(float(config.get("image_rate", 0.4)), p)}
+  return Objective(loss, requests=requests, batch_fields=fields, prepare=prepare)

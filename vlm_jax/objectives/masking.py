@@ -4,6 +4,8 @@ Drawn with `jax.random` on global-shaped arrays, so a batch is masked identicall
 devices or processes (the threefry PRNG is partitionable), and a resumed run masks as the uninterrupted
 one did.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -15,12 +17,14 @@ def word_start_index(word_start):
 
 
 def mask_tokens(rng, tokens, *, rate: float, mask_id: int, vocab_size: int, special_ids, word_start=None,
-                replace_probs=(0.8, 0.1, 0.1)):
+                replace_probs=(0.8, 0.1, 0.1), max_predictions=None):
   """BERT masking: each word (or token) is selected with probability `rate`; a selected token becomes
   `mask_id` (80%), a random token (10%) or stays (10%).
 
   special_ids: ids never selected (padding, bos, eos, ...). word_start: optional [batch, length] bool; when
   given, whole words are selected together (whole-word masking). Random replacements avoid special ids.
+  max_predictions: at most this many tokens per row are selected (BERT's max_predictions_per_seq), the
+  words with the lowest draws first, so that only that many positions need the vocabulary projection.
   Returns (masked tokens, selected [batch, length] bool); the targets are the original `tokens` where
   `selected`.
   """
@@ -32,6 +36,10 @@ def mask_tokens(rng, tokens, *, rate: float, mask_id: int, vocab_size: int, spec
     # One draw per word: every token reads the draw of its word's first token.
     draw = jnp.take_along_axis(draw, word_start_index(word_start | ~candidate), axis=-1)
   selected = candidate & (draw < rate)
+  if max_predictions is not None and max_predictions < tokens.shape[-1]:
+    # Ties (the tokens of one word share a draw) are broken by position: a word is cut only at the cap.
+    rank = jnp.argsort(jnp.argsort(jnp.where(selected, draw, 2.0), axis=-1, stable=True), axis=-1)
+    selected &= rank < max_predictions
   kind = jax.random.uniform(kind_rng, tokens.shape)
   to_mask = kind < replace_probs[0]
   to_random = (kind >= replace_probs[0]) & (kind < replace_probs[0] + replace_probs[1])
@@ -41,6 +49,18 @@ def mask_tokens(rng, tokens, *, rate: float, mask_id: int, vocab_size: int, spec
   masked = jnp.where(selected & to_mask, mask_id, tokens)
   masked = jnp.where(selected & to_random, random_tokens, masked)
   return masked, selected
+
+
+def selected_positions(selected, count: int):
+  """[batch, length] bool -> (positions [batch, count] of the selected tokens in order, then unselected
+  ones as filler; weights [batch, count]: 1 at selected positions). `count` must bound each row's number."""
+  order = jnp.argsort(~selected, axis=-1, stable=True)[..., :count]
+  return order, jnp.take_along_axis(selected, order, axis=-1)
+
+
+def default_max_predictions(length: int, rate: float) -> int:
+  """Twice the expected number of masked tokens plus two, at most the length: the cap binds rarely."""
+  return min(length, 2 * math.ceil(rate * length) + 2)
 
 
 def mask_patches(rng, batch: int, num_patches: int, rate: float):

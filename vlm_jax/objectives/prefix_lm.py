@@ -10,21 +10,11 @@ the first tokens of the text) and is trained to continue it; only the suffix is 
 """
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
 
-from vlm_jax.registry import OBJECTIVES, ConfigError
-
-
-def suffix_loss(logits, tokens, prefix_len, pad_id: int = 0):
-  """Next-token loss on suffix tokens only: logits[:, t] predicts tokens[:, t + 1], counted when t + 1 >=
-  prefix_len (per row) and the target is not padding. Returns (mean loss, token accuracy, target count)."""
-  logits, targets = logits[:, :-1].astype(jnp.float32), tokens[:, 1:]
-  position = jnp.arange(1, tokens.shape[1])[None, :]
-  weights = ((targets != pad_id) & (position >= prefix_len[:, None])).astype(jnp.float32)
-  count = jnp.maximum(weights.sum(), 1.0)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  accuracy = ((jnp.argmax(logits, axis=-1) == targets) * weights).sum() / count
-  return (losses * weights).sum() / count, accuracy, weights.sum()
+from vlm_jax.errors import ConfigError
+from vlm_jax.objectives.base import Objective, Request, need, next_token_loss
+from vlm_jax.registry import OBJECTIVES
 
 
 def sample_prefix_len(rng, tokens, pad_id: int, low: float, high: float):
@@ -40,48 +30,71 @@ def _pad_id(tokenizer):
   return tokenizer.pad_id if tokenizer is not None else 0
 
 
-def _logits(model, params, images, tokens, prefix_len, rng, train, **kwargs):
-  if not hasattr(model, "prefix_lm_logits"):
-    raise ConfigError(f"PrefixLM objectives need a prefix-LM model (simvlm or prefix_lm), not {type(model).__name__}")
-  return model.apply({"params": params}, images, tokens, prefix_len, train=train, rngs={"dropout": rng},
-                     method="prefix_lm_logits", **kwargs)
+LM_HINT = "use a prefix-LM model (model.name 'simvlm' or 'prefix_lm')"
+
+
+def lm_request(key: str, tokens_and_prefix, *, text_only: bool = False, parallel=None):
+  """The `lm/<key>` request: the model returns outputs['lm/<key>'], logits [batch, length, vocab] aligned
+  with the tokens (position t predicts tokens[:, t + 1]).
+
+  tokens_and_prefix(rng, batch) -> (tokens, prefix_len); text_only hides the image; parallel(rng, batch)
+  -> [batch] bool (optional): rows whose decoder inputs are all masked and attend to one another (CapPa)."""
+  def draw(rng, batch):
+    split_rng, parallel_rng = jax.random.split(rng)
+    tokens, prefix_len = tokens_and_prefix(split_rng, batch)
+    request = {"tokens": tokens, "prefix_len": prefix_len, "text_only": text_only}
+    if parallel is not None:
+      request["parallel"] = parallel(parallel_rng, batch)
+    return request
+  return Request(draw, ("lm", key))
 
 
 @OBJECTIVES.register("prefix_lm")
-def build_prefix_lm_objective(config, *, mesh, tokenizer=None):
+def build_prefix_lm_objective(config, context):
   """config: prefix_min (0.0), prefix_max (0.5): the prefix's share of the caption; text_only (False)."""
-  del mesh
   low, high = float(config.get("prefix_min", 0.0)), float(config.get("prefix_max", 0.5))
   if not 0.0 <= low <= high <= 1.0:
     raise ConfigError(f"prefix_lm needs 0 <= prefix_min <= prefix_max <= 1, got {low}, {high}")
   text_only = bool(config.get("text_only", False))
-  pad_id = _pad_id(tokenizer)
+  pad_id = _pad_id(context.tokenizer)
   name = "text_lm" if text_only else "prefix_lm"
+  request = f"lm/{context.key}"
 
-  def loss_fn(params, batch, rng, *, model, train):
-    split_rng, dropout_rng = jax.random.split(rng)
-    tokens = batch["text"]
-    prefix_len = sample_prefix_len(split_rng, tokens, pad_id, low, high)
-    logits = _logits(model, params, batch["image"], tokens, prefix_len, dropout_rng, train, text_only=text_only)
-    loss, accuracy, count = suffix_loss(logits, tokens, prefix_len, pad_id)
-    return loss, {f"{name}_loss": loss, f"{name}_token_acc": accuracy, f"{name}_tokens": count,
-                  f"{name}_prefix_len": prefix_len.mean().astype(jnp.float32)}
+  def split(rng, batch):
+    return batch["text"], sample_prefix_len(rng, batch["text"], pad_id, low, high)
 
-  return loss_fn
+  def loss(outputs, inputs):
+    drawn = inputs[request]
+    logits = need(outputs, request, "prefix_lm", LM_HINT)
+    value, accuracy, count = next_token_loss(logits, drawn["tokens"], drawn["prefix_len"], pad_id)
+    return value, {f"{name}_loss": value, f"{name}_token_acc": accuracy, f"{name}_tokens": count,
+                   f"{name}_prefix_len": drawn["prefix_len"].mean().astype(jnp.float32)}
+
+  return Objective(loss, requests={request: lm_request(context.key, split, text_only=text_only)})
+
+
+def question_answer(example, out, preprocess, rng):
+  """Host side of the vqa objective: one of the example's question/answer pairs, drawn per step."""
+  del out
+  i = int(rng.integers(len(example["questions"]))) if rng is not None else 0
+  qa_text, qa_prefix = preprocess.question_answer(example["questions"][i], example["answers"][i])
+  return {"qa_text": qa_text, "qa_prefix": qa_prefix}
 
 
 @OBJECTIVES.register("vqa")
-def build_vqa_objective(config, *, mesh, tokenizer=None):
+def build_vqa_objective(config, context):
   """Question -> answer as a prefix-LM: the batch's `qa_text` (start, question, answer, end) with the
   question as prefix (`qa_prefix`). Each training example uses one of its questions, drawn per step."""
-  del mesh, config
-  pad_id = _pad_id(tokenizer)
+  del config
+  pad_id = _pad_id(context.tokenizer)
+  request = f"lm/{context.key}"
 
-  def loss_fn(params, batch, rng, *, model, train):
-    tokens, prefix_len = batch["qa_text"], batch["qa_prefix"]
-    logits = _logits(model, params, batch["image"], tokens, prefix_len, rng, train)
-    loss, accuracy, count = suffix_loss(logits, tokens, prefix_len, pad_id)
-    return loss, {"vqa_loss": loss, "vqa_token_acc": accuracy, "vqa_tokens": count}
+  def loss(outputs, inputs):
+    tokens, prefix_len = inputs["qa_text"], inputs["qa_prefix"]
+    value, accuracy, count = next_token_loss(need(outputs, request, "vqa", LM_HINT), tokens, prefix_len, pad_id)
+    return value, {"vqa_loss": value, "vqa_token_acc": accuracy, "vqa_tokens": count}
 
-  loss_fn.batch_keys = {"qa"}
-  return loss_fn
+  split = lambda rng, batch: (batch["qa_text"], batch["qa_prefix"])
+  return Objective(loss, requests={request: lm_request(context.key, split)},
+                   batch_fields={"qa_text": ((context.max_len,), np.int32), "qa_prefix": ((), np.int32)},
+                   prepare=question_answer)

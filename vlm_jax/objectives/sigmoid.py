@@ -15,7 +15,9 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax.objectives.contrastive import BATCH_AXES
-from vlm_jax.registry import OBJECTIVES, ConfigError
+from vlm_jax.errors import ConfigError
+from vlm_jax.objectives.base import Objective, need
+from vlm_jax.registry import OBJECTIVES
 
 
 def _block_logits(image_emb, text_emb, logit_scale, logit_bias):
@@ -138,27 +140,24 @@ SIGMOID_IMPLEMENTATIONS = ("global", "ring")
 
 
 @OBJECTIVES.register("sigmoid")
-def build_sigmoid_objective(config, *, mesh, tokenizer=None):
+def build_sigmoid_objective(config, context):
   """SigLIP objective. config.impl: 'global' or 'ring' (with `bidirectional`, `exchange`: text|image).
 
   The model must output a logit bias (TwoTower with logit_bias_init set).
   """
-  del tokenizer
   impl = config.get("impl", "global")
   if impl not in SIGMOID_IMPLEMENTATIONS:
     raise ConfigError(f"unknown sigmoid impl {impl!r}; known: {', '.join(SIGMOID_IMPLEMENTATIONS)}")
   if impl == "global":
     loss_impl = sigmoid_loss_global
   else:
-    loss_impl = functools.partial(sigmoid_loss_ring, mesh=mesh, bidirectional=config.get("bidirectional", False),
+    loss_impl = functools.partial(sigmoid_loss_ring, mesh=context.mesh, bidirectional=config.get("bidirectional", False),
                                   exchange=config.get("exchange", "text"))
 
-  def loss_fn(params, batch, rng, *, model, train):
-    out = model.apply({"params": params}, batch["image"], batch["text"], train=train, rngs={"dropout": rng})
-    if "logit_bias" not in out:
-      raise ConfigError("the sigmoid objective needs a model with a logit bias; set model.logit_bias_init "
-                        "(SigLIP uses -10)")
-    loss, metrics = loss_impl(out["image_emb"], out["text_emb"], out["logit_scale"], out["logit_bias"])
-    return loss, {"sigmoid_loss": loss, **metrics}
+  def loss(outputs, inputs):
+    del inputs
+    bias = need(outputs, "logit_bias", "sigmoid", "set model.logit_bias_init (SigLIP uses -10)")
+    value, metrics = loss_impl(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], bias)
+    return value, {"sigmoid_loss": value, **metrics}
 
-  return loss_fn
+  return Objective(loss)

@@ -1,0 +1,59 @@
+"""CapPa (Tschannen et al. 2023, "Image Captioners Are Scalable Vision Learners Too"; big_vision's cappa).
+
+A captioner trained with a mix of autoregressive and parallel prediction: for a fraction `parallel_fraction`
+of the examples (0.75 in the paper) every decoder input is the mask token and the decoder attends to all
+positions instead of causally, so each position must predict its token from the image alone; the other
+examples are trained autoregressively (teacher forcing). One cross-entropy over every caption token of
+both kinds (captioning: a prefix-LM with an empty prefix). Works on any prefix-LM model; the encoder-decoder
+(`simvlm` with plain patches) is CapPa's architecture.
+"""
+import jax
+import jax.numpy as jnp
+
+from vlm_jax.errors import ConfigError
+from vlm_jax.objectives.base import Objective, Request, need, token_cross_entropy
+from vlm_jax.objectives.prefix_lm import LM_HINT, lm_request
+from vlm_jax.registry import OBJECTIVES
+
+
+@OBJECTIVES.register("cappa")
+def build_cappa_objective(config, context):
+  """config: parallel_fraction (0.75): the share of examples predicted in parallel, drawn per step."""
+  fraction = float(config.get("parallel_fraction", 0.75))
+  if not 0.0 <= fraction <= 1.0:
+    raise ConfigError(f"cappa.parallel_fraction must be in [0, 1], got {fraction}")
+  tokenizer = context.tokenizer
+  if tokenizer is None or tokenizer.mask_id < 0:
+    raise ConfigError("cappa replaces decoder inputs with the mask token; the tokenizer has none (the embedded "
+                      "SentencePiece model and the byte tokenizer have one)")
+  request = f"lm/{context.key}"
+
+  def caption(rng, batch):
+    del rng
+    tokens = batch["text"]
+    return tokens, jnp.ones(tokens.shape[:1], jnp.int32)   # the start token is the whole prefix
+
+  def parallel_rows(rng, batch):
+    return jax.random.uniform(rng, batch["text"].shape[:1]) < fraction
+
+  def loss(outputs, inputs):
+    drawn = inputs[request]
+    logits = need(outputs, request, "cappa", LM_HINT)
+    tokens, parallel = drawn["tokens"], drawn["parallel"]
+    targets = tokens[:, 1:]
+    counted = targets != tokenizer.pad_id
+    value, accuracy, count = token_cross_entropy(logits[:, :-1], targets, counted)
+    by_kind = {kind: token_cross_entropy(logits[:, :-1], targets, counted & rows[:, None])[0]
+               for kind, rows in (("parallel", parallel), ("ar", ~parallel))}
+    return value, {"cappa_loss": value, "cappa_token_acc": accuracy, "cappa_tokens": count,
+                   "cappa_parallel_loss": by_kind["parallel"], "cappa_ar_loss": by_kind["ar"],
+                   "cappa_parallel_fraction": parallel.mean()}
+
+  def draw_with_masked_inputs(rng, batch):
+    drawn = base_request.draw(rng, batch)
+    # Parallel rows read only mask tokens: no text context at all, as big_vision's masking_ratio=1.
+    drawn["inputs"] = jnp.where(drawn["parallel"][:, None], tokenizer.mask_id, drawn["tokens"])
+    return drawn
+
+  base_request = lm_request(context.key, caption, parallel=parallel_rows)
+  return Objective(loss, requests={request: Request(draw_with_masked_inputs, base_request.spec)})
