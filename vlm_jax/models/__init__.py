@@ -115,6 +115,7 @@ def build_flava(config, vocab_size: int):
   """FLAVA: image, text and multimodal encoders with contrastive, MIM, MLM, MMM and ITM heads."""
   image, txt = tower_fields(config, vocab_size)
   mm = {**dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.multimodal.variant])),
+        "remat": config.remat, "scan": config.scan_layers,
         **{k: v for k, v in config.multimodal.items() if k != "variant"}}
   return flava.Flava(image=image, text=txt, multimodal=mm, embed_dim=config.embed_dim,
                      mim_codes=config.get("mim_codes", 0), **shared_fields(config))

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlm_jax.models import layers
+from vlm_jax.models.two_tower import l2_normalize
 
 
 class ConvStem(nn.Module):
@@ -144,6 +145,15 @@ class SimVLM(nn.Module):
     # Back to the positions of `tokens`: t -> decoder step t - p + 1.
     back = jnp.clip(pos - prefix_len[:, None] + 1, 0, length - 1)
     return jnp.take_along_axis(logits, back[..., None], axis=1)
+
+  def encode_image(self, images, train: bool = False):
+    """The encoder's outputs at the image positions (no text), mean-pooled and L2-normalised: the image
+    features a linear probe reads (CapPa evaluates its encoder this way)."""
+    image = self._image(images, train)
+    b = image.shape[0]
+    encoded, _ = self._encode(image, jnp.ones(image.shape[:2], bool), jnp.zeros((b, 0), jnp.int32),
+                              jnp.zeros((b, 0), bool), train)
+    return l2_normalize(encoded.mean(axis=1))
 
   def caption_logits(self, images, tokens, train: bool = False):
     return self.prefix_lm_logits(images, tokens, jnp.ones(tokens.shape[:1], jnp.int32), train)
