@@ -11,6 +11,7 @@ encoder's mean-pooled image tokens.
 COMMAND:
   python -m vlm_jax.main --config experiments/cappa_b16.py:tiny --workdir runs/cappa_tiny
 """
+
 import ml_collections
 
 from vlm_jax import defaults
@@ -31,11 +32,17 @@ def get_config(arg=None):
   c.objectives = ml_collections.ConfigDict({"cappa": dict(weight=1.0, parallel_fraction=0.75)})
   c.optim.update(lr=1e-3, weight_decay=1e-4, b2=0.999, warmup="2000 steps")
   labels = ("shape", "color")
-  c.evals = ml_collections.ConfigDict({
+  c.evals = ml_collections.ConfigDict(
+    {
       "captioning": dict(every="1 epochs", label_keys=labels, limit=500),
-      "zero_shot_likelihood": dict(every="1 epochs", label_keys=labels, templates=LIKELIHOOD_TEMPLATES, limit=500),
-      "linear_probe": dict(every="1 epochs", label_keys=labels, shots=(1, 5, 10), train_limit=5000, limit=1000),
-  })
+      "zero_shot_likelihood": dict(
+        every="1 epochs", label_keys=labels, templates=LIKELIHOOD_TEMPLATES, limit=500
+      ),
+      "linear_probe": dict(
+        every="1 epochs", label_keys=labels, shots=(1, 5, 10), train_limit=5000, limit=1000
+      ),
+    }
+  )
   if variant == "tiny":
     c.batch_size = 128
     c.model.image.update(variant="tiny/8", image_size=48)

@@ -17,6 +17,7 @@ COMMAND:
   python -m vlm_jax.main --config experiments/clip_b32.py:tiny --workdir runs/clip_tiny
   python -m vlm_jax.main --config experiments/clip_b32.py --workdir runs/clip_b32
 """
+
 import ml_collections
 
 from vlm_jax import defaults
@@ -29,13 +30,19 @@ def get_config(arg=None):
   c = defaults.base_config()
   c.batch_size = {"base": 64, "paper": 32768, "tiny": 128}[variant]
   c.model.update(dict(name="clip", embed_dim=512))
-  c.model.image = ml_collections.ConfigDict(dict(variant="B/32", image_size=224, act="quick_gelu", pool="cls"))
-  c.model.text = ml_collections.ConfigDict(dict(variant="B", max_len=77, act="quick_gelu", causal=True, pool="eot"))
-  c.objectives = ml_collections.ConfigDict({"clip": dict(weight=1.0, impl="global")})  # impl: global | local
+  c.model.image = ml_collections.ConfigDict(
+    dict(variant="B/32", image_size=224, act="quick_gelu", pool="cls")
+  )
+  c.model.text = ml_collections.ConfigDict(
+    dict(variant="B", max_len=77, act="quick_gelu", causal=True, pool="eot")
+  )
+  c.objectives = ml_collections.ConfigDict(
+    {"clip": dict(weight=1.0, impl="global")}
+  )  # impl: global | local
 
   if variant == "tiny":
     c.model.embed_dim = 128
-    c.model.image.update(variant="tiny/8", image_size=48)   # 36 patches: the 64px data, resized
+    c.model.image.update(variant="tiny/8", image_size=48)  # 36 patches: the 64px data, resized
     c.model.text.update(variant="tiny", max_len=16)
     c.optim.update(lr=2e-3, warmup="100 steps", weight_decay=0.1)
     c.train.update(duration="400 steps", log_every="50 steps", checkpoint_every="200 steps")

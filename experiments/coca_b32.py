@@ -9,6 +9,7 @@ image's shape and colour.
 COMMAND:
   python -m vlm_jax.main --config experiments/coca_b32.py:tiny --workdir runs/coca_tiny
 """
+
 import os
 
 import ml_collections
@@ -26,8 +27,12 @@ def get_config(arg=None):
     c.model.caption_queries = 256
     c.model.text.update(depth=6)
     c.model.decoder = ml_collections.ConfigDict(dict(depth=6, num_heads=8, mlp_dim=2048))
-    c.objectives = {"coca": dict(weight=1.0, contrastive_weight=1.0, caption_weight=2.0, impl="global")}
-    c.evals.captioning = dict(every=c.evals.zero_shot.every, label_keys=("shape", "color"), limit=256)
+    c.objectives = {
+      "coca": dict(weight=1.0, contrastive_weight=1.0, caption_weight=2.0, impl="global")
+    }
+    c.evals.captioning = dict(
+      every=c.evals.zero_shot.every, label_keys=("shape", "color"), limit=256
+    )
     if variant == "tiny":
       c.model.caption_queries = 16
       c.model.text.update(depth=2)

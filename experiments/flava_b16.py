@@ -11,6 +11,7 @@ dVAE can be downloaded here. Fit a codebook with:
 COMMAND:
   python -m vlm_jax.main --config experiments/flava_b16.py:tiny --workdir runs/flava_tiny
 """
+
 import ml_collections
 
 from vlm_jax import defaults
@@ -23,20 +24,28 @@ def get_config(arg=None):
   c = defaults.base_config()
   c.model.update(dict(name="flava", embed_dim=768, mim_codes=0))
   c.model.image = ml_collections.ConfigDict(dict(variant="B/16", image_size=224, act="gelu"))
-  c.model.text = ml_collections.ConfigDict(dict(variant="L", max_len=40, act="gelu"))   # 768 wide, 12 layers
+  c.model.text = ml_collections.ConfigDict(
+    dict(variant="L", max_len=40, act="gelu")
+  )  # 768 wide, 12 layers
   c.model.multimodal = ml_collections.ConfigDict(dict(variant="B", depth=6))
   mim = dict(target="pixel", codebook_path="")
-  c.objectives = ml_collections.ConfigDict({
+  c.objectives = ml_collections.ConfigDict(
+    {
       "clip": dict(weight=1.0, impl="global"),
       "mim": dict(weight=1.0, rate=0.4, **mim),
       "mlm": dict(weight=1.0, rate=0.15, whole_word=True, method="text_mlm_logits"),
       "mmm": dict(weight=1.0, rate=0.15, whole_word=True, image_rate=0.4, **mim),
       "itm": dict(weight=1.0, negative_rate=0.5, negatives="hard"),
-  })
+    }
+  )
   c.optim.update(lr=5e-4, weight_decay=0.1, b2=0.999, eps=1e-8, warmup="2000 steps")
   # ITM re-ranks each query's 16 best contrastive candidates (FLAVA's protocol); rerank_k=0 scores all pairs.
-  c.evals.update(dict(itm_retrieval=dict(every="1 epochs", limit=1000, rerank_k=16),
-                      mlm_accuracy=dict(every="1 epochs", limit=500, method="text_mlm_logits")))
+  c.evals.update(
+    dict(
+      itm_retrieval=dict(every="1 epochs", limit=1000, rerank_k=16),
+      mlm_accuracy=dict(every="1 epochs", limit=500, method="text_mlm_logits"),
+    )
+  )
   if variant == "tiny":
     c.batch_size = 128
     c.model.embed_dim = 128

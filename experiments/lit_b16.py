@@ -15,6 +15,7 @@ COMMAND:
   python -m vlm_jax.main --config experiments/lit_b16.py:tiny --workdir runs/lit_tiny \\
       --config.init_from.workdir=runs/clip_tiny
 """
+
 import os
 
 from vlm_jax import config_utils

@@ -12,6 +12,7 @@ experiments/llava_stages.py.
 COMMAND:
   python -m vlm_jax.main --config experiments/prefixlm_b16.py:tiny --workdir runs/prefixlm_tiny
 """
+
 import ml_collections
 
 from vlm_jax import defaults
@@ -26,18 +27,25 @@ def get_config(arg=None):
   c = defaults.base_config()
   c.model.update(dict(name="prefix_lm", projector="mlp"))
   c.model.image = ml_collections.ConfigDict(dict(variant="B/16", image_size=224, act="gelu"))
-  c.model.text = ml_collections.ConfigDict(dict(variant="L", max_len=64, act="gelu"))   # 768 wide, 12 layers
-  c.objectives = ml_collections.ConfigDict({
+  c.model.text = ml_collections.ConfigDict(
+    dict(variant="L", max_len=64, act="gelu")
+  )  # 768 wide, 12 layers
+  c.objectives = ml_collections.ConfigDict(
+    {
       "prefix_lm": dict(weight=1.0, prefix_min=0.0, prefix_max=0.5),
       "vqa": dict(weight=1.0),
-  })
+    }
+  )
   c.optim.update(lr=3e-4, weight_decay=0.05, b2=0.98, warmup="2000 steps")
-  c.evals = ml_collections.ConfigDict({
+  c.evals = ml_collections.ConfigDict(
+    {
       "captioning": dict(every="1 epochs", label_keys=("shape", "color"), limit=500),
       "vqa": dict(every="1 epochs", limit=200, max_answer_len=4),
-      "zero_shot_likelihood": dict(every="1 epochs", label_keys=("shape", "color"), templates=LIKELIHOOD_TEMPLATES,
-                                   limit=500),
-  })
+      "zero_shot_likelihood": dict(
+        every="1 epochs", label_keys=("shape", "color"), templates=LIKELIHOOD_TEMPLATES, limit=500
+      ),
+    }
+  )
   if variant == "tiny":
     c.batch_size = 128
     c.data.max_objects = 3

@@ -14,6 +14,7 @@ COMMAND:
   python -m vlm_jax.main --config experiments/siglip_b16.py --workdir runs/siglip_b16 \\
       --config.objectives.sigmoid.impl=ring --config.mesh=data:8
 """
+
 import math
 import os
 
@@ -26,15 +27,27 @@ def get_config(arg=None):
     raise ValueError(f"unknown siglip_b16 variant {variant!r}; known: base, paper, tiny")
   c = config_utils.load_config(os.path.join(os.path.dirname(__file__), f"clip_b32.py:{variant}"))
   with c.unlocked():
-    c.model.update(name="siglip", embed_dim=768, logit_scale_init=math.log(10.0), logit_scale_max=math.log(1e4),
-                   logit_bias_init=-10.0, image_head="none", text_head_bias=True)
-    c.model.image.update(variant="B/16", act="gelu_tanh", pool="map", ln_pre=False, patch_bias=True, ln_eps=1e-6)
+    c.model.update(
+      name="siglip",
+      embed_dim=768,
+      logit_scale_init=math.log(10.0),
+      logit_scale_max=math.log(1e4),
+      logit_bias_init=-10.0,
+      image_head="none",
+      text_head_bias=True,
+    )
+    c.model.image.update(
+      variant="B/16", act="gelu_tanh", pool="map", ln_pre=False, patch_bias=True, ln_eps=1e-6
+    )
     # 768-wide, 12 layers: the SigLIP B text tower ("L" in vlm_jax.models.text.SIZES).
-    c.model.text.update(variant="L", max_len=64, act="gelu_tanh", causal=False, pool="last", pad_id=-1,
-                        ln_eps=1e-6)
-    c.objectives = {"sigmoid": dict(weight=1.0, impl="global", bidirectional=False, exchange="text")}
+    c.model.text.update(
+      variant="L", max_len=64, act="gelu_tanh", causal=False, pool="last", pad_id=-1, ln_eps=1e-6
+    )
+    c.objectives = {
+      "sigmoid": dict(weight=1.0, impl="global", bidirectional=False, exchange="text")
+    }
     c.optim.update(lr=1e-3, b2=0.95, weight_decay=1e-4, warmup="2000 steps")
-    c.data.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))   # SigLIP normalises to [-1, 1]
+    c.data.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # SigLIP normalises to [-1, 1]
     if variant == "tiny":
       c.model.embed_dim = 128
       c.model.image.update(variant="tiny/8", image_size=48)

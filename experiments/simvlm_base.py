@@ -11,6 +11,7 @@ by the likelihood of "a photo of a {label}".
 COMMAND:
   python -m vlm_jax.main --config experiments/simvlm_base.py:tiny --workdir runs/simvlm_tiny
 """
+
 import ml_collections
 
 from vlm_jax import defaults
@@ -28,16 +29,23 @@ def get_config(arg=None):
   c.model.text = ml_collections.ConfigDict(dict(max_len=64))
   c.model.encoder = ml_collections.ConfigDict(dict(variant="B"))
   c.model.decoder = ml_collections.ConfigDict(dict(variant="B"))
-  c.objectives = ml_collections.ConfigDict({
+  c.objectives = ml_collections.ConfigDict(
+    {
       "prefix_lm": dict(weight=1.0, prefix_min=0.0, prefix_max=0.5),
-      "text_lm": dict(name="prefix_lm", weight=0.25, prefix_min=0.0, prefix_max=0.5, text_only=True),
-  })
+      "text_lm": dict(
+        name="prefix_lm", weight=0.25, prefix_min=0.0, prefix_max=0.5, text_only=True
+      ),
+    }
+  )
   c.optim.update(lr=5e-4, weight_decay=0.01, b2=0.999, warmup="2000 steps")
-  c.evals = ml_collections.ConfigDict({
+  c.evals = ml_collections.ConfigDict(
+    {
       "captioning": dict(every="1 epochs", label_keys=("shape", "color"), limit=500),
-      "zero_shot_likelihood": dict(every="1 epochs", label_keys=("shape", "color"), templates=LIKELIHOOD_TEMPLATES,
-                                   limit=500),
-  })
+      "zero_shot_likelihood": dict(
+        every="1 epochs", label_keys=("shape", "color"), templates=LIKELIHOOD_TEMPLATES, limit=500
+      ),
+    }
+  )
   if variant == "tiny":
     c.batch_size = 128
     c.model.image.update(variant="tiny/8", image_size=48, stem=16)

@@ -10,6 +10,7 @@ AdamW lr 1e-4, weight decay 0.01, as the paper.
 COMMAND:
   python -m vlm_jax.main --config experiments/vilt_b32.py:tiny --workdir runs/vilt_tiny
 """
+
 import ml_collections
 
 from vlm_jax import defaults
@@ -24,15 +25,19 @@ def get_config(arg=None):
   c.model.update(dict(name="vilt", ln_eps=1e-12, dropout=0.0))
   c.model.image = ml_collections.ConfigDict(dict(variant="B/32", image_size=224, act="gelu"))
   c.model.text = ml_collections.ConfigDict(dict(max_len=40, pad_id=0))
-  c.objectives = ml_collections.ConfigDict({
+  c.objectives = ml_collections.ConfigDict(
+    {
       "mlm": dict(weight=1.0, rate=0.15, whole_word=True),
       "itm": dict(weight=1.0, negative_rate=0.5, negatives="mixed", hard_fraction=0.5),
-  })
+    }
+  )
   c.optim.update(lr=1e-4, weight_decay=0.01, b2=0.999, eps=1e-8, warmup="2000 steps")
-  c.evals = ml_collections.ConfigDict({
+  c.evals = ml_collections.ConfigDict(
+    {
       "itm_retrieval": dict(every="1 epochs", limit=100),
       "mlm_accuracy": dict(every="1 epochs", limit=500),
-  })
+    }
+  )
   if variant == "tiny":
     c.batch_size = 128
     c.model.image.update(variant="tiny/8", image_size=48)

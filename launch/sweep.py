@@ -1,4 +1,5 @@
 """python launch/sweep.py SWEEP --backend local|tpu_vm|slurm [--dry-run]: see vlm_jax/launch/cli.py."""
+
 import os
 import sys
 

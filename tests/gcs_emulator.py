@@ -5,6 +5,7 @@ and tensorstore's GCS driver (orbax's array store) needs it to read the OCDBT ma
 with a conditional write ("Malformed StorageGeneration" otherwise). This adds the header and changes
 nothing else, so every client still speaks the GCS JSON protocol to a real server.
 """
+
 import sys
 
 from gcp_storage_emulator import server
@@ -23,8 +24,8 @@ def download(request, response, storage, *args, **kwargs):
   return _download(request, response, storage, *args, **kwargs)
 
 
-objects.download = download   # calls through the module (the JSON API's alt=media) ...
-for _, methods in server.HANDLERS:   # ... and the route table's own references
+objects.download = download  # calls through the module (the JSON API's alt=media) ...
+for _, methods in server.HANDLERS:  # ... and the route table's own references
   for method, handler in list(methods.items()):
     if handler is _download:
       methods[method] = download

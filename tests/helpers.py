@@ -1,4 +1,5 @@
 """Tiny configs and subprocess runs shared by the tests."""
+
 import json
 import os
 import subprocess
@@ -24,26 +25,44 @@ SIMVLM_TINY = os.path.join(ROOT, "experiments", "simvlm_base.py") + ":tiny"
 # A CLIP small enough that 8 simulated devices fit on 2 cores. Kept as CLI-style overrides so that
 # subprocess runs and in-process runs use exactly the same config.
 MICRO = {
-    "model.embed_dim": 32, "model.image.variant": "micro/8", "model.image.image_size": 32,
-    "model.text.variant": "micro", "model.text.max_len": 16,
-    "batch_size": 16, "eval_batch_size": 16, "data.num_threads": 2,
-    "data.max_objects": 1,   # one dataset build for every test (the prefix-LM recipes use the 3-object one)
-    "train.duration": "6 steps", "train.log_every": "2 steps", "train.checkpoint_every": "3 steps",
-    "train.mfu": False, "optim.warmup": "2 steps",
-    "evals.zero_shot.limit": 32, "evals.retrieval.limit": 32,
-    "evals.zero_shot.every": "0 steps", "evals.retrieval.every": "0 steps",
+  "model.embed_dim": 32,
+  "model.image.variant": "micro/8",
+  "model.image.image_size": 32,
+  "model.text.variant": "micro",
+  "model.text.max_len": 16,
+  "batch_size": 16,
+  "eval_batch_size": 16,
+  "data.num_threads": 2,
+  "data.max_objects": 1,  # one dataset build for every test (the prefix-LM recipes use the 3-object one)
+  "train.duration": "6 steps",
+  "train.log_every": "2 steps",
+  "train.checkpoint_every": "3 steps",
+  "train.mfu": False,
+  "optim.warmup": "2 steps",
+  "evals.zero_shot.limit": 32,
+  "evals.retrieval.limit": 32,
+  "evals.zero_shot.every": "0 steps",
+  "evals.retrieval.every": "0 steps",
 }
 
 
 # Per-recipe additions to MICRO (SigLIP's image embedding is its MAP head output: embed_dim = width).
 MICRO_EXTRA = {
-    SIGLIP_TINY: {"model.embed_dim": 64},
-    COCA_TINY: {"evals.captioning.limit": 32, "evals.captioning.every": "0 steps"},
-    VILT_TINY: {"evals.itm_retrieval.limit": 16, "evals.itm_retrieval.every": "0 steps",
-                "evals.mlm_accuracy.limit": 32, "evals.mlm_accuracy.every": "0 steps"},
-    FLAVA_TINY: {"model.multimodal.variant": "micro", "evals.itm_retrieval.limit": 16,
-                 "evals.itm_retrieval.every": "0 steps", "evals.mlm_accuracy.limit": 32,
-                 "evals.mlm_accuracy.every": "0 steps"},
+  SIGLIP_TINY: {"model.embed_dim": 64},
+  COCA_TINY: {"evals.captioning.limit": 32, "evals.captioning.every": "0 steps"},
+  VILT_TINY: {
+    "evals.itm_retrieval.limit": 16,
+    "evals.itm_retrieval.every": "0 steps",
+    "evals.mlm_accuracy.limit": 32,
+    "evals.mlm_accuracy.every": "0 steps",
+  },
+  FLAVA_TINY: {
+    "model.multimodal.variant": "micro",
+    "evals.itm_retrieval.limit": 16,
+    "evals.itm_retrieval.every": "0 steps",
+    "evals.mlm_accuracy.limit": 32,
+    "evals.mlm_accuracy.every": "0 steps",
+  },
 }
 
 
@@ -87,30 +106,55 @@ def subprocess_env(num_devices: int):
 
 def run_recipe(spec, workdir, *extra, timeout=1800):
   """Trains a shipped recipe as a user would (a subprocess on one device); returns its final_eval.json."""
-  result = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--config", spec, "--workdir", str(workdir), *extra],
-                          env=subprocess_env(1), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  result = subprocess.run(
+    [sys.executable, "-m", "vlm_jax.main", "--config", spec, "--workdir", str(workdir), *extra],
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=ROOT,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(str(workdir), "final_eval.json")) as f:
     return json.load(f)
 
 
 def losses(workdir, name):
-  return [r[f"train/{name}"] for r in metrics_lib.read_metrics(str(workdir)) if f"train/{name}" in r]
+  return [
+    r[f"train/{name}"] for r in metrics_lib.read_metrics(str(workdir)) if f"train/{name}" in r
+  ]
 
 
 def main_command(workdir, *extra, **overrides):
-  return [sys.executable, "-m", "vlm_jax.main", "--config", TINY, "--workdir", str(workdir),
-          *cli_overrides(**overrides), *extra]
+  return [
+    sys.executable,
+    "-m",
+    "vlm_jax.main",
+    "--config",
+    TINY,
+    "--workdir",
+    str(workdir),
+    *cli_overrides(**overrides),
+    *extra,
+  ]
 
 
 def run_main(workdir, *extra, num_devices=2, timeout=300, **overrides):
-  return subprocess.run(main_command(workdir, *extra, **overrides), env=subprocess_env(num_devices),
-                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  return subprocess.run(
+    main_command(workdir, *extra, **overrides),
+    env=subprocess_env(num_devices),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=ROOT,
+  )
 
 
 def checkpoint_steps(workdir):
   """Steps of the complete checkpoints in a local or bucket workdir."""
-  return sorted(int(d) for d in storage.listdir(storage.join(str(workdir), "checkpoints")) if d.isdigit())
+  return sorted(
+    int(d) for d in storage.listdir(storage.join(str(workdir), "checkpoints")) if d.isdigit()
+  )
 
 
 def load_params(workdir, step=None):
@@ -120,8 +164,10 @@ def load_params(workdir, step=None):
   checkpointer = ocp.StandardCheckpointer()
   # Restore onto this process's first device whatever topology wrote the checkpoint.
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata.tree)
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    checkpointer.metadata(path).item_metadata.tree,
+  )
   state = checkpointer.restore(path, target)
   flat = {}
 

@@ -1,13 +1,14 @@
 """CoCa: caption loss and a short run whose captions name what the images show."""
+
 import numpy as np
 
-import vlm_jax
 from tests import helpers
+import vlm_jax
+from vlm_jax.core.experiment import Experiment
 from vlm_jax.eval import zero_shot
 from vlm_jax.eval.captioning import first_mention
 from vlm_jax.objectives.base import next_token_loss as caption_loss
 from vlm_jax.train import trainer
-from vlm_jax.core.experiment import Experiment
 
 
 def test_caption_loss_is_cross_entropy_on_real_targets_only():
@@ -37,19 +38,35 @@ def test_first_mention():
   assert first_mention("two red stars and a circle", shapes) == 1
   assert first_mention("three crosses", ("cross", "ring")) == 0
   positions = ("top", "top left", "left")
-  assert first_mention("in the top left corner", positions) == 1   # the longer name wins a tie
+  assert first_mention("in the top left corner", positions) == 1  # the longer name wins a tie
 
 
 def test_short_coca_run_learns_to_name_colours(tmp_path):
-  config = helpers.micro_config(helpers.COCA_TINY, batch_size=64, **{
-      "train.duration": "90 steps", "train.log_every": "15 steps", "train.checkpoint_every": "0 steps",
-      "optim.lr": 3e-3, "optim.warmup": "20 steps", "evals.zero_shot.limit": 64, "evals.retrieval.limit": 64,
-      "evals.captioning.limit": 128})
+  config = helpers.micro_config(
+    helpers.COCA_TINY,
+    batch_size=64,
+    **{
+      "train.duration": "90 steps",
+      "train.log_every": "15 steps",
+      "train.checkpoint_every": "0 steps",
+      "optim.lr": 3e-3,
+      "optim.warmup": "20 steps",
+      "evals.zero_shot.limit": 64,
+      "evals.retrieval.limit": 64,
+      "evals.captioning.limit": 128,
+    },
+  )
   final = trainer.train(config, str(tmp_path), log=lambda *a: None)
-  losses = [r["train/caption_loss"] for r in helpers.metrics_lib.read_metrics(str(tmp_path)) if "train/caption_loss" in r]
+  losses = [
+    r["train/caption_loss"]
+    for r in helpers.metrics_lib.read_metrics(str(tmp_path))
+    if "train/caption_loss" in r
+  ]
   assert losses[-1] < 0.6 * losses[0]
   # Greedy captions name the image's colour far more often than chance (1/8).
-  assert final["eval/captioning/color_mention_acc"] > 3 * final["eval/captioning/color_chance"], final
+  assert final["eval/captioning/color_mention_acc"] > 3 * final["eval/captioning/color_chance"], (
+    final
+  )
 
   # The public API on the trained workdir reproduces the evaluators from raw images and strings.
   m = vlm_jax.load(str(tmp_path))
@@ -61,6 +78,10 @@ def test_short_coca_run_learns_to_name_colours(tmp_path):
   classifier = zero_shot.class_embeddings(prompts, len(colours), len(templates))
   scores = m.encode_image(pixels[:64]) @ classifier.T
   accuracy = np.mean(np.argmax(scores, axis=1) == [test[i]["color"] for i in range(64)])
-  assert abs(accuracy - final["eval/zero_shot/color_top1"]) <= 1 / 64  # one flip for reduction-order noise
-  mentions = [first_mention(c, colours) == test[i]["color"] for i, c in enumerate(m.caption(pixels))]
+  assert (
+    abs(accuracy - final["eval/zero_shot/color_top1"]) <= 1 / 64
+  )  # one flip for reduction-order noise
+  mentions = [
+    first_mention(c, colours) == test[i]["color"] for i, c in enumerate(m.caption(pixels))
+  ]
   assert abs(np.mean(mentions) - final["eval/captioning/color_mention_acc"]) <= 2 / 128

@@ -1,12 +1,13 @@
 """--mode=compile: the train step compiles on abstract inputs and reports the FLOPs the real step has."""
+
 import jax
 import pytest
 
 from tests import helpers
-from vlm_jax.errors import ConfigError
 from vlm_jax.core import flops
-from vlm_jax.train import compile_check
 from vlm_jax.core.experiment import Experiment
+from vlm_jax.errors import ConfigError
+from vlm_jax.train import compile_check
 
 
 def test_compile_report_matches_the_compiled_training_step():
@@ -24,9 +25,21 @@ def test_compile_report_matches_the_compiled_training_step():
 
 def test_compile_mode_from_the_command_line_needs_no_workdir():
   result = helpers.subprocess.run(
-      [helpers.sys.executable, "-m", "vlm_jax.main", "--mode=compile", "--config", helpers.TINY,
-       *helpers.cli_overrides(**{**helpers.MICRO, "mesh": "data:2"})],
-      env=helpers.subprocess_env(2), capture_output=True, text=True, timeout=300, cwd=helpers.ROOT)
+    [
+      helpers.sys.executable,
+      "-m",
+      "vlm_jax.main",
+      "--mode=compile",
+      "--config",
+      helpers.TINY,
+      *helpers.cli_overrides(**{**helpers.MICRO, "mesh": "data:2"}),
+    ],
+    env=helpers.subprocess_env(2),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=helpers.ROOT,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert "FLOPs per step per device" in result.stdout and "total bytes per device" in result.stdout
 

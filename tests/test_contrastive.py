@@ -2,12 +2,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlm_jax.objectives import contrastive
 from vlm_jax.core import sharding
+from vlm_jax.objectives import contrastive
 
 
 def _embeddings(n=16, d=8, seed=0):
@@ -30,7 +31,9 @@ def _numpy_reference(img, txt, logit_scale):
 
 def test_clip_loss_matches_numpy():
   img, txt = _embeddings()
-  np.testing.assert_allclose(contrastive.clip_loss(img, txt, 2.3)[0], _numpy_reference(img, txt, 2.3), rtol=1e-5)
+  np.testing.assert_allclose(
+    contrastive.clip_loss(img, txt, 2.3)[0], _numpy_reference(img, txt, 2.3), rtol=1e-5
+  )
 
 
 def test_clip_loss_perfect_alignment_is_small():
@@ -52,7 +55,9 @@ def test_sharded_clip_loss_equals_single_device(impl, mesh_spec):
   def loss(i, t, s):
     return fn(i, t, s)[0]
 
-  ref_loss, ref_grads = jax.value_and_grad(lambda *a: contrastive.clip_loss(*a)[0], argnums=(0, 1, 2))(img, txt, scale)
+  ref_loss, ref_grads = jax.value_and_grad(
+    lambda *a: contrastive.clip_loss(*a)[0], argnums=(0, 1, 2)
+  )(img, txt, scale)
   with jax.set_mesh(mesh):
     args = (jax.device_put(img, batch), jax.device_put(txt, batch), scale)
     val, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(*args)
@@ -68,6 +73,7 @@ def test_sharded_clip_loss_equals_single_device(impl, mesh_spec):
 def test_the_losses_trace_at_a_64k_batch():
   """rows x (cols - 1) logits passes 2^31 at CoCa's published batch (65536); shapes only, no memory used."""
   from vlm_jax.objectives import sigmoid  # pylint: disable=import-outside-toplevel
+
   emb = jax.ShapeDtypeStruct((65536, 8), jnp.float32)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
   loss, metrics = jax.eval_shape(contrastive.clip_loss, emb, emb, scalar)

@@ -1,4 +1,5 @@
 """Importing HF CLIP / SigLIP and OpenAI-layout CLIP weights: same embeddings and logits as transformers."""
+
 import subprocess
 import sys
 
@@ -6,20 +7,29 @@ import jax
 import numpy as np
 import pytest
 
+from tests import helpers
+from tests.hf_models import (
+  make_hf_clip,
+  make_hf_flava,
+  make_hf_siglip,
+  make_hf_vilt,
+  openai_state_dict,
+)
+from tests.test_tokenizers import SENTENCES
 import vlm_jax
 from vlm_jax import convert
 from vlm_jax.errors import ConfigError
-from tests import helpers
-from tests.hf_models import make_hf_clip, make_hf_flava, make_hf_siglip, make_hf_vilt, openai_state_dict
-from tests.test_tokenizers import SENTENCES
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+
 def reference_outputs(model, pixels, ids):
   with torch.no_grad():
-    out = model(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()))
+    out = model(
+      input_ids=torch.from_numpy(ids.astype(np.int64)),
+      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+    )
   return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_image.numpy()
 
 
@@ -31,7 +41,9 @@ def check_parity(workdir, model, bias=False):
   image, text = m.encode_image(pixels), m.encode_text(ids)
   np.testing.assert_allclose(image, image_ref, atol=1e-4)
   np.testing.assert_allclose(text, text_ref, atol=1e-4)
-  logits = np.exp(m.params["logit_scale"]) * image @ text.T + (m.params["logit_bias"] if bias else 0.0)
+  logits = np.exp(m.params["logit_scale"]) * image @ text.T + (
+    m.params["logit_bias"] if bias else 0.0
+  )
   np.testing.assert_allclose(logits, logits_ref, atol=1e-4 * max(1.0, np.abs(logits_ref).max()))
   return m
 
@@ -50,8 +62,14 @@ def test_hf_clip_parity_and_eval_of_the_converted_workdir(hf_clip, tmp_path):
   pixels = m.preprocess(np.zeros((64, 48, 3), np.uint8))
   assert pixels.shape == (1, 32, 32, 3)
   # `main --mode=eval` evaluates the converted workdir with its own config.json.
-  result = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--mode=eval", "--workdir", str(tmp_path / "w")],
-                          env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=300, cwd=helpers.ROOT)
+  result = subprocess.run(
+    [sys.executable, "-m", "vlm_jax.main", "--mode=eval", "--workdir", str(tmp_path / "w")],
+    env=helpers.subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=helpers.ROOT,
+  )
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "w" / "eval" / "step_0.json").exists()
   assert "eval/zero_shot/shape_top1" in result.stdout
@@ -61,9 +79,24 @@ def test_hf_siglip_parity_via_the_command_line(tmp_path):
   folder = tmp_path / "hf_siglip"
   folder.mkdir()
   model = make_hf_siglip(str(folder))
-  result = subprocess.run([sys.executable, "-m", "vlm_jax.convert", "--from", "hf_siglip", "--input", str(folder),
-                           "--output", str(tmp_path / "w")], env=helpers.subprocess_env(1), capture_output=True,
-                          text=True, timeout=300, cwd=helpers.ROOT)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "vlm_jax.convert",
+      "--from",
+      "hf_siglip",
+      "--input",
+      str(folder),
+      "--output",
+      str(tmp_path / "w"),
+    ],
+    env=helpers.subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=helpers.ROOT,
+  )
   assert result.returncode == 0, result.stderr
   check_parity(tmp_path / "w", model, bias=True)
 
@@ -72,8 +105,14 @@ def test_openclip_state_dict_parity(hf_clip, tmp_path):
   folder, model = hf_clip
   path = tmp_path / "ViT-micro.pt"
   torch.save({"state_dict": {"module." + k: v for k, v in openai_state_dict(model).items()}}, path)
-  convert.convert("openclip", str(path), str(tmp_path / "w"), tokenizer_path=str(folder / "bpe_simple_vocab.txt.gz"),
-                  image_heads=2, text_heads=2)
+  convert.convert(
+    "openclip",
+    str(path),
+    str(tmp_path / "w"),
+    tokenizer_path=str(folder / "bpe_simple_vocab.txt.gz"),
+    image_heads=2,
+    text_heads=2,
+  )
   check_parity(tmp_path / "w", model)
 
 
@@ -96,17 +135,36 @@ def test_mismatched_checkpoints_list_the_parameter_paths(hf_clip, tmp_path):
   state = openai_state_dict(model)
   state["text_projection"] = state["text_projection"][:, :16]
   torch.save(state, tmp_path / "narrow.pt")
-  with pytest.raises(ConfigError, match=r"image_proj/kernel: checkpoint \(64, 32\) vs model \(64, 16\)"):
+  with pytest.raises(
+    ConfigError, match=r"image_proj/kernel: checkpoint \(64, 32\) vs model \(64, 16\)"
+  ):
     convert.load_pretrained(str(tmp_path / "narrow.pt"), "openclip", image_heads=2, text_heads=2)
   # Restoring a checkpoint into a model of another shape lists every offending path.
   convert.convert("hf_clip", str(folder), str(tmp_path / "w"))
-  result = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--mode=eval", "--workdir", str(tmp_path / "w"),
-                           "--config", helpers.TINY,
-                           *helpers.cli_overrides(**{"model.embed_dim": 48, "model.image.pool": "gap"})],
-                          env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=300, cwd=helpers.ROOT)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "vlm_jax.main",
+      "--mode=eval",
+      "--workdir",
+      str(tmp_path / "w"),
+      "--config",
+      helpers.TINY,
+      *helpers.cli_overrides(**{"model.embed_dim": 48, "model.image.pool": "gap"}),
+    ],
+    env=helpers.subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=helpers.ROOT,
+  )
   assert result.returncode == 2
-  for expected in ("image_proj/kernel: checkpoint (64, 32) vs model (64, 48)", "unexpected: image_encoder/cls_token",
-                   "image_encoder/pos_embed: checkpoint (17, 64) vs model (16, 64)"):
+  for expected in (
+    "image_proj/kernel: checkpoint (64, 32) vs model (64, 48)",
+    "unexpected: image_encoder/cls_token",
+    "image_encoder/pos_embed: checkpoint (17, 64) vs model (16, 64)",
+  ):
     assert expected in result.stderr, result.stderr
 
 
@@ -119,28 +177,39 @@ def test_hf_vilt_parity(tmp_path):
   pixels = np.random.default_rng(0).normal(size=(len(SENTENCES), 32, 32, 3)).astype(np.float32)
   ids = m.tokenize(SENTENCES)
   with torch.no_grad():
-    out = model(input_ids=torch.from_numpy(ids.astype(np.int64)), attention_mask=torch.from_numpy((ids != 0) * 1),
-                pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
-                pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64), output_hidden_states=True)
-    pooled_ref = model.vilt(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                            attention_mask=torch.from_numpy((ids != 0) * 1),
-                            pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
-                            pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64)).pooler_output.numpy()
+    out = model(
+      input_ids=torch.from_numpy(ids.astype(np.int64)),
+      attention_mask=torch.from_numpy((ids != 0) * 1),
+      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+      output_hidden_states=True,
+    )
+    pooled_ref = model.vilt(
+      input_ids=torch.from_numpy(ids.astype(np.int64)),
+      attention_mask=torch.from_numpy((ids != 0) * 1),
+      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+    ).pooler_output.numpy()
   variables = {"params": m.params}
   logits = np.asarray(m.model.apply(variables, pixels, ids, method="mlm_logits"))[..., :vocab]
   pooled = np.asarray(m.model.apply(variables, pixels, ids, method="features")["pooled"])
   np.testing.assert_allclose(pooled, pooled_ref, atol=1e-4)
   valid = ids != 0  # HF computes logits at padding positions from masked-out attention rows as well
-  np.testing.assert_allclose(logits[valid], out.logits.numpy()[valid], atol=1e-4 * max(1.0, np.abs(logits).max()))
+  np.testing.assert_allclose(
+    logits[valid], out.logits.numpy()[valid], atol=1e-4 * max(1.0, np.abs(logits).max())
+  )
   # The retrieval model's single matching logit r becomes the 2-way ITM head (0, r).
   retrieval = transformers.ViltForImageAndTextRetrieval(config).eval()
   (tmp_path / "hf_vilt_itm").mkdir()
   retrieval.save_pretrained(tmp_path / "hf_vilt_itm")
   _, params = convert.load_pretrained(str(tmp_path / "hf_vilt_itm"), "hf_vilt", log=lambda *a: None)
   with torch.no_grad():
-    rank = retrieval(input_ids=torch.from_numpy(ids.astype(np.int64)), attention_mask=torch.from_numpy((ids != 0) * 1),
-                     pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
-                     pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64)).logits.numpy()[:, 0]
+    rank = retrieval(
+      input_ids=torch.from_numpy(ids.astype(np.int64)),
+      attention_mask=torch.from_numpy((ids != 0) * 1),
+      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+    ).logits.numpy()[:, 0]
   itm = np.asarray(m.model.apply({"params": params}, pixels, ids, method="itm_logits"))
   np.testing.assert_allclose(itm[:, 1] - itm[:, 0], rank, atol=1e-4)
 
@@ -162,33 +231,55 @@ def test_hf_flava_parity(tmp_path):
   valid = ids != 0
   t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
   with torch.no_grad():
-    inputs = dict(input_ids=t(ids.astype(np.int64)), attention_mask=t(valid * 1),
-                  pixel_values=t(pixels.transpose(0, 3, 1, 2)))
+    inputs = dict(
+      input_ids=t(ids.astype(np.int64)),
+      attention_mask=t(valid * 1),
+      pixel_values=t(pixels.transpose(0, 3, 1, 2)),
+    )
     out = model.flava(**inputs)
     masked = model.flava(**inputs, bool_masked_pos=t(patch_mask))
     norm = torch.nn.functional.normalize
-    ref = {"image": norm(model.flava.image_projection(out.image_embeddings[:, 0]), dim=-1),
-           "text": norm(model.flava.text_projection(out.text_embeddings[:, 0]), dim=-1),
-           "itm": model.itm_head(out.multimodal_embeddings), "mlm": model.mlm_head(out.text_embeddings),
-           "mim": model.mim_head(masked.image_embeddings[:, 1:]),
-           "mmm_text": model.mmm_text_head(masked.multimodal_embeddings[:, -ids.shape[1]:]),
-           "mmm_image": model.mmm_image_head(masked.multimodal_embeddings[:, 2:2 + 16])}
+    ref = {
+      "image": norm(model.flava.image_projection(out.image_embeddings[:, 0]), dim=-1),
+      "text": norm(model.flava.text_projection(out.text_embeddings[:, 0]), dim=-1),
+      "itm": model.itm_head(out.multimodal_embeddings),
+      "mlm": model.mlm_head(out.text_embeddings),
+      "mim": model.mim_head(masked.image_embeddings[:, 1:]),
+      "mmm_text": model.mmm_text_head(masked.multimodal_embeddings[:, -ids.shape[1] :]),
+      "mmm_image": model.mmm_image_head(masked.multimodal_embeddings[:, 2 : 2 + 16]),
+    }
     ref = {k: v.numpy() for k, v in ref.items()}
-  apply = lambda method, *args: jax.tree.map(np.asarray, m.model.apply({"params": m.params}, *args, method=method))
+  apply = lambda method, *args: jax.tree.map(
+    np.asarray, m.model.apply({"params": m.params}, *args, method=method)
+  )
   mmm_text, mmm_image = apply("mmm", pixels, ids, patch_mask)
-  ours = {"image": apply("encode_image", pixels), "text": m.encode_text(ids), "itm": apply("itm_logits", pixels, ids),
-          "mlm": apply("text_mlm_logits", pixels, ids)[..., :vocab], "mim": apply("image_mim", pixels, ids, patch_mask),
-          "mmm_text": mmm_text[..., :vocab], "mmm_image": mmm_image}
+  ours = {
+    "image": apply("encode_image", pixels),
+    "text": m.encode_text(ids),
+    "itm": apply("itm_logits", pixels, ids),
+    "mlm": apply("text_mlm_logits", pixels, ids)[..., :vocab],
+    "mim": apply("image_mim", pixels, ids, patch_mask),
+    "mmm_text": mmm_text[..., :vocab],
+    "mmm_image": mmm_image,
+  }
   for name in ref:
-    a, b = (ours[name][valid], ref[name][valid]) if name in ("mlm", "mmm_text") else (ours[name], ref[name])
+    a, b = (
+      (ours[name][valid], ref[name][valid])
+      if name in ("mlm", "mmm_text")
+      else (ours[name], ref[name])
+    )
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=name)
   assert float(m.params["logit_scale"]) == pytest.approx(float(model.flava.logit_scale))
   # FlavaModel: the encoders and the contrastive head convert; the missing heads start at zero.
   (tmp_path / "hf_flava_model").mkdir()
   model.flava.save_pretrained(tmp_path / "hf_flava_model")
   logs = []
-  cfg, params = convert.load_pretrained(str(tmp_path / "hf_flava_model"), "hf_flava", log=logs.append,
-                                        tokenizer_path=str(folder / "vocab.txt"))
+  cfg, params = convert.load_pretrained(
+    str(tmp_path / "hf_flava_model"),
+    "hf_flava",
+    log=logs.append,
+    tokenizer_path=str(folder / "vocab.txt"),
+  )
   assert any("itm_head" in line and "mlm_head" in line for line in logs), logs
   np.testing.assert_array_equal(params["itm_head"]["kernel"], 0)
   image = np.asarray(m.model.apply({"params": params}, pixels, method="encode_image"))

@@ -1,4 +1,5 @@
 """The tiny CLIP config learns the embedded data: loss falls, zero-shot beats chance 3x, retrieval works."""
+
 import json
 
 import pytest
@@ -8,10 +9,25 @@ from tests import helpers
 
 def _run_tiny(workdir, *overrides):
   import subprocess  # pylint: disable=import-outside-toplevel
-  command = [helpers.sys.executable, "-m", "vlm_jax.main", "--config", helpers.TINY, "--workdir", str(workdir),
-             *overrides]
-  result = subprocess.run(command, env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=900,
-                          cwd=helpers.ROOT)
+
+  command = [
+    helpers.sys.executable,
+    "-m",
+    "vlm_jax.main",
+    "--config",
+    helpers.TINY,
+    "--workdir",
+    str(workdir),
+    *overrides,
+  ]
+  result = subprocess.run(
+    command,
+    env=helpers.subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=900,
+    cwd=helpers.ROOT,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -20,7 +36,9 @@ def _check_learned(workdir, result):
   lines = result.stdout.splitlines()
   data_line = next(i for i, line in enumerate(lines) if line.startswith("Data: "))
   assert "using the embedded one" in lines[data_line]
-  assert data_line < next(i for i, line in enumerate(lines) if line.startswith("Compiled"))  # said first
+  assert data_line < next(
+    i for i, line in enumerate(lines) if line.startswith("Compiled")
+  )  # said first
   records = helpers.metrics_lib.read_metrics(workdir)
   losses = [r["train/loss"] for r in records if "train/loss" in r]
   assert losses[-1] < 0.6 * losses[0]
@@ -38,8 +56,12 @@ def _check_learned(workdir, result):
 def test_tiny_clip_learns_quickly(tmp_path):
   """A shortened tiny run (the full one is test_tiny_clip_config_as_shipped). Opt-in since the default run
   covers learning with the micro runs of every family and streamed shards (test_streaming)."""
-  result = _run_tiny(tmp_path, "--config.train.duration=150", "--config.evals.zero_shot.every=0",
-                     "--config.evals.retrieval.every=0")
+  result = _run_tiny(
+    tmp_path,
+    "--config.train.duration=150",
+    "--config.evals.zero_shot.every=0",
+    "--config.evals.retrieval.every=0",
+  )
   _check_learned(tmp_path, result)
 
 
@@ -50,13 +72,21 @@ def test_tiny_clip_config_as_shipped(tmp_path):
 
 def test_eval_mode_reproduces_final_eval(tmp_path):
   """--mode=eval on a finished run's workdir gives the metrics the run recorded."""
-  quick = ["--config.train.duration=4", "--config.model.image.variant=micro/8", "--config.model.text.variant=micro",
-           "--config.batch_size=16", "--config.evals.retrieval.limit=64", "--config.evals.zero_shot.limit=64"]
+  quick = [
+    "--config.train.duration=4",
+    "--config.model.image.variant=micro/8",
+    "--config.model.text.variant=micro",
+    "--config.batch_size=16",
+    "--config.evals.retrieval.limit=64",
+    "--config.evals.zero_shot.limit=64",
+  ]
   result = _run_tiny(tmp_path, *quick)
   lines = result.stdout.splitlines()
   data_line = next(i for i, line in enumerate(lines) if line.startswith("Data: "))
   assert "using the embedded one" in lines[data_line]
-  assert data_line < next(i for i, line in enumerate(lines) if line.startswith("Compiled"))  # said first
+  assert data_line < next(
+    i for i, line in enumerate(lines) if line.startswith("Compiled")
+  )  # said first
   assert "zero_shot/shape_top1" in result.stdout and "retrieval/i2t_r10" in result.stdout
   assert (tmp_path / "config.json").exists() and list((tmp_path / "tensorboard").iterdir())
   _run_tiny(tmp_path, "--mode=eval", *quick)

@@ -1,12 +1,15 @@
 """Bad configs fail before training with one line; a NaN stops the run and keeps the good checkpoint."""
+
 import pytest
 
 from tests import helpers
-from vlm_jax.errors import ConfigError
 from vlm_jax.core.experiment import check_config
+from vlm_jax.errors import ConfigError
 
 
-@pytest.mark.parametrize("overrides,message", [
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
     ({"model.name": "nosuch"}, "unknown model 'nosuch'; known models: clip"),
     ({"objectives.clip.name": "nosuch"}, "unknown objective 'nosuch'"),
     ({"data.name": "nosuch"}, "unknown dataset 'nosuch'; known datasets: embedded"),
@@ -15,10 +18,14 @@ from vlm_jax.core.experiment import check_config
     ({"mesh": "data:3"}, "mesh 'data:3' needs 3 devices but 8 are available"),
     ({"mesh": "data:3,fsdp:-1"}, "do not divide the 8 devices"),
     ({"mesh": "model:8"}, "cannot read mesh 'model:8'"),
-    ({"batch_size": 20, "mesh": "data:8"}, "batch_size=20 does not divide over the data axes (data x fsdp = 8)"),
+    (
+      {"batch_size": 20, "mesh": "data:8"},
+      "batch_size=20 does not divide over the data axes (data x fsdp = 8)",
+    ),
     ({"eval_batch_size": 12, "mesh": "data:4,fsdp:2"}, "eval_batch_size=12 does not divide"),
     ({"train.duration": "10 fortnights"}, "cannot read duration '10 fortnights'"),
-])
+  ],
+)
 def test_bad_config_is_rejected_before_training(overrides, message):
   config = helpers.micro_config(**overrides)
   with pytest.raises(ConfigError) as error:
@@ -27,11 +34,14 @@ def test_bad_config_is_rejected_before_training(overrides, message):
   assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("override,message", [
+@pytest.mark.parametrize(
+  "override,message",
+  [
     ("--config.optim.lrr=1", "unknown config key 'lrr' (Did you mean lr"),
     ("--config.mesh=data:3", "mesh 'data:3' needs 3 devices but 2 are available"),
     ("--config.model.name=vit", "unknown model 'vit'"),
-])
+  ],
+)
 def test_cli_errors_are_one_line(tmp_path, override, message):
   result = helpers.run_main(tmp_path, override, num_devices=2)
   assert result.returncode == 2

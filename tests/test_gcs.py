@@ -1,6 +1,7 @@
 """Bucket workdirs end to end, against a real GCS-protocol server (gcp-storage-emulator on 127.0.0.1):
 train with --workdir gs://..., stop with SIGTERM, resume bit-identically from the bucket; evaluate, tabulate
 and load from the bucket; stream training shards from it. Nothing is written to local disk for the run."""
+
 import os
 import signal
 import subprocess
@@ -11,11 +12,16 @@ import uuid
 import numpy as np
 import pytest
 
-from tests import gcs as gcs_lib, helpers
+from tests import gcs as gcs_lib
+from tests import helpers
 from vlm_jax import storage
 
-pytestmark = pytest.mark.ci   # CI's second tier: a few minutes of runs against the emulator
-STEPS = {"train.duration": "16 steps", "train.checkpoint_every": "4 steps", "train.log_every": "1 steps"}
+pytestmark = pytest.mark.ci  # CI's second tier: a few minutes of runs against the emulator
+STEPS = {
+  "train.duration": "16 steps",
+  "train.checkpoint_every": "4 steps",
+  "train.log_every": "1 steps",
+}
 
 
 def _env(gcs):
@@ -23,16 +29,23 @@ def _env(gcs):
 
 
 def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_and_loaded_from_the_bucket(
-    gcs, tmp_path):
+  gcs, tmp_path
+):
   reference = tmp_path / "reference"
   result = helpers.run_main(reference, **STEPS)
   assert result.returncode == 0, result.stderr[-3000:]
 
   root = f"gs://{gcs_lib.BUCKET}/{uuid.uuid4().hex[:8]}"
   workdir = f"{root}/clip_micro"
-  log = open(tmp_path / "first.log", "w+")   # not a pipe: nobody reads it while the run goes on
-  process = subprocess.Popen(helpers.main_command(workdir, **STEPS), env=_env(gcs), stdout=log,
-                             stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+  log = open(tmp_path / "first.log", "w+")  # not a pipe: nobody reads it while the run goes on
+  process = subprocess.Popen(
+    helpers.main_command(workdir, **STEPS),
+    env=_env(gcs),
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    text=True,
+    cwd=tmp_path,
+  )
   metrics = f"{workdir}/metrics.jsonl"
   deadline = time.time() + 240
   while not (storage.exists(metrics) and storage.read_text(metrics).count("\n") >= 6):
@@ -45,9 +58,15 @@ def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_a
   assert process.returncode == 0, out[-3000:]
   stopped = helpers.checkpoint_steps(workdir)[-1]
   assert "Stopping at step" in out and 0 < stopped < 16
-  assert not storage.exists(f"{workdir}/lock.json")   # released on the way out
-  resumed = subprocess.run(helpers.main_command(workdir, **STEPS), env=_env(gcs), capture_output=True, text=True,
-                           timeout=300, cwd=tmp_path)
+  assert not storage.exists(f"{workdir}/lock.json")  # released on the way out
+  resumed = subprocess.run(
+    helpers.main_command(workdir, **STEPS),
+    env=_env(gcs),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resumed from checkpoint at step {stopped}" in resumed.stdout
   got, want = helpers.load_params(workdir), helpers.load_params(reference)
@@ -57,22 +76,41 @@ def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_a
   steps = [r["step"] for r in helpers.metrics_lib.read_metrics(workdir) if "train/loss" in r]
   assert steps == list(range(1, 17))
   names = storage.listdir(workdir)
-  assert {"config.json", "metrics.jsonl", "final_eval.json", "checkpoints", "tensorboard"} <= set(names), names
+  assert {"config.json", "metrics.jsonl", "final_eval.json", "checkpoints", "tensorboard"} <= set(
+    names
+  ), names
   assert any(n.startswith("events.out.tfevents") for n in storage.listdir(f"{workdir}/tensorboard"))
-  assert not os.path.exists(tmp_path / "gs:")   # nothing went to a local folder named after the URL
+  assert not os.path.exists(tmp_path / "gs:")  # nothing went to a local folder named after the URL
 
-  harness = subprocess.run([sys.executable, "-m", "vlm_jax.eval", "--workdir", workdir, "--tasks", "zero_shot"],
-                           env=_env(gcs), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  harness = subprocess.run(
+    [sys.executable, "-m", "vlm_jax.eval", "--workdir", workdir, "--tasks", "zero_shot"],
+    env=_env(gcs),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
   assert harness.returncode == 0, harness.stderr[-3000:]
   records = storage.find_files(f"{workdir}/eval_records", ".json")
-  assert [r.split("/eval_records/")[1] for r in records] == ["step_16/embedded_64px/zero_shot.json"], records
-  table = subprocess.run([sys.executable, "-m", "vlm_jax.tables", root, "--metrics", "zero_shot/shape_top1"],
-                         env=_env(gcs), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  assert [r.split("/eval_records/")[1] for r in records] == [
+    "step_16/embedded_64px/zero_shot.json"
+  ], records
+  table = subprocess.run(
+    [sys.executable, "-m", "vlm_jax.tables", root, "--metrics", "zero_shot/shape_top1"],
+    env=_env(gcs),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=tmp_path,
+  )
   assert table.returncode == 0, table.stderr[-3000:]
   record = storage.read_json(records[0])
-  assert f"{record['metrics']['zero_shot/shape_top1']:.3f} (n=1)" in table.stdout   # the record, read from the bucket
+  assert (
+    f"{record['metrics']['zero_shot/shape_top1']:.3f} (n=1)" in table.stdout
+  )  # the record, read from the bucket
 
   import vlm_jax  # pylint: disable=import-outside-toplevel
+
   model = vlm_jax.load(workdir)
   local = vlm_jax.load(str(reference))
   pixels = model.preprocess([np.full((32, 32, 3), 200, np.uint8)])
@@ -83,12 +121,24 @@ def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_a
 def test_training_streams_tar_shards_from_a_bucket(gcs, tmp_path):
   from vlm_jax.data import synthetic  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import trainer  # pylint: disable=import-outside-toplevel
+
   root = f"gs://{gcs_lib.BUCKET}/{uuid.uuid4().hex[:8]}"
-  paths = synthetic.write_shards(f"{root}/shards", 64, per_shard=16, image_size=32, log=lambda *a: None)
+  paths = synthetic.write_shards(
+    f"{root}/shards", 64, per_shard=16, image_size=32, log=lambda *a: None
+  )
   assert [storage.basename(p) for p in paths] == [f"0000{i}.tar" for i in range(4)]
-  config = helpers.micro_config(**{
-      "data.name": "shards", "data.shards": f"{root}/shards/{{00000..00003}}.tar", "data.shuffle_buffer": 16,
-      "data.tokenizer_path": f"{root}/shards/{synthetic.TOKENIZER_FILE}", "evals": {}, "train.duration": "4 steps"})
+  config = helpers.micro_config(
+    **{
+      "data.name": "shards",
+      "data.shards": f"{root}/shards/{{00000..00003}}.tar",
+      "data.shuffle_buffer": 16,
+      "data.tokenizer_path": f"{root}/shards/{synthetic.TOKENIZER_FILE}",
+      "evals": {},
+      "train.duration": "4 steps",
+    }
+  )
   trainer.train(config, f"{root}/run", log=lambda *a: None)
   assert helpers.checkpoint_steps(f"{root}/run") == [3, 4]
-  assert [r["step"] for r in helpers.metrics_lib.read_metrics(f"{root}/run") if "train/loss" in r] == [2, 3, 4]
+  assert [
+    r["step"] for r in helpers.metrics_lib.read_metrics(f"{root}/run") if "train/loss" in r
+  ] == [2, 3, 4]

@@ -1,4 +1,5 @@
 """The eval harness (records: contents, idempotence, crash safety), the linear probe and ablation tables."""
+
 import json
 import math
 import os
@@ -8,38 +9,65 @@ import pytest
 
 from tests import helpers
 from vlm_jax import config_utils, tables
-from vlm_jax.eval import harness, linear_probe
 from vlm_jax.errors import ConfigError
+from vlm_jax.eval import harness, linear_probe
 from vlm_jax.train import trainer
 
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("harness") / "clip_micro"
-  config = helpers.micro_config(**{"evals.linear_probe": dict(every="0 steps", label_keys=("color",), shots=(2,),
-                                                              train_limit=64, val_size=32, limit=32)})
+  config = helpers.micro_config(
+    **{
+      "evals.linear_probe": dict(
+        every="0 steps", label_keys=("color",), shots=(2,), train_limit=64, val_size=32, limit=32
+      )
+    }
+  )
   trainer.train(config, str(workdir), log=lambda *a: None)
   return workdir
 
 
 def test_records_per_step_and_task_match_the_training_eval_and_are_written_once(micro_run):
-  written = harness.evaluate(str(micro_run), all_checkpoints=True, tasks=["zero_shot", "retrieval", "linear_probe"],
-                             log=lambda *a: None)
-  assert len(written) == 2 * 3   # checkpoints at steps 3 and 6
+  written = harness.evaluate(
+    str(micro_run),
+    all_checkpoints=True,
+    tasks=["zero_shot", "retrieval", "linear_probe"],
+    log=lambda *a: None,
+  )
+  assert len(written) == 2 * 3  # checkpoints at steps 3 and 6
   record = json.load(open(harness.record_path(str(micro_run), 6, "embedded_64px", "zero_shot")))
   final = json.load(open(micro_run / "final_eval.json"))
   for name, value in record["metrics"].items():
     assert value == pytest.approx(final[f"eval/{name}"]), name
   config = config_utils.load_workdir_config(str(micro_run))
-  assert record["config_hash"] == harness.config_hash(config) and record["config"]["model.image.variant"] == "micro/8"
-  assert record["num_examples"] == 32 and record["step"] == 6 and record["dataset"] == "embedded_64px"
+  assert (
+    record["config_hash"] == harness.config_hash(config)
+    and record["config"]["model.image.variant"] == "micro/8"
+  )
+  assert (
+    record["num_examples"] == 32 and record["step"] == 6 and record["dataset"] == "embedded_64px"
+  )
   assert record["preprocessing"]["image_size"] == 32 and record["wall_s"] > 0
-  probe = json.load(open(harness.record_path(str(micro_run), 6, "embedded_64px", "linear_probe")))["metrics"]
-  assert set(probe) == {"linear_probe/color_2shot_top1", "linear_probe/color_full_top1", "linear_probe/color_chance"}
+  probe = json.load(open(harness.record_path(str(micro_run), 6, "embedded_64px", "linear_probe")))[
+    "metrics"
+  ]
+  assert set(probe) == {
+    "linear_probe/color_2shot_top1",
+    "linear_probe/color_full_top1",
+    "linear_probe/color_chance",
+  }
   # Running again adds nothing and rewrites nothing.
   stamps = {p: os.stat(p).st_mtime_ns for p in written}
-  assert harness.evaluate(str(micro_run), all_checkpoints=True, tasks=["zero_shot", "retrieval", "linear_probe"],
-                          log=lambda *a: None) == []
+  assert (
+    harness.evaluate(
+      str(micro_run),
+      all_checkpoints=True,
+      tasks=["zero_shot", "retrieval", "linear_probe"],
+      log=lambda *a: None,
+    )
+    == []
+  )
   assert {p: os.stat(p).st_mtime_ns for p in written} == stamps
 
 
@@ -49,14 +77,20 @@ def test_a_crash_loses_no_finished_record(micro_run, monkeypatch):
     path = harness.record_path(str(micro_run), 3, "embedded_64px", task)
     if os.path.exists(path):
       os.remove(path)
+
   def boom(self, params, image_emb):
     raise RuntimeError("simulated crash")
+
   monkeypatch.setattr(linear_probe.LinearProbe, "run", boom)
   with pytest.raises(RuntimeError, match="simulated crash"):
     harness.evaluate(str(micro_run), steps=[3], tasks=tasks, log=lambda *a: None)
-  present = [t for t in tasks if os.path.exists(harness.record_path(str(micro_run), 3, "embedded_64px", t))]
+  present = [
+    t for t in tasks if os.path.exists(harness.record_path(str(micro_run), 3, "embedded_64px", t))
+  ]
   assert present == ["zero_shot", "retrieval"]
-  assert not any(f.endswith(".tmp") for _, _, files in os.walk(micro_run / harness.RECORDS) for f in files)
+  assert not any(
+    f.endswith(".tmp") for _, _, files in os.walk(micro_run / harness.RECORDS) for f in files
+  )
   monkeypatch.undo()
   written = harness.evaluate(str(micro_run), steps=[3], tasks=tasks, log=lambda *a: None)
   assert [os.path.basename(p) for p in written] == ["linear_probe.json"]
@@ -69,6 +103,7 @@ def test_tasks_must_fit_the_model(micro_run):
     harness.evaluate(str(micro_run), steps=[5], log=lambda *a: None)
   config = config_utils.load_workdir_config(str(micro_run))
   from vlm_jax.core.experiment import Experiment
+
   model = Experiment(config, log=lambda *a: None).model
   assert set(harness.fitting_tasks(config, model)) == {"zero_shot", "retrieval", "linear_probe"}
 
@@ -91,7 +126,9 @@ def test_ridge_probe_is_the_least_squares_solution():
   centers = rng.normal(size=(4, 8)) * 5
   labels = rng.integers(0, 4, 200)
   feats = centers[labels] + rng.normal(size=(200, 8)) * 0.1
-  assert np.all(linear_probe.ridge_classify(feats[:100], labels[:100], feats[100:], 4, 1e-4) == labels[100:])
+  assert np.all(
+    linear_probe.ridge_classify(feats[:100], labels[:100], feats[100:], 4, 1e-4) == labels[100:]
+  )
 
 
 def write_run(root, name, config, metrics, seed, axes=None, step=100):
@@ -101,12 +138,21 @@ def write_run(root, name, config, metrics, seed, axes=None, step=100):
   for task, values in metrics.items():
     path = harness.record_path(str(workdir), step, "embedded_64px", task)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    json.dump({"step": step, "dataset": "embedded_64px", "task": task, "metrics": values}, open(path, "w"))
+    json.dump(
+      {"step": step, "dataset": "embedded_64px", "task": task, "metrics": values}, open(path, "w")
+    )
   # An older step's record must not count.
   old = harness.record_path(str(workdir), step - 50, "embedded_64px", "zero_shot")
   os.makedirs(os.path.dirname(old), exist_ok=True)
-  json.dump({"step": step - 50, "dataset": "embedded_64px", "task": "zero_shot",
-             "metrics": {"zero_shot/shape_top1": -1.0}}, open(old, "w"))
+  json.dump(
+    {
+      "step": step - 50,
+      "dataset": "embedded_64px",
+      "task": "zero_shot",
+      "metrics": {"zero_shot/shape_top1": -1.0},
+    },
+    open(old, "w"),
+  )
   with open(workdir / "metrics.jsonl", "w") as f:
     for s in (10, 20):
       f.write(json.dumps({"step": s, "train/loss": 3.0 / s + seed}) + "\n")
@@ -118,9 +164,15 @@ def write_run(root, name, config, metrics, seed, axes=None, step=100):
 def test_tables_group_seeds_mark_the_best_and_show_what_varies(tmp_path):
   base = {"model": {"name": "clip"}, "optim": {"lr": 1e-3}, "batch_size": 128}
   other = {"model": {"name": "siglip"}, "optim": {"lr": 1e-3}, "batch_size": 128}
-  write_run(tmp_path, "a0", base, {"zero_shot": {"zero_shot/shape_top1": 0.8}, "x": {"train_loss": 2.0}}, 0)
-  write_run(tmp_path, "a1", base, {"zero_shot": {"zero_shot/shape_top1": 0.9}, "x": {"train_loss": 1.0}}, 1)
-  write_run(tmp_path, "b0", other, {"zero_shot": {"zero_shot/shape_top1": 0.5}, "x": {"train_loss": 0.5}}, 0)
+  write_run(
+    tmp_path, "a0", base, {"zero_shot": {"zero_shot/shape_top1": 0.8}, "x": {"train_loss": 2.0}}, 0
+  )
+  write_run(
+    tmp_path, "a1", base, {"zero_shot": {"zero_shot/shape_top1": 0.9}, "x": {"train_loss": 1.0}}, 1
+  )
+  write_run(
+    tmp_path, "b0", other, {"zero_shot": {"zero_shot/shape_top1": 0.5}, "x": {"train_loss": 0.5}}, 0
+  )
   runs = [tables.load_run(w) for w in tables.find_runs([str(tmp_path)])]
   table = tables.build_table(runs, ["zero_shot/shape_top1", "train_loss"])
   assert table["keys"] == ["model.name"]
@@ -128,20 +180,37 @@ def test_tables_group_seeds_mark_the_best_and_show_what_varies(tmp_path):
   assert first["values"] == {"model.name": "clip"} and first["runs"] == ["a0", "a1"]
   mean, std, n = first["stats"]["zero_shot/shape_top1"]
   assert (mean, n) == (pytest.approx(0.85), 2) and std == pytest.approx(np.std([0.8, 0.9], ddof=1))
-  assert second["stats"]["zero_shot/shape_top1"][2] == 1 and math.isnan(second["stats"]["zero_shot/shape_top1"][1])
-  assert table["best"] == {"zero_shot/shape_top1": 0, "train_loss": 1}   # losses: lower is better
+  assert second["stats"]["zero_shot/shape_top1"][2] == 1 and math.isnan(
+    second["stats"]["zero_shot/shape_top1"][1]
+  )
+  assert table["best"] == {"zero_shot/shape_top1": 0, "train_loss": 1}  # losses: lower is better
   md = tables.render(table, "md")
   assert "| model.name | zero_shot/shape_top1 | train_loss |" in md
   assert "**0.850 ± 0.071 (n=2)**" in md and "**0.500 (n=1)**" in md
   latex = tables.render(table, "latex")
   assert "\\textbf{0.850 $\\pm$ 0.071 (n=2)}" in latex and "\\begin{tabular}{lrr}" in latex
   rows = list(__import__("csv").reader(tables.render(table, "csv").splitlines()))
-  assert rows[0][:5] == ["model.name", "zero_shot/shape_top1_mean", "zero_shot/shape_top1_std",
-                         "zero_shot/shape_top1_n", "zero_shot/shape_top1_best"]
+  assert rows[0][:5] == [
+    "model.name",
+    "zero_shot/shape_top1_mean",
+    "zero_shot/shape_top1_std",
+    "zero_shot/shape_top1_n",
+    "zero_shot/shape_top1_best",
+  ]
   assert rows[1][:5] == ["clip", "0.85", f"{np.std([0.8, 0.9], ddof=1):.6g}", "2", "1"]
   # The command line writes the file and the plots.
   out = tmp_path / "t.md"
-  tables.main([str(tmp_path), "--metrics", "zero_shot/shape_top1", "--out", str(out), "--plots", str(tmp_path / "p")])
+  tables.main(
+    [
+      str(tmp_path),
+      "--metrics",
+      "zero_shot/shape_top1",
+      "--out",
+      str(out),
+      "--plots",
+      str(tmp_path / "p"),
+    ]
+  )
   assert out.read_text() == tables.render(tables.build_table(runs, ["zero_shot/shape_top1"]), "md")
   assert os.path.getsize(tmp_path / "p" / "train_loss.png") > 1000
   with pytest.raises(SystemExit, match="no run has metric"):
@@ -151,7 +220,15 @@ def test_tables_group_seeds_mark_the_best_and_show_what_varies(tmp_path):
 def test_sweep_axes_are_the_columns_when_runs_have_them(tmp_path):
   cfg = lambda lr, width: {"optim": {"lr": lr}, "model": {"width": width, "other": lr * 2}}
   for i, lr in enumerate((1e-3, 2e-3)):
-    write_run(tmp_path, f"r{i}", cfg(lr, 8), {"zero_shot": {"zero_shot/shape_top1": 0.5 + i}}, 0,
-              axes={"optim.lr": lr})
+    write_run(
+      tmp_path,
+      f"r{i}",
+      cfg(lr, 8),
+      {"zero_shot": {"zero_shot/shape_top1": 0.5 + i}},
+      0,
+      axes={"optim.lr": lr},
+    )
   runs = [tables.load_run(w) for w in tables.find_runs([str(tmp_path)])]
-  assert tables.build_table(runs, ["zero_shot/shape_top1"])["keys"] == ["optim.lr"]   # not model.other
+  assert tables.build_table(runs, ["zero_shot/shape_top1"])["keys"] == [
+    "optim.lr"
+  ]  # not model.other

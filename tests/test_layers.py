@@ -1,5 +1,6 @@
 """The layer rule of docs/design.md, read from the source: which package may import which, no import circles,
 and a registry that imports nothing of the project."""
+
 import ast
 import pathlib
 import subprocess
@@ -10,13 +11,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vlm_jax"
 # Lowest first. A module may import its own package and anything in a lower layer; the components (layer 2)
 # never import one another. Tools (modules run with `python -m`) sit in the top layer wherever their file is.
 LAYERS = (
-    {"errors", "flag_spelling"},
-    {"registry", "storage", "durations", "cli", "config_utils", "defaults"},
-    {"models", "data", "objectives", "generate"},
-    {"core"},
-    {"eval"},
-    {"train"},
-    {"builtins", "inference", "main", "bench", "tables", "convert", "launch", "__init__"},
+  {"errors", "flag_spelling"},
+  {"registry", "storage", "durations", "cli", "config_utils", "defaults"},
+  {"models", "data", "objectives", "generate"},
+  {"core"},
+  {"eval"},
+  {"train"},
+  {"builtins", "inference", "main", "bench", "tables", "convert", "launch", "__init__"},
 )
 TOP = len(LAYERS) - 1
 
@@ -59,7 +60,9 @@ def _layer(name, path) -> int:
 
 def test_every_module_has_a_layer():
   units = {_unit(n) for n, _ in _modules()}
-  assert units <= set().union(*LAYERS), f"add {units - set().union(*LAYERS)} to LAYERS and to docs/design.md"
+  assert units <= set().union(*LAYERS), (
+    f"add {units - set().union(*LAYERS)} to LAYERS and to docs/design.md"
+  )
 
 
 def test_imports_follow_the_layer_rule():
@@ -84,15 +87,21 @@ def test_imports_follow_the_layer_rule():
 
 def test_no_import_circles():
   paths = dict(_modules())
-  graph = {name: {t for t in _imports(name, path) if t in paths and t != name} for name, path in paths.items()}
+  graph = {
+    name: {t for t in _imports(name, path) if t in paths and t != name}
+    for name, path in paths.items()
+  }
   # A package's __init__ is imported before any of its modules: count that edge too.
   for name in paths:
     parent = name.rsplit(".", 1)[0]
-    if parent in paths and parent not in (name, "vlm_jax"):   # the root imports nothing when imported
+    if parent in paths and parent not in (
+      name,
+      "vlm_jax",
+    ):  # the root imports nothing when imported
       graph[name].add(parent)
   index, low, stack, on_stack, circles = {}, {}, [], set(), []
 
-  def visit(v):   # Tarjan's strongly connected components
+  def visit(v):  # Tarjan's strongly connected components
     index[v] = low[v] = len(index)
     stack.append(v)
     on_stack.add(v)
@@ -122,12 +131,16 @@ def test_no_import_circles():
 
 
 def test_registry_imports_nothing_of_the_project():
-  code = ("import sys; from vlm_jax import registry; "
-          "print(sorted(m for m in sys.modules if m.startswith('vlm_jax')))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       cwd=PACKAGE.parent).stdout
+  code = (
+    "import sys; from vlm_jax import registry; "
+    "print(sorted(m for m in sys.modules if m.startswith('vlm_jax')))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+  ).stdout
   assert out.strip() == "['vlm_jax', 'vlm_jax.errors', 'vlm_jax.registry']"
-  from vlm_jax import registry   # pylint: disable=import-outside-toplevel
+  from vlm_jax import registry  # pylint: disable=import-outside-toplevel
+
   empty = registry.Registry("widget")
   try:
     empty.get("x")

@@ -1,4 +1,5 @@
 """LiT: a tower initialised from a checkpoint (here a converted HF CLIP) and locked."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,23 +7,32 @@ import pytest
 
 from tests import helpers
 from vlm_jax import convert
-from vlm_jax.models import two_tower
-from vlm_jax.errors import ConfigError
 from vlm_jax.core import optim
-from vlm_jax.train import trainer
 from vlm_jax.core.experiment import Experiment, check_config
+from vlm_jax.errors import ConfigError
+from vlm_jax.models import two_tower
+from vlm_jax.train import trainer
 
 pytest.importorskip("transformers")
 
 
 def test_lit_from_a_converted_checkpoint_keeps_the_image_tower_fixed(tmp_path):
   from tests.test_convert import make_hf_clip
+
   (tmp_path / "hf").mkdir()
   make_hf_clip(str(tmp_path / "hf"))
-  convert.convert("hf_clip", str(tmp_path / "hf"), str(tmp_path / "pretrained"), log=lambda *a: None)
+  convert.convert(
+    "hf_clip", str(tmp_path / "hf"), str(tmp_path / "pretrained"), log=lambda *a: None
+  )
   source = helpers.load_params(tmp_path / "pretrained")
-  config = helpers.micro_config(helpers.LIT_TINY, **{"init_from.workdir": str(tmp_path / "pretrained"),
-                                                     "train.duration": "4 steps", "train.checkpoint_every": "2 steps"})
+  config = helpers.micro_config(
+    helpers.LIT_TINY,
+    **{
+      "init_from.workdir": str(tmp_path / "pretrained"),
+      "train.duration": "4 steps",
+      "train.checkpoint_every": "2 steps",
+    },
+  )
   exp = Experiment(config, log=lambda *a: None)
   # No optimizer state for the locked tower; Adam moments for the text tower.
   opt_state = exp.init_state(apply_init_from=False).opt_state
@@ -34,7 +44,9 @@ def test_lit_from_a_converted_checkpoint_keeps_the_image_tower_fixed(tmp_path):
   after = helpers.load_params(tmp_path / "lit", step=4)
   image_paths = [p for p in after if p.startswith("image_")]
   assert image_paths
-  for path in image_paths:  # loaded from the converted model, and bit-identical after training steps
+  for (
+    path
+  ) in image_paths:  # loaded from the converted model, and bit-identical after training steps
     np.testing.assert_array_equal(after[path], source[path], err_msg=path)
   changed = [p for p in after if p.startswith("text_") and not np.array_equal(after[p], before[p])]
   assert len(changed) > 10  # the text tower trains
@@ -42,16 +54,24 @@ def test_lit_from_a_converted_checkpoint_keeps_the_image_tower_fixed(tmp_path):
 
 def test_a_locked_tower_runs_in_eval_mode():
   """Dropout in a locked tower is off even in a train step; an unlocked tower with dropout is stochastic."""
-  fields = dict(image=dict(width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, image_size=16, dropout=0.5),
-                text=dict(vocab_size=128, width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8, dropout=0.5),
-                embed_dim=16)
+  fields = dict(
+    image=dict(
+      width=32, depth=1, num_heads=2, mlp_dim=64, patch_size=8, image_size=16, dropout=0.5
+    ),
+    text=dict(vocab_size=128, width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8, dropout=0.5),
+    embed_dim=16,
+  )
   images, tokens = jnp.ones((2, 16, 16, 3)), jnp.ones((2, 8), jnp.int32)
   outputs = {}
   for locked in ((), ("image",)):
     model = two_tower.TwoTower(**fields, locked=locked)
     params = model.init(jax.random.PRNGKey(0), images, tokens)
-    outputs[locked] = [model.apply(params, images, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(i)})
-                       ["image_emb"] for i in range(2)]
+    outputs[locked] = [
+      model.apply(params, images, tokens, train=True, rngs={"dropout": jax.random.PRNGKey(i)})[
+        "image_emb"
+      ]
+      for i in range(2)
+    ]
   assert not np.allclose(*outputs[()])
   np.testing.assert_array_equal(*outputs[("image",)])
 

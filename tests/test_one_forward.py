@@ -1,6 +1,7 @@
 """One forward pass feeds every objective: each loss equals the previous implementation's (every objective
 calling `model.apply` on its own inputs, the vocabulary projected at every position), given the same masks
 and negatives, and the composite step costs fewer FLOPs than that implementation's."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +26,9 @@ def _batch(exp, n=8):
 def _masked_ce(logits, targets, selected):
   """The old MLM loss: cross-entropy at every position, weighted by the selection."""
   w = selected.astype(jnp.float32)
-  return (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * w).sum() / jnp.maximum(w.sum(), 1.0)
+  return (optax.softmax_cross_entropy_with_integer_labels(logits, targets) * w).sum() / jnp.maximum(
+    w.sum(), 1.0
+  )
 
 
 def _mim(predictions, images, patch_mask, p):
@@ -35,7 +38,9 @@ def _mim(predictions, images, patch_mask, p):
 
 
 def _itm(logits, negative):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, (~negative).astype(jnp.int32)).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(
+    logits, (~negative).astype(jnp.int32)
+  ).mean()
 
 
 def _old_losses(exp, params, batch, requests, *, family):
@@ -50,23 +55,39 @@ def _old_losses(exp, params, batch, requests, *, family):
     scores = apply(tokens, method="encode_text") @ apply(images, method="encode_image").T
     index, negative, _ = requests["itm"](scores)
     out["itm_loss"] = _itm(apply(images[index], tokens, method="itm_logits"), negative)
-    out["clip_loss"] = contrastive.clip_loss(apply(images, method="encode_image"), apply(tokens, method="encode_text"),
-                                             apply(images, tokens)["logit_scale"])[0]
-    out["mlm_loss"] = _masked_ce(apply(images, masked["tokens"], method="text_mlm_logits"), tokens, masked["selected"])
-    out["mim_loss"] = _mim(apply(images, tokens, requests["patch_mask"], method="image_mim"), images,
-                           requests["patch_mask"], p)
-    text_logits, patch_predictions = apply(images, masked["tokens"], requests["patch_mask"], method="mmm")
-    out["mmm_loss"] = (_masked_ce(text_logits, tokens, masked["selected"])
-                       + _mim(patch_predictions, images, requests["patch_mask"], p))
+    out["clip_loss"] = contrastive.clip_loss(
+      apply(images, method="encode_image"),
+      apply(tokens, method="encode_text"),
+      apply(images, tokens)["logit_scale"],
+    )[0]
+    out["mlm_loss"] = _masked_ce(
+      apply(images, masked["tokens"], method="text_mlm_logits"), tokens, masked["selected"]
+    )
+    out["mim_loss"] = _mim(
+      apply(images, tokens, requests["patch_mask"], method="image_mim"),
+      images,
+      requests["patch_mask"],
+      p,
+    )
+    text_logits, patch_predictions = apply(
+      images, masked["tokens"], requests["patch_mask"], method="mmm"
+    )
+    out["mmm_loss"] = _masked_ce(text_logits, tokens, masked["selected"]) + _mim(
+      patch_predictions, images, requests["patch_mask"], p
+    )
   else:
     index, negative, _ = requests["itm"](apply(images, tokens, method="match_scores"))
     out["itm_loss"] = _itm(apply(images[index], tokens, method="itm_logits"), negative)
-    out["mlm_loss"] = _masked_ce(apply(images, masked["tokens"], method="mlm_logits"), tokens, masked["selected"])
+    out["mlm_loss"] = _masked_ce(
+      apply(images, masked["tokens"], method="mlm_logits"), tokens, masked["selected"]
+    )
   return out
 
 
-@pytest.mark.parametrize("recipe,family,negatives", [(helpers.FLAVA_TINY, "flava", "hard"),
-                                                     (helpers.VILT_TINY, "vilt", "mixed")])
+@pytest.mark.parametrize(
+  "recipe,family,negatives",
+  [(helpers.FLAVA_TINY, "flava", "hard"), (helpers.VILT_TINY, "vilt", "mixed")],
+)
 def test_every_loss_equals_the_per_objective_implementation(recipe, family, negatives):
   exp = _experiment(recipe, **{"objectives.itm.negatives": negatives})
   params = exp.init_state().params
@@ -82,8 +103,9 @@ def test_every_loss_equals_the_per_objective_implementation(recipe, family, nega
   for name, value in old.items():
     np.testing.assert_allclose(metrics[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
   weights = {k: float(c.get("weight", 1.0)) for k, c in exp.config.objectives.items()}
-  np.testing.assert_allclose(metrics["loss"], sum(weights[k.removesuffix("_loss")] * v for k, v in old.items()),
-                             rtol=2e-5)
+  np.testing.assert_allclose(
+    metrics["loss"], sum(weights[k.removesuffix("_loss")] * v for k, v in old.items()), rtol=2e-5
+  )
 
 
 def test_flava_mlm_and_mmm_share_one_text_mask_and_mim_and_mmm_one_patch_mask():
@@ -107,5 +129,7 @@ def test_one_forward_costs_fewer_flops_than_a_forward_per_objective():
     requests = exp.loss_fn.model_inputs(batch, jax.random.fold_in(rng, 0))
     return sum(_old_losses(exp, params, batch, requests, family="flava").values())
 
-  flops = [jax.jit(jax.grad(f)).lower(params).compile().cost_analysis()["flops"] for f in (new, old)]
+  flops = [
+    jax.jit(jax.grad(f)).lower(params).compile().cost_analysis()["flops"] for f in (new, old)
+  ]
   assert flops[0] < 0.75 * flops[1], flops

@@ -12,6 +12,7 @@ changes, and nothing else:
     (tests/hf_models.py), made where the commands look for them.
 Run it with `python -m pytest -m ci` (CI's second tier, after the fast one).
 """
+
 import dataclasses
 import os
 import re
@@ -23,11 +24,24 @@ import pytest
 
 from tests import helpers
 
-DOCS = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(helpers.ROOT, "docs"))
-                              if f.endswith(".md"))
+# In reading order, as a user goes through them: later pages use runs made by earlier ones.
+READING_ORDER = [
+  "getting-started.md",
+  "recipes.md",
+  "data.md",
+  "evaluation.md",
+  "scaling.md",
+  "pretrained.md",
+  "design.md",
+  "contributing.md",
+]
+_PAGES = sorted(f for f in os.listdir(os.path.join(helpers.ROOT, "docs")) if f.endswith(".md"))
+DOCS = ["README.md"] + [
+  os.path.join("docs", f) for f in READING_ORDER + sorted(set(_PAGES) - set(READING_ORDER))
+]
 SHORT_TRAINING = ["--config.train.max_steps=4"]
 SHORT_SWEEP = ["--only", "clip_b32-tiny__seed0", "--set", "train.max_steps=4"]
-CHECKOUT = ("experiments", "launch", "docs")   # what the commands read from the working directory
+CHECKOUT = ("experiments", "launch", "docs")  # what the commands read from the working directory
 
 
 @dataclasses.dataclass
@@ -50,21 +64,31 @@ def code_blocks(doc: str) -> list:
     end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
     above = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), "")
     skip = re.fullmatch(r"<!-- not run: (.*) -->", above)
-    blocks.append(Block(doc, i + 1, fence.group(1), "\n".join(lines[i + 1:end]), skip and skip.group(1).strip()))
+    blocks.append(
+      Block(
+        doc, i + 1, fence.group(1), "\n".join(lines[i + 1 : end]), skip and skip.group(1).strip()
+      )
+    )
     i = end + 1
   return blocks
 
 
 def bash_commands(body: str) -> list:
   joined = re.sub(r"\\\n\s*", " ", body)
-  return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+  return [
+    line.strip()
+    for line in joined.splitlines()
+    if line.strip() and not line.strip().startswith("#")
+  ]
 
 
 def as_run(command: str) -> str:
   """The command with the test's documented changes (see the module docstring)."""
   command = command.replace("gs://BUCKET", "gs://bucket")
   words = shlex.split(command, comments=True)
-  if words[:3] == ["python", "-m", "vlm_jax.main"] and not any(w.startswith("--mode") for w in words):
+  if words[:3] == ["python", "-m", "vlm_jax.main"] and not any(
+    w.startswith("--mode") for w in words
+  ):
     words += SHORT_TRAINING
   if words[:2] == ["python", "launch/sweep.py"] and "local" in words and "--dry-run" not in words:
     words += SHORT_SWEEP
@@ -80,15 +104,19 @@ def _runnable():
 
 def test_the_docs_have_runnable_blocks_and_every_skipped_one_says_why():
   runnable = _runnable()
-  assert any("vlm_jax.main --config experiments/clip_b32.py:tiny --workdir runs/clip_tiny" in b.body
-             for b in runnable)
+  assert any(
+    "vlm_jax.main --config experiments/clip_b32.py:tiny --workdir runs/clip_tiny" in b.body
+    for b in runnable
+  )
   assert all(bash_commands(b.body) for b in runnable if b.lang == "bash")
 
 
 def _make_inputs(cwd):
   """What the convert commands read: small random models in the formats users convert from."""
   import torch  # pylint: disable=import-outside-toplevel
+
   from tests import hf_models  # pylint: disable=import-outside-toplevel
+
   clip = hf_models.make_hf_clip(cwd / "models" / "clip-vit-base-patch32")
   hf_models.make_hf_siglip(cwd / "models" / "siglip-base-patch16-224")
   torch.save({"state_dict": hf_models.openai_state_dict(clip)}, cwd / "ViT-B-32.pt")
@@ -101,13 +129,23 @@ def test_every_command_in_the_docs_runs_as_typed(tmp_path, gcs):
   for name in CHECKOUT:
     os.symlink(os.path.join(helpers.ROOT, name), tmp_path / name)
   _make_inputs(tmp_path)
-  env = {**helpers.subprocess_env(1), **gcs,
-         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+  env = {
+    **helpers.subprocess_env(1),
+    **gcs,
+    "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+  }
   for block in _runnable():
     commands = bash_commands(block.body) if block.lang == "bash" else [block.body]
     for command in commands:
-      argv = ["bash", "-eo", "pipefail", "-c", as_run(command)] if block.lang == "bash" else \
-          [sys.executable, "-c", command]
-      result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
-      assert result.returncode == 0, (f"{block.doc}:{block.line}: {argv[-1]}\n--- stdout\n{result.stdout[-3000:]}"
-                                      f"\n--- stderr\n{result.stderr[-5000:]}")
+      argv = (
+        ["bash", "-eo", "pipefail", "-c", as_run(command)]
+        if block.lang == "bash"
+        else [sys.executable, "-c", command]
+      )
+      result = subprocess.run(
+        argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200
+      )
+      assert result.returncode == 0, (
+        f"{block.doc}:{block.line}: {argv[-1]}\n--- stdout\n{result.stdout[-3000:]}"
+        f"\n--- stderr\n{result.stderr[-5000:]}"
+      )

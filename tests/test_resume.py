@@ -1,4 +1,5 @@
 """Interrupted runs (SIGTERM, SIGKILL) resume to exactly the parameters of an uninterrupted run."""
+
 import os
 import signal
 import subprocess
@@ -9,7 +10,11 @@ import pytest
 
 from tests import helpers
 
-LONG = {"train.duration": "120 steps", "train.checkpoint_every": "20 steps", "train.log_every": "1 steps"}
+LONG = {
+  "train.duration": "120 steps",
+  "train.checkpoint_every": "20 steps",
+  "train.log_every": "1 steps",
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +26,14 @@ def reference(tmp_path_factory):
 
 
 def _start(workdir):
-  return subprocess.Popen(helpers.main_command(workdir, **LONG), env=helpers.subprocess_env(2),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=helpers.ROOT)
+  return subprocess.Popen(
+    helpers.main_command(workdir, **LONG),
+    env=helpers.subprocess_env(2),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=helpers.ROOT,
+  )
 
 
 def _wait_for(predicate, process, timeout=240):

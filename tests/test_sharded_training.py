@@ -1,4 +1,5 @@
 """A few train steps on an 8-device mesh equal the same steps on one device."""
+
 import jax
 import numpy as np
 import pytest
@@ -20,7 +21,9 @@ def _run_steps(config, devices, steps=3):
   return exp, state, losses
 
 
-@pytest.mark.parametrize("mesh,options,base", [
+@pytest.mark.parametrize(
+  "mesh,options,base",
+  [
     ("data:4,fsdp:2", {"objectives.clip.impl": "global"}, helpers.TINY),
     ("data:4,tensor:2", {"objectives.clip.impl": "local"}, helpers.TINY),
     ("data:2,fsdp:2,tensor:2", {"objectives.clip.impl": "local"}, helpers.TINY),
@@ -30,8 +33,11 @@ def _run_steps(config, devices, steps=3):
     ("data:4,fsdp:2", {"objectives.itm.negatives": "mixed"}, helpers.VILT_TINY),
     # FLAVA: all five objectives, patch and token masks drawn on the global batch. Opt-in (-m slow, ~1 min):
     # the ViLT case covers the fusion family's masking and mining in the default run.
-    pytest.param("data:4,fsdp:2", {"objectives.clip.impl": "local"}, helpers.FLAVA_TINY,
-                 marks=pytest.mark.slow)])
+    pytest.param(
+      "data:4,fsdp:2", {"objectives.clip.impl": "local"}, helpers.FLAVA_TINY, marks=pytest.mark.slow
+    ),
+  ],
+)
 def test_sharded_steps_equal_single_device(mesh, options, base):
   # Adam turns a gradient of 1e-9 into a step of +-lr, and some gradients are exactly zero in exact
   # arithmetic (attention key biases: softmax is shift-invariant), so reduction-order noise would flip
@@ -47,7 +53,11 @@ def test_sharded_steps_equal_single_device(mesh, options, base):
   for (path, r), g in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(got)):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
   # The parameters really are split as the rules say, not replicated.
-  encoder = state.params["text_encoder"]["encoder"] if "text_encoder" in state.params else state.params["encoder"]
+  encoder = (
+    state.params["text_encoder"]["encoder"]
+    if "text_encoder" in state.params
+    else state.params["encoder"]
+  )
   fc1 = encoder["block_0"]["mlp"]["fc1"]["kernel"]
   fsdp, tensor = exp.mesh.shape["fsdp"], exp.mesh.shape["tensor"]
   assert fc1.sharding.shard_shape(fc1.shape) == (fc1.shape[0] // fsdp, fc1.shape[1] // tensor)

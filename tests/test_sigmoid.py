@@ -2,13 +2,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vlm_jax.objectives import sigmoid
-from vlm_jax.core import sharding
 from tests.test_contrastive import _embeddings
+from vlm_jax.core import sharding
+from vlm_jax.objectives import sigmoid
 
 
 def _numpy_reference(img, txt, scale, bias):
@@ -19,15 +20,24 @@ def _numpy_reference(img, txt, scale, bias):
 
 def test_sigmoid_loss_matches_numpy():
   img, txt = _embeddings(n=12, d=8, seed=3)
-  np.testing.assert_allclose(sigmoid.sigmoid_loss(img, txt, np.log(10.0), -10.0),
-                             _numpy_reference(img, txt, np.log(10.0), -10.0), rtol=1e-5)
+  np.testing.assert_allclose(
+    sigmoid.sigmoid_loss(img, txt, np.log(10.0), -10.0),
+    _numpy_reference(img, txt, np.log(10.0), -10.0),
+    rtol=1e-5,
+  )
   # At SigLIP's initialisation (t=10, b=-10) the loss is dominated by the n positives: about log(1+e^10).
   assert 9.0 < float(sigmoid.sigmoid_loss(img, txt, np.log(10.0), -10.0)) < 21.0
 
 
-CASES = [("global", {}, "data:8"), ("ring", {}, "data:8"), ("ring", {"bidirectional": True}, "data:8"),
-         ("ring", {"exchange": "image"}, "data:4,fsdp:2"), ("ring", {"bidirectional": True}, "data:2,fsdp:3"),
-         ("ring", {}, "data:2,tensor:4"), ("global", {}, "data:4,fsdp:2")]
+CASES = [
+  ("global", {}, "data:8"),
+  ("ring", {}, "data:8"),
+  ("ring", {"bidirectional": True}, "data:8"),
+  ("ring", {"exchange": "image"}, "data:4,fsdp:2"),
+  ("ring", {"bidirectional": True}, "data:2,fsdp:3"),
+  ("ring", {}, "data:2,tensor:4"),
+  ("global", {}, "data:4,fsdp:2"),
+]
 
 
 @pytest.mark.parametrize("impl,options,mesh_spec", CASES)
@@ -37,9 +47,14 @@ def test_sharded_sigmoid_loss_equals_single_device(impl, options, mesh_spec):
   devices = jax.devices()[:6] if "fsdp:3" in mesh_spec else None
   mesh = sharding.make_mesh(mesh_spec, devices)
   batch = NamedSharding(mesh, P(sharding.BATCH_AXES))
-  fn = sigmoid.sigmoid_loss_global if impl == "global" else functools.partial(
-      sigmoid.sigmoid_loss_ring, mesh=mesh, **options)
-  ref_loss, ref_grads = jax.value_and_grad(sigmoid.sigmoid_loss, argnums=(0, 1, 2, 3))(img, txt, scale, bias)
+  fn = (
+    sigmoid.sigmoid_loss_global
+    if impl == "global"
+    else functools.partial(sigmoid.sigmoid_loss_ring, mesh=mesh, **options)
+  )
+  ref_loss, ref_grads = jax.value_and_grad(sigmoid.sigmoid_loss, argnums=(0, 1, 2, 3))(
+    img, txt, scale, bias
+  )
   with jax.set_mesh(mesh):
     args = (jax.device_put(img, batch), jax.device_put(txt, batch), scale, bias)
     val, grads = jax.jit(jax.value_and_grad(lambda *a: fn(*a)[0], argnums=(0, 1, 2, 3)))(*args)

@@ -1,25 +1,33 @@
 """Staged recipes: stages chain through their checkpoints, frozen groups stay bit-identical, reruns resume."""
+
 import os
 
 import jax
 import numpy as np
 import pytest
 
-import vlm_jax
 from tests import helpers
-from vlm_jax.errors import ConfigError
+import vlm_jax
 from vlm_jax.core import checkpoint
+from vlm_jax.errors import ConfigError
 from vlm_jax.train import stages, trainer
 
 LLAVA_TINY = os.path.join(helpers.ROOT, "experiments", "llava_stages.py") + ":tiny"
 
 
 def micro_stages(tmp_path):
-  config = helpers.micro_config(LLAVA_TINY, batch_size=16, **{
-      "train.log_every": "2 steps", "train.checkpoint_every": "2 steps", "optim.warmup": "1 steps",
-      "optim.lr": 3e-3})
+  config = helpers.micro_config(
+    LLAVA_TINY,
+    batch_size=16,
+    **{
+      "train.log_every": "2 steps",
+      "train.checkpoint_every": "2 steps",
+      "optim.warmup": "1 steps",
+      "optim.lr": 3e-3,
+    },
+  )
   with config.unlocked():
-    config.evals = {}   # the evaluators have their own tests; stages only need to train
+    config.evals = {}  # the evaluators have their own tests; stages only need to train
     config.model.image.update(pool="cls", act="quick_gelu")
     for stage in config.stages:
       stage["overrides"]["train.duration"] = "4 steps"
@@ -27,11 +35,14 @@ def micro_stages(tmp_path):
 
 
 def params_of(workdir):
-  return {p: np.asarray(v) for p, v in checkpoint.flat_paths(vlm_jax.load(str(workdir)).params).items()}
+  return {
+    p: np.asarray(v) for p, v in checkpoint.flat_paths(vlm_jax.load(str(workdir)).params).items()
+  }
 
 
 def changed(before, after, regex):
   import re
+
   paths = [p for p in before if re.fullmatch(regex, p)]
   return {p: not np.array_equal(before[p], after[p]) for p in paths}
 
@@ -55,7 +66,10 @@ def test_stages_chain_freeze_and_resume(tmp_path):
   # Stage 0 trained the LM and nothing else (its image tower and projector are still the initial ones).
   configs = [c for _, c in stages.stage_configs(config, str(tmp_path))]
   first = trainer.Experiment(configs[0], log=lambda *a: None)
-  init = {p: np.asarray(v) for p, v in checkpoint.flat_paths(jax.device_get(first.init_state().params)).items()}
+  init = {
+    p: np.asarray(v)
+    for p, v in checkpoint.flat_paths(jax.device_get(first.init_state().params)).items()
+  }
   assert not any(changed(init, lm, r"(image_encoder|projector)/.*").values())
   assert all(changed(init, lm, r"lm_decoder/.*kernel").values())
   # Frozen groups have no optimizer state: stage 1's Adam moments cover the projector only.

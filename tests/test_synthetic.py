@@ -1,4 +1,5 @@
 """The embedded dataset's reference captions, questions/answers and the multi-object variant."""
+
 import numpy as np
 
 from vlm_jax.data import synthetic
@@ -7,9 +8,18 @@ from vlm_jax.data import synthetic
 def test_references_and_answers_state_the_examples_facts():
   for i in range(40):
     example = synthetic.draw_example(np.random.default_rng([0, 0, i]), 32)
-    facts = {k: names[example[k]] for k, names in (("shape", synthetic.SHAPES), ("color", list(synthetic.COLORS)),
-                                                    ("size", synthetic.SIZES), ("position", synthetic.POSITIONS))}
-    assert example["caption"] in example["captions"] and len(example["captions"]) == len(synthetic.TEMPLATES)
+    facts = {
+      k: names[example[k]]
+      for k, names in (
+        ("shape", synthetic.SHAPES),
+        ("color", list(synthetic.COLORS)),
+        ("size", synthetic.SIZES),
+        ("position", synthetic.POSITIONS),
+      )
+    }
+    assert example["caption"] in example["captions"] and len(example["captions"]) == len(
+      synthetic.TEMPLATES
+    )
     for caption in example["captions"]:
       assert facts["shape"] in caption and facts["color"] in caption
     answers = dict(zip(example["question_types"], example["answers"]))
@@ -22,7 +32,12 @@ def test_the_default_draws_are_unchanged_and_the_variant_counts_its_shapes():
   first = synthetic.draw_example(np.random.default_rng([0, 0, 0]), 64)
   rng = np.random.default_rng([0, 0, 0])
   shape, color, size, position = (int(rng.integers(n)) for n in (8, 8, 2, 9))
-  assert (first["shape"], first["color"], first["size"], first["position"]) == (shape, color, size, position)
+  assert (first["shape"], first["color"], first["size"], first["position"]) == (
+    shape,
+    color,
+    size,
+    position,
+  )
   counts, foreground = [], {1: [], 2: [], 3: []}
   for i in range(90):
     example = synthetic.draw_example(np.random.default_rng([0, 0, i]), 48, max_objects=3)
@@ -30,7 +45,7 @@ def test_the_default_draws_are_unchanged_and_the_variant_counts_its_shapes():
     counts.append(count)
     answers = dict(zip(example["question_types"], example["answers"]))
     assert answers["count"] == str(count)
-    assert ("position" in answers) == (count == 1)   # which copy's position? not asked
+    assert ("position" in answers) == (count == 1)  # which copy's position? not asked
     if count > 1:
       assert synthetic.NUMBER_WORDS[count - 1] in example["caption"]
       assert synthetic.plural(synthetic.SHAPES[example["shape"]]) in example["caption"]

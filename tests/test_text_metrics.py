@@ -1,33 +1,69 @@
 """Caption metrics (BLEU, ROUGE-L, CIDEr-D) and VQA accuracy against published and reference values."""
+
 import pytest
 
 from vlm_jax.eval import text_metrics as tm
 
 # Reference values: pycocoevalcap 1.2's Bleu(4), Rouge() and Cider() on these captions, tokenized as
 # `tm.tokenize` does (pip download pycocoevalcap==1.2; its scorers are pure Python).
-CANDIDATES = ["a red circle in the top left", "a large blue square", "there is a green star at the bottom",
-              "a small yellow triangle in the center of the image", "a purple ring", "an orange cross on the right"]
+CANDIDATES = [
+  "a red circle in the top left",
+  "a large blue square",
+  "there is a green star at the bottom",
+  "a small yellow triangle in the center of the image",
+  "a purple ring",
+  "an orange cross on the right",
+]
 REFERENCES = [
-    ["a small red circle in the top left", "top left: a small red circle", "a red circle at the top left of the image"],
-    ["a large blue square in the center", "a photo of a large blue square"],
-    ["a green star at the bottom of the image", "there is a large green star at the bottom", "bottom: a green star"],
-    ["a small yellow triangle in the center", "a yellow triangle in the middle of the image"],
-    ["a large purple ring in the bottom right", "a purple ring at the bottom right of the image",
-     "a photo of a purple ring"],
-    ["an orange cross on the right", "a small orange cross, on the right side"]]
-PYCOCOEVALCAP = dict(bleu1=0.8767100584074696, bleu2=0.8629027378885924, bleu3=0.8327437663449336,
-                     bleu4=0.7715641672904842, rouge_l=0.8471091541358872, cider=5.701530098542034)
+  [
+    "a small red circle in the top left",
+    "top left: a small red circle",
+    "a red circle at the top left of the image",
+  ],
+  ["a large blue square in the center", "a photo of a large blue square"],
+  [
+    "a green star at the bottom of the image",
+    "there is a large green star at the bottom",
+    "bottom: a green star",
+  ],
+  ["a small yellow triangle in the center", "a yellow triangle in the middle of the image"],
+  [
+    "a large purple ring in the bottom right",
+    "a purple ring at the bottom right of the image",
+    "a photo of a purple ring",
+  ],
+  ["an orange cross on the right", "a small orange cross, on the right side"],
+]
+PYCOCOEVALCAP = dict(
+  bleu1=0.8767100584074696,
+  bleu2=0.8629027378885924,
+  bleu3=0.8327437663449336,
+  bleu4=0.7715641672904842,
+  rouge_l=0.8471091541358872,
+  cider=5.701530098542034,
+)
 # Degenerate candidates: repetition, no overlap, too short (brevity penalty), no 4-gram match.
 HARD_CANDIDATES = ["the the the the the the the", "dog", "a blue", "a blue circle a blue circle"]
-HARD_REFERENCES = [["the cat is on the mat", "there is a cat on the mat"], ["a cat sitting"],
-                   ["a blue star on the left", "blue star"],
-                   ["a blue circle", "a big blue circle in the top right corner of the picture"]]
-HARD_PYCOCOEVALCAP = dict(bleu1=0.4374999999726563, bleu2=0.33071891385895896, bleu3=0.2299103480120688,
-                          bleu4=3.6298976452145774e-05, rouge_l=0.4125471913302238, cider=0.7485599645251743)
+HARD_REFERENCES = [
+  ["the cat is on the mat", "there is a cat on the mat"],
+  ["a cat sitting"],
+  ["a blue star on the left", "blue star"],
+  ["a blue circle", "a big blue circle in the top right corner of the picture"],
+]
+HARD_PYCOCOEVALCAP = dict(
+  bleu1=0.4374999999726563,
+  bleu2=0.33071891385895896,
+  bleu3=0.2299103480120688,
+  bleu4=3.6298976452145774e-05,
+  rouge_l=0.4125471913302238,
+  cider=0.7485599645251743,
+)
 
 
-@pytest.mark.parametrize("candidates, references, expected", [
-    (CANDIDATES, REFERENCES, PYCOCOEVALCAP), (HARD_CANDIDATES, HARD_REFERENCES, HARD_PYCOCOEVALCAP)])
+@pytest.mark.parametrize(
+  "candidates, references, expected",
+  [(CANDIDATES, REFERENCES, PYCOCOEVALCAP), (HARD_CANDIDATES, HARD_REFERENCES, HARD_PYCOCOEVALCAP)],
+)
 def test_caption_scores_equal_pycocoevalcap(candidates, references, expected):
   scores = tm.caption_scores(candidates, references)
   for name, value in expected.items():
@@ -36,13 +72,21 @@ def test_caption_scores_equal_pycocoevalcap(candidates, references, expected):
 
 def test_bleu_and_rouge_reproduce_the_papers_examples():
   # Papineni et al. 2002, section 2.1: modified unigram precisions 17/18 and 2/7.
-  refs = ["It is a guide to action that ensures that the military will forever heed Party commands.",
-          "It is the guiding principle which guarantees the military forces always being under the command of "
-          "the Party.", "It is the practical guide for the army always to heed the directions of the party."]
+  refs = [
+    "It is a guide to action that ensures that the military will forever heed Party commands.",
+    "It is the guiding principle which guarantees the military forces always being under the command of "
+    "the Party.",
+    "It is the practical guide for the army always to heed the directions of the party.",
+  ]
   candidate = "It is a guide to action which ensures that the military always obeys the commands of the party."
-  assert tm.bleu([tm.tokenize(candidate)], [[tm.tokenize(r) for r in refs]], n=1)[0] == pytest.approx(17 / 18)
-  the = tm.bleu([tm.tokenize("the the the the the the the")],
-                [[tm.tokenize("The cat is on the mat."), tm.tokenize("There is a cat on the mat.")]], n=1)[0]
+  assert tm.bleu([tm.tokenize(candidate)], [[tm.tokenize(r) for r in refs]], n=1)[
+    0
+  ] == pytest.approx(17 / 18)
+  the = tm.bleu(
+    [tm.tokenize("the the the the the the the")],
+    [[tm.tokenize("The cat is on the mat."), tm.tokenize("There is a cat on the mat.")]],
+    n=1,
+  )[0]
   assert the == pytest.approx(2 / 7)
   # Lin 2004, section 3.1: LCS-based F of 3/4 and 1/2 against "police killed the gunman".
   ref = [[tm.tokenize("police killed the gunman")]]

@@ -1,4 +1,5 @@
 """CLIP BPE and SigLIP SentencePiece tokenizers against transformers' implementations of the same files."""
+
 import collections
 import gzip
 import json
@@ -12,12 +13,23 @@ from vlm_jax.data import tokenizers
 transformers = pytest.importorskip("transformers")
 
 SENTENCES = [
-    "a photo of a cat.", "A large RED circle in the top-left corner!", "There's 2 dogs & 3 cats; aren't they cute?",
-    "  multiple   spaces\tand tabs ", "Ünïcödé façade, naïve café", "numbers 12345 and 3.14159",
-    "hyphen-ated words, e.g. state-of-the-art", "&amp; html entities &lt;b&gt;", "", "emoji 🙂 ok",
+  "a photo of a cat.",
+  "A large RED circle in the top-left corner!",
+  "There's 2 dogs & 3 cats; aren't they cute?",
+  "  multiple   spaces\tand tabs ",
+  "Ünïcödé façade, naïve café",
+  "numbers 12345 and 3.14159",
+  "hyphen-ated words, e.g. state-of-the-art",
+  "&amp; html entities &lt;b&gt;",
+  "",
+  "emoji 🙂 ok",
 ]
-CORPUS = ["a photo of a {} {} in the {}".format(c, s, p) for c in ("red", "blue", "green", "large")
-          for s in ("circle", "square", "cat", "dog") for p in ("top", "left", "center corner")] + SENTENCES
+CORPUS = [
+  f"a photo of a {c} {s} in the {p}"
+  for c in ("red", "blue", "green", "large")
+  for s in ("circle", "square", "cat", "dog")
+  for p in ("top", "left", "center corner")
+] + SENTENCES
 
 
 def train_clip_merges(texts, num_merges):
@@ -25,9 +37,12 @@ def train_clip_merges(texts, num_merges):
   clip = tokenizers.ClipBpeTokenizer.__new__(tokenizers.ClipBpeTokenizer)
   byte_encoder = tokenizers._bytes_to_unicode()
   import regex
+
   words = collections.Counter()
   for text in texts:
-    for piece in regex.findall(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", text.lower()):
+    for piece in regex.findall(
+      r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", text.lower()
+    ):
       chars = [byte_encoder[b] for b in piece.encode("utf-8")]
       words[tuple(chars[:-1] + [chars[-1] + "</w>"])] += 1
   del clip
@@ -73,17 +88,21 @@ def write_clip_vocab(directory, num_merges=120):
 
 def test_clip_bpe_matches_transformers(tmp_path):
   gz, ours = write_clip_vocab(str(tmp_path))
-  theirs = transformers.CLIPTokenizer.from_pretrained(str(tmp_path))  # reads vocab.json + merges.txt
+  theirs = transformers.CLIPTokenizer.from_pretrained(
+    str(tmp_path)
+  )  # reads vocab.json + merges.txt
   for text in SENTENCES:
     if "&amp;" in text:
       continue  # OpenAI's tokenizer unescapes HTML entities, transformers' does not (checked below)
     expected = theirs(text)["input_ids"]
     ids = ours.encode(text, 77)
     assert list(ids[: len(expected)]) == expected, text
-    assert not ids[len(expected):].any()
+    assert not ids[len(expected) :].any()
   # A folder with merges.txt + vocab.json (the HF layout) gives the same ids as the .gz file.
   folder = tokenizers.ClipBpeTokenizer(str(tmp_path))
-  np.testing.assert_array_equal(folder.encode_batch(SENTENCES, 16), ours.encode_batch(SENTENCES, 16))
+  np.testing.assert_array_equal(
+    folder.encode_batch(SENTENCES, 16), ours.encode_batch(SENTENCES, 16)
+  )
   # Truncation keeps the end-of-text token, as open_clip.tokenize does.
   long = ours.encode("a photo of a red circle " * 10, 8)
   assert long[0] == ours.bos_id and long[-1] == ours.eos_id
@@ -95,11 +114,14 @@ def _open_clip_tokenizer_module():
   """open_clip's tokenizer.py, loaded by path: open_clip's __init__ needs torchvision, which has no CPU build
   here, so the package is installed with --no-deps and only this module is imported."""
   import importlib.util
+
   spec = importlib.util.find_spec("open_clip")
   if spec is None or not spec.submodule_search_locations:
     pytest.skip("open_clip_torch is not installed (pip install --no-deps open_clip_torch)")
   folder = list(spec.submodule_search_locations)[0]
-  module_spec = importlib.util.spec_from_file_location("open_clip_tokenizer", os.path.join(folder, "tokenizer.py"))
+  module_spec = importlib.util.spec_from_file_location(
+    "open_clip_tokenizer", os.path.join(folder, "tokenizer.py")
+  )
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module, os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz")
@@ -109,16 +131,28 @@ def test_clip_bpe_matches_open_clip_on_the_real_vocabulary():
   open_clip_tokenizer, vocab = _open_clip_tokenizer_module()
   ours = tokenizers.ClipBpeTokenizer(vocab)
   assert ours.vocab_size == 49408
-  expected = open_clip_tokenizer.SimpleTokenizer(vocab)(SENTENCES + CORPUS[:8], context_length=77).numpy()
+  expected = open_clip_tokenizer.SimpleTokenizer(vocab)(
+    SENTENCES + CORPUS[:8], context_length=77
+  ).numpy()
   np.testing.assert_array_equal(ours.encode_batch(SENTENCES + CORPUS[:8], 77), expected)
 
 
 def train_siglip_spm(path, vocab_size=300):
   import sentencepiece
+
   sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter([tokenizers.SiglipTokenizer.canonicalize(t) for t in CORPUS * 3]), model_prefix=path,
-      vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
-      character_coverage=1.0, byte_fallback=True)
+    sentence_iterator=iter([tokenizers.SiglipTokenizer.canonicalize(t) for t in CORPUS * 3]),
+    model_prefix=path,
+    vocab_size=vocab_size,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    minloglevel=2,
+    character_coverage=1.0,
+    byte_fallback=True,
+  )
   return path + ".model"
 
 
@@ -137,7 +171,13 @@ def write_wordpiece_vocab(directory):
   tok = tokenizers.WordPieceTokenizer.__new__(tokenizers.WordPieceTokenizer)
   words = sorted({w for t in CORPUS for w in tok._words(t)})
   chars = sorted({c for w in words for c in w})
-  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + words[::2] + ["##le"]
+  vocab = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + chars
+    + ["##" + c for c in chars]
+    + words[::2]
+    + ["##le"]
+  )
   path = os.path.join(directory, "vocab.txt")
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(dict.fromkeys(vocab)) + "\n")
@@ -154,4 +194,5 @@ def test_wordpiece_matches_transformers(tmp_path):
   ids = ours.encode("a photo of a circle", 16)
   starts = ours.word_starts(ids)
   assert [ours.inverse[int(i)] for i, s in zip(ids, starts) if not s] == [
-      t for t in (ours.inverse[int(i)] for i in ids) if t.startswith("##")]
+    t for t in (ours.inverse[int(i)] for i in ids) if t.startswith("##")
+  ]

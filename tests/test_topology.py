@@ -1,12 +1,13 @@
 """Compiling for a TPU pod on a CPU-only host: libtpu describes the topology's chips, XLA's TPU compiler
 compiles the train step for them and reports one chip's memory, checked against its HBM."""
+
 import pytest
 
 from tests import helpers
 from tests.test_user_paths import run
+from vlm_jax.core.experiment import Experiment
 from vlm_jax.errors import ConfigError
 from vlm_jax.train import compile_check
-from vlm_jax.core.experiment import Experiment
 
 topologies = pytest.importorskip("jax.experimental.topologies")
 
@@ -15,31 +16,40 @@ def devices(name):
   return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
 
 
-@pytest.mark.ci   # a TPU compile of the tiny recipe: CI's second tier
+@pytest.mark.ci  # a TPU compile of the tiny recipe: CI's second tier
 def test_the_tiny_recipe_compiles_for_a_v5e_2x2_from_the_command_line(cwd):
-  result = run(cwd, "--mode=compile", "--topology=v5e:2x2", "--config", "experiments/clip_b32.py:tiny")
+  result = run(
+    cwd, "--mode=compile", "--topology=v5e:2x2", "--config", "experiments/clip_b32.py:tiny"
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "(4 devices of TPU topology v5e:2x2 (TPU v5 lite)), global batch 128" in result.stdout
-  assert "device capacity: 16,384.0 MiB" in result.stdout and "FLOPs per step per device" in result.stdout
+  assert (
+    "device capacity: 16,384.0 MiB" in result.stdout
+    and "FLOPs per step per device" in result.stdout
+  )
 
 
 def test_chip_memory_comes_from_the_chip_table_and_is_shared_by_its_cores():
-  assert compile_check.device_capacity(devices("v5e:2x2")) == 16 * 2 ** 30
-  v4 = devices("v4:2x2x1")   # 4 chips, each seen as its 2 TensorCores
-  assert len(v4) == 8 and compile_check.device_capacity(v4) == 16 * 2 ** 30
-  assert compile_check.device_capacity(devices("v5p:2x2x1")) == 95 * 2 ** 30
+  assert compile_check.device_capacity(devices("v5e:2x2")) == 16 * 2**30
+  v4 = devices("v4:2x2x1")  # 4 chips, each seen as its 2 TensorCores
+  assert len(v4) == 8 and compile_check.device_capacity(v4) == 16 * 2**30
+  assert compile_check.device_capacity(devices("v5p:2x2x1")) == 95 * 2**30
 
 
 @pytest.mark.ci
 def test_a_step_that_does_not_fit_a_chip_is_an_error(monkeypatch):
-  exp = Experiment(helpers.micro_config(), devices=devices("v5e:2x2"), log=lambda *a: None, weights=False)
-  monkeypatch.setitem(compile_check.TPU_HBM_GIB, "TPU v5 lite", 2 ** -20)   # a 1 KiB chip
+  exp = Experiment(
+    helpers.micro_config(), devices=devices("v5e:2x2"), log=lambda *a: None, weights=False
+  )
+  monkeypatch.setitem(compile_check.TPU_HBM_GIB, "TPU v5 lite", 2**-20)  # a 1 KiB chip
   with pytest.raises(ConfigError, match="per device but a device has 0.0 MiB"):
     compile_check.compile_report(exp, log=lambda *a: None, topology="v5e:2x2")
 
 
 @pytest.mark.ci
 def test_an_unknown_topology_is_one_line(cwd):
-  result = run(cwd, "--mode=compile", "--topology=v9z:2x2", "--config", "experiments/clip_b32.py:tiny")
+  result = run(
+    cwd, "--mode=compile", "--topology=v9z:2x2", "--config", "experiments/clip_b32.py:tiny"
+  )
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "cannot describe TPU topology 'v9z:2x2'" in result.stderr.strip().splitlines()[-1]

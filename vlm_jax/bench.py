@@ -10,12 +10,13 @@ the configured data pipeline while it runs) and reports its step time next to th
 batch, alternating rounds so that machine noise hits both: `data_slowdown` near 1 means the pipeline keeps
 the step fed.
 """
+
 import json
 import statistics
 import time
 
-import numpy as np
 from absl import app, flags, logging
+import numpy as np
 
 from vlm_jax.cli import FLAGS, fail, parse_flags
 
@@ -27,6 +28,7 @@ flags.DEFINE_integer("rounds", 3, "With --with_data: alternating rounds of --ste
 
 def random_batch(exp, rng):
   import jax  # pylint: disable=import-outside-toplevel
+
   n = exp.batch_size // jax.process_count()
   batch = exp.dummy_batch(n)
   batch["image"] = rng.standard_normal(batch["image"].shape).astype("float32")
@@ -42,6 +44,7 @@ def random_batch(exp, rng):
 def _loop_time(step, state, batch, next_batch, steps):
   """Seconds per step of the trainer's loop shape: the next batch is loaded while the step runs."""
   import jax  # pylint: disable=import-outside-toplevel
+
   start = time.perf_counter()
   for _ in range(steps):
     state, metrics = step(state, batch)
@@ -55,7 +58,9 @@ def data_feed(exp, state, steps: int, rounds: int) -> dict:
   iterator = exp.train_iterator()
   fetch = lambda _: exp.global_batch(next(iterator))
   batch = fetch(None)
-  step = exp.compile_train_step(state, batch)   # the pipeline's batches may carry more keys than random ones
+  step = exp.compile_train_step(
+    state, batch
+  )  # the pipeline's batches may carry more keys than random ones
   fixed, fed, data_batch = [], [], fetch(None)
   for _ in range(rounds):
     seconds, state, _ = _loop_time(step, state, batch, lambda b: b, steps)
@@ -65,15 +70,23 @@ def data_feed(exp, state, steps: int, rounds: int) -> dict:
   close = getattr(iterator, "close", None)
   if close:
     close()
-  return {"step_time_fixed_batch_s": statistics.median(fixed), "step_time_with_data_s": statistics.median(fed),
-          "data_slowdown": statistics.median(fed) / statistics.median(fixed), "data": exp.data.description}
+  return {
+    "step_time_fixed_batch_s": statistics.median(fixed),
+    "step_time_with_data_s": statistics.median(fed),
+    "data_slowdown": statistics.median(fed) / statistics.median(fixed),
+    "data": exp.data.description,
+  }
 
 
-def benchmark(config, steps: int = 10, warmup: int = 2, with_data: bool = False, rounds: int = 3) -> dict:
+def benchmark(
+  config, steps: int = 10, warmup: int = 2, with_data: bool = False, rounds: int = 3
+) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
+
   from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
   from vlm_jax.core import flops  # pylint: disable=import-outside-toplevel
   from vlm_jax.core.experiment import Experiment  # pylint: disable=import-outside-toplevel
+
   exp = Experiment(config, log=lambda *a: None)
   state = exp.init_state()
   batch = exp.global_batch(random_batch(exp, np.random.default_rng(0)))
@@ -94,14 +107,22 @@ def benchmark(config, steps: int = 10, warmup: int = 2, with_data: bool = False,
   flops_per_device = flops.compiled_flops(step)
   peak = flops.measure_matmul_peak()
   return {
-      "model": config.model.name, "image": config.model.image.variant, "text": config.model.text.variant,
-      "batch_size": exp.batch_size, "mesh": dict(exp.mesh.shape), "devices": jax.device_count(),
-      "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-      "compile_s": round(compile_s, 3), "step_time_median_s": step_time,
-      "step_time_min_s": min(times), "images_per_s": exp.batch_size / step_time,
-      "flops_per_step": None if flops_per_device is None else flops_per_device * jax.device_count(),
-      "peak_flops_per_device": peak,
-      "mfu": None if flops_per_device is None else flops_per_device / step_time / peak, **fed,
+    "model": config.model.name,
+    "image": config.model.image.variant,
+    "text": config.model.text.variant,
+    "batch_size": exp.batch_size,
+    "mesh": dict(exp.mesh.shape),
+    "devices": jax.device_count(),
+    "platform": jax.devices()[0].platform,
+    "device_kind": jax.devices()[0].device_kind,
+    "compile_s": round(compile_s, 3),
+    "step_time_median_s": step_time,
+    "step_time_min_s": min(times),
+    "images_per_s": exp.batch_size / step_time,
+    "flops_per_step": None if flops_per_device is None else flops_per_device * jax.device_count(),
+    "peak_flops_per_device": peak,
+    "mfu": None if flops_per_device is None else flops_per_device / step_time / peak,
+    **fed,
   }
 
 
@@ -110,9 +131,12 @@ def main(argv):
   if FLAGS.config is None:
     fail("--config is required, e.g. --config experiments/clip_b32.py:tiny")
   from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+
   try:
-    print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.with_data, FLAGS.rounds)),
-          flush=True)
+    print(
+      json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.with_data, FLAGS.rounds)),
+      flush=True,
+    )
   except ConfigError as e:
     fail(str(e))
 

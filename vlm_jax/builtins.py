@@ -3,4 +3,5 @@
 The registry itself imports nothing of the project, so this one explicit import is what fills it; every
 entry point (`main`, `python -m vlm_jax.eval`, `vlm_jax.load`, the tools) imports it first.
 """
+
 from vlm_jax import data, eval, models, objectives  # noqa: F401  pylint: disable=redefined-builtin,unused-import

@@ -1,4 +1,5 @@
 """Command-line pieces shared by the entry points: the --config flag, flag spelling, one-line errors."""
+
 import os
 import re
 import sys
@@ -11,8 +12,9 @@ from ml_collections import config_flags
 DEFAULT_COMPILATION_CACHE = os.path.expanduser("~/.cache/vlm_jax/xla")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", DEFAULT_COMPILATION_CACHE)
 
-config_flags.DEFINE_config_file("config", None, "Experiment config: path/to/file.py[:variant].",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Experiment config: path/to/file.py[:variant].", lock_config=True
+)
 FLAGS = flags.FLAGS
 
 
@@ -21,7 +23,7 @@ def fail(message: str, code: int = 2):
   sys.exit(code)
 
 
-from vlm_jax.flag_spelling import normalise_argv, normalise_flag  # noqa: F401  (re-exported)
+from vlm_jax.flag_spelling import normalise_argv, normalise_flag  # noqa: F401,E402  (re-exported)
 
 
 def _config_file(argv) -> str | None:
@@ -39,8 +41,10 @@ def parse_flags(argv):
   argv = [argv[0]] + [normalise_flag(a) for a in argv[1:]]
   spec = _config_file(argv)
   if spec is not None and not os.path.isfile(spec.partition(":")[0]):
-    fail(f"config file {spec.partition(':')[0]!r} not found (from {os.getcwd()}); give a path such as "
-         "experiments/clip_b32.py:tiny")
+    fail(
+      f"config file {spec.partition(':')[0]!r} not found (from {os.getcwd()}); give a path such as "
+      "experiments/clip_b32.py:tiny"
+    )
   try:
     return FLAGS(argv)
   except flags.UnrecognizedFlagError as e:
@@ -50,5 +54,10 @@ def parse_flags(argv):
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     if isinstance(e, (AttributeError, KeyError)):
       message = f"unknown config key {message.split()[0]!r}" + (
-          f" ({' '.join(message.split()[1:])})" if len(message.split()) > 1 else "")
-    fail(f"bad config override {' '.join(overrides)}: {message}" if overrides else f"bad flag: {message}")
+        f" ({' '.join(message.split()[1:])})" if len(message.split()) > 1 else ""
+      )
+    fail(
+      f"bad config override {' '.join(overrides)}: {message}"
+      if overrides
+      else f"bad flag: {message}"
+    )

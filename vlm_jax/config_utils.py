@@ -1,4 +1,5 @@
 """Loading and checking configs: `file.py:arg` variants and the checks that must fail before training."""
+
 import importlib.util
 import os
 
@@ -32,8 +33,10 @@ def parse_mesh(spec) -> dict:
   for part in str(spec).split(","):
     name, sep, size = part.strip().partition(":")
     if not sep or name not in MESH_AXES:
-      raise ConfigError(f"cannot read mesh {spec!r}; write e.g. 'data:4,fsdp:2' over axes {'/'.join(MESH_AXES)} "
-                        "(-1 = the remaining devices)")
+      raise ConfigError(
+        f"cannot read mesh {spec!r}; write e.g. 'data:4,fsdp:2' over axes {'/'.join(MESH_AXES)} "
+        "(-1 = the remaining devices)"
+      )
     try:
       sizes[name] = int(size)
     except ValueError:
@@ -54,19 +57,27 @@ def resolve_mesh(spec, num_devices: int) -> dict:
       fixed *= size
   if -1 in sizes.values():
     if num_devices % fixed:
-      raise ConfigError(f"mesh {spec!r}: the fixed axes ({fixed} devices) do not divide the {num_devices} devices")
+      raise ConfigError(
+        f"mesh {spec!r}: the fixed axes ({fixed} devices) do not divide the {num_devices} devices"
+      )
     sizes = {k: (num_devices // fixed if v == -1 else v) for k, v in sizes.items()}
   elif fixed != num_devices:
-    raise ConfigError(f"mesh {spec!r} needs {fixed} devices but {num_devices} are available; "
-                      "change the sizes or use -1 for one axis")
+    raise ConfigError(
+      f"mesh {spec!r} needs {fixed} devices but {num_devices} are available; "
+      "change the sizes or use -1 for one axis"
+    )
   return sizes
 
 
-def check_batch_size(batch_size: int, mesh_sizes: dict, process_count: int, what: str = "batch_size"):
+def check_batch_size(
+  batch_size: int, mesh_sizes: dict, process_count: int, what: str = "batch_size"
+):
   data_parallel = mesh_sizes["data"] * mesh_sizes["fsdp"]
   if batch_size <= 0 or batch_size % data_parallel:
-    raise ConfigError(f"{what}={batch_size} does not divide over the data axes (data x fsdp = {data_parallel}); "
-                      f"use a multiple of {data_parallel}")
+    raise ConfigError(
+      f"{what}={batch_size} does not divide over the data axes (data x fsdp = {data_parallel}); "
+      f"use a multiple of {data_parallel}"
+    )
   if batch_size % process_count:
     raise ConfigError(f"{what}={batch_size} does not divide over the {process_count} processes")
 
@@ -76,19 +87,28 @@ WORKDIR_CONFIG = "config.json"
 
 def save_workdir_config(config, workdir: str):
   """Writes the config a run (or a converted model) was made with, so that the workdir is self-describing."""
-  storage.write_text(storage.join(workdir, WORKDIR_CONFIG), config.to_json_best_effort(indent=2, sort_keys=True))
+  storage.write_text(
+    storage.join(workdir, WORKDIR_CONFIG), config.to_json_best_effort(indent=2, sort_keys=True)
+  )
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config saved in `workdir`. A relative data.tokenizer_path is resolved against the workdir."""
   import json  # pylint: disable=import-outside-toplevel
+
   path = storage.join(workdir, WORKDIR_CONFIG)
   if not storage.exists(path):
-    raise ConfigError(f"{workdir} has no {WORKDIR_CONFIG}; is it a vlm_jax run or converted model? "
-                      "Pass --config explicitly otherwise")
+    raise ConfigError(
+      f"{workdir} has no {WORKDIR_CONFIG}; is it a vlm_jax run or converted model? "
+      "Pass --config explicitly otherwise"
+    )
   config = ml_collections.ConfigDict(json.loads(storage.read_text(path)))
   tokenizer_path = config.data.get("tokenizer_path", "")
-  if (tokenizer_path and not os.path.isabs(tokenizer_path) and not storage.is_remote(tokenizer_path)  # local path: a test
-      and storage.exists(storage.join(workdir, tokenizer_path))):
+  if (
+    tokenizer_path
+    and not os.path.isabs(tokenizer_path)
+    and not storage.is_remote(tokenizer_path)  # local path: a test
+    and storage.exists(storage.join(workdir, tokenizer_path))
+  ):
     config.data.tokenizer_path = storage.join(workdir, tokenizer_path)
   return config.lock()

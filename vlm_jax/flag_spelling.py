@@ -1,5 +1,6 @@
 """Both spellings of a flag: every entry point defines its flags with underscores and reads `--dry-run` as
 `--dry_run`, so the dashed form users type is never a silently ignored stray argument."""
+
 import sys
 
 

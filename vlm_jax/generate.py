@@ -12,10 +12,11 @@ per step under `lax.while_loop`, so it compiles once per batch shape.
 `greedy_uncached` recomputes every position at every step from a teacher-forcing `logits_fn`; it is the
 reference the cached path is tested against.
 """
+
 import jax
 import jax.numpy as jnp
 
-NEG = -1e9   # "impossible" score; finite so that differences of impossible scores stay finite
+NEG = -1e9  # "impossible" score; finite so that differences of impossible scores stay finite
 
 
 def _no_pad(logits, pad_id: int):
@@ -52,8 +53,17 @@ def greedy_search(step, cache, logits, steps: int, *, eos_id: int, pad_id: int):
   return state[1]
 
 
-def beam_search(step, cache, logits, steps: int, *, beams: int, eos_id: int, pad_id: int,
-                length_penalty: float = 0.0):
+def beam_search(
+  step,
+  cache,
+  logits,
+  steps: int,
+  *,
+  beams: int,
+  eos_id: int,
+  pad_id: int,
+  length_penalty: float = 0.0,
+):
   """Beam search over `batch * beams` rows (each example's prompt repeated `beams` times, example-major).
 
   Beams are ranked by summed log-probability while searching; the returned beam maximises
@@ -66,15 +76,20 @@ def beam_search(step, cache, logits, steps: int, *, beams: int, eos_id: int, pad
   scores = jnp.tile(jnp.where(jnp.arange(beams) == 0, 0.0, NEG)[None], (batch, 1))
   pad_only = jnp.where(jnp.arange(vocab) == pad_id, 0.0, NEG)
   reorder = lambda origin, tree: jax.tree.map(
-      lambda x: x[origin] if x.ndim and x.shape[0] == rows else x, tree)
+    lambda x: x[origin] if x.ndim and x.shape[0] == rows else x, tree
+  )
 
   def body(state):
     t, tokens, logits, cache, scores, done, lengths = state
-    logp = _no_pad(jax.nn.log_softmax(logits.astype(jnp.float32)), pad_id).reshape(batch, beams, vocab)
+    logp = _no_pad(jax.nn.log_softmax(logits.astype(jnp.float32)), pad_id).reshape(
+      batch, beams, vocab
+    )
     logp = jnp.where(done[..., None], pad_only, logp)
     top, index = jax.lax.top_k((scores[..., None] + logp).reshape(batch, beams * vocab), beams)
     origin, token = index // vocab, (index % vocab).astype(jnp.int32)
-    take = lambda x: jnp.take_along_axis(x, origin.reshape(origin.shape + (1,) * (x.ndim - 2)), axis=1)
+    take = lambda x: jnp.take_along_axis(
+      x, origin.reshape(origin.shape + (1,) * (x.ndim - 2)), axis=1
+    )
     was_done = take(done)
     tokens = take(tokens).at[:, :, t].set(token)
     lengths = take(lengths) + ~was_done
@@ -83,17 +98,37 @@ def beam_search(step, cache, logits, steps: int, *, beams: int, eos_id: int, pad
     logits, cache = step(reorder(flat_origin, cache), token.reshape(-1, 1))
     return t + 1, tokens, logits[:, -1], cache, top, done, lengths
 
-  state = (0, jnp.full((batch, beams, steps), pad_id, jnp.int32), logits, cache, scores,
-           jnp.zeros((batch, beams), bool), jnp.zeros((batch, beams), jnp.int32))
+  state = (
+    0,
+    jnp.full((batch, beams, steps), pad_id, jnp.int32),
+    logits,
+    cache,
+    scores,
+    jnp.zeros((batch, beams), bool),
+    jnp.zeros((batch, beams), jnp.int32),
+  )
   state = jax.lax.while_loop(lambda s: (s[0] < steps) & ~jnp.all(s[5]), body, state)
   _, tokens, _, _, scores, _, lengths = state
   normalised = scores / ((5.0 + lengths) / 6.0) ** length_penalty
   best = jnp.argmax(normalised, axis=1)
-  return jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0], jnp.take_along_axis(scores, best[:, None], 1)[:, 0]
+  return jnp.take_along_axis(tokens, best[:, None, None], axis=1)[:, 0], jnp.take_along_axis(
+    scores, best[:, None], 1
+  )[:, 0]
 
 
-def generate(model, params, images, prompt, steps: int, *, eos_id: int, pad_id: int, beams: int = 1,
-             length_penalty: float = 0.0, vocab_size: int | None = None):
+def generate(
+  model,
+  params,
+  images,
+  prompt,
+  steps: int,
+  *,
+  eos_id: int,
+  pad_id: int,
+  beams: int = 1,
+  length_penalty: float = 0.0,
+  vocab_size: int | None = None,
+):
   """Continue `prompt` (int32 [batch, P], right-padded with `pad_id`) for up to `steps` tokens with the
   model's key/value cache. Returns int32 [batch, steps]: the new tokens, padded after eos. vocab_size: the
   tokenizer's; ids from there on (the padded columns) are never written."""
@@ -101,12 +136,16 @@ def generate(model, params, images, prompt, steps: int, *, eos_id: int, pad_id: 
   if beams > 1:
     context = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0), context)
     prompt = jnp.repeat(prompt, beams, axis=0)
-  call = lambda cache, tokens, prefill: model.apply({"params": params, "cache": cache}, context, tokens, prefill,
-                                                    method="decode", mutable=["cache"])
+  call = lambda cache, tokens, prefill: model.apply(
+    {"params": params, "cache": cache}, context, tokens, prefill, method="decode", mutable=["cache"]
+  )
   # A call on a full-length input sizes the cache; eval_shape gets its shapes without computing anything.
   full = jnp.zeros((prompt.shape[0], prompt.shape[1] + steps), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.apply({"params": params}, context, full, True, method="decode",
-                                              mutable=["cache"])[1]["cache"])
+  shapes = jax.eval_shape(
+    lambda: model.apply(
+      {"params": params}, context, full, True, method="decode", mutable=["cache"]
+    )[1]["cache"]
+  )
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   logits, state = call(cache, prompt, True)
   logits = _in_vocab(logits, vocab_size)
@@ -117,13 +156,30 @@ def generate(model, params, images, prompt, steps: int, *, eos_id: int, pad_id: 
 
   if beams == 1:
     return greedy_search(step, state["cache"], logits, steps, eos_id=eos_id, pad_id=pad_id)
-  tokens, _ = beam_search(step, state["cache"], logits, steps, beams=beams, eos_id=eos_id, pad_id=pad_id,
-                          length_penalty=length_penalty)
+  tokens, _ = beam_search(
+    step,
+    state["cache"],
+    logits,
+    steps,
+    beams=beams,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    length_penalty=length_penalty,
+  )
   return tokens
 
 
-def greedy_uncached(logits_fn, batch_size: int, max_len: int, *, bos_id: int, eos_id: int, pad_id: int = 0,
-                    prompt=None, vocab_size: int | None = None):
+def greedy_uncached(
+  logits_fn,
+  batch_size: int,
+  max_len: int,
+  *,
+  bos_id: int,
+  eos_id: int,
+  pad_id: int = 0,
+  prompt=None,
+  vocab_size: int | None = None,
+):
   """Reference greedy decoding without a cache -> int32 [batch, max_len] starting with bos (or `prompt`'s
   non-pad prefix). logits_fn(tokens [batch, max_len]) -> next-token logits at every position.
   """
@@ -131,7 +187,7 @@ def greedy_uncached(logits_fn, batch_size: int, max_len: int, *, bos_id: int, eo
     tokens = jnp.full((batch_size, max_len), pad_id, jnp.int32).at[:, 0].set(bos_id)
   else:
     tokens = prompt.astype(jnp.int32)
-  length = (tokens != pad_id).sum(axis=1)            # next position to write, per row
+  length = (tokens != pad_id).sum(axis=1)  # next position to write, per row
   done = jnp.any(tokens == eos_id, axis=1)
 
   def step(t, state):
@@ -151,8 +207,18 @@ def captioner(model, tokenizer, max_len: int, beams: int = 1, length_penalty: fl
 
   def captions(params, images):
     bos = jnp.full((images.shape[0], 1), tokenizer.bos_id, jnp.int32)
-    out = generate(model, params, images, bos, max_len - 1, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                   beams=beams, length_penalty=length_penalty, vocab_size=getattr(tokenizer, "vocab_size", None))
+    out = generate(
+      model,
+      params,
+      images,
+      bos,
+      max_len - 1,
+      eos_id=tokenizer.eos_id,
+      pad_id=tokenizer.pad_id,
+      beams=beams,
+      length_penalty=length_penalty,
+      vocab_size=getattr(tokenizer, "vocab_size", None),
+    )
     return jnp.concatenate([bos, out], axis=1)
 
   return captions

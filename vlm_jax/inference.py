@@ -11,18 +11,23 @@
 Preprocessing is the run's eval preprocessing (resize, normalisation, tokenizer, lower-casing), so
 embeddings match what the evaluators saw.
 """
+
 import jax
 import numpy as np
 
-from vlm_jax import builtins  # noqa: F401  pylint: disable=unused-import  (registers the built-ins)
-from vlm_jax import config_utils, generate, models, storage
+from vlm_jax import (
+  builtins,  # noqa: F401  pylint: disable=unused-import  (registers the built-ins)
+  config_utils,
+  generate,
+  models,
+  storage,
+)
+from vlm_jax.core import checkpoint
 from vlm_jax.data import tokenizers, transforms
 from vlm_jax.registry import DATASETS, MODELS
-from vlm_jax.core import checkpoint
 
 
 class Pretrained:
-
   def __init__(self, config, params=None, *, step: int | None = None, batch_size: int = 256):
     """params: None until set (`load` restores them into `abstract_params()`)."""
     self.config, self.params, self.step, self.batch_size = config, params, step, batch_size
@@ -37,18 +42,26 @@ class Pretrained:
 
   def abstract_params(self, sharding=None):
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        models.abstract_params(self.model, self.image_size, self.max_len))
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      models.abstract_params(self.model, self.image_size, self.max_len),
+    )
 
   def preprocess(self, images) -> np.ndarray:
     """PIL images or uint8 [H, W, 3] arrays (one, or a list / stacked array) -> float32 [n, S, S, 3]."""
-    if isinstance(images, np.ndarray) and images.ndim == 3 or not isinstance(images, (list, tuple, np.ndarray)):
+    if (
+      isinstance(images, np.ndarray)
+      and images.ndim == 3
+      or not isinstance(images, (list, tuple, np.ndarray))
+    ):
       images = [images]
     return np.stack([self._preprocess.image(image) for image in images])
 
   def tokenize(self, texts) -> np.ndarray:
     """A string or list of strings -> int32 [n, max_len] token ids."""
-    return self.tokenizer.encode_batch([texts] if isinstance(texts, str) else list(texts), self.max_len)
+    return self.tokenizer.encode_batch(
+      [texts] if isinstance(texts, str) else list(texts), self.max_len
+    )
 
   def _batched(self, fn, inputs):
     """fn(params, inputs) over fixed-size batches (so that it compiles once); inputs: an array or a dict
@@ -56,10 +69,14 @@ class Pretrained:
     n = len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
     out = []
     for start in range(0, n, self.batch_size):
+
       def chunk(x):
-        x = np.asarray(x)[start:start + self.batch_size]
+        x = np.asarray(x)[start : start + self.batch_size]  # noqa: B023  (called within this iteration)
         return np.concatenate([x, np.repeat(x[-1:], self.batch_size - len(x), axis=0)])
-      padded = {k: chunk(v) for k, v in inputs.items()} if isinstance(inputs, dict) else chunk(inputs)
+
+      padded = (
+        {k: chunk(v) for k, v in inputs.items()} if isinstance(inputs, dict) else chunk(inputs)
+      )
       out.append(np.asarray(fn(self.params, padded))[: min(self.batch_size, n - start)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -71,12 +88,16 @@ class Pretrained:
     if not hasattr(self.model, "decode"):
       raise ValueError(f"model {self.config.model.name!r} has no text decoder to write with")
 
-  def caption(self, pixels, max_len: int | None = None, beams: int = 1, length_penalty: float = 0.0) -> list:
+  def caption(
+    self, pixels, max_len: int | None = None, beams: int = 1, length_penalty: float = 0.0
+  ) -> list:
     """Captions (strings) of preprocessed images: greedy, or beam search with `beams` > 1."""
     self._check_decoder()
     key = ("caption", max_len or self.max_len, beams, length_penalty)
     if key not in self._captioners:
-      self._captioners[key] = jax.jit(generate.captioner(self.model, self.tokenizer, key[1], beams, length_penalty))
+      self._captioners[key] = jax.jit(
+        generate.captioner(self.model, self.tokenizer, key[1], beams, length_penalty)
+      )
     tokens = self._batched(self._captioners[key], np.asarray(pixels, np.float32))
     return [self.tokenizer.decode(row) for row in tokens]
 
@@ -86,15 +107,29 @@ class Pretrained:
     if isinstance(questions, str):
       questions = [questions] * len(pixels)
     if len(questions) != len(pixels):
-      raise ValueError(f"{len(questions)} questions for {len(pixels)} images; give one per image (or one string)")
+      raise ValueError(
+        f"{len(questions)} questions for {len(pixels)} images; give one per image (or one string)"
+      )
     key = ("answer", max_answer_len, beams)
     if key not in self._captioners:
       tok = self.tokenizer
-      self._captioners[key] = jax.jit(lambda p, b: generate.generate(
-          self.model, p, b["image"], b["prompt"], max_answer_len, eos_id=tok.eos_id, pad_id=tok.pad_id, beams=beams,
-          vocab_size=tok.vocab_size))
+      self._captioners[key] = jax.jit(
+        lambda p, b: generate.generate(
+          self.model,
+          p,
+          b["image"],
+          b["prompt"],
+          max_answer_len,
+          eos_id=tok.eos_id,
+          pad_id=tok.pad_id,
+          beams=beams,
+          vocab_size=tok.vocab_size,
+        )
+      )
     prompts = np.stack([self._preprocess.prompt(q) for q in questions])
-    tokens = self._batched(self._captioners[key], {"image": np.asarray(pixels, np.float32), "prompt": prompts})
+    tokens = self._batched(
+      self._captioners[key], {"image": np.asarray(pixels, np.float32), "prompt": prompts}
+    )
     return [self.tokenizer.decode(row) for row in tokens]
 
   def encode_text(self, token_ids) -> np.ndarray:
@@ -114,6 +149,7 @@ def load(workdir: str, step: int | None = None, *, batch_size: int = 256) -> Pre
   """A run's or converted model's workdir -> `Pretrained` (latest checkpoint unless `step` is given)."""
   workdir = storage.resolve(workdir)
   model = Pretrained(config_utils.load_workdir_config(workdir), batch_size=batch_size)
-  model.params, model.step = checkpoint.restore_params(storage.join(workdir, "checkpoints"), step,
-                                                       model.abstract_params())
+  model.params, model.step = checkpoint.restore_params(
+    storage.join(workdir, "checkpoints"), step, model.abstract_params()
+  )
   return model

@@ -7,6 +7,7 @@ Multi-host: pass --coordinator_address/--num_processes/--process_id, or run unde
 TPU VM, where jax.distributed reads them from the environment. Running the same command again on the
 same workdir resumes from its latest checkpoint.
 """
+
 import os
 import sys
 
@@ -15,14 +16,21 @@ from absl import app, flags, logging
 from vlm_jax.cli import DEFAULT_COMPILATION_CACHE, FLAGS, fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "Directory (or bucket URL) for checkpoints, metrics and logs.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "compile"],
-                  "train (and evaluate); eval: evaluate a workdir's checkpoint (with the workdir's own config.json "
-                  "when --config is not given); compile: compile the train step for the mesh and report its memory "
-                  "and FLOPs, without training.")
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval", "compile"],
+  "train (and evaluate); eval: evaluate a workdir's checkpoint (with the workdir's own config.json "
+  "when --config is not given); compile: compile the train step for the mesh and report its memory "
+  "and FLOPs, without training.",
+)
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
-flags.DEFINE_string("topology", None,
-                    "--mode=compile: compile for this TPU topology (e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4, v6e:8x8) "
-                    "instead of this machine's devices; needs libtpu (pip install -e '.[tpu]'), no TPU.")
+flags.DEFINE_string(
+  "topology",
+  None,
+  "--mode=compile: compile for this TPU topology (e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4, v6e:8x8) "
+  "instead of this machine's devices; needs libtpu (pip install -e '.[tpu]'), no TPU.",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-host runs.")
@@ -30,40 +38,54 @@ flags.DEFINE_integer("process_id", None, "This process's index, for multi-host r
 
 def _initialize_distributed():
   import jax  # pylint: disable=import-outside-toplevel
+
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+  elif (
+    int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+  ):
     jax.distributed.initialize()  # reads SLURM's / the TPU VM's environment
 
 
 def _topology_devices(name: str):
   """The devices of a TPU topology, described by libtpu on any host (they can compile, not run)."""
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
   try:
     return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
   except Exception as e:  # pylint: disable=broad-except  (libtpu missing, or a name it does not know)
     reason = " ".join(str(e).split())[:200]
-    fail(f"cannot describe TPU topology {name!r} ({type(e).__name__}: {reason}); install libtpu with "
-         "pip install -e '.[tpu]' and give a name such as v5e:2x2, v5e:16x16, v4:2x2x2, v5p:4x4x4")
+    fail(
+      f"cannot describe TPU topology {name!r} ({type(e).__name__}: {reason}); install libtpu with "
+      "pip install -e '.[tpu]' and give a name such as v5e:2x2, v5e:16x16, v4:2x2x2, v5p:4x4x4"
+    )
 
 
 def _compile(config, log):
   from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
   from vlm_jax.core import experiment  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import compile_check  # pylint: disable=import-outside-toplevel
+
   devices = _topology_devices(FLAGS.topology) if FLAGS.topology else None
-  experiment.check_config(config, num_devices=None if devices is None else len(devices), weights=False)
+  experiment.check_config(
+    config, num_devices=None if devices is None else len(devices), weights=False
+  )
   stage_configs = [config]
   if config.get("stages"):
     from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
+
     stage_configs = [c for _, c in stages.stage_configs(config, FLAGS.workdir or "compile-check")]
   for i, c in enumerate(stage_configs):
     if len(stage_configs) > 1:
       log(f"Stage {i}: {config.stages[i]['name']}")
-    with c.unlocked():   # compiling needs no weights
+    with c.unlocked():  # compiling needs no weights
       c.init_from.workdir = ""
-    compile_check.compile_report(experiment.Experiment(c, devices=devices, log=log, weights=False), log=log,
-                                 topology=FLAGS.topology)
+    compile_check.compile_report(
+      experiment.Experiment(c, devices=devices, log=log, weights=False),
+      log=log,
+      topology=FLAGS.topology,
+    )
 
 
 def main(argv):
@@ -72,23 +94,36 @@ def main(argv):
     fail("--mode=compile needs --config")
   if FLAGS.topology and FLAGS.mode != "compile":
     fail("--topology is for --mode=compile (training runs on the devices it finds)")
-  if (not FLAGS.workdir and FLAGS.mode != "compile") or (FLAGS.config is None and FLAGS.mode == "train"):
-    fail("--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x")
-  if FLAGS.topology:   # this host's accelerators (if any) are not used; describing the topology is enough
+  if (not FLAGS.workdir and FLAGS.mode != "compile") or (
+    FLAGS.config is None and FLAGS.mode == "train"
+  ):
+    fail(
+      "--config and --workdir are required, e.g. --config experiments/clip_b32.py:tiny --workdir runs/x"
+    )
+  if (
+    FLAGS.topology
+  ):  # this host's accelerators (if any) are not used; describing the topology is enough
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     # libtpu takes /tmp/libtpu_lockfile as if it drove a TPU; compiling for a described topology does not,
     # so compiles may run side by side (a sweep's configs, parallel tests).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") == DEFAULT_COMPILATION_CACHE:
-      os.environ["JAX_COMPILATION_CACHE_DIR"] = ""   # TPU executables for a pod are not this host's to cache
+      os.environ["JAX_COMPILATION_CACHE_DIR"] = (
+        ""  # TPU executables for a pod are not this host's to cache
+      )
   else:
     _initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
-  from vlm_jax import config_utils, storage  # pylint: disable=import-outside-toplevel
-  from vlm_jax.errors import ConfigError, StorageError  # pylint: disable=import-outside-toplevel
-  from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
+
+  from vlm_jax import (  # pylint: disable=import-outside-toplevel
+    builtins,  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
+    config_utils,
+    storage,
+  )
   from vlm_jax.core import checkpoint, experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.errors import ConfigError, StorageError  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import trainer  # pylint: disable=import-outside-toplevel
+
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   try:
     workdir = storage.resolve(FLAGS.workdir) if FLAGS.workdir else None
@@ -99,11 +134,13 @@ def main(argv):
     experiment.check_config(config)
     if FLAGS.mode == "train" and config.get("stages"):
       from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
+
       results = stages.run(config, workdir, train=trainer.train, log=lambda *a: log(*a, flush=True))
     elif FLAGS.mode == "train":
       results = trainer.train(config, workdir, log=lambda *a: log(*a, flush=True))
     else:
       from vlm_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
+
       results = evaluate.evaluate_workdir(config, workdir, step=FLAGS.step, log=log)
   except ConfigError as e:
     fail(str(e))

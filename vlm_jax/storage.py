@@ -8,6 +8,7 @@ bucket and readable from any machine.
 Paths enter as strings typed by users: `resolve` makes a local one absolute once, where it enters (orbax's
 metadata of a relative path is empty), and checks that a URL's filesystem package is installed.
 """
+
 import json
 import os
 import posixpath
@@ -25,6 +26,7 @@ def _no_listing_caches():
   one reads. fsspec caches folder listings per filesystem instance, which would hide them; every listing
   here asks the bucket."""
   import fsspec.config  # pylint: disable=import-outside-toplevel
+
   for scheme in ("gs", "gcs", "s3", "az"):
     fsspec.config.conf.setdefault(scheme, {}).setdefault("use_listings_cache", False)
 
@@ -40,13 +42,19 @@ def check_filesystem(url: str):
   """A one-line error when the package that serves `url`'s scheme is missing."""
   scheme = str(url).split("://", 1)[0]
   import fsspec  # pylint: disable=import-outside-toplevel
+
   try:
     fsspec.get_filesystem_class(scheme)
   except (ImportError, ValueError) as e:
     package = _PACKAGES.get(scheme)
-    fix = f"pip install {package}" + (" (or: pip install 'vlm_jax[gcs]')" if scheme == "gs" else "") if package \
-        else "use a local path or gs://"
-    raise ConfigError(f"cannot use {url}: no filesystem for {scheme}:// is installed ({fix})") from e
+    fix = (
+      f"pip install {package}" + (" (or: pip install 'vlm_jax[gcs]')" if scheme == "gs" else "")
+      if package
+      else "use a local path or gs://"
+    )
+    raise ConfigError(
+      f"cannot use {url}: no filesystem for {scheme}:// is installed ({fix})"
+    ) from e
 
 
 def resolve(path) -> str:
@@ -59,7 +67,11 @@ def resolve(path) -> str:
 
 
 def join(base, *parts) -> str:
-  return posixpath.join(str(base), *map(str, parts)) if is_remote(base) else os.path.join(str(base), *map(str, parts))
+  return (
+    posixpath.join(str(base), *map(str, parts))
+    if is_remote(base)
+    else os.path.join(str(base), *map(str, parts))
+  )
 
 
 def basename(path) -> str:
@@ -154,4 +166,6 @@ def check_writable_dir(p, what: str = "workdir"):
     probe.write_text("")
     probe.unlink()
   except OSError as e:
-    raise ConfigError(f"cannot write to {what} {p}: {e.strerror or e}; choose a folder you can write to") from None
+    raise ConfigError(
+      f"cannot write to {what} {p}: {e.strerror or e}; choose a folder you can write to"
+    ) from None

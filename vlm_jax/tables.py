@@ -10,6 +10,7 @@ keys that vary across rows (a sweep's axes when every run has a sweep.json) and 
 best value per metric column is marked (higher is better, except for losses and wall times).
 Plots: training loss and the chosen metrics against step, one line per row (mean over its seeds).
 """
+
 import argparse
 import csv
 import io
@@ -19,10 +20,10 @@ import sys
 
 import numpy as np
 
-from vlm_jax.flag_spelling import normalise_argv
 from vlm_jax import storage
 from vlm_jax.errors import ConfigError
 from vlm_jax.eval import harness
+from vlm_jax.flag_spelling import normalise_argv
 
 IGNORED_KEYS = ("seed",)
 
@@ -35,8 +36,13 @@ def find_runs(paths) -> list:
     if storage.exists(storage.join(path, "config.json")):
       runs.append(path)
     elif storage.isdir(path):
-      runs += find_runs([storage.join(path, d) for d in storage.listdir(path)
-                         if storage.isdir(storage.join(path, d))])
+      runs += find_runs(
+        [
+          storage.join(path, d)
+          for d in storage.listdir(path)
+          if storage.isdir(storage.join(path, d))
+        ]
+      )
   return runs
 
 
@@ -51,11 +57,19 @@ def load_run(workdir: str) -> dict:
       metrics.update(record["metrics"])
   final_eval = storage.join(workdir, "final_eval.json")
   if not metrics and storage.exists(final_eval):
-    metrics = {k[len("eval/"):] if k.startswith("eval/") else k: v for k, v in storage.read_json(final_eval).items()}
+    metrics = {
+      k[len("eval/") :] if k.startswith("eval/") else k: v
+      for k, v in storage.read_json(final_eval).items()
+    }
   sweep_json = storage.join(workdir, "sweep.json")
   axes = storage.read_json(sweep_json).get("axes") if storage.exists(sweep_json) else None
-  return {"name": storage.basename(workdir), "workdir": workdir, "config": config,
-          "metrics": metrics, "axes": axes}
+  return {
+    "name": storage.basename(workdir),
+    "workdir": workdir,
+    "config": config,
+    "metrics": metrics,
+    "axes": axes,
+  }
 
 
 def _key(value):
@@ -79,8 +93,11 @@ def varying_keys(runs: list) -> list:
       keys += [k for k in r["axes"] if k not in keys and k not in IGNORED_KEYS]
     return keys
   all_keys = sorted({k for r in runs for k in r["config"]})
-  return [k for k in all_keys if k not in IGNORED_KEYS
-          and len({_key(r["config"].get(k)) for r in runs}) > 1]
+  return [
+    k
+    for k in all_keys
+    if k not in IGNORED_KEYS and len({_key(r["config"].get(k)) for r in runs}) > 1
+  ]
 
 
 def summarize(values) -> tuple:
@@ -88,7 +105,11 @@ def summarize(values) -> tuple:
   values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
   if not values:
     return math.nan, math.nan, 0
-  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan, len(values)
+  return (
+    float(np.mean(values)),
+    float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+    len(values),
+  )
 
 
 def lower_is_better(metric: str) -> bool:
@@ -108,7 +129,9 @@ def build_table(runs: list, metrics: list) -> dict:
     rows.append({"values": values, "stats": stats, "runs": [r["name"] for r in group]})
   best = {}
   for m in metrics:
-    means = [(row["stats"][m][0], i) for i, row in enumerate(rows) if not math.isnan(row["stats"][m][0])]
+    means = [
+      (row["stats"][m][0], i) for i, row in enumerate(rows) if not math.isnan(row["stats"][m][0])
+    ]
     if means:
       best[m] = (min(means) if lower_is_better(m) else max(means))[1]
   return {"keys": keys, "metrics": list(metrics), "rows": rows, "best": best}
@@ -136,7 +159,12 @@ def render(table: dict, fmt: str) -> str:
       cells = [_value(row["values"][k]) for k in keys]
       for m in metrics:
         mean, std, n = row["stats"][m]
-        cells += [f"{mean:.6g}" if n else "", f"{std:.6g}" if n > 1 else "", n, int(best.get(m) == i)]
+        cells += [
+          f"{mean:.6g}" if n else "",
+          f"{std:.6g}" if n > 1 else "",
+          n,
+          int(best.get(m) == i),
+        ]
       writer.writerow(cells)
     return out.getvalue()
   mark = {"md": lambda s: f"**{s}**", "latex": lambda s: f"\\textbf{{{s}}}"}[fmt]
@@ -144,14 +172,20 @@ def render(table: dict, fmt: str) -> str:
   body = []
   for i, row in enumerate(rows):
     cells = [_value(row["values"][k]) for k in keys]
-    cells += [mark(_cell(row["stats"][m])) if best.get(m) == i else _cell(row["stats"][m]) for m in metrics]
+    cells += [
+      mark(_cell(row["stats"][m])) if best.get(m) == i else _cell(row["stats"][m]) for m in metrics
+    ]
     body.append(cells)
   if fmt == "md":
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body]) + "\n"
   esc = lambda s: s.replace("_", "\\_").replace("±", "$\\pm$").replace("%", "\\%")
-  lines = ["\\begin{tabular}{" + "l" * len(keys) + "r" * len(metrics) + "}", "\\toprule",
-           " & ".join(esc(h) for h in header) + " \\\\", "\\midrule"]
+  lines = [
+    "\\begin{tabular}{" + "l" * len(keys) + "r" * len(metrics) + "}",
+    "\\toprule",
+    " & ".join(esc(h) for h in header) + " \\\\",
+    "\\midrule",
+  ]
   lines += [" & ".join(esc(c) for c in cells) + " \\\\" for cells in body]
   return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
@@ -176,15 +210,20 @@ def _history(workdir: str, metric: str):
 def plot(table: dict, runs: list, metrics: list, folder: str) -> list:
   """One PNG per metric (and the training loss): each row's mean curve over its seeds, runs faint."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   by_name = {r["name"]: r for r in runs}
   written = []
   for metric in ["train/loss"] + list(metrics):
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for row in table["rows"]:
-      label = ", ".join(f"{k.split('.')[-1]}={_value(v)}" for k, v in row["values"].items()) or row["runs"][0]
+      label = (
+        ", ".join(f"{k.split('.')[-1]}={_value(v)}" for k, v in row["values"].items())
+        or row["runs"][0]
+      )
       label = label if len(label) <= 60 else label[:57] + "..."
       curves = [_history(by_name[n]["workdir"], metric) for n in row["runs"]]
       curves = [(s, v) for s, v in curves if len(s)]
@@ -192,7 +231,7 @@ def plot(table: dict, runs: list, metrics: list, folder: str) -> list:
         continue
       common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
       mean = [np.mean([v[list(s).index(step)] for s, v in curves]) for step in common]
-      line, = ax.plot(common, mean, marker="o" if len(common) < 10 else None, label=label)
+      (line,) = ax.plot(common, mean, marker="o" if len(common) < 10 else None, label=label)
       for s, v in curves if len(curves) > 1 else ():
         ax.plot(s, v, alpha=0.25, linewidth=0.8, color=line.get_color())
       drawn = True
@@ -211,10 +250,13 @@ def plot(table: dict, runs: list, metrics: list, folder: str) -> list:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("runs", nargs="+", help="run workdirs, or folders holding them")
-  parser.add_argument("--metrics", required=True, help="comma-separated metric names, e.g. zero_shot/shape_top1")
+  parser.add_argument(
+    "--metrics", required=True, help="comma-separated metric names, e.g. zero_shot/shape_top1"
+  )
   parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
   parser.add_argument("--out", default="", help="output file (default: stdout)")
   parser.add_argument("--plots", default="", help="folder for PNG plots (default: none)")

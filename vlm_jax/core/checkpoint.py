@@ -3,16 +3,17 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a process killed
 mid-save leaves the previous checkpoints intact and the partial one is ignored on restore.
 """
+
 import logging
 
+from flax import traverse_util
 import grain
 import jax
-from flax import traverse_util
 import orbax.checkpoint as ocp
 
 from vlm_jax import storage
-from vlm_jax.errors import ConfigError
 from vlm_jax.core.optim import path_str
+from vlm_jax.errors import ConfigError
 
 
 class CheckpointSaveError(RuntimeError):
@@ -33,13 +34,15 @@ logging.getLogger("absl").addFilter(_OrbaxErrorsWithoutTracebacks())
 
 
 class Checkpointer:
-
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = storage.resolve(directory)
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "data"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=async_save))
+      self.directory,
+      item_names=("state", "data"),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+      ),
+    )
 
   def all_steps(self):
     return list(self.manager.all_steps())
@@ -49,7 +52,9 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self._checked(lambda: self.manager.save(step, args=ocp.args.Composite(**items), force=True), step)
+    self._checked(
+      lambda: self.manager.save(step, args=ocp.args.Composite(**items), force=True), step
+    )
     self.check()
 
   def check(self):
@@ -65,14 +70,16 @@ class Checkpointer:
       kept = [s for s in self.all_steps() if step is None or s != step]
       reason = " ".join(str(e).split())[:300]
       raise CheckpointSaveError(
-          f"saving a checkpoint{'' if step is None else f' at step {step}'} in {self.directory} failed "
-          f"({type(e).__name__}: {reason}); the run stops. Checkpoints written before are intact "
-          f"(steps {kept or 'none'}): fix the storage and run the same command to resume") from None
+        f"saving a checkpoint{'' if step is None else f' at step {step}'} in {self.directory} failed "
+        f"({type(e).__name__}: {reason}); the run stops. Checkpoints written before are intact "
+        f"(steps {kept or 'none'}): fix the storage and run the same command to resume"
+      ) from None
 
   def restore(self, step: int, target_state, data_iterator=None):
     """Restores into the shardings of `target_state` (arrays or ShapeDtypeStructs with .sharding)."""
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target_state)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target_state
+    )
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -99,16 +106,24 @@ def check_params_match(saved: dict, expected: dict, where: str, include=None):
   wanted = {p: v for p, v in expected.items() if include is None or include(p)}
   missing = sorted(set(wanted) - set(saved))
   unexpected = sorted(set(saved) - set(expected)) if include is None else []
-  shapes = sorted(f"{p}: checkpoint {tuple(saved[p].shape)} vs model {tuple(v.shape)}"
-                  for p, v in wanted.items() if p in saved and tuple(saved[p].shape) != tuple(v.shape))
-  problems = [f"{len(missing)} missing: {', '.join(missing)}" if missing else "",
-              f"{len(unexpected)} unexpected: {', '.join(unexpected)}" if unexpected else "",
-              f"{len(shapes)} with other shapes: {'; '.join(shapes)}" if shapes else ""]
+  shapes = sorted(
+    f"{p}: checkpoint {tuple(saved[p].shape)} vs model {tuple(v.shape)}"
+    for p, v in wanted.items()
+    if p in saved and tuple(saved[p].shape) != tuple(v.shape)
+  )
+  problems = [
+    f"{len(missing)} missing: {', '.join(missing)}" if missing else "",
+    f"{len(unexpected)} unexpected: {', '.join(unexpected)}" if unexpected else "",
+    f"{len(shapes)} with other shapes: {'; '.join(shapes)}" if shapes else "",
+  ]
   problems = [p for p in problems if p]
   if problems:
-    raise ConfigError(f"the checkpoint {where} does not fit the model: " + " | ".join(problems) +
-                      ". Use the config the checkpoint was made with (its workdir's config.json), or load a subset "
-                      "with init_from.include")
+    raise ConfigError(
+      f"the checkpoint {where} does not fit the model: "
+      + " | ".join(problems)
+      + ". Use the config the checkpoint was made with (its workdir's config.json), or load a subset "
+      "with init_from.include"
+    )
 
 
 def all_steps(directory: str) -> list:
@@ -153,14 +168,22 @@ def restore_params(directory: str, step: int | None, abstract_params, *, include
     raise ConfigError(f"no checkpoint at step {step} in {directory}; available: {sorted(steps)}")
   path = state_path(directory, step)
   expected = flat_paths(abstract_params)
-  check_params_match(saved_param_shapes(directory, step), expected, f"{directory} (step {step})", include)
+  check_params_match(
+    saved_param_shapes(directory, step), expected, f"{directory} (step {step})", include
+  )
   checkpointer = ocp.PyTreeCheckpointer()
   target = traverse_util.unflatten_dict(
-      {p: x for p, x in expected.items() if include is None or include(p)}, sep="/")
+    {p: x for p, x in expected.items() if include is None or include(p)}, sep="/"
+  )
   restore_args = jax.tree.map(
-      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), target)
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
+    lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), target
+  )
+  restored = checkpointer.restore(
+    path,
+    args=ocp.args.PyTreeRestore(
+      item={"params": target}, restore_args={"params": restore_args}, partial_restore=True
+    ),
+  )
   return restored["params"], step
 
 

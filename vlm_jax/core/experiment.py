@@ -4,6 +4,7 @@
 that does not fit the devices, and batch sizes that do not divide; `Experiment` builds the parts that
 the trainer, the evaluators and the benchmark share.
 """
+
 import functools
 import re
 
@@ -14,20 +15,21 @@ import numpy as np
 import optax
 
 from vlm_jax import config_utils, durations, models, storage
-from vlm_jax.data import pipeline, tokenizers, transforms
-from vlm_jax.objectives import build_objective
-from vlm_jax.errors import ConfigError
-from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES
 from vlm_jax.core import checkpoint, optim, sharding
 from vlm_jax.core.state import TrainState
+from vlm_jax.data import pipeline, tokenizers, transforms
+from vlm_jax.errors import ConfigError
+from vlm_jax.objectives import build_objective
+from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES
 
 # A PRNG key's shape and dtype: tracing init needs no concrete key, and a concrete one cannot be made on the
 # devices of an AOT topology (`--topology`), which hold no data.
 ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
-def check_config(config, *, num_devices: int | None = None, process_count: int | None = None,
-                 weights: bool = True):
+def check_config(
+  config, *, num_devices: int | None = None, process_count: int | None = None, weights: bool = True
+):
   """Raises ConfigError (one line) for anything that would fail later. weights=False (compiling) skips the
   checks of where a locked tower's weights come from."""
   MODELS.get(config.model.name)
@@ -47,11 +49,15 @@ def check_config(config, *, num_devices: int | None = None, process_count: int |
   locked = tuple(config.model.get("locked", ()))
   init_workdir = (config.get("init_from") or {}).get("workdir", "")
   if weights and locked and not init_workdir:
-    raise ConfigError(f"model.locked={locked} but init_from.workdir is empty: a locked tower must come from a "
-                      "checkpoint; set --config.init_from.workdir to a vlm_jax run or converted model")
+    raise ConfigError(
+      f"model.locked={locked} but init_from.workdir is empty: a locked tower must come from a "
+      "checkpoint; set --config.init_from.workdir to a vlm_jax run or converted model"
+    )
   if init_workdir and not storage.isdir(storage.join(storage.resolve(init_workdir), "checkpoints")):
-    raise ConfigError(f"init_from.workdir {init_workdir!r} has no checkpoints/ folder; give a vlm_jax run's workdir "
-                      "or the output of `python -m vlm_jax.convert`")
+    raise ConfigError(
+      f"init_from.workdir {init_workdir!r} has no checkpoints/ folder; give a vlm_jax run's workdir "
+      "or the output of `python -m vlm_jax.convert`"
+    )
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
   mesh = config_utils.resolve_mesh(config.mesh, num_devices)
@@ -63,13 +69,14 @@ def planned_steps(config, dataset_size: int | None = None) -> tuple:
   """(the schedule's length, the step this run stops at). train.max_steps cuts a run short (a smoke test) on
   the full run's schedule, so its steps are exactly the first steps of the full run, which can continue
   from it. dataset_size is needed only for durations in epochs."""
-  total = durations.to_steps(config.train.duration, batch_size=config.batch_size, dataset_size=dataset_size)
+  total = durations.to_steps(
+    config.train.duration, batch_size=config.batch_size, dataset_size=dataset_size
+  )
   max_steps = config.train.get("max_steps", 0) or 0
   return total, (min(total, max_steps) if max_steps > 0 else total)
 
 
 class Experiment:
-
   def __init__(self, config, *, devices=None, log=print, weights: bool = True):
     """devices: the mesh's devices (default: all of them); weights=False: for compiling only."""
     check_config(config, num_devices=None if devices is None else len(devices), weights=weights)
@@ -77,22 +84,30 @@ class Experiment:
     self.log = log
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.data = DATASETS.get(config.data.name)(config.data)
-    self.tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, config.data.get("tokenizer_path", ""),
-                                              self.data.tokenizer_path)
+    self.tokenizer = tokenizers.get_tokenizer(
+      config.data.tokenizer, config.data.get("tokenizer_path", ""), self.data.tokenizer_path
+    )
     self.model = MODELS.get(config.model.name)(config.model, vocab_size=self.tokenizer.vocab_size)
-    self.loss_fn = build_objective(config.objectives, mesh=self.mesh, tokenizer=self.tokenizer,
-                                   max_len=config.model.text.max_len, patch_size=models.patch_size(config.model))
+    self.loss_fn = build_objective(
+      config.objectives,
+      mesh=self.mesh,
+      tokenizer=self.tokenizer,
+      max_len=config.model.text.max_len,
+      patch_size=models.patch_size(config.model),
+    )
     self.batch_size = config.batch_size
-    to_steps = functools.partial(durations.to_steps, batch_size=config.batch_size,
-                                 dataset_size=len(self.data.train))
+    to_steps = functools.partial(
+      durations.to_steps, batch_size=config.batch_size, dataset_size=len(self.data.train)
+    )
     self.total_steps, self.stop_step = planned_steps(config, len(self.data.train))
     self.warmup_steps = to_steps(config.optim.warmup)
     self.log_every = max(to_steps(config.train.log_every), 1)
     self.checkpoint_every = to_steps(config.train.checkpoint_every)
     self.image_size = config.model.image.image_size
     self.max_len = config.model.text.max_len
-    self.train_preprocess = transforms.Preprocess.from_config(config, self.tokenizer, train=True,
-                                                              prepare=self.loss_fn.prepare)
+    self.train_preprocess = transforms.Preprocess.from_config(
+      config, self.tokenizer, train=True, prepare=self.loss_fn.prepare
+    )
     self.eval_preprocess = transforms.Preprocess.from_config(config, self.tokenizer)
     self._build_state_shardings()
     self._check_objectives_fit_model()
@@ -101,8 +116,10 @@ class Experiment:
 
   def dummy_batch(self, batch_size: int | None = None):
     n = batch_size or sharding.data_parallel_size(self.mesh)
-    return {"image": np.zeros((n, self.image_size, self.image_size, 3), np.float32),
-            "text": np.zeros((n, self.max_len), np.int32)}
+    return {
+      "image": np.zeros((n, self.image_size, self.image_size, 3), np.float32),
+      "text": np.zeros((n, self.max_len), np.int32),
+    }
 
   def _boxed_params(self, rng):
     batch = self.dummy_batch()
@@ -114,8 +131,13 @@ class Experiment:
     self.param_shardings = sharding.logical_shardings(boxed, self.mesh)
     self.abstract_params = nn.unbox(boxed)
     locked = models.locked_regex(self.config.model.get("locked", ()))
-    self.tx, self.schedule = optim.make_optimizer(self.config.optim, self.abstract_params, self.total_steps,
-                                                  self.warmup_steps, extra_frozen=locked)
+    self.tx, self.schedule = optim.make_optimizer(
+      self.config.optim,
+      self.abstract_params,
+      self.total_steps,
+      self.warmup_steps,
+      extra_frozen=locked,
+    )
     abstract_state = jax.eval_shape(self._create_state, ABSTRACT_KEY)
     self.state_shardings = sharding.state_shardings(abstract_state, self.param_shardings, self.mesh)
 
@@ -127,12 +149,18 @@ class Experiment:
     for field, (shape, dtype) in self.loss_fn.batch_fields.items():
       batch[field] = jax.ShapeDtypeStruct((n, *shape), dtype)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
-      jax.eval_shape(lambda p, b, k: self.loss_fn(p, b, k, model=self.model, train=True), self.abstract_params,
-                     batch, ABSTRACT_KEY)
+      jax.eval_shape(
+        lambda p, b, k: self.loss_fn(p, b, k, model=self.model, train=True),
+        self.abstract_params,
+        batch,
+        ABSTRACT_KEY,
+      )
 
   def _create_state(self, root_key):
     params = nn.unbox(self._boxed_params(jax.random.fold_in(root_key, 0)))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=root_key)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=root_key
+    )
 
   def init_state(self, apply_init_from: bool = True) -> TrainState:
     """A fresh state, initialised by one jit straight into its shardings, then `init_from` applied."""
@@ -142,26 +170,37 @@ class Experiment:
     init_from = self.config.get("init_from", {})
     if apply_init_from and init_from and init_from.get("workdir"):
       # Adam's moments start at zero whatever the parameter values, so the fresh optimizer state fits.
-      loaded = self.load_params(init_from.workdir, init_from.get("step", -1), init_from.get("include", ".*"))
+      loaded = self.load_params(
+        init_from.workdir, init_from.get("step", -1), init_from.get("include", ".*")
+      )
       state = state.replace(params=checkpoint.merge_params(state.params, loaded))
     return state
 
   def abstract_state(self) -> TrainState:
     """The state's shapes, dtypes and shardings, without allocating it (restore targets, AOT compiles)."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        jax.eval_shape(self._create_state, ABSTRACT_KEY), self.state_shardings)
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(self._create_state, ABSTRACT_KEY),
+      self.state_shardings,
+    )
 
   def abstract_params_sharded(self):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        self.abstract_params, self.param_shardings)
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      self.abstract_params,
+      self.param_shardings,
+    )
 
   def load_params(self, workdir: str, step: int | None = None, include: str = ".*"):
     """Parameters whose path fully matches `include`, from the latest (or `step`) checkpoint of a run or a
     converted model in `workdir`, placed in this experiment's shardings."""
     regex = re.compile(include)
-    loaded, step = checkpoint.restore_params(storage.join(storage.resolve(workdir), "checkpoints"), step,
-                                             self.abstract_params_sharded(),
-                                             include=None if include == ".*" else regex.fullmatch)
+    loaded, step = checkpoint.restore_params(
+      storage.join(storage.resolve(workdir), "checkpoints"),
+      step,
+      self.abstract_params_sharded(),
+      include=None if include == ".*" else regex.fullmatch,
+    )
     count = len(jax.tree.leaves(loaded))
     if not count:
       raise ConfigError(f"init_from.include {include!r} matches no parameter path")
@@ -171,15 +210,22 @@ class Experiment:
   # --- data ----------------------------------------------------------------------------------------
 
   def train_iterator(self):
-    streamed = not hasattr(self.data.train, "__getitem__")   # tar shards: checked as they stream
+    streamed = not hasattr(self.data.train, "__getitem__")  # tar shards: checked as they stream
     if not streamed and self.data.train[0].get("caption") is None:
-      raise ConfigError(f"{self.data.description} has no captions (an image folder, or a classification dataset "
-                        "read without data.caption_key?); the objectives train on image-text pairs: evaluate on "
-                        "it, and train on captioned data")
+      raise ConfigError(
+        f"{self.data.description} has no captions (an image folder, or a classification dataset "
+        "read without data.caption_key?); the objectives train on image-text pairs: evaluate on "
+        "it, and train on captioned data"
+      )
     return pipeline.train_iterator(
-        self.data.train, self.train_preprocess, global_batch=self.batch_size, seed=self.config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=self.config.data.get("num_threads", 8))
+      self.data.train,
+      self.train_preprocess,
+      global_batch=self.batch_size,
+      seed=self.config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      num_threads=self.config.data.get("num_threads", 8),
+    )
 
   def global_batch(self, local_batch):
     return sharding.global_batch_from_local(local_batch, self.mesh)
@@ -205,17 +251,25 @@ class Experiment:
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-                 "param_norm": optax.tree.norm(params), "lr": self.schedule(state.step)}
+      metrics = {
+        **metrics,
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "lr": self.schedule(state.step),
+      }
       return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
 
   def jit_train_step(self):
-    return jax.jit(self.train_step_fn(), in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
-                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)), donate_argnums=0)
+    return jax.jit(
+      self.train_step_fn(),
+      in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+      out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+      donate_argnums=0,
+    )
 
   def compile_train_step(self, state, batch):
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
       return self.jit_train_step().lower(state, batch).compile()
-

@@ -1,4 +1,5 @@
 """FLOP counts of compiled steps and the matmul peak they are compared against (for MFU)."""
+
 import functools
 import time
 
@@ -18,7 +19,7 @@ def compiled_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_matmul_peak(size: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
   """The best FLOP/s of a square matmul on the first device, measured on the spot."""
   device = jax.devices()[0]
@@ -30,4 +31,4 @@ def measure_matmul_peak(size: int = 1024, dtype: str = "float32", repeats: int =
     start = time.perf_counter()
     matmul(a).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2 * size ** 3 / best
+  return 2 * size**3 / best

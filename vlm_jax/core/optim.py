@@ -4,6 +4,7 @@ Parameter paths are '/'-joined keys, e.g. 'image_encoder/encoder/block_0/attn/qu
 matching `optim.frozen` gets no update and no optimizer state; groups in `optim.lr_multipliers`
 ((regex, multiplier) pairs, first match wins) get a scaled learning rate. Regexes match whole paths.
 """
+
 import re
 
 import jax
@@ -51,7 +52,9 @@ def group_labels(config, params, extra_frozen: str = ""):
   paths = jax.tree.leaves(param_paths(params))
   for regex in [r for r in (frozen, trainable) if r] + [r for r, _ in multipliers]:
     if not any(re.fullmatch(regex, p) for p in paths):
-      raise ConfigError(f"parameter regex {regex!r} matches no parameter path (paths look like {paths[0]!r})")
+      raise ConfigError(
+        f"parameter regex {regex!r} matches no parameter path (paths look like {paths[0]!r})"
+      )
 
   def label(path):
     if (frozen and re.fullmatch(frozen, path)) or (trainable and not re.fullmatch(trainable, path)):
@@ -73,8 +76,14 @@ def make_optimizer(config, params, total_steps: int, warmup_steps: int, extra_fr
 
   def adamw(multiplier=1.0):
     lr = schedule if multiplier == 1.0 else (lambda step: multiplier * schedule(step))
-    return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
-                       mask=decay_mask)
+    return optax.adamw(
+      lr,
+      b1=config.b1,
+      b2=config.b2,
+      eps=config.eps,
+      weight_decay=config.weight_decay,
+      mask=decay_mask,
+    )
 
   transforms = {"default": adamw(), "frozen": optax.set_to_zero()}
   for i, (_, multiplier) in enumerate(tuple(config.get("lr_multipliers", ()) or ())):

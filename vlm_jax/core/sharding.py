@@ -4,10 +4,12 @@ Parameters and activations are annotated with logical axis names in the models; 
 axes. FSDP is `fsdp > 1` (parameters sharded over `embed`, batch over data x fsdp); tensor parallelism is
 `tensor > 1` (mlp/heads/vocab split). Neither needs model code changes.
 """
-import jax
-import numpy as np
+
 import flax.linen as nn
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import jax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
 
 from vlm_jax import config_utils
 from vlm_jax.core.optim import path_str
@@ -17,16 +19,16 @@ BATCH_AXES = ("data", "fsdp")
 # Applied in order; a mesh axis already used by an earlier dimension of the same array is skipped, so
 # activations [batch, length, embed] put batch on data x fsdp and leave embed whole.
 RULES = (
-    ("batch", BATCH_AXES),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
-    ("length", None),
-    ("layers", None),
-    ("patch", None),
-    ("proj", None),
+  ("batch", BATCH_AXES),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("vocab", "tensor"),
+  ("kv", None),
+  ("length", None),
+  ("layers", None),
+  ("patch", None),
+  ("proj", None),
 )
 
 
@@ -35,8 +37,9 @@ def make_mesh(spec, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   sizes = config_utils.resolve_mesh(spec, len(devices))
   shape = tuple(sizes[a] for a in config_utils.MESH_AXES)
-  return jax.make_mesh(shape, config_utils.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape),
-                       devices=devices)
+  return jax.make_mesh(
+    shape, config_utils.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape), devices=devices
+  )
 
 
 def logical_shardings(boxed_tree, mesh, rules=RULES):
@@ -70,10 +73,13 @@ def state_shardings(abstract_state, param_shardings, mesh):
   path ends with a parameter's path and has its shape gets that parameter's sharding.
   """
   by_path = {}
-  jax.tree_util.tree_map_with_path(lambda p, s: by_path.__setitem__(path_str(p), s), param_shardings)
+  jax.tree_util.tree_map_with_path(
+    lambda p, s: by_path.__setitem__(path_str(p), s), param_shardings
+  )
   params_by_path = {}
-  jax.tree_util.tree_map_with_path(lambda p, x: params_by_path.__setitem__(path_str(p), x.shape),
-                                   abstract_state.params)
+  jax.tree_util.tree_map_with_path(
+    lambda p, x: params_by_path.__setitem__(path_str(p), x.shape), abstract_state.params
+  )
 
   def pick(path, leaf):
     keys = path_str(path).split("/")

@@ -6,6 +6,7 @@ Prints one JSON line: images/s over the timed batches (after `--warmup` batches)
 thread count and the skipped samples. Compare it with the train step's images/s (`vlm_jax.bench`): when the
 pipeline is faster, the prefetching pipeline keeps the step fed.
 """
+
 import json
 import time
 
@@ -20,22 +21,35 @@ flags.DEFINE_integer("warmup", 3, "Batches before timing (thread start-up, first
 def measure(config, batches: int = 20, warmup: int = 3) -> dict:
   from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
   from vlm_jax.data import DATASETS, pipeline, sources, tokenizers, transforms  # pylint: disable=import-outside-toplevel
+
   data = DATASETS.get(config.data.name)(config.data)
-  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, config.data.get("tokenizer_path", ""),
-                                       data.tokenizer_path)
+  tokenizer = tokenizers.get_tokenizer(
+    config.data.tokenizer, config.data.get("tokenizer_path", ""), data.tokenizer_path
+  )
   preprocess = transforms.Preprocess.from_config(config, tokenizer, train=True)
   sources.SKIPS.reset()
-  iterator = pipeline.train_iterator(data.train, preprocess, global_batch=config.batch_size, seed=config.seed,
-                                     num_threads=config.data.num_threads)
+  iterator = pipeline.train_iterator(
+    data.train,
+    preprocess,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    num_threads=config.data.num_threads,
+  )
   for _ in range(warmup):
     next(iterator)
   start = time.perf_counter()
   for _ in range(batches):
     next(iterator)
   seconds = time.perf_counter() - start
-  return {"images_per_s": batches * config.batch_size / seconds, "batch_size": config.batch_size,
-          "num_threads": config.data.num_threads, "batches": batches, "seconds": seconds,
-          "skipped": sources.SKIPS.snapshot(), "data": data.description}
+  return {
+    "images_per_s": batches * config.batch_size / seconds,
+    "batch_size": config.batch_size,
+    "num_threads": config.data.num_threads,
+    "batches": batches,
+    "seconds": seconds,
+    "skipped": sources.SKIPS.snapshot(),
+    "data": data.description,
+  }
 
 
 def main(argv):

@@ -6,11 +6,12 @@ Patches come from the config's training images at the model's input size, normal
 targets are, so a patch's code is the nearest centroid of exactly what the objective sees. Deterministic
 given --seed. Prints one JSON line (codes, patches used, mean squared distance to the nearest code).
 """
+
 import io
 import json
 
-import numpy as np
 from absl import app, flags, logging
+import numpy as np
 
 from vlm_jax import storage
 from vlm_jax.cli import FLAGS, fail, parse_flags
@@ -26,9 +27,13 @@ def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
   """k-means++ initialisation then Lloyd iterations. Returns (centroids [k, d], mean squared distance)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from vlm_jax.objectives.masking import nearest_code  # pylint: disable=import-outside-toplevel
+
   if len(points) < k:
-    raise ValueError(f"{len(points)} patches cannot make {k} codes; use more --images or a smaller --size")
+    raise ValueError(
+      f"{len(points)} patches cannot make {k} codes; use more --images or a smaller --size"
+    )
   rng = np.random.default_rng(seed)
   centroids = [points[rng.integers(len(points))]]
   closest = np.sum((points - centroids[0]) ** 2, axis=1)
@@ -46,7 +51,9 @@ def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
     # An empty cluster keeps its centroid rather than collapsing to zero.
     centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
   codes = np.asarray(assign(x, jnp.asarray(centroids)))
-  return centroids.astype(np.float32), float(np.mean(np.sum((points - centroids[codes]) ** 2, axis=1)))
+  return centroids.astype(np.float32), float(
+    np.mean(np.sum((points - centroids[codes]) ** 2, axis=1))
+  )
 
 
 def patches_of(config, images: int, seed: int) -> np.ndarray:
@@ -55,11 +62,15 @@ def patches_of(config, images: int, seed: int) -> np.ndarray:
   from vlm_jax.data import transforms  # pylint: disable=import-outside-toplevel
   from vlm_jax.objectives.masking import normalized_patches  # pylint: disable=import-outside-toplevel
   from vlm_jax.registry import DATASETS  # pylint: disable=import-outside-toplevel
+
   data = DATASETS.get(config.data.name)(config.data)
   preprocess = transforms.Preprocess.from_config(config, None)
-  rows = np.random.default_rng(seed).choice(len(data.train), size=min(images, len(data.train)), replace=False)
+  rows = np.random.default_rng(seed).choice(
+    len(data.train), size=min(images, len(data.train)), replace=False
+  )
   pixels = np.stack([preprocess.image(data.train[int(i)]["image"]) for i in sorted(rows)])
   from vlm_jax.models import vit  # pylint: disable=import-outside-toplevel
+
   patch = vit.parse_variant(config.model.image.variant)["patch_size"]
   return np.asarray(normalized_patches(pixels, patch)).reshape(-1, patch * patch * 3)
 
@@ -69,6 +80,7 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.output:
     fail("--config and --output are required")
   from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+
   try:
     points = patches_of(FLAGS.config, FLAGS.images, FLAGS.seed)
     centroids, distortion = kmeans(points, FLAGS.size, FLAGS.iterations, FLAGS.seed)
@@ -77,8 +89,17 @@ def main(argv):
   buffer = io.BytesIO()
   np.save(buffer, centroids)
   storage.write_bytes(FLAGS.output, buffer.getvalue())
-  print(json.dumps({"codes": FLAGS.size, "patches": len(points), "patch_dim": points.shape[1],
-                    "mean_sq_distance": distortion, "output": FLAGS.output}))
+  print(
+    json.dumps(
+      {
+        "codes": FLAGS.size,
+        "patches": len(points),
+        "patch_dim": points.shape[1],
+        "mean_sq_distance": distortion,
+        "output": FLAGS.output,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

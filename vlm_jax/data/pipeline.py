@@ -12,24 +12,41 @@ samples the batches of different process counts may differ in those rows.
 Streamed tar shards (`streaming.ShardStream`, no random access) go through `streaming.BatchIterator`
 instead: same interface, its own order and position (see streaming.py).
 """
-import numpy as np
+
 import grain
+import numpy as np
 
 from vlm_jax.data import sources, streaming
 
-_FOREVER = 2 ** 62
+_FOREVER = 2**62
 
 
-def train_iterator(source, preprocess, *, global_batch: int, seed: int, process_index: int = 0,
-                   process_count: int = 1, num_threads: int = 8, prefetch: int = 2):
+def train_iterator(
+  source,
+  preprocess,
+  *,
+  global_batch: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_threads: int = 8,
+  prefetch: int = 2,
+):
   """An endless, checkpointable iterator of local batches (dicts of NumPy arrays)."""
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
   local_batch = global_batch // process_count
   if isinstance(source, streaming.ShardStream):
-    return streaming.BatchIterator(source, preprocess, local_batch=local_batch, seed=seed,
-                                   process_index=process_index, process_count=process_count,
-                                   num_threads=num_threads, prefetch=prefetch)
+    return streaming.BatchIterator(
+      source,
+      preprocess,
+      local_batch=local_batch,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      num_threads=num_threads,
+      prefetch=prefetch,
+    )
   stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
 
   def load(k):
@@ -41,7 +58,13 @@ def train_iterator(source, preprocess, *, global_batch: int, seed: int, process_
       sources.SKIPS.add(e)
       return None
 
-  dataset = grain.MapDataset.range(_FOREVER).map(load).to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(prefetch, 1) * local_batch))
+  dataset = (
+    grain.MapDataset.range(_FOREVER)
+    .map(load)
+    .to_iter_dataset(
+      grain.ReadOptions(
+        num_threads=num_threads, prefetch_buffer_size=max(prefetch, 1) * local_batch
+      )
+    )
+  )
   return iter(dataset.filter(lambda x: x is not None).batch(local_batch, drop_remainder=True))
-

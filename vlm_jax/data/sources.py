@@ -7,6 +7,7 @@ samples never stop a run: an undecodable image, an empty or missing caption, a m
 truncated tar are skipped, counted per reason (`SKIPS`, reported as `data/skipped/<reason>` metrics) and
 logged once per reason with the sample's key.
 """
+
 import collections
 import csv
 import hashlib
@@ -80,12 +81,13 @@ def expand_braces(pattern: str) -> list:
     options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
   else:
     options = body.split(",")
-  head, tail = pattern[:match.start()], pattern[match.end():]
+  head, tail = pattern[: match.start()], pattern[match.end() :]
   return [out for option in options for out in expand_braces(head + option + tail)]
 
 
 def _fs(url: str):
   import fsspec  # pylint: disable=import-outside-toplevel
+
   try:
     return fsspec.core.url_to_fs(url)
   except ImportError as e:
@@ -113,6 +115,7 @@ def resolve(spec) -> list:
 
 # --- samples -------------------------------------------------------------------------------------------
 
+
 def decode_image(data, key: str) -> Image.Image:
   try:
     image = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data)
@@ -125,7 +128,9 @@ def decode_image(data, key: str) -> Image.Image:
 def clean_caption(text, key: str) -> str:
   if text is None:
     raise SampleError("missing_caption", key)
-  text = (text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)).strip()
+  text = (
+    text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else str(text)
+  ).strip()
   if not text:
     raise SampleError("empty_caption", key)
   return text
@@ -133,30 +138,42 @@ def clean_caption(text, key: str) -> str:
 
 def in_test_split(key: str, fraction: float) -> bool:
   """A split by a hash of the sample's key: independent of order, stable as data is added."""
-  return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 16 ** 8 < fraction
+  return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 16**8 < fraction
 
 
-def read_table(path: str, image_key: str = "filepath", caption_key: str = "title", base_dir: str = "") -> list:
+def read_table(
+  path: str, image_key: str = "filepath", caption_key: str = "title", base_dir: str = ""
+) -> list:
   """Rows of a CSV (comma), TSV (tab) or JSONL table as {'key', 'image', 'caption'}; relative image paths
   are read relative to `base_dir` (default: the table's folder). open_clip's column names by default."""
   check_exist([path], "table")
-  base_dir = base_dir or (posixpath.dirname(path) if storage.is_remote(path) else os.path.dirname(path))
+  base_dir = base_dir or (
+    posixpath.dirname(path) if storage.is_remote(path) else os.path.dirname(path)
+  )
   with open_file(path, "rb") as f:
     text = f.read().decode("utf-8")
   if path.endswith(".jsonl"):
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
   else:
-    rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if path.endswith((".tsv", ".tab")) else ","))
+    rows = list(
+      csv.DictReader(io.StringIO(text), delimiter="\t" if path.endswith((".tsv", ".tab")) else ",")
+    )
   if rows and image_key not in rows[0]:
-    raise ConfigError(f"{path} has no column {image_key!r} (columns: {', '.join(rows[0])}); set data.image_key")
+    raise ConfigError(
+      f"{path} has no column {image_key!r} (columns: {', '.join(rows[0])}); set data.image_key"
+    )
   if rows and caption_key not in rows[0]:
-    raise ConfigError(f"{path} has no column {caption_key!r} (columns: {', '.join(rows[0])}); set data.caption_key")
+    raise ConfigError(
+      f"{path} has no column {caption_key!r} (columns: {', '.join(rows[0])}); set data.caption_key"
+    )
   out = []
   for i, row in enumerate(rows):
     image = str(row[image_key])
     if not storage.is_remote(image) and not os.path.isabs(image):
       image = storage.join(base_dir, image)
-    out.append({"key": f"{storage.basename(path)}:{i}", "image": image, "caption": row.get(caption_key)})
+    out.append(
+      {"key": f"{storage.basename(path)}:{i}", "image": image, "caption": row.get(caption_key)}
+    )
   return out
 
 
@@ -178,12 +195,16 @@ def read_folder(root: str, classnames_file: str = "") -> tuple:
     elif len(lines) == len(folders):
       names = lines
     else:
-      raise ConfigError(f"{classnames_file} has {len(lines)} names for {len(folders)} class folders")
+      raise ConfigError(
+        f"{classnames_file} has {len(lines)} names for {len(folders)} class folders"
+      )
   samples = []
   for label, folder in enumerate(folders):
     for name in storage.listdir(storage.join(root, folder)):
       if name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
-        samples.append({"key": f"{folder}/{name}", "image": storage.join(root, folder, name), "label": label})
+        samples.append(
+          {"key": f"{folder}/{name}", "image": storage.join(root, folder, name), "label": label}
+        )
   return samples, names
 
 
@@ -260,7 +281,7 @@ def read_tar(url: str, skips: Skips | None = None, *, retries: int = 4, backoff_
     meta = json.loads(members["json"]) if "json" in members else {}
     return {"key": f"{name}:{key}", "image": image, "caption": caption, "json": meta}
 
-  done = 0   # samples handed out or skipped so far: a retry resumes after them
+  done = 0  # samples handed out or skipped so far: a retry resumes after them
   for attempt in range(retries + 1):
     try:
       for index, (key, members) in enumerate(_tar_groups(url)):
@@ -277,22 +298,37 @@ def read_tar(url: str, skips: Skips | None = None, *, retries: int = 4, backoff_
     except _Truncated as e:
       expected = shard_size(url)
       lost = None if expected is None else max(expected - done, 0)
-      skips.add(SampleError("truncated_tar", url, f"({e}; {done} samples read, "
-                            + (f"{lost} lost)" if lost is not None else "the number lost is unknown without "
-                               "the shard's size, e.g. img2dataset's _stats.json)")))
+      skips.add(
+        SampleError(
+          "truncated_tar",
+          url,
+          f"({e}; {done} samples read, "
+          + (
+            f"{lost} lost)"
+            if lost is not None
+            else "the number lost is unknown without "
+            "the shard's size, e.g. img2dataset's _stats.json)"
+          ),
+        )
+      )
       if lost:
         skips.add(SampleError("lost_in_truncated_tar", url), count=lost)
       return
     except OSError as e:
       if attempt == retries:
-        raise StorageError(f"reading shard {url} failed {retries + 1} times ({type(e).__name__}: {e}); "
-                           "check that it is readable from this machine") from None
-      wait = backoff_s * 2 ** attempt
-      logging.warning("reading %s failed (%s: %s); retrying in %.0fs", url, type(e).__name__, e, wait)
+        raise StorageError(
+          f"reading shard {url} failed {retries + 1} times ({type(e).__name__}: {e}); "
+          "check that it is readable from this machine"
+        ) from None
+      wait = backoff_s * 2**attempt
+      logging.warning(
+        "reading %s failed (%s: %s); retrying in %.0fs", url, type(e).__name__, e, wait
+      )
       time.sleep(wait)
 
 
 # --- prepared ArrayRecord files ----------------------------------------------------------------------
+
 
 def encode_record(sample: dict) -> bytes:
   """{'key', 'image': encoded bytes, 'caption', 'label', ...} -> one ArrayRecord record: a 4-byte header
@@ -303,7 +339,7 @@ def encode_record(sample: dict) -> bytes:
 
 def decode_record(data: bytes) -> dict:
   n = int.from_bytes(data[:4], "little")
-  return {**json.loads(data[4:4 + n]), "image": data[4 + n:]}
+  return {**json.loads(data[4 : 4 + n]), "image": data[4 + n :]}
 
 
 class PreparedSource:
@@ -311,6 +347,7 @@ class PreparedSource:
 
   def __init__(self, path: str):
     import grain  # pylint: disable=import-outside-toplevel
+
     check_exist([path], "prepared split")
     self.path = path
     self._source = grain.sources.ArrayRecordDataSource([path])

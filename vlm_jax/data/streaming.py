@@ -18,6 +18,7 @@ from, so a resumed run emits exactly the samples an uninterrupted one would have
 skipping any. The state is saved with the model (`get_state`/`set_state`, as grain iterators), one file
 per process: resume with the same process and worker counts.
 """
+
 import collections
 import concurrent.futures
 import json
@@ -37,12 +38,23 @@ class ShardStream:
   """The train split of `data.name=shards`: tar shard URLs read as a stream. len() is `num_samples`
   when the user gives it (for durations in epochs), else 0 (unknown)."""
 
-  def __init__(self, urls, *, shuffle_buffer: int = 1000, workers: int = 2, resampled: bool = False,
-               num_samples: int = 0):
+  def __init__(
+    self,
+    urls,
+    *,
+    shuffle_buffer: int = 1000,
+    workers: int = 2,
+    resampled: bool = False,
+    num_samples: int = 0,
+  ):
     if not urls:
-      raise ConfigError("data.shards names no shard; give a pattern such as '/data/laion/{00000..00099}.tar'")
+      raise ConfigError(
+        "data.shards names no shard; give a pattern such as '/data/laion/{00000..00099}.tar'"
+      )
     if workers < 1 or shuffle_buffer < 0:
-      raise ConfigError(f"data.workers must be >= 1 and data.shuffle_buffer >= 0, got {workers}, {shuffle_buffer}")
+      raise ConfigError(
+        f"data.workers must be >= 1 and data.shuffle_buffer >= 0, got {workers}, {shuffle_buffer}"
+      )
     self.urls, self.shuffle_buffer, self.workers = list(urls), shuffle_buffer, workers
     self.resampled, self.num_samples = resampled, num_samples
 
@@ -53,17 +65,23 @@ class ShardStream:
     """The shard URLs reader `reader` of `num_readers` reads in `epoch`, in order."""
     n = len(self.urls)
     if self.resampled:
-      order = np.random.default_rng([seed, epoch, reader, 1]).integers(n, size=max(1, math.ceil(n / num_readers)))
+      order = np.random.default_rng([seed, epoch, reader, 1]).integers(
+        n, size=max(1, math.ceil(n / num_readers))
+      )
     else:
       order = np.random.default_rng([seed, epoch]).permutation(n)[reader::num_readers]
     return [self.urls[i] for i in order]
 
-  def samples(self, seed: int, process_index: int = 0, process_count: int = 1, state: dict | None = None):
+  def samples(
+    self, seed: int, process_index: int = 0, process_count: int = 1, state: dict | None = None
+  ):
     """The process's shuffled stream of raw samples (no decoding), from `state` when given."""
     readers = process_count * self.workers
     if len(self.urls) < readers and not self.resampled:
-      raise ConfigError(f"{len(self.urls)} shards cannot feed {readers} readers ({process_count} processes x "
-                        f"{self.workers} data.workers); use more shards, fewer data.workers, or data.resampled=True")
+      raise ConfigError(
+        f"{len(self.urls)} shards cannot feed {readers} readers ({process_count} processes x "
+        f"{self.workers} data.workers); use more shards, fewer data.workers, or data.resampled=True"
+      )
     return SampleStream(self, seed, process_index, process_count, state)
 
 
@@ -75,7 +93,9 @@ class _Reader:
   """A reader thread: the samples of its shards from a cursor (epoch, slot, offset), into a bounded queue,
   each with its address (reader, epoch, slot, offset)."""
 
-  def __init__(self, stream: ShardStream, seed: int, reader: int, num_readers: int, cursor, capacity: int):
+  def __init__(
+    self, stream: ShardStream, seed: int, reader: int, num_readers: int, cursor, capacity: int
+  ):
     self.queue, self._stop = queue.Queue(capacity), threading.Event()
     args = (stream, seed, reader, num_readers, tuple(cursor))
     self._thread = threading.Thread(target=self._run, args=args, daemon=True)
@@ -103,8 +123,10 @@ class _Reader:
                 return
           skip = 0
         if not found and (first_slot, skip) == (0, 0):
-          raise ConfigError(f"reader {reader} found no usable sample in a whole epoch of its shards "
-                            f"({', '.join(urls[:3])}...); see the data/skipped counts in the log")
+          raise ConfigError(
+            f"reader {reader} found no usable sample in a whole epoch of its shards "
+            f"({', '.join(urls[:3])}...); see the data/skipped counts in the log"
+          )
         epoch, first_slot = epoch + 1, 0
     except Exception as e:  # pylint: disable=broad-except  (handed to the consumer, which raises it)
       self._put(e)
@@ -129,11 +151,18 @@ class SampleStream:
   """One process's deterministic stream of raw samples: its readers round-robin into a rolling shuffle
   buffer. `next()` -> (position, address, sample); `state()` is JSON-able and restores the stream exactly."""
 
-  def __init__(self, stream: ShardStream, seed: int, process_index: int, process_count: int, state=None):
+  def __init__(
+    self, stream: ShardStream, seed: int, process_index: int, process_count: int, state=None
+  ):
     self.stream, self.seed, self.num_readers = stream, seed, stream.workers * process_count
     first = process_index * stream.workers
-    state = state or {"position": 0, "next": 0, "cursors": [[0, 0, 0]] * stream.workers, "buffer": [],
-                      "rng": np.random.PCG64([seed, process_index]).state}
+    state = state or {
+      "position": 0,
+      "next": 0,
+      "cursors": [[0, 0, 0]] * stream.workers,
+      "buffer": [],
+      "rng": np.random.PCG64([seed, process_index]).state,
+    }
     self.position, self.next_reader = state["position"], state["next"]
     self.cursors = [list(c) for c in state["cursors"]]
     self._rng = np.random.Generator(np.random.PCG64())
@@ -141,8 +170,10 @@ class SampleStream:
     self.addresses = [tuple(a) for a in state["buffer"]]
     self.buffer = self._reread(self.addresses)
     capacity = max(16, 2 * stream.shuffle_buffer // stream.workers)
-    self._readers = [_Reader(stream, seed, first + w, self.num_readers, self.cursors[w], capacity)
-                     for w in range(stream.workers)]
+    self._readers = [
+      _Reader(stream, seed, first + w, self.num_readers, self.cursors[w], capacity)
+      for w in range(stream.workers)
+    ]
 
   def _reread(self, addresses) -> list:
     """The samples at these addresses, read again from their shards (restoring the shuffle buffer)."""
@@ -157,8 +188,10 @@ class SampleStream:
           found[(reader, epoch, slot, offset)] = sample
     missing = [a for a in addresses if a not in found]
     if missing:
-      raise ConfigError(f"cannot resume the data stream: {len(missing)} buffered samples are no longer in their "
-                        f"shards (reader, epoch, slot, offset {missing[0]}); did the shards change?")
+      raise ConfigError(
+        f"cannot resume the data stream: {len(missing)} buffered samples are no longer in their "
+        f"shards (reader, epoch, slot, offset {missing[0]}); did the shards change?"
+      )
     return [found[a] for a in addresses]
 
   def _read(self):
@@ -169,7 +202,7 @@ class SampleStream:
     return address, sample
 
   def next(self):
-    while len(self.buffer) < self.stream.shuffle_buffer:   # filling up (start, or shuffling off)
+    while len(self.buffer) < self.stream.shuffle_buffer:  # filling up (start, or shuffling off)
       address, sample = self._read()
       self.addresses.append(address)
       self.buffer.append(sample)
@@ -183,8 +216,13 @@ class SampleStream:
     return self.position - 1, address, sample
 
   def state(self) -> dict:
-    return {"position": self.position, "next": self.next_reader, "cursors": [list(c) for c in self.cursors],
-            "buffer": [list(a) for a in self.addresses], "rng": self._rng.bit_generator.state}
+    return {
+      "position": self.position,
+      "next": self.next_reader,
+      "cursors": [list(c) for c in self.cursors],
+      "buffer": [list(a) for a in self.addresses],
+      "rng": self._rng.bit_generator.state,
+    }
 
   def close(self):
     for reader in self._readers:
@@ -197,9 +235,24 @@ class BatchIterator:
   Samples whose preprocessing raises `sources.SampleError` are skipped, counted, and replaced by the next.
   Checkpointable like a grain iterator: `get_state()` is the state after the last batch handed out."""
 
-  def __init__(self, stream: ShardStream, preprocess, *, local_batch: int, seed: int, process_index: int = 0,
-               process_count: int = 1, num_threads: int = 8, prefetch: int = 2):
-    self.stream, self.preprocess, self.local_batch, self.seed = stream, preprocess, local_batch, seed
+  def __init__(
+    self,
+    stream: ShardStream,
+    preprocess,
+    *,
+    local_batch: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 8,
+    prefetch: int = 2,
+  ):
+    self.stream, self.preprocess, self.local_batch, self.seed = (
+      stream,
+      preprocess,
+      local_batch,
+      seed,
+    )
     self.process_index, self.process_count = process_index, process_count
     self._pool = concurrent.futures.ThreadPoolExecutor(max(1, num_threads))
     self._prefetch = max(1, prefetch)
@@ -207,9 +260,13 @@ class BatchIterator:
     self._start()
 
   def _start(self):
-    self._samples = self.stream.samples(self.seed, self.process_index, self.process_count, self._state)
+    self._samples = self.stream.samples(
+      self.seed, self.process_index, self.process_count, self._state
+    )
     self._queue, self._stop = queue.Queue(self._prefetch), threading.Event()
-    self._thread = threading.Thread(target=self._run, args=(self._samples, self._queue, self._stop), daemon=True)
+    self._thread = threading.Thread(
+      target=self._run, args=(self._samples, self._queue, self._stop), daemon=True
+    )
     self._thread.start()
 
   def _load(self, position, address, sample):
@@ -230,8 +287,10 @@ class BatchIterator:
           done = [r for r in self._pool.map(lambda s: self._load(*s), todo) if r is not None]
           skipped_in_a_row = 0 if done else skipped_in_a_row + len(todo)
           if skipped_in_a_row > 10 * self.local_batch + 1000:
-            raise ConfigError(f"the last {skipped_in_a_row} samples were all skipped "
-                              f"({sources.SKIPS.snapshot()}); is this image-text data?")
+            raise ConfigError(
+              f"the last {skipped_in_a_row} samples were all skipped "
+              f"({sources.SKIPS.snapshot()}); is this image-text data?"
+            )
           rows += done
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         item = (batch, samples.state())
@@ -266,7 +325,7 @@ class BatchIterator:
     self._state = state if state.get("cursors") else None
     self._start()
 
-  def start_prefetch(self):   # grain's checkpoint handler calls this after set_state
+  def start_prefetch(self):  # grain's checkpoint handler calls this after set_state
     pass
 
   def close(self, pool: bool = True):

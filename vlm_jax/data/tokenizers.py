@@ -4,6 +4,7 @@ SigLIP's SentencePiece conventions), read from local files. Ids are int32.
 Every tokenizer encodes to a fixed length, truncating so that the end-of-text token is kept (the text
 tower pools at it), and has pad_id, bos_id (None if it adds none), eos_id, mask_id and vocab_size.
 """
+
 import functools
 import gzip
 import html
@@ -33,7 +34,6 @@ TEXT_COUNTS = TextCounts()
 
 
 class _FixedLength:
-
   def _frame(self, body: np.ndarray, max_len: int) -> np.ndarray:
     if max_len < 3:
       raise ValueError(f"max_len {max_len} leaves no room for text between bos and eos")
@@ -41,26 +41,35 @@ class _FixedLength:
     body = body[: max_len - 2]
     ids = np.full(max_len, self.pad_id, np.int32)
     ids[0] = self.bos_id
-    ids[1:1 + len(body)] = body
+    ids[1 : 1 + len(body)] = body
     ids[1 + len(body)] = self.eos_id
     return ids
 
   def encode_batch(self, texts, max_len: int) -> np.ndarray:
-    return np.stack([self.encode(t, max_len) for t in texts]) if texts else np.zeros((0, max_len), np.int32)
+    return (
+      np.stack([self.encode(t, max_len) for t in texts])
+      if texts
+      else np.zeros((0, max_len), np.int32)
+    )
 
 
 class ByteTokenizer(_FixedLength):
   """UTF-8 bytes shifted past four special ids. Works for any text, with no vocabulary file."""
+
   pad_id, bos_id, eos_id, mask_id = 0, 1, 2, 3
   _offset = 4
   vocab_size = 256 + _offset
 
   def encode(self, text: str, max_len: int) -> np.ndarray:
-    return self._frame(np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + self._offset, max_len)
+    return self._frame(
+      np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + self._offset, max_len
+    )
 
   def decode(self, ids) -> str:
     ids = np.asarray(ids)
-    return bytes((ids[ids >= self._offset] - self._offset).astype(np.uint8).tolist()).decode("utf-8", "replace")
+    return bytes((ids[ids >= self._offset] - self._offset).astype(np.uint8).tolist()).decode(
+      "utf-8", "replace"
+    )
 
   def word_starts(self, ids) -> np.ndarray:
     """True at tokens that begin a word: a non-space byte after a space or a special token."""
@@ -75,13 +84,16 @@ class SentencePieceTokenizer(_FixedLength):
 
   def __init__(self, path: str):
     import sentencepiece  # pylint: disable=import-outside-toplevel
+
     if not storage.exists(path):
       raise ConfigError(f"SentencePiece model {path!r} not found; set data.tokenizer_path")
     self.path = path
     self._sp = sentencepiece.SentencePieceProcessor(model_proto=storage.read_bytes(path))
     self.pad_id, self.bos_id, self.eos_id = self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()
     if min(self.pad_id, self.bos_id, self.eos_id) < 0:
-      raise ConfigError(f"SentencePiece model {path!r} lacks pad/bos/eos ids; retrain it with pad_id/bos_id/eos_id")
+      raise ConfigError(
+        f"SentencePiece model {path!r} lacks pad/bos/eos ids; retrain it with pad_id/bos_id/eos_id"
+      )
     self.mask_id = self._sp.piece_to_id("<mask>")
     self.vocab_size = self._sp.get_piece_size()
     self._starts_word = _sentencepiece_word_starts(self._sp)
@@ -101,11 +113,23 @@ def train_sentencepiece(texts, path: str, vocab_size: int = 400, hard_vocab_limi
   """Trains a BPE SentencePiece model with byte fallback (so any text encodes) and writes it to `path`.
   hard_vocab_limit=False: `vocab_size` is an upper bound (a small corpus may run out of merges first)."""
   import sentencepiece  # pylint: disable=import-outside-toplevel
+
   proto = io.BytesIO()
   sentencepiece.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=proto, vocab_size=vocab_size, model_type="bpe",
-      byte_fallback=True, character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-      user_defined_symbols=["<mask>"], hard_vocab_limit=hard_vocab_limit, minloglevel=2)
+    sentence_iterator=iter(texts),
+    model_writer=proto,
+    vocab_size=vocab_size,
+    model_type="bpe",
+    byte_fallback=True,
+    character_coverage=1.0,
+    pad_id=0,
+    unk_id=1,
+    bos_id=2,
+    eos_id=3,
+    user_defined_symbols=["<mask>"],
+    hard_vocab_limit=hard_vocab_limit,
+    minloglevel=2,
+  )
   with open(path + ".tmp", "wb") as f:
     f.write(proto.getvalue())
   os.replace(path + ".tmp", path)
@@ -114,20 +138,28 @@ def train_sentencepiece(texts, path: str, vocab_size: int = 400, hard_vocab_limi
 def _sentencepiece_word_starts(sp) -> np.ndarray:
   """[vocab] bool: pieces that begin a word (SentencePiece marks them with '▁'); special pieces count as
   word starts so that a word never spans one."""
-  return np.array([sp.id_to_piece(i).startswith("\u2581") or sp.is_control(i) or sp.is_unknown(i)
-                   for i in range(sp.get_piece_size())])
+  return np.array(
+    [
+      sp.id_to_piece(i).startswith("\u2581") or sp.is_control(i) or sp.is_unknown(i)
+      for i in range(sp.get_piece_size())
+    ]
+  )
 
 
 class SiglipTokenizer:
   """SentencePiece with SigLIP's conventions (HF `SiglipTokenizer`, big_vision): text lower-cased, stripped of
   punctuation and runs of whitespace, no bos, `</s>` appended, padded with `</s>` to the fixed length."""
+
   bos_id = None
 
   def __init__(self, path: str):
     import sentencepiece  # pylint: disable=import-outside-toplevel
+
     path = storage.join(path, "spiece.model") if storage.isdir(path) else path
     if not storage.exists(path):
-      raise ConfigError(f"SentencePiece model {path!r} not found; set data.tokenizer_path to SigLIP's spiece.model")
+      raise ConfigError(
+        f"SentencePiece model {path!r} not found; set data.tokenizer_path to SigLIP's spiece.model"
+      )
     self.path = path
     self._sp = sentencepiece.SentencePieceProcessor(model_proto=storage.read_bytes(path))
     self.eos_id = self.pad_id = self._sp.piece_to_id("</s>")
@@ -162,10 +194,14 @@ class SiglipTokenizer:
     return self._sp.decode(ids)
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def _bytes_to_unicode():
   """OpenAI CLIP's reversible map from bytes to printable unicode characters."""
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+  bs = (
+    list(range(ord("!"), ord("~") + 1))
+    + list(range(ord("¡"), ord("¬") + 1))
+    + list(range(ord("®"), ord("ÿ") + 1))
+  )
   cs = bs[:]
   n = 0
   for b in range(256):
@@ -183,21 +219,25 @@ class ClipBpeTokenizer(_FixedLength):
   path: `bpe_simple_vocab_16e6.txt.gz`, a `merges.txt`, or an HF CLIP folder (its merges.txt and
   vocab.json). Only the first 48894 merges are used, as in CLIP.
   """
+
   pad_id = 0
   mask_id = -1
 
   def __init__(self, path: str):
     import regex  # pylint: disable=import-outside-toplevel
+
     vocab_json = None
     if storage.isdir(path):
       vocab_json = storage.join(path, "vocab.json")
       path = storage.join(path, "merges.txt")
     if not storage.exists(path):
-      raise ConfigError(f"CLIP BPE merges {path!r} not found; set data.tokenizer_path to bpe_simple_vocab_16e6.txt.gz "
-                        "(it ships with open_clip) or an HF CLIP folder")
+      raise ConfigError(
+        f"CLIP BPE merges {path!r} not found; set data.tokenizer_path to bpe_simple_vocab_16e6.txt.gz "
+        "(it ships with open_clip) or an HF CLIP folder"
+      )
     data = storage.read_bytes(path)
     lines = (gzip.decompress(data) if path.endswith(".gz") else data).decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line.strip()]
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1] if line.strip()]
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -211,8 +251,9 @@ class ClipBpeTokenizer(_FixedLength):
     self._byte_encoder = _bytes_to_unicode()
     self._byte_decoder = {c: b for b, c in self._byte_encoder.items()}
     self._pattern = regex.compile(
-        r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-        regex.IGNORECASE)
+      r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+      regex.IGNORECASE,
+    )
     self._cache = {}
 
   def _bpe(self, token: str) -> list:
@@ -238,6 +279,7 @@ class ClipBpeTokenizer(_FixedLength):
 
   def clean(self, text: str) -> str:
     import ftfy  # pylint: disable=import-outside-toplevel
+
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
 
@@ -265,7 +307,12 @@ class ClipBpeTokenizer(_FixedLength):
     if self.eos_id in ids:
       ids = ids[: ids.index(self.eos_id)]
     text = "".join(self.decoder[i] for i in ids if i != self.bos_id and i in self.decoder)
-    return bytearray(self._byte_decoder[c] for c in text).decode("utf-8", "replace").replace("</w>", " ").strip()
+    return (
+      bytearray(self._byte_decoder[c] for c in text)
+      .decode("utf-8", "replace")
+      .replace("</w>", " ")
+      .strip()
+    )
 
 
 class WordPieceTokenizer(_FixedLength):
@@ -276,11 +323,15 @@ class WordPieceTokenizer(_FixedLength):
   def __init__(self, path: str):
     path = storage.join(path, "vocab.txt") if storage.isdir(path) else path
     if not storage.exists(path):
-      raise ConfigError(f"WordPiece vocabulary {path!r} not found; set data.tokenizer_path to BERT's vocab.txt")
+      raise ConfigError(
+        f"WordPiece vocabulary {path!r} not found; set data.tokenizer_path to BERT's vocab.txt"
+      )
     lines = storage.read_text(path).split("\n")
     self.vocab = {line: i for i, line in enumerate(lines) if line}
     self.inverse = {i: t for t, i in self.vocab.items()}
-    ids = {name: self.vocab.get(name, -1) for name in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
+    ids = {
+      name: self.vocab.get(name, -1) for name in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+    }
     if min(ids.values()) < 0:
       raise ConfigError(f"{path} lacks one of [PAD] [UNK] [CLS] [SEP] [MASK]")
     self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id = ids.values()
@@ -292,20 +343,36 @@ class WordPieceTokenizer(_FixedLength):
   @staticmethod
   def _is_punctuation(char) -> bool:
     import unicodedata  # pylint: disable=import-outside-toplevel
+
     cp = ord(char)
-    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
-        unicodedata.category(char).startswith("P")
+    return (
+      33 <= cp <= 47
+      or 58 <= cp <= 64
+      or 91 <= cp <= 96
+      or 123 <= cp <= 126
+      or unicodedata.category(char).startswith("P")
+    )
 
   def _words(self, text: str):
     import unicodedata  # pylint: disable=import-outside-toplevel
+
     out = []
     for char in text:
       cp = ord(char)
-      if cp == 0 or cp == 0xFFFD or (unicodedata.category(char).startswith("C") and char not in "\t\n\r"):
+      if (
+        cp == 0
+        or cp == 0xFFFD
+        or (unicodedata.category(char).startswith("C") and char not in "\t\n\r")
+      ):
         continue
       if char.isspace():
         out.append(" ")
-      elif 0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF or 0x20000 <= cp <= 0x2FA1F:
+      elif (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x20000 <= cp <= 0x2FA1F
+      ):
         out.append(f" {char} ")
       else:
         out.append(char)
@@ -380,10 +447,18 @@ def get_tokenizer(name: str, path: str = "", dataset_tokenizer: str | None = Non
     return ByteTokenizer()
   if name in ("siglip", "clip_bpe", "wordpiece"):
     if not path:
-      raise ConfigError(f"data.tokenizer {name!r} needs data.tokenizer_path (the model's vocabulary file)")
-    return {"siglip": SiglipTokenizer, "clip_bpe": ClipBpeTokenizer, "wordpiece": WordPieceTokenizer}[name](path)
+      raise ConfigError(
+        f"data.tokenizer {name!r} needs data.tokenizer_path (the model's vocabulary file)"
+      )
+    return {
+      "siglip": SiglipTokenizer,
+      "clip_bpe": ClipBpeTokenizer,
+      "wordpiece": WordPieceTokenizer,
+    }[name](path)
   path = path or dataset_tokenizer
   if not path:
-    raise ConfigError("data.tokenizer is 'sentencepiece' but data.tokenizer_path is empty and the dataset ships "
-                      "no tokenizer model; set data.tokenizer_path")
+    raise ConfigError(
+      "data.tokenizer is 'sentencepiece' but data.tokenizer_path is empty and the dataset ships "
+      "no tokenizer model; set data.tokenizer_path"
+    )
   return SentencePieceTokenizer(path)

@@ -1,6 +1,7 @@
 """Host-side preprocessing: image resize/augment/normalise and caption tokenisation."""
+
+from collections.abc import Callable
 import dataclasses
-from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -24,30 +25,38 @@ class Preprocess:
   augmented batch does not depend on the number of processes. Flips are off by default: captions
   of the embedded data say 'left' and 'right'.
   """
+
   image_size: int
   tokenizer: object
   max_len: int
   mean: tuple = CLIP_MEAN
   std: tuple = CLIP_STD
-  crop_scale: Optional[tuple] = None    # e.g. (0.9, 1.0): random-resized-crop area range when training
+  crop_scale: tuple | None = None  # e.g. (0.9, 1.0): random-resized-crop area range when training
   flip: bool = False
   label_keys: tuple = ()
   lowercase: bool = False
   # The objectives' host-side preparation: (example, out, preprocess, rng) -> extra fields (word boundaries
   # for whole-word masking, a question/answer pair, ...); `vlm_jax.objectives` builds it.
-  prepare: Optional[Callable] = None
+  prepare: Callable | None = None
 
   @classmethod
   def from_config(cls, config, tokenizer, *, train: bool = False, **fields):
     """The preprocessing a run config defines: model input size and text length, data normalisation and
     lower-casing, and (train=True) the data augmentation. Evaluation, inference and tools share it."""
     aug = config.data.get("augment", {}) if train else {}
-    return cls(config.model.image.image_size, tokenizer, config.model.text.get("max_len", 0),
-               mean=tuple(config.data.get("mean", CLIP_MEAN)), std=tuple(config.data.get("std", CLIP_STD)),
-               lowercase=config.data.get("lowercase", False), crop_scale=aug.get("crop_scale"),
-               flip=aug.get("flip", False), **fields)
+    return cls(
+      config.model.image.image_size,
+      tokenizer,
+      config.model.text.get("max_len", 0),
+      mean=tuple(config.data.get("mean", CLIP_MEAN)),
+      std=tuple(config.data.get("std", CLIP_STD)),
+      lowercase=config.data.get("lowercase", False),
+      crop_scale=aug.get("crop_scale"),
+      flip=aug.get("flip", False),
+      **fields,
+    )
 
-  def image(self, image, rng: Optional[np.random.Generator] = None, key: str = "") -> np.ndarray:
+  def image(self, image, rng: np.random.Generator | None = None, key: str = "") -> np.ndarray:
     """A PIL image, an array, or encoded bytes (undecodable bytes raise `sources.SampleError`)."""
     if isinstance(image, (bytes, bytearray)):
       image = sources.decode_image(image, key)
@@ -65,16 +74,21 @@ class Preprocess:
     pixels = np.asarray(image, np.float32) / 255.0
     if rng is not None and self.flip and rng.uniform() < 0.5:
       pixels = pixels[:, ::-1]
-    return ((pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+    return ((pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(
+      np.float32
+    )
 
   def text(self, caption, key: str = "") -> np.ndarray:
     """Token ids; a missing or empty caption raises `sources.SampleError`."""
     caption = sources.clean_caption(caption, key)
     return self.tokenizer.encode(caption.lower() if self.lowercase else caption, self.max_len)
 
-  def __call__(self, example: dict, rng: Optional[np.random.Generator] = None) -> dict:
+  def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
     key = str(example.get("key", ""))
-    out = {"image": self.image(example["image"], rng, key), "text": self.text(example.get("caption"), key)}
+    out = {
+      "image": self.image(example["image"], rng, key),
+      "text": self.text(example.get("caption"), key),
+    }
     if self.prepare is not None:
       out.update(self.prepare(example, out, self, rng))
     for key in self.label_keys:
@@ -90,12 +104,17 @@ class Preprocess:
   def question_answer(self, question, answer):
     """(int32 [max_len] start + question + answer + end, int32 prefix length = start + question)."""
     question_ids = [int(t) for t in self.prompt(question) if t != self.tokenizer.pad_id]
-    answer_ids = [int(t) for t in self.tokenizer.encode(_to_text(answer), self.max_len)
-                  if t not in (self.tokenizer.pad_id, self.tokenizer.bos_id)]
+    answer_ids = [
+      int(t)
+      for t in self.tokenizer.encode(_to_text(answer), self.max_len)
+      if t not in (self.tokenizer.pad_id, self.tokenizer.bos_id)
+    ]
     ids = question_ids + answer_ids
     if len(ids) > self.max_len or answer_ids[-1:] != [self.tokenizer.eos_id]:
-      raise ValueError(f"question {_to_text(question)!r} and answer {_to_text(answer)!r} need more than "
-                       f"{self.max_len} tokens; raise model.text.max_len")
+      raise ValueError(
+        f"question {_to_text(question)!r} and answer {_to_text(answer)!r} need more than "
+        f"{self.max_len} tokens; raise model.text.max_len"
+      )
     out = np.full(self.max_len, self.tokenizer.pad_id, np.int32)
-    out[:len(ids)] = ids
+    out[: len(ids)] = ids
     return out, np.int32(len(question_ids))

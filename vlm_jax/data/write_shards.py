@@ -6,6 +6,7 @@ The shards hold KEY.jpg, KEY.txt (the caption) and KEY.json (the labels); the da
 copied next to them (give it as data.tokenizer_path). (A module of its own: running synthetic.py as a
 script would register its TFDS builder twice.)
 """
+
 import argparse
 
 from vlm_jax.data import synthetic
@@ -20,8 +21,9 @@ def main():
   parser.add_argument("--image_size", type=int, default=256)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(normalise_argv())
-  synthetic.write_shards(args.output, args.count, per_shard=args.per_shard, image_size=args.image_size,
-                         seed=args.seed)
+  synthetic.write_shards(
+    args.output, args.count, per_shard=args.per_shard, image_size=args.image_size, seed=args.seed
+  )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 r"""Evaluate a run's checkpoints and write one JSON record per (run, step, dataset, task).
 
-  python -m vlm_jax.eval --workdir runs/clip_tiny                       # latest checkpoint, every fitting task
-  python -m vlm_jax.eval --workdir runs/clip_tiny --all-checkpoints --tasks zero_shot,linear_probe
-  python -m vlm_jax.eval --workdir runs/clip_tiny --step 200 --force     # recompute existing records
+python -m vlm_jax.eval --workdir runs/clip_tiny                       # latest checkpoint, every fitting task
+python -m vlm_jax.eval --workdir runs/clip_tiny --all-checkpoints --tasks zero_shot,linear_probe
+python -m vlm_jax.eval --workdir runs/clip_tiny --step 200 --force     # recompute existing records
 """
+
 from absl import app, flags, logging
 
 from vlm_jax.cli import fail, parse_flags
@@ -23,11 +24,17 @@ def main(argv):
   if FLAGS.step and FLAGS.all_checkpoints:
     fail("give --step or --all-checkpoints, not both")
   from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
-  from vlm_jax.eval import harness  # pylint: disable=import-outside-toplevel
   from vlm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from vlm_jax.eval import harness  # pylint: disable=import-outside-toplevel
+
   try:
-    written = harness.evaluate(FLAGS.workdir, steps=[int(s) for s in FLAGS.step], all_checkpoints=FLAGS.all_checkpoints,
-                               tasks=FLAGS.tasks or None, force=FLAGS.force)
+    written = harness.evaluate(
+      FLAGS.workdir,
+      steps=[int(s) for s in FLAGS.step],
+      all_checkpoints=FLAGS.all_checkpoints,
+      tasks=FLAGS.tasks or None,
+      force=FLAGS.force,
+    )
   except ConfigError as e:
     fail(str(e))
   print(f"{len(written)} record(s) written under {FLAGS.workdir}/{harness.RECORDS}")

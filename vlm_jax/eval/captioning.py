@@ -4,13 +4,14 @@ For each label key (e.g. shape, color) the first class name mentioned in the cap
 accuracy is compared with chance (1 / number of classes). When the examples carry reference captions
 (`captions`), the same generated captions get BLEU-1..4, ROUGE-L and CIDEr-D (`text_metrics`).
 """
+
 import re
 
 import numpy as np
 
 from vlm_jax import generate
-from vlm_jax.eval import common, text_metrics
 from vlm_jax.errors import ConfigError
+from vlm_jax.eval import common, text_metrics
 from vlm_jax.registry import EVALUATORS
 
 
@@ -28,6 +29,7 @@ def first_mention(caption: str, names) -> int:
 class Captioning:
   """config: label_keys (default shape, color), limit (examples), max_len (default: the text length),
   beams (1: greedy), length_penalty (beam search)."""
+
   needs = ("decode",)
   defaults = dict(label_keys=("shape", "color"), limit=500)
   needs_image_emb = False
@@ -35,19 +37,29 @@ class Captioning:
   def __init__(self, config, experiment):
     self.exp = experiment
     if not hasattr(experiment.model, "decode"):
-      raise ConfigError(f"the captioning evaluator needs a model that writes text; {experiment.config.model.name!r} "
-                        "has no decoder")
+      raise ConfigError(
+        f"the captioning evaluator needs a model that writes text; {experiment.config.model.name!r} "
+        "has no decoder"
+      )
     self.label_keys = tuple(config.get("label_keys", ("shape", "color")))
     for key in self.label_keys:
       if key not in experiment.data.class_names:
-        raise ConfigError(f"captioning label key {key!r} is not in the dataset; it has "
-                          f"{', '.join(experiment.data.class_names)}")
+        raise ConfigError(
+          f"captioning label key {key!r} is not in the dataset; it has "
+          f"{', '.join(experiment.data.class_names)}"
+        )
     self.limit = config.get("limit") or None
     self.max_len = config.get("max_len") or experiment.max_len
     self.generator = common.Encoder(
-        experiment, generate.captioner(experiment.model, experiment.tokenizer, self.max_len,
-                                       beams=int(config.get("beams", 1)),
-                                       length_penalty=float(config.get("length_penalty", 0.0))))
+      experiment,
+      generate.captioner(
+        experiment.model,
+        experiment.tokenizer,
+        self.max_len,
+        beams=int(config.get("beams", 1)),
+        length_penalty=float(config.get("length_penalty", 0.0)),
+      ),
+    )
 
   def generate(self, params, n: int):
     """Generated captions (strings) of the first n test images."""
@@ -68,7 +80,9 @@ class Captioning:
       metrics[f"captioning/{key}_chance"] = 1.0 / len(names)
     if n and "captions" in source[0]:
       references = [[common.as_text(c) for c in source[i]["captions"]] for i in range(n)]
-      metrics.update({f"captioning/{k}": v for k, v in text_metrics.caption_scores(texts, references).items()})
+      metrics.update(
+        {f"captioning/{k}": v for k, v in text_metrics.caption_scores(texts, references).items()}
+      )
     return metrics
 
 

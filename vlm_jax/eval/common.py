@@ -1,4 +1,5 @@
 """Running a model's encoders over many inputs on the mesh, for every evaluator."""
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -17,10 +18,16 @@ class Encoder:
   def __init__(self, experiment, method):
     self.exp = experiment
     mesh = experiment.mesh
-    apply = method if callable(method) else (
-        lambda params, x: experiment.model.apply({"params": params}, x, method=method))
-    self._fn = jax.jit(apply, in_shardings=(experiment.param_shardings, sharding.batch_sharding(mesh)),
-                       out_shardings=sharding.replicated(mesh))
+    apply = (
+      method
+      if callable(method)
+      else (lambda params, x: experiment.model.apply({"params": params}, x, method=method))
+    )
+    self._fn = jax.jit(
+      apply,
+      in_shardings=(experiment.param_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh),
+    )
 
   def __call__(self, params, n: int, rows):
     """Encodes items 0..n-1; rows(indices) -> np.ndarray of those items' model inputs."""
@@ -31,7 +38,9 @@ class Encoder:
     with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
       for start in range(0, n, global_batch):
         first = start + jax.process_index() * local
-        indices = np.minimum(np.arange(first, first + local), n - 1)  # pad the last batch by repetition
+        indices = np.minimum(
+          np.arange(first, first + local), n - 1
+        )  # pad the last batch by repetition
         outputs.append(np.asarray(self._fn(params, exp.global_batch(rows(indices)))))
     return np.concatenate(outputs)[:n] if outputs else np.zeros((0,))
 
@@ -41,7 +50,9 @@ def as_text(value) -> str:
 
 
 def image_rows(experiment, source):
-  return lambda idx: np.stack([experiment.eval_preprocess.image(source[int(i)]["image"]) for i in idx])
+  return lambda idx: np.stack(
+    [experiment.eval_preprocess.image(source[int(i)]["image"]) for i in idx]
+  )
 
 
 def text_rows(experiment, texts):

@@ -8,6 +8,7 @@ preprocessing used. A record is written atomically as soon as its task finishes,
 finished record; a record that exists is not computed again (`force=True` recomputes it), so running twice
 adds nothing. `vlm_jax.tables` reads these records.
 """
+
 import copy
 import datetime
 import hashlib
@@ -16,11 +17,11 @@ import json
 import jax
 
 from vlm_jax import config_utils, storage
-from vlm_jax.eval.runner import EvalRunner
-from vlm_jax.errors import ConfigError
-from vlm_jax.registry import EVALUATORS
 from vlm_jax.core import checkpoint
 from vlm_jax.core.experiment import Experiment
+from vlm_jax.errors import ConfigError
+from vlm_jax.eval.runner import EvalRunner
+from vlm_jax.registry import EVALUATORS
 
 RECORDS = "eval_records"
 
@@ -37,7 +38,9 @@ def flatten(tree, prefix: str = "") -> dict:
 
 
 def config_hash(config) -> str:
-  return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return hashlib.sha256(
+    json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
+  ).hexdigest()[:16]
 
 
 def dataset_name(config, task_config=None) -> str:
@@ -61,16 +64,24 @@ def fitting_tasks(config, model, requested=None) -> dict:
   needs = lambda task: (method(task),) if method(task) else EVALUATORS.get(task).needs
   fits = lambda task: all(hasattr(model, m) for m in needs(task))
   for task in requested or ():
-    EVALUATORS.get(task)   # an unknown task: the error lists the known ones
+    EVALUATORS.get(task)  # an unknown task: the error lists the known ones
     if not fits(task):
-      raise ConfigError(f"task {task!r} does not fit model {config.model.name!r} (it needs "
-                        f"{', '.join(needs(task))})")
+      raise ConfigError(
+        f"task {task!r} does not fit model {config.model.name!r} (it needs "
+        f"{', '.join(needs(task))})"
+      )
   chosen = list(requested) if requested else [t for t in EVALUATORS.names() if fits(t)]
+
   def settings(task):
     own = {k: v for k, v in (evals.get(task) or {}).items() if k != "every"}
     # The default label keys are the embedded data's; a task on its own data classifies that data's labels.
-    defaults = {k: v for k, v in EVALUATORS.get(task).defaults.items() if not (own.get("data") and k == "label_keys")}
+    defaults = {
+      k: v
+      for k, v in EVALUATORS.get(task).defaults.items()
+      if not (own.get("data") and k == "label_keys")
+    }
     return {**defaults, **own}
+
   return {t: settings(t) for t in chosen}
 
 
@@ -78,12 +89,19 @@ def record_path(workdir: str, step: int, dataset: str, task: str) -> str:
   return storage.join(workdir, RECORDS, f"step_{step}", dataset, f"{task}.json")
 
 
-def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=None, force: bool = False,
-             log=print) -> list:
+def evaluate(
+  workdir: str,
+  *,
+  steps=None,
+  all_checkpoints: bool = False,
+  tasks=None,
+  force: bool = False,
+  log=print,
+) -> list:
   """Evaluates checkpoints of `workdir` (default: the latest); returns the paths of the records written."""
   workdir = storage.resolve(workdir)
   run_config = config_utils.load_workdir_config(workdir)
-  config = copy.deepcopy(run_config)   # a copy the experiment builds no evaluators from
+  config = copy.deepcopy(run_config)  # a copy the experiment builds no evaluators from
   ckpt_dir = storage.join(workdir, "checkpoints")
   available = checkpoint.all_steps(ckpt_dir)
   if not available:
@@ -93,20 +111,32 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
   if missing:
     raise ConfigError(f"{workdir} has no checkpoint at step(s) {missing}; it has {available}")
   with config.unlocked():
-    config.evals = {}   # the harness chooses its tasks; the experiment should not build the run's evaluators
+    config.evals = {}  # the harness chooses its tasks; the experiment should not build the run's evaluators
   exp = Experiment(config, log=lambda *a: None)
   task_configs = fitting_tasks(run_config, exp.model, tasks)
   dataset = {t: dataset_name(config, c) for t, c in task_configs.items()}
-  common = {"run": storage.basename(workdir), "workdir": workdir,
-            "config_hash": config_hash(run_config), "config": flatten(run_config.to_dict()),
-            "preprocessing": {"image_size": config.model.image.image_size, "max_len": config.model.text.get("max_len"),
-                              "mean": list(config.data.mean), "std": list(config.data.std),
-                              "tokenizer": config.data.tokenizer, "lowercase": config.data.get("lowercase", False)}}
+  common = {
+    "run": storage.basename(workdir),
+    "workdir": workdir,
+    "config_hash": config_hash(run_config),
+    "config": flatten(run_config.to_dict()),
+    "preprocessing": {
+      "image_size": config.model.image.image_size,
+      "max_len": config.model.text.get("max_len"),
+      "mean": list(config.data.mean),
+      "std": list(config.data.std),
+      "tokenizer": config.data.tokenizer,
+      "lowercase": config.data.get("lowercase", False),
+    },
+  }
   written = []
   runner = None
   for step in steps:
-    todo = {t: c for t, c in task_configs.items()
-            if force or not storage.exists(record_path(workdir, step, dataset[t], t))}
+    todo = {
+      t: c
+      for t, c in task_configs.items()
+      if force or not storage.exists(record_path(workdir, step, dataset[t], t))
+    }
     if not todo:
       log(f"step {step}: every record exists ({', '.join(task_configs)})")
       continue
@@ -114,16 +144,29 @@ def evaluate(workdir: str, *, steps=None, all_checkpoints: bool = False, tasks=N
     params, _ = checkpoint.restore_params(ckpt_dir, step, exp.abstract_params_sharded())
     for task, metrics, seconds in runner.run_each(params):
       path = record_path(workdir, step, dataset[task], task)
-      record = {**common, "dataset": dataset[task], "step": step, "task": task, "metrics": metrics, "task_config": todo[task],
-                "num_examples": runner.num_examples(task), "wall_s": seconds,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+      record = {
+        **common,
+        "dataset": dataset[task],
+        "step": step,
+        "task": task,
+        "metrics": metrics,
+        "task_config": todo[task],
+        "num_examples": runner.num_examples(task),
+        "wall_s": seconds,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      }
       if jax.process_index() == 0:
         storage.write_json(path, record, sort_keys=True, default=str)
       written.append(path)
-      log(f"step {step} {dataset[task]} {task}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+      log(
+        f"step {step} {dataset[task]} {task}: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+      )
   return written
 
 
 def read_records(workdir: str) -> list:
   """Every record under `workdir` (empty if none)."""
-  return [storage.read_json(path) for path in storage.find_files(storage.join(workdir, RECORDS), ".json")]
+  return [
+    storage.read_json(path) for path in storage.find_files(storage.join(workdir, RECORDS), ".json")
+  ]

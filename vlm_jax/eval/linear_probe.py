@@ -6,10 +6,11 @@ regularisation `l2` chosen from `l2_grid` on `val_size` training examples that n
 Probes: few-shot (`shots`: k examples per class, drawn with a fixed seed) and full (`train_limit`
 training examples). Test: the first `limit` test examples.
 """
+
 import numpy as np
 
-from vlm_jax.eval import common
 from vlm_jax.errors import ConfigError
+from vlm_jax.eval import common
 from vlm_jax.registry import EVALUATORS
 
 
@@ -37,22 +38,30 @@ def few_shot_indices(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarra
 class LinearProbe:
   """config: label_keys, shots (default 1, 5, 10), train_limit (5000), val_size (500), limit (test, 1000),
   l2_grid, seed."""
+
   needs = ("encode_image",)
   defaults = dict(label_keys=("shape", "color"), shots=(1, 5, 10), train_limit=5000, limit=1000)
   needs_image_emb = True
 
   def __init__(self, config, experiment):
     if not hasattr(experiment.model, "encode_image"):
-      raise ConfigError(f"the linear_probe evaluator needs image embeddings; {experiment.config.model.name!r} "
-                        "has no encode_image")
+      raise ConfigError(
+        f"the linear_probe evaluator needs image embeddings; {experiment.config.model.name!r} "
+        "has no encode_image"
+      )
     self.exp = experiment
     self.label_keys = tuple(config.get("label_keys", ("shape", "color")))
     for key in self.label_keys:
       if key not in experiment.data.class_names:
-        raise ConfigError(f"linear_probe label key {key!r} is not in the dataset; it has "
-                          f"{', '.join(experiment.data.class_names)}")
+        raise ConfigError(
+          f"linear_probe label key {key!r} is not in the dataset; it has "
+          f"{', '.join(experiment.data.class_names)}"
+        )
     self.shots = tuple(int(k) for k in config.get("shots", (1, 5, 10)))
-    self.train_limit, self.val_size = int(config.get("train_limit", 5000)), int(config.get("val_size", 500))
+    self.train_limit, self.val_size = (
+      int(config.get("train_limit", 5000)),
+      int(config.get("val_size", 500)),
+    )
     self.limit = config.get("limit", 1000) or None
     self.l2_grid = tuple(float(v) for v in config.get("l2_grid", (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)))
     self.seed = int(config.get("seed", 0))
@@ -63,18 +72,21 @@ class LinearProbe:
     pool = min(len(train), self.train_limit + self.val_size)
     order = np.random.default_rng(self.seed).permutation(len(train))[:pool]
     features = self.encoder(params, pool, common.image_rows(self.exp, _Subset(train, order)))
-    val_x, fit_x = features[:self.val_size], features[self.val_size:]
+    val_x, fit_x = features[: self.val_size], features[self.val_size :]
     n = len(image_emb)
     metrics = {}
     for key in self.label_keys:
       classes = len(self.exp.data.class_names[key])
       labels = np.array([train[int(i)][key] for i in order])
-      val_y, fit_y = labels[:self.val_size], labels[self.val_size:]
+      val_y, fit_y = labels[: self.val_size], labels[self.val_size :]
       test_y = np.array([test[i][key] for i in range(n)])
       probes = {f"{k}shot": few_shot_indices(fit_y, k, self.seed) for k in self.shots}
       probes["full"] = np.arange(len(fit_y))
       for name, idx in probes.items():
-        val_acc = [np.mean(ridge_classify(fit_x[idx], fit_y[idx], val_x, classes, l2) == val_y) for l2 in self.l2_grid]
+        val_acc = [
+          np.mean(ridge_classify(fit_x[idx], fit_y[idx], val_x, classes, l2) == val_y)
+          for l2 in self.l2_grid
+        ]
         l2 = self.l2_grid[int(np.argmax(val_acc))]
         predicted = ridge_classify(fit_x[idx], fit_y[idx], image_emb, classes, l2)
         metrics[f"linear_probe/{key}_{name}_top1"] = float(np.mean(predicted == test_y))

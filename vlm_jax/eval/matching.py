@@ -1,11 +1,12 @@
 """Evaluators for fusion models: ITM-scored retrieval and masked-token accuracy on held-out captions."""
+
 import jax
 import numpy as np
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.eval import common
 from vlm_jax.eval.retrieval import recall_at_k
 from vlm_jax.objectives.matching import text_masking
-from vlm_jax.errors import ConfigError
 from vlm_jax.registry import EVALUATORS
 
 
@@ -53,6 +54,7 @@ class ItmRetrieval:
   in the embedded data can repeat, so a few off-diagonal pairs are true matches; both metrics count them as
   non-matching, which only lowers them.
   """
+
   needs = ("itm_logits",)
   defaults = dict(limit=100, rerank_k=16)
   needs_image_emb = False
@@ -60,14 +62,18 @@ class ItmRetrieval:
   def __init__(self, config, experiment):
     model = experiment.model
     if not hasattr(model, "itm_logits"):
-      raise ConfigError(f"itm_retrieval needs a model with an ITM head; {experiment.config.model.name!r} has none")
+      raise ConfigError(
+        f"itm_retrieval needs a model with an ITM head; {experiment.config.model.name!r} has none"
+      )
     self.exp, self.inputs = experiment, _TestInputs(experiment)
     self.limit = config.get("limit") or 100
     self.ks = tuple(config.get("ks", (1, 5, 10)))
     self.rerank_k = int(config.get("rerank_k", 0))
     if self.rerank_k and not hasattr(model, "encode_image"):
-      raise ConfigError(f"itm_retrieval.rerank_k needs contrastive encoders; {experiment.config.model.name!r} has "
-                        "none (use rerank_k=0 to score all pairs)")
+      raise ConfigError(
+        f"itm_retrieval.rerank_k needs contrastive encoders; {experiment.config.model.name!r} has "
+        "none (use rerank_k=0 to score all pairs)"
+      )
 
     def match_score(params, pairs):
       logits = model.apply({"params": params}, pairs["image"], pairs["text"], method="itm_logits")
@@ -87,18 +93,29 @@ class ItmRetrieval:
     n = min(self.limit, len(self.exp.data.test))
     images, texts = self.inputs(n)
     grid_i, grid_t = np.divmod(np.arange(n * n), n)
-    scores = self._score(params, images, texts, grid_i, grid_t).reshape(n, n) if not self.rerank_k else None
+    scores = (
+      self._score(params, images, texts, grid_i, grid_t).reshape(n, n)
+      if not self.rerank_k
+      else None
+    )
     metrics = {}
     if scores is not None:
       match = np.eye(n, dtype=bool)
       positive, negative = scores[match][:, None], scores[~match][None, :]
-      metrics["itm/pair_auc"] = float((positive > negative).mean() + 0.5 * (positive == negative).mean())
+      metrics["itm/pair_auc"] = float(
+        (positive > negative).mean() + 0.5 * (positive == negative).mean()
+      )
       ranked = {"i2t": scores, "t2i": scores.T}
     else:
-      contrastive = (self.image_encoder(params, n, lambda idx: images[idx])
-                     @ self.text_encoder(params, n, lambda idx: texts[idx]).T)
-      ranked = rerank(contrastive, self.rerank_k,
-                      lambda image_index, text_index: self._score(params, images, texts, image_index, text_index))
+      contrastive = (
+        self.image_encoder(params, n, lambda idx: images[idx])
+        @ self.text_encoder(params, n, lambda idx: texts[idx]).T
+      )
+      ranked = rerank(
+        contrastive,
+        self.rerank_k,
+        lambda image_index, text_index: self._score(params, images, texts, image_index, text_index),
+      )
     for direction, s in ranked.items():
       for k, value in recall_at_k(s, self.ks).items():
         metrics[f"itm_retrieval/{direction}_r{k}"] = value
@@ -110,6 +127,7 @@ class MlmAccuracy:
 
   config: limit (captions, default 500), rate (0.15), whole_word (True), method ('mlm_logits').
   """
+
   needs = ("mlm_logits",)
   defaults = dict(limit=500)
   needs_image_emb = False
@@ -117,14 +135,26 @@ class MlmAccuracy:
   def __init__(self, config, experiment):
     self.method = config.get("method", "mlm_logits")
     if not hasattr(experiment.model, self.method):
-      raise ConfigError(f"mlm_accuracy needs the model method {self.method!r}; {experiment.config.model.name!r} "
-                        "has none")
+      raise ConfigError(
+        f"mlm_accuracy needs the model method {self.method!r}; {experiment.config.model.name!r} "
+        "has none"
+      )
     # Masked exactly as the mlm objective masks (same rate, whole words, special ids), with a fixed key.
-    self.request, self.fields, self.prepare = text_masking(config, experiment.tokenizer, experiment.max_len)
-    self.exp, self.inputs, self.limit = experiment, _TestInputs(experiment), config.get("limit") or 500
+    self.request, self.fields, self.prepare = text_masking(
+      config, experiment.tokenizer, experiment.max_len
+    )
+    self.exp, self.inputs, self.limit = (
+      experiment,
+      _TestInputs(experiment),
+      config.get("limit") or 500,
+    )
     model, method = experiment.model, self.method
-    self.predict = common.Encoder(experiment, lambda params, batch: model.apply(
-        {"params": params}, batch["image"], batch["text"], method=method).argmax(-1))
+    self.predict = common.Encoder(
+      experiment,
+      lambda params, batch: model.apply(
+        {"params": params}, batch["image"], batch["text"], method=method
+      ).argmax(-1),
+    )
 
   def run(self, params, image_emb=None):
     del image_emb
@@ -132,13 +162,21 @@ class MlmAccuracy:
     images, texts = self.inputs(n)
     batch = {"text": texts}
     if self.prepare is not None:
-      batch.update({k: np.stack([self.prepare(None, {"text": t}, self.exp.eval_preprocess, None)[k] for t in texts])
-                    for k in self.fields})
+      batch.update(
+        {
+          k: np.stack(
+            [self.prepare(None, {"text": t}, self.exp.eval_preprocess, None)[k] for t in texts]
+          )
+          for k in self.fields
+        }
+      )
     drawn = jax.jit(self.request.draw)(jax.random.PRNGKey(0), batch)
     masked, selected = np.asarray(drawn["tokens"]), np.asarray(drawn["selected"])
     predicted = self.predict(params, n, lambda idx: {"image": images[idx], "text": masked[idx]})
-    return {"mlm/accuracy": float((predicted == texts)[selected].mean()) if selected.any() else 0.0,
-            "mlm/masked_tokens": float(selected.sum())}
+    return {
+      "mlm/accuracy": float((predicted == texts)[selected].mean()) if selected.any() else 0.0,
+      "mlm/masked_tokens": float(selected.sum()),
+    }
 
 
 EVALUATORS.register("itm_retrieval")(ItmRetrieval)

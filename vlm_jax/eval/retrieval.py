@@ -1,4 +1,5 @@
 """Image-to-text and text-to-image retrieval Recall@K over paired test examples."""
+
 import numpy as np
 
 from vlm_jax.eval import common
@@ -14,6 +15,7 @@ def recall_at_k(scores: np.ndarray, ks=(1, 5, 10)) -> dict:
 
 class Retrieval:
   """config: ks (default 1, 5, 10), limit (examples, optional)."""
+
   needs = ("encode_image", "encode_text")
   defaults = dict(ks=(1, 5, 10), limit=1000)
 

@@ -4,13 +4,14 @@ An evaluator config may name its own dataset, `data=dict(name='folder', path=...
 lacks come from the run's data config): a zero-shot or linear-probe set for a run trained on other data.
 Without `label_keys` it then classifies every label of that dataset.
 """
+
 import json
 import time
 
 import ml_collections
 
-from vlm_jax.eval import common
 from vlm_jax.errors import ConfigError
+from vlm_jax.eval import common
 from vlm_jax.registry import DATASETS, EVALUATORS
 
 
@@ -51,14 +52,18 @@ class EvalRunner:
         if not cfg.get("label_keys"):
           cfg = {**dict(cfg), "label_keys": tuple(view.data.class_names)}
       elif not len(experiment.data.test):
-        raise ConfigError(f"evaluator {key!r} has no test data: {experiment.data.description}; give it its own "
-                          f"in the config, e.g. evals.{key}.data = dict(name='folder', path=DIR)")
+        raise ConfigError(
+          f"evaluator {key!r} has no test data: {experiment.data.description}; give it its own "
+          f"in the config, e.g. evals.{key}.data = dict(name='folder', path=DIR)"
+        )
       missing = [k for k in cfg.get("label_keys", ()) or () if k not in view.data.class_names]
       if missing:
-        raise ConfigError(f"evaluator {key!r} classifies label(s) {', '.join(missing)}, which "
-                          f"{view.data.description} does not have (it has: "
-                          f"{', '.join(view.data.class_names) or 'no labels'}); set evals.{key}.label_keys, or give "
-                          f"it data of its own, e.g. evals.{key}.data = dict(name='embedded')")
+        raise ConfigError(
+          f"evaluator {key!r} classifies label(s) {', '.join(missing)}, which "
+          f"{view.data.description} does not have (it has: "
+          f"{', '.join(view.data.class_names) or 'no labels'}); set evals.{key}.label_keys, or give "
+          f"it data of its own, e.g. evals.{key}.data = dict(name='embedded')"
+        )
       self.evaluators[key] = EVALUATORS.get(cfg.get("name", key))(cfg, view)
     needs_images = any(getattr(e, "needs_image_emb", True) for e in self.evaluators.values())
     self._image_encoder = common.Encoder(experiment, "encode_image") if needs_images else None
@@ -82,7 +87,9 @@ class EvalRunner:
       else:
         n, data = self.num_examples(key), self.data(key)
         if (id(data), n) not in cache:
-          cache[id(data), n] = self._image_encoder(params, n, common.image_rows(self.exp, data.test))
+          cache[id(data), n] = self._image_encoder(
+            params, n, common.image_rows(self.exp, data.test)
+          )
         metrics = evaluator.run(params, image_emb=cache[id(data), n])
       yield key, metrics, time.perf_counter() - start
 

@@ -16,6 +16,7 @@ articles dropped, common contractions restored) and `vqa_accuracy` scores an ans
 answers: exact match for one, else the VQAv2 rule min(#matching humans / 3, 1) averaged over the
 leave-one-out subsets of the humans.
 """
+
 import collections
 import math
 import re
@@ -31,7 +32,9 @@ def tokenize(text: str) -> list:
 
 
 def _ngrams(words, n: int = 4) -> collections.Counter:
-  return collections.Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+  return collections.Counter(
+    tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1)
+  )
 
 
 def bleu(candidates, references, n: int = 4) -> list:
@@ -50,7 +53,7 @@ def bleu(candidates, references, n: int = 4) -> list:
     for k in range(n):
       guess[k] += max(0, len(cand) - k)
     test_len += len(cand)
-    ref_len += min((abs(len(r) - len(cand)), len(r)) for r in refs)[1]   # closest; ties: the shorter
+    ref_len += min((abs(len(r) - len(cand)), len(r)) for r in refs)[1]  # closest; ties: the shorter
   scores, product = [], 1.0
   for k in range(n):
     product *= (correct[k] + tiny) / (guess[k] + small)
@@ -76,8 +79,11 @@ def rouge_l(candidates, references, beta: float = 1.2) -> float:
     lcs = [_lcs(r, cand) for r in refs]
     precision = max(l / len(cand) if cand else 0.0 for l in lcs)
     recall = max(l / len(r) if r else 0.0 for l, r in zip(lcs, refs))
-    scores.append((1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
-                  if precision and recall else 0.0)
+    scores.append(
+      (1 + beta**2) * precision * recall / (recall + beta**2 * precision)
+      if precision and recall
+      else 0.0
+    )
   return sum(scores) / len(scores)
 
 
@@ -102,9 +108,11 @@ def cider_d(candidates, references, n: int = 4, sigma: float = 6.0) -> float:
     total = [0.0] * n
     for ref in refs:
       ref_vec, ref_norm, ref_length = vector(ref)
-      penalty = math.exp(-((length - ref_length) ** 2) / (2 * sigma ** 2))
+      penalty = math.exp(-((length - ref_length) ** 2) / (2 * sigma**2))
       for k in range(n):
-        value = sum(min(w, ref_vec[k].get(g, 0.0)) * ref_vec[k].get(g, 0.0) for g, w in vec[k].items())
+        value = sum(
+          min(w, ref_vec[k].get(g, 0.0)) * ref_vec[k].get(g, 0.0) for g, w in vec[k].items()
+        )
         if norm[k] and ref_norm[k]:
           value /= norm[k] * ref_norm[k]
         total[k] += value * penalty
@@ -115,7 +123,9 @@ def cider_d(candidates, references, n: int = 4, sigma: float = 6.0) -> float:
 def caption_scores(candidates, references) -> dict:
   """candidates: [str]; references: [[str]] (one list per candidate, at least one each)."""
   if len(candidates) != len(references) or not candidates:
-    raise ValueError(f"{len(candidates)} candidates for {len(references)} reference lists; need as many, >= 1")
+    raise ValueError(
+      f"{len(candidates)} candidates for {len(references)} reference lists; need as many, >= 1"
+    )
   if any(not refs for refs in references):
     raise ValueError("every candidate needs at least one reference caption")
   cands = [tokenize(c) for c in candidates]
@@ -127,22 +137,83 @@ def caption_scores(candidates, references) -> dict:
 
 # --- VQA -----------------------------------------------------------------------------------------------
 
-_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-                "?", "!")
+_PUNCTUATION = (
+  ";",
+  "/",
+  "[",
+  "]",
+  '"',
+  "{",
+  "}",
+  "(",
+  ")",
+  "=",
+  "+",
+  "\\",
+  "_",
+  "-",
+  ">",
+  "<",
+  "@",
+  "`",
+  ",",
+  "?",
+  "!",
+)
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBERS = {
+  "none": "0",
+  "zero": "0",
+  "one": "1",
+  "two": "2",
+  "three": "3",
+  "four": "4",
+  "five": "5",
+  "six": "6",
+  "seven": "7",
+  "eight": "8",
+  "nine": "9",
+  "ten": "10",
+}
 _ARTICLES = ("a", "an", "the")
 # The most frequent entries of the official contraction table (apostrophe-less spellings restored).
 _CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "couldve": "could've",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
-    "havent": "haven't", "hes": "he's", "im": "i'm", "ive": "i've", "isnt": "isn't", "itd": "it'd", "itll": "it'll",
-    "lets": "let's", "shouldnt": "shouldn't", "shouldve": "should've", "thats": "that's", "theres": "there's",
-    "theyre": "they're", "theyve": "they've", "wasnt": "wasn't", "werent": "weren't", "whats": "what's",
-    "wheres": "where's", "whos": "who's", "wont": "won't", "wouldnt": "wouldn't", "wouldve": "would've",
-    "youre": "you're", "youve": "you've", "yall": "y'all",
+  "aint": "ain't",
+  "arent": "aren't",
+  "cant": "can't",
+  "couldnt": "couldn't",
+  "couldve": "could've",
+  "didnt": "didn't",
+  "doesnt": "doesn't",
+  "dont": "don't",
+  "hadnt": "hadn't",
+  "hasnt": "hasn't",
+  "havent": "haven't",
+  "hes": "he's",
+  "im": "i'm",
+  "ive": "i've",
+  "isnt": "isn't",
+  "itd": "it'd",
+  "itll": "it'll",
+  "lets": "let's",
+  "shouldnt": "shouldn't",
+  "shouldve": "should've",
+  "thats": "that's",
+  "theres": "there's",
+  "theyre": "they're",
+  "theyve": "they've",
+  "wasnt": "wasn't",
+  "werent": "weren't",
+  "whats": "what's",
+  "wheres": "where's",
+  "whos": "who's",
+  "wont": "won't",
+  "wouldnt": "wouldn't",
+  "wouldve": "would've",
+  "youre": "you're",
+  "youve": "you've",
+  "yall": "y'all",
 }
 
 

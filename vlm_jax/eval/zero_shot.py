@@ -1,14 +1,17 @@
 """Zero-shot classification: class embeddings from prompt templates, images scored against them."""
+
 import numpy as np
 
-from vlm_jax.eval import common
 from vlm_jax.errors import ConfigError
+from vlm_jax.eval import common
 from vlm_jax.registry import EVALUATORS
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture showing a {}.")
 
 
-def class_embeddings(text_embeddings: np.ndarray, num_classes: int, num_templates: int) -> np.ndarray:
+def class_embeddings(
+  text_embeddings: np.ndarray, num_classes: int, num_templates: int
+) -> np.ndarray:
   """Mean of each class's normalised template embeddings, renormalised (CLIP's prompt ensembling)."""
   emb = text_embeddings.reshape(num_classes, num_templates, -1)
   emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
@@ -23,7 +26,11 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 class ZeroShot:
   """config: label_keys (dataset label keys, e.g. shape, color), templates, limit (examples, optional)."""
-  needs = ("encode_image", "encode_text")   # the model methods it calls: the harness runs it where they exist
+
+  needs = (
+    "encode_image",
+    "encode_text",
+  )  # the model methods it calls: the harness runs it where they exist
   defaults = dict(label_keys=("shape", "color"))
 
   def __init__(self, config, experiment):
@@ -31,8 +38,10 @@ class ZeroShot:
     self.label_keys = tuple(config.get("label_keys", ("shape",)))
     for key in self.label_keys:
       if key not in experiment.data.class_names:
-        raise ConfigError(f"zero_shot label key {key!r} is not in the dataset; it has "
-                         f"{', '.join(experiment.data.class_names)}")
+        raise ConfigError(
+          f"zero_shot label key {key!r} is not in the dataset; it has "
+          f"{', '.join(experiment.data.class_names)}"
+        )
     self.templates = tuple(config.get("templates", DEFAULT_TEMPLATES))
     self.limit = config.get("limit") or None
     self.text_encoder = common.Encoder(experiment, "encode_text")

@@ -1,6 +1,7 @@
 """The local backend: runs a sweep's runs on this machine, `parallel` at a time, each logging to its
 workdir's train.log. A finished run (final_eval.json) is skipped; an unfinished one resumes from its last
 checkpoint, because the same command continues a workdir."""
+
 import os
 import shlex
 import subprocess
@@ -14,13 +15,25 @@ from vlm_jax.launch import sweep as sweep_lib
 def _log_path(run, sweep_name: str) -> str:
   """The run's console log: WORKDIR/train.log, or runs/logs/SWEEP/RUN.log on this machine for a bucket workdir."""
   # local path: a child's stdout is a file on this machine
-  folder = os.path.join("runs", "logs", sweep_name) if storage.is_remote(run.workdir) else run.workdir  # local path
+  folder = (
+    os.path.join("runs", "logs", sweep_name) if storage.is_remote(run.workdir) else run.workdir
+  )  # local path
   os.makedirs(folder, exist_ok=True)  # local path
-  return os.path.join(folder, f"{run.name}.log" if storage.is_remote(run.workdir) else "train.log")  # local path
+  return os.path.join(
+    folder, f"{run.name}.log" if storage.is_remote(run.workdir) else "train.log"
+  )  # local path
 
 
-def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False, log=print,
-              python: str = sys.executable, env=None) -> dict:
+def run_sweep(
+  runs,
+  sweep_name: str,
+  *,
+  parallel: int = 1,
+  dry_run: bool = False,
+  log=print,
+  python: str = sys.executable,
+  env=None,
+) -> dict:
   """Returns {run name: 'skipped' | 'finished' | 'failed (exit N, see LOG)'}; dry_run prints the commands."""
   status, queue, active = {}, [], []
   for run in runs:
@@ -39,8 +52,9 @@ def run_sweep(runs, sweep_name: str, *, parallel: int = 1, dry_run: bool = False
       logfile = open(log_path, "a")  # pylint: disable=consider-using-with  # local path: the child's stdout
       resuming = storage.isdir(storage.join(run.workdir, "checkpoints"))
       log(f"{run.name}: {'resuming' if resuming else 'starting'} -> {run.workdir}")
-      process = subprocess.Popen(sweep_lib.main_command(run, python), stdout=logfile, stderr=subprocess.STDOUT,
-                                 env=env)
+      process = subprocess.Popen(
+        sweep_lib.main_command(run, python), stdout=logfile, stderr=subprocess.STDOUT, env=env
+      )
       active.append((run, process, logfile, time.perf_counter()))
     time.sleep(0.5)
     for item in list(active):

@@ -4,6 +4,7 @@ r"""Exit 0 when a run has finished, 1 otherwise (local or bucket workdirs), for 
 
 The SLURM backend's sbatch script uses it to requeue a run that its time limit stopped with a checkpoint.
 """
+
 import sys
 
 from vlm_jax.launch import sweep as sweep_lib

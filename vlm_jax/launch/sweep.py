@@ -10,9 +10,10 @@ A sweep file is a Python file with `get_sweep()` returning a dict:
   root       where the workdirs go (default "runs/sweeps"); a bucket URL for TPU VMs
   tpu, slurm backend settings (see those backends)
 Keys are config keys (`optim.lr`), or `config`: the config spec itself, so that one sweep can compare
-recipes. A run's name is made of its axis values (`clip_b32-tiny__lr0.001__seed0`); its workdir gets a sweep.json naming them, which
-`vlm_jax.tables` uses as the table's columns.
+recipes. A run's name is made of its axis values (`clip_b32-tiny__lr0.001__seed0`); its workdir gets a
+sweep.json naming them, which `vlm_jax.tables` uses as the table's columns.
 """
+
 import dataclasses
 import importlib.util
 import itertools
@@ -29,20 +30,29 @@ SWEEP_KEYS = ("name", "base", "grid", "zip", "seeds", "overrides", "root", "tpu"
 @dataclasses.dataclass
 class Run:
   name: str
-  config: str            # the config spec
-  overrides: dict        # {config key: value}, seed included
-  axes: dict             # the values of the sweep's axes (seed included), for tables
+  config: str  # the config spec
+  overrides: dict  # {config key: value}, seed included
+  axes: dict  # the values of the sweep's axes (seed included), for tables
   workdir: str
 
   def args(self) -> list:
     """The `python -m vlm_jax.main` arguments that train this run."""
     return ["--config", self.config, "--workdir", self.workdir] + [
-        f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()]
+      f"--config.{k}={format_value(v)}" for k, v in self.overrides.items()
+    ]
 
   def write_sweep_json(self, sweep_name: str):
-    storage.write_json(storage.join(self.workdir, "sweep.json"),
-                       {"sweep": sweep_name, "run": self.name, "config": self.config, "axes": self.axes,
-                        "overrides": self.overrides}, default=str)
+    storage.write_json(
+      storage.join(self.workdir, "sweep.json"),
+      {
+        "sweep": sweep_name,
+        "run": self.name,
+        "config": self.config,
+        "axes": self.axes,
+        "overrides": self.overrides,
+      },
+      default=str,
+    )
 
   def finished(self) -> bool:
     """A finished run has final_eval.json (so does each finished stage of a staged recipe)."""
@@ -73,8 +83,10 @@ def load_sweep(path: str) -> dict:
   sweep = module.get_sweep()
   unknown = set(sweep) - set(SWEEP_KEYS)
   if unknown or "name" not in sweep or "base" not in sweep:
-    raise ConfigError(f"{path}: a sweep needs name and base and may have {', '.join(SWEEP_KEYS)}; "
-                      f"unknown: {sorted(unknown)}")
+    raise ConfigError(
+      f"{path}: a sweep needs name and base and may have {', '.join(SWEEP_KEYS)}; "
+      f"unknown: {sorted(unknown)}"
+    )
   return sweep
 
 
@@ -91,22 +103,37 @@ def expand(sweep: dict, root: str | None = None) -> list:
   zipped = sweep.get("zip") or {}
   lengths = {len(v) for v in zipped.values()}
   if len(lengths) > 1:
-    raise ConfigError(f"sweep {sweep['name']}: zip lists must have one length, got {sorted(lengths)}")
+    raise ConfigError(
+      f"sweep {sweep['name']}: zip lists must have one length, got {sorted(lengths)}"
+    )
   zip_rows = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
-  grid_rows = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+  grid_rows = (
+    [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else [{}]
+  )
   seeds = list(sweep.get("seeds") or [0])
   root = root or sweep.get("root") or "runs/sweeps"
   runs, names = [], set()
   for grid_row, zip_row, seed in itertools.product(grid_rows, zip_rows, seeds):
     axes = {**zip_row, **grid_row}
     config = axes.get("config", sweep["base"])
-    overrides = {**(sweep.get("overrides") or {}), **{k: v for k, v in axes.items() if k != "config"}, "seed": seed}
+    overrides = {
+      **(sweep.get("overrides") or {}),
+      **{k: v for k, v in axes.items() if k != "config"},
+      "seed": seed,
+    }
     name = "__".join([_short(k, v) for k, v in axes.items()] + [f"seed{seed}"])
     if name in names:
       raise ConfigError(f"sweep {sweep['name']}: two runs would share the name {name!r}")
     names.add(name)
-    runs.append(Run(name=name, config=config, overrides=overrides, axes={**axes, "seed": seed},
-                    workdir=storage.join(root.rstrip("/"), sweep["name"], name)))
+    runs.append(
+      Run(
+        name=name,
+        config=config,
+        overrides=overrides,
+        axes={**axes, "seed": seed},
+        workdir=storage.join(root.rstrip("/"), sweep["name"], name),
+      )
+    )
   return runs
 
 

@@ -9,6 +9,7 @@ spot, preemptible, queued (use queued resources), name_prefix, code ("copy": thi
 git URL to clone), delete_when_done (True), max_restarts (10), poll_s (30), max_parallel (1: runs, and so
 VMs, at once), require_bucket (True: the sweep root must be gs://, so that checkpoints outlive a VM).
 """
+
 import concurrent.futures
 import os
 import re
@@ -20,11 +21,26 @@ import time
 
 from vlm_jax.errors import ConfigError
 
-DEFAULTS = dict(zone="", accelerator_type="v4-8", runtime_version="tpu-ubuntu2204-base", project="", spot=False,
-                preemptible=False, queued=False, name_prefix="vlm-jax", code="copy", delete_when_done=True,
-                max_restarts=10, poll_s=30, max_parallel=1, require_bucket=True)
+DEFAULTS = dict(
+  zone="",
+  accelerator_type="v4-8",
+  runtime_version="tpu-ubuntu2204-base",
+  project="",
+  spot=False,
+  preemptible=False,
+  queued=False,
+  name_prefix="vlm-jax",
+  code="copy",
+  delete_when_done=True,
+  max_restarts=10,
+  poll_s=30,
+  max_parallel=1,
+  require_bucket=True,
+)
 GONE = ("PREEMPTED", "TERMINATED", "NOT_FOUND", "DELETING", "FAILED", "SUSPENDED")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # local path: this checkout
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # local path: this checkout
 
 
 def vm_name(prefix: str, sweep_name: str, index: int) -> str:
@@ -33,8 +49,15 @@ def vm_name(prefix: str, sweep_name: str, index: int) -> str:
 
 
 class TpuVm:
-
-  def __init__(self, settings: dict, *, gcloud: str = "gcloud", dry_run: bool = False, log=print, sleep=time.sleep):
+  def __init__(
+    self,
+    settings: dict,
+    *,
+    gcloud: str = "gcloud",
+    dry_run: bool = False,
+    log=print,
+    sleep=time.sleep,
+  ):
     self.s = {**DEFAULTS, **(settings or {})}
     if not self.s["zone"]:
       raise ConfigError("the tpu_vm backend needs tpu.zone in the sweep file (e.g. us-central2-b)")
@@ -43,7 +66,9 @@ class TpuVm:
   # --- gcloud ----------------------------------------------------------------------------------------
 
   def _common(self):
-    return [f"--zone={self.s['zone']}"] + ([f"--project={self.s['project']}"] if self.s["project"] else [])
+    return [f"--zone={self.s['zone']}"] + (
+      [f"--project={self.s['project']}"] if self.s["project"] else []
+    )
 
   def call(self, *args, capture: bool = False):
     """Runs `gcloud args...` (dry run: prints it). Returns (exit code, stdout)."""
@@ -55,27 +80,70 @@ class TpuVm:
     return result.returncode, (result.stdout or "").strip()
 
   def ssh(self, name: str, command: str) -> int:
-    return self.call("compute", "tpus", "tpu-vm", "ssh", name, *self._common(), "--worker=all",
-                     f"--command={command}")[0]
+    return self.call(
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "ssh",
+      name,
+      *self._common(),
+      "--worker=all",
+      f"--command={command}",
+    )[0]
 
   def state(self, name: str) -> str:
     if self.s["queued"]:
-      code, out = self.call("compute", "tpus", "queued-resources", "describe", name, *self._common(),
-                            "--format=value(state.state)", capture=True)
+      code, out = self.call(
+        "compute",
+        "tpus",
+        "queued-resources",
+        "describe",
+        name,
+        *self._common(),
+        "--format=value(state.state)",
+        capture=True,
+      )
       return {"ACTIVE": "READY"}.get(out, out) if code == 0 else "NOT_FOUND"
-    code, out = self.call("compute", "tpus", "tpu-vm", "describe", name, *self._common(), "--format=value(state)",
-                          capture=True)
+    code, out = self.call(
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "describe",
+      name,
+      *self._common(),
+      "--format=value(state)",
+      capture=True,
+    )
     return out if code == 0 else "NOT_FOUND"
 
   def create(self, name: str):
     s = self.s
     flags = ["--spot"] if s["spot"] else (["--preemptible"] if s["preemptible"] else [])
     if s["queued"]:
-      self.call("compute", "tpus", "queued-resources", "create", name, f"--node-id={name}", *self._common(),
-                f"--accelerator-type={s['accelerator_type']}", f"--runtime-version={s['runtime_version']}", *flags)
+      self.call(
+        "compute",
+        "tpus",
+        "queued-resources",
+        "create",
+        name,
+        f"--node-id={name}",
+        *self._common(),
+        f"--accelerator-type={s['accelerator_type']}",
+        f"--runtime-version={s['runtime_version']}",
+        *flags,
+      )
     else:
-      self.call("compute", "tpus", "tpu-vm", "create", name, *self._common(),
-                f"--accelerator-type={s['accelerator_type']}", f"--version={s['runtime_version']}", *flags)
+      self.call(
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        name,
+        *self._common(),
+        f"--accelerator-type={s['accelerator_type']}",
+        f"--version={s['runtime_version']}",
+        *flags,
+      )
     while not self.dry_run and self.state(name) != "READY":
       if self.state(name) in ("FAILED", "SUSPENDED"):
         raise RuntimeError(f"TPU {name} could not be created (state {self.state(name)})")
@@ -83,7 +151,9 @@ class TpuVm:
 
   def delete(self, name: str):
     if self.s["queued"]:
-      self.call("compute", "tpus", "queued-resources", "delete", name, *self._common(), "--quiet", "--force")
+      self.call(
+        "compute", "tpus", "queued-resources", "delete", name, *self._common(), "--quiet", "--force"
+      )
     else:
       self.call("compute", "tpus", "tpu-vm", "delete", name, *self._common(), "--quiet")
 
@@ -96,13 +166,27 @@ class TpuVm:
     # local path: the code's archive, one per VM (runs go in parallel)
     archive = os.path.join(tempfile.gettempdir(), f"vlm_jax_code_{name}.tar.gz")  # local path
     if not self.dry_run:
-      files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split()
+      files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+      ).stdout.split()
       with tarfile.open(archive, "w:gz") as tar:  # local path
         for f in files:
           if os.path.exists(os.path.join(REPO, f)):  # local path
             tar.add(os.path.join(REPO, f), arcname=f)  # local path
-    self.call("compute", "tpus", "tpu-vm", "scp", archive, f"{name}:~/vlm_jax.tar.gz", *self._common(), "--worker=all")
+    self.call(
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "scp",
+      archive,
+      f"{name}:~/vlm_jax.tar.gz",
+      *self._common(),
+      "--worker=all",
+    )
     self.ssh(name, "mkdir -p ~/vlm_jax && tar xzf ~/vlm_jax.tar.gz -C ~/vlm_jax")
 
   # --- one run -------------------------------------------------------------------------------------
@@ -110,14 +194,18 @@ class TpuVm:
   def run(self, run, name: str) -> str:
     """Trains `run` on TPU VM `name` until it finishes, re-creating the VM after each preemption."""
     if self.s["require_bucket"] and "://" not in run.workdir:
-      raise ConfigError(f"{run.workdir} is not a bucket: set the sweep's root to gs://... so that checkpoints "
-                        "outlive a preempted TPU VM (or tpu.require_bucket=False)")
+      raise ConfigError(
+        f"{run.workdir} is not a bucket: set the sweep's root to gs://... so that checkpoints "
+        "outlive a preempted TPU VM (or tpu.require_bucket=False)"
+      )
     train = "bash ~/vlm_jax/launch/run_tpu.sh train " + shlex.join(run.args())
     for attempt in range(self.s["max_restarts"] + 1):
       if self.dry_run or self.state(name) != "READY":
         if not self.dry_run and self.state(name) != "NOT_FOUND":
           self.delete(name)
-        self.log(f"{run.name}: creating {name} ({self.s['accelerator_type']}, attempt {attempt + 1})")
+        self.log(
+          f"{run.name}: creating {name} ({self.s['accelerator_type']}, attempt {attempt + 1})"
+        )
         self.create(name)
         self.put_code(name)
         self.ssh(name, "bash ~/vlm_jax/launch/run_tpu.sh setup")
@@ -126,14 +214,18 @@ class TpuVm:
         if self.s["delete_when_done"]:
           self.delete(name)
         return "dry-run"
-      if code == 0 and run.finished():   # exit 0 alone may be a SIGTERM stop (maintenance) with a checkpoint
+      if (
+        code == 0 and run.finished()
+      ):  # exit 0 alone may be a SIGTERM stop (maintenance) with a checkpoint
         self.log(f"{run.name}: finished on {name}")
         if self.s["delete_when_done"]:
           self.delete(name)
         return "finished"
       state = self.state(name)
       if state in GONE:
-        self.log(f"{run.name}: {name} is {state}; re-creating it and resuming from the last checkpoint")
+        self.log(
+          f"{run.name}: {name} is {state}; re-creating it and resuming from the last checkpoint"
+        )
       elif code == 0:
         self.log(f"{run.name}: stopped with a checkpoint on {name} (SIGTERM); resuming it there")
       else:
@@ -141,8 +233,16 @@ class TpuVm:
     return f"failed: preempted more than {self.s['max_restarts']} times"
 
 
-def launch(runs, sweep_name: str, settings: dict, *, dry_run: bool = False, log=print, gcloud: str = "gcloud",
-           sleep=time.sleep) -> dict:
+def launch(
+  runs,
+  sweep_name: str,
+  settings: dict,
+  *,
+  dry_run: bool = False,
+  log=print,
+  gcloud: str = "gcloud",
+  sleep=time.sleep,
+) -> dict:
   """Runs the sweep's runs, `tpu.max_parallel` at a time, one TPU VM each (named <prefix>-<sweep>-<index>)."""
   backend = TpuVm(settings, gcloud=gcloud, dry_run=dry_run, log=log, sleep=sleep)
   names = [vm_name(backend.s["name_prefix"], sweep_name, i) for i in range(len(runs))]
@@ -152,7 +252,9 @@ def launch(runs, sweep_name: str, settings: dict, *, dry_run: bool = False, log=
   return {run.name: result for run, result in zip(runs, results)}
 
 
-def delete_all(runs, sweep_name: str, settings: dict, *, dry_run: bool = False, log=print, gcloud: str = "gcloud"):
+def delete_all(
+  runs, sweep_name: str, settings: dict, *, dry_run: bool = False, log=print, gcloud: str = "gcloud"
+):
   """Deletes the sweep's TPU VMs that still exist."""
   backend = TpuVm(settings, gcloud=gcloud, dry_run=dry_run, log=log)
   for i, _ in enumerate(runs):

@@ -3,6 +3,7 @@
 Every model's parameters of the image tower are named `image_*` and those of the text tower `text_*`, so
 `model.locked = ('image',)` (LiT) can freeze a tower by name.
 """
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -10,8 +11,16 @@ import numpy as np
 from vlm_jax.models import coca, flava, fusion, layers, prefix_lm, simvlm, text, two_tower, vit
 from vlm_jax.registry import MODELS
 
-TWO_TOWER_FIELDS = ("embed_dim", "logit_scale_init", "logit_scale_max", "logit_bias_init", "image_head",
-                    "text_head_bias", "locked", "text_mlm_head")
+TWO_TOWER_FIELDS = (
+  "embed_dim",
+  "logit_scale_init",
+  "logit_scale_max",
+  "logit_bias_init",
+  "image_head",
+  "text_head_bias",
+  "locked",
+  "text_mlm_head",
+)
 
 
 def shared_fields(config):
@@ -21,15 +30,23 @@ def shared_fields(config):
 def tower_fields(config, vocab_size: int):
   """(image, text) module fields: the named variant's sizes, overridden by any field the config sets."""
   options = dict(remat=config.remat, scan=config.scan_layers)
-  image = {**vit.parse_variant(config.image.variant), **options,
-           **{k: v for k, v in config.image.items() if k != "variant"}}
+  image = {
+    **vit.parse_variant(config.image.variant),
+    **options,
+    **{k: v for k, v in config.image.items() if k != "variant"},
+  }
   # A converted checkpoint fixes its vocabulary size (model.text.vocab_size); otherwise the tokenizer's.
-  txt = {**text.parse_variant(config.text.variant), **options,
-         **{k: v for k, v in config.text.items() if k != "variant"}}
+  txt = {
+    **text.parse_variant(config.text.variant),
+    **options,
+    **{k: v for k, v in config.text.items() if k != "variant"},
+  }
   txt["vocab_size"] = text.pad_vocab(txt.get("vocab_size") or vocab_size)
   for fields in (image, txt):
     if "locked" in fields:
-      raise ValueError("lock a tower with model.locked = ('image',), not inside model.image / model.text")
+      raise ValueError(
+        "lock a tower with model.locked = ('image',), not inside model.image / model.text"
+      )
   return image, txt
 
 
@@ -50,7 +67,9 @@ def locked_regex(locked) -> str:
 def build_two_tower(config, vocab_size: int):
   """CLIP / SigLIP / LiT: ViT image tower + text tower, projections, logit scale (and bias for SigLIP)."""
   image, txt = tower_fields(config, vocab_size)
-  fields = {k: (tuple(config[k]) if k == "locked" else config[k]) for k in TWO_TOWER_FIELDS if k in config}
+  fields = {
+    k: (tuple(config[k]) if k == "locked" else config[k]) for k in TWO_TOWER_FIELDS if k in config
+  }
   return two_tower.TwoTower(image=image, text=txt, **fields, **shared_fields(config))
 
 
@@ -58,39 +77,70 @@ def build_two_tower(config, vocab_size: int):
 def build_coca(config, vocab_size: int):
   """CoCa: ViT + attentional poolers, unimodal text decoder, multimodal decoder with cross-attention."""
   image, txt = tower_fields(config, vocab_size)
-  return coca.CoCa(image=image, text=txt, decoder=dict(config.decoder), embed_dim=config.embed_dim,
-                   caption_queries=config.caption_queries, locked=tuple(config.get("locked", ())),
-                   **shared_fields(config))
+  return coca.CoCa(
+    image=image,
+    text=txt,
+    decoder=dict(config.decoder),
+    embed_dim=config.embed_dim,
+    caption_queries=config.caption_queries,
+    locked=tuple(config.get("locked", ())),
+    **shared_fields(config),
+  )
 
 
 @MODELS.register("prefix_lm")
 def build_prefix_lm(config, vocab_size: int):
   """Decoder-only prefix-LM: ViT -> projector (model.projector: linear | mlp) -> one causal/prefix decoder."""
   image, txt = tower_fields(config, vocab_size)
-  return prefix_lm.PrefixLM(image=image, text=txt, projector_kind=config.get("projector", "mlp"),
-                            **shared_fields(config))
+  return prefix_lm.PrefixLM(
+    image=image, text=txt, projector_kind=config.get("projector", "mlp"), **shared_fields(config)
+  )
 
 
 @MODELS.register("simvlm")
 def build_simvlm(config, vocab_size: int):
   """SimVLM: [image (conv stem, patches); text prefix] encoder, causal decoder with cross-attention."""
   patch = vit.parse_variant(config.image.variant)
-  enc = {**dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.encoder.variant])),
-         **{k: v for k, v in config.encoder.items() if k != "variant"}}
-  dec = {**dict(zip(("depth", "num_heads", "mlp_dim"), vit.SIZES[config.decoder.variant][1:])),
-         **{k: v for k, v in config.decoder.items() if k != "variant"}}
-  txt = {"max_len": config.text.max_len, "pad_id": config.text.get("pad_id", 0),
-         "vocab_size": text.pad_vocab(config.text.get("vocab_size") or vocab_size)}
-  image = {"patch_size": patch["patch_size"], "image_size": config.image.image_size, "stem": config.image.get("stem", 0)}
-  return simvlm.SimVLM(image=image, text=txt, encoder=enc, decoder=dec, act=config.get("act", "gelu"),
-                       dropout=config.get("dropout", 0.0), remat=config.remat, scan=config.scan_layers,
-                       **shared_fields(config))
+  enc = {
+    **dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.encoder.variant])),
+    **{k: v for k, v in config.encoder.items() if k != "variant"},
+  }
+  dec = {
+    **dict(zip(("depth", "num_heads", "mlp_dim"), vit.SIZES[config.decoder.variant][1:])),
+    **{k: v for k, v in config.decoder.items() if k != "variant"},
+  }
+  txt = {
+    "max_len": config.text.max_len,
+    "pad_id": config.text.get("pad_id", 0),
+    "vocab_size": text.pad_vocab(config.text.get("vocab_size") or vocab_size),
+  }
+  image = {
+    "patch_size": patch["patch_size"],
+    "image_size": config.image.image_size,
+    "stem": config.image.get("stem", 0),
+  }
+  return simvlm.SimVLM(
+    image=image,
+    text=txt,
+    encoder=enc,
+    decoder=dec,
+    act=config.get("act", "gelu"),
+    dropout=config.get("dropout", 0.0),
+    remat=config.remat,
+    scan=config.scan_layers,
+    **shared_fields(config),
+  )
 
 
 def abstract_params(model, image_size: int, max_len: int):
   """The unboxed parameter tree of `model` as ShapeDtypeStructs (no memory is allocated)."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, image_size, image_size, 3), np.float32),
-                                            np.zeros((1, max_len), np.int32))["params"])
+  boxed = jax.eval_shape(
+    lambda: model.init(
+      jax.random.PRNGKey(0),
+      np.zeros((1, image_size, image_size, 3), np.float32),
+      np.zeros((1, max_len), np.int32),
+    )["params"]
+  )
   return nn.unbox(boxed)
 
 
@@ -99,23 +149,49 @@ def build_vilt(config, vocab_size: int):
   """ViLT: one transformer over patch + word embeddings. Its size is model.image.variant ('B/32'); the text
   side sets max_len (and vocab_size for imported weights)."""
   # Sizes from the variant, unless set explicitly (imported checkpoints).
-  size = {**vit.parse_variant(config.image.variant),
-          **{k: config.image[k] for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size") if k in config.image}}
+  size = {
+    **vit.parse_variant(config.image.variant),
+    **{
+      k: config.image[k]
+      for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size")
+      if k in config.image
+    },
+  }
   txt = config.text
   return fusion.SingleTower(
-      vocab_size=text.pad_vocab(txt.get("vocab_size") or vocab_size), width=size["width"], depth=size["depth"],
-      num_heads=size["num_heads"], mlp_dim=size["mlp_dim"], patch_size=size["patch_size"],
-      image_size=config.image.image_size, max_len=txt.max_len, pad_id=txt.get("pad_id", 0),
-      act=config.image.get("act", "gelu"), ln_eps=config.get("ln_eps", 1e-12),
-      dropout=config.get("dropout", 0.0), remat=config.remat, scan=config.scan_layers, **shared_fields(config))
+    vocab_size=text.pad_vocab(txt.get("vocab_size") or vocab_size),
+    width=size["width"],
+    depth=size["depth"],
+    num_heads=size["num_heads"],
+    mlp_dim=size["mlp_dim"],
+    patch_size=size["patch_size"],
+    image_size=config.image.image_size,
+    max_len=txt.max_len,
+    pad_id=txt.get("pad_id", 0),
+    act=config.image.get("act", "gelu"),
+    ln_eps=config.get("ln_eps", 1e-12),
+    dropout=config.get("dropout", 0.0),
+    remat=config.remat,
+    scan=config.scan_layers,
+    **shared_fields(config),
+  )
 
 
 @MODELS.register("flava")
 def build_flava(config, vocab_size: int):
   """FLAVA: image, text and multimodal encoders with contrastive, MIM, MLM, MMM and ITM heads."""
   image, txt = tower_fields(config, vocab_size)
-  mm = {**dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.multimodal.variant])),
-        "remat": config.remat, "scan": config.scan_layers,
-        **{k: v for k, v in config.multimodal.items() if k != "variant"}}
-  return flava.Flava(image=image, text=txt, multimodal=mm, embed_dim=config.embed_dim,
-                     mim_codes=config.get("mim_codes", 0), **shared_fields(config))
+  mm = {
+    **dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.multimodal.variant])),
+    "remat": config.remat,
+    "scan": config.scan_layers,
+    **{k: v for k, v in config.multimodal.items() if k != "variant"},
+  }
+  return flava.Flava(
+    image=image,
+    text=txt,
+    multimodal=mm,
+    embed_dim=config.embed_dim,
+    mim_codes=config.get("mim_codes", 0),
+    **shared_fields(config),
+  )

@@ -9,6 +9,7 @@ Differences from the paper, on purpose: the text embedding is read at the end-of
 instead of an appended [CLS] token; both do the same job in a causal tower and this keeps one text
 encoder for CLIP, LiT and CoCa.
 """
+
 import math
 from typing import Any
 
@@ -20,9 +21,9 @@ from vlm_jax.models.two_tower import l2_normalize
 
 
 class CoCa(nn.Module):
-  image: dict              # VisionTransformer fields (pool is forced to 'none')
-  text: dict               # TextTransformer fields (causal, eot pooling)
-  decoder: dict            # multimodal decoder: depth, num_heads, mlp_dim
+  image: dict  # VisionTransformer fields (pool is forced to 'none')
+  text: dict  # TextTransformer fields (causal, eot pooling)
+  decoder: dict  # multimodal decoder: depth, num_heads, mlp_dim
   embed_dim: int = 512
   caption_queries: int = 256
   logit_scale_init: float = math.log(1 / 0.07)
@@ -41,29 +42,54 @@ class CoCa(nn.Module):
     self.image_pool = layers.AttentionPool(1, heads, **kw)
     self.image_caption_pool = layers.AttentionPool(self.caption_queries, heads, **kw)
     self.text_encoder = text.TextTransformer(**self.text, **kw)
-    proj = lambda fan_in: layers.partitioned(nn.initializers.normal(fan_in ** -0.5), ("embed", "proj"))
-    self.image_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw)
-    self.text_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=proj(self.text["width"]), **kw)
+    proj = lambda fan_in: layers.partitioned(
+      nn.initializers.normal(fan_in**-0.5), ("embed", "proj")
+    )
+    self.image_proj = nn.Dense(
+      self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw
+    )
+    self.text_proj = nn.Dense(
+      self.embed_dim, use_bias=False, kernel_init=proj(self.text["width"]), **kw
+    )
     # Not named image_*: it belongs to the decoder and trains when the image tower is locked.
-    self.decoder_context_proj = nn.Dense(self.text["width"], **kw,
-                                  kernel_init=layers.partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
-                                  bias_init=layers.partitioned(nn.initializers.zeros, ("mlp",)))
+    self.decoder_context_proj = nn.Dense(
+      self.text["width"],
+      **kw,
+      kernel_init=layers.partitioned(nn.initializers.xavier_uniform(), ("embed", "mlp")),
+      bias_init=layers.partitioned(nn.initializers.zeros, ("mlp",)),
+    )
     self.multimodal_decoder = layers.Encoder(
-        cross_attention=True, act=self.text.get("act", "gelu"), remat=self.text.get("remat", "none"),
-        scan=self.text.get("scan", False), **self.decoder, **kw)
+      cross_attention=True,
+      act=self.text.get("act", "gelu"),
+      remat=self.text.get("remat", "none"),
+      scan=self.text.get("scan", False),
+      **self.decoder,
+      **kw,
+    )
     self.decoder_ln = layers.layer_norm("decoder_ln", **kw)
-    self.lm_head = nn.Dense(self.text["vocab_size"], use_bias=False, **kw,
-                            kernel_init=layers.partitioned(nn.initializers.normal(self.text["width"] ** -0.5),
-                                                           ("embed", "vocab")))
+    self.lm_head = nn.Dense(
+      self.text["vocab_size"],
+      use_bias=False,
+      **kw,
+      kernel_init=layers.partitioned(
+        nn.initializers.normal(self.text["width"] ** -0.5), ("embed", "vocab")
+      ),
+    )
     self.decode_state = layers.DecodeState()
-    self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
-                                  (), jnp.float32)
+    self.logit_scale = self.param(
+      "logit_scale",
+      layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
+      (),
+      jnp.float32,
+    )
 
   def _image(self, images, train):
     """(normalised contrastive embedding, caption context tokens)."""
+
     def features(x, train):
       _, tokens = self.image_encoder(x, train=train)
       return self.image_proj(self.image_pool(tokens)[:, 0]), self.image_caption_pool(tokens)
+
     emb, context = two_tower.run_tower(self.locked, "image", features, images, train)
     return l2_normalize(emb), context
 
@@ -71,6 +97,7 @@ class CoCa(nn.Module):
     def features(x, train):
       pooled, hidden = self.text_encoder(x, train=train)
       return self.text_proj(pooled), hidden
+
     emb, hidden = two_tower.run_tower(self.locked, "text", features, tokens, train)
     return l2_normalize(emb), hidden
 
@@ -95,9 +122,13 @@ class CoCa(nn.Module):
     (causal throughout, so a prompt chunk needs nothing special); prefill: [batch, vocab] after the prompt."""
     pad_id = self.text.get("pad_id", 0)
     valid = tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
-    positions, mask = self.decode_state(valid, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
+    positions, mask = self.decode_state(
+      valid, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    )
     _, hidden = self.text_encoder(tokens, decode=True, positions=positions, mask=mask)
-    x = self.multimodal_decoder(hidden, mask, True, context=self.decoder_context_proj(context), decode=True)
+    x = self.multimodal_decoder(
+      hidden, mask, True, context=self.decoder_context_proj(context), decode=True
+    )
     logits = self.lm_head(self.decoder_ln(x)).astype(jnp.float32)
     return layers.last_valid(logits, valid) if prefill else logits
 
@@ -110,9 +141,12 @@ class CoCa(nn.Module):
     return self._decode(hidden, context, tokens, train)
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
-    del requests   # CoCa's objective reads the outputs below; it asks for nothing more
+    del requests  # CoCa's objective reads the outputs below; it asks for nothing more
     image_emb, context = self._image(images, train)
     text_emb, hidden = self._text(tokens, train)
-    return {"image_emb": image_emb, "text_emb": text_emb,
-            "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
-            "caption_logits": self._decode(hidden, context, tokens, train)}
+    return {
+      "image_emb": image_emb,
+      "text_emb": text_emb,
+      "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
+      "caption_logits": self._decode(hidden, context, tokens, train),
+    }

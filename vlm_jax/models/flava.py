@@ -6,6 +6,7 @@ positions of the multimodal encoder) and image-text matching (on the multimodal 
 MIM heads predict either normalised pixels of each patch (`mim_codes=0`, MAE-style regression) or one of
 `mim_codes` visual tokens from a k-means patch codebook (`python -m vlm_jax.data.codebook`).
 """
+
 import math
 from typing import Any
 
@@ -19,8 +20,9 @@ from vlm_jax.models.two_tower import l2_normalize
 class PredictionHead(nn.Module):
   """BERT's masked-prediction head, as FLAVA's MLM / MIM / MMM heads: dense -> activation -> LayerNorm ->
   decoder to `features` outputs."""
+
   features: int
-  out_axis: str                 # logical axis of the outputs: vocab (words) or mlp (visual codes, pixels)
+  out_axis: str  # logical axis of the outputs: vocab (words) or mlp (visual codes, pixels)
   act: str = "gelu"
   ln_eps: float = 1e-5
   dtype: Any = jnp.float32
@@ -29,21 +31,25 @@ class PredictionHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    dense = lambda n, axes, name: nn.Dense(n, kernel_init=layers.partitioned(nn.initializers.normal(0.02), axes),
-                                           bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]),
-                                           name=name, **kw)
+    dense = lambda n, axes, name: nn.Dense(
+      n,
+      kernel_init=layers.partitioned(nn.initializers.normal(0.02), axes),
+      bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]),
+      name=name,
+      **kw,
+    )
     x = layers.ACTIVATIONS[self.act](dense(x.shape[-1], ("embed", "mlp"), "transform")(x))
     x = layers.layer_norm("ln", eps=self.ln_eps, **kw)(x)
-    in_axis = "embed" if self.out_axis == "mlp" else "mlp"   # an axis name may occur once per array
+    in_axis = "embed" if self.out_axis == "mlp" else "mlp"  # an axis name may occur once per array
     return dense(self.features, (in_axis, self.out_axis), "decoder")(x).astype(jnp.float32)
 
 
 class Flava(nn.Module):
-  image: dict              # VisionTransformer fields (class token; tokens are LayerNormed)
-  text: dict               # TextTransformer fields (bidirectional, first-token pooling, embedding LayerNorm)
-  multimodal: dict         # width, depth, num_heads, mlp_dim
+  image: dict  # VisionTransformer fields (class token; tokens are LayerNormed)
+  text: dict  # TextTransformer fields (bidirectional, first-token pooling, embedding LayerNorm)
+  multimodal: dict  # width, depth, num_heads, mlp_dim
   embed_dim: int = 768
-  mim_codes: int = 0       # 0: regress normalised pixels; K: classify into K codebook entries
+  mim_codes: int = 0  # 0: regress normalised pixels; K: classify into K codebook entries
   logit_scale_init: float = math.log(1 / 0.07)
   logit_scale_max: float = math.log(100.0)
   dtype: Any = jnp.float32
@@ -52,17 +58,37 @@ class Flava(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # As FLAVA's image encoder: no pre-LayerNorm, a biased patch embedding (overridable in config).
-    self.image_encoder = vit.VisionTransformer(**{"ln_pre": False, "patch_bias": True, **self.image, "pool": "cls",
-                                                  "norm_tokens": True, "mask_token": True}, **kw)
-    self.text_encoder = text.TextTransformer(**{"embed_ln": True, **self.text, "causal": False, "pool": "first"}, **kw)
+    self.image_encoder = vit.VisionTransformer(
+      **{
+        "ln_pre": False,
+        "patch_bias": True,
+        **self.image,
+        "pool": "cls",
+        "norm_tokens": True,
+        "mask_token": True,
+      },
+      **kw,
+    )
+    self.text_encoder = text.TextTransformer(
+      **{"embed_ln": True, **self.text, "causal": False, "pool": "first"}, **kw
+    )
     normal = lambda axes, std=0.02: layers.partitioned(nn.initializers.normal(std), axes)
-    dense = lambda n, axes, **k: nn.Dense(n, kernel_init=normal(axes), **k, **kw,
-                                          bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]))
+    dense = lambda n, axes, **k: nn.Dense(
+      n,
+      kernel_init=normal(axes),
+      **k,
+      **kw,
+      bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]),
+    )
     mm = self.multimodal["width"]
     self.image_proj = dense(self.embed_dim, ("embed", "proj"))
     self.text_proj = dense(self.embed_dim, ("embed", "proj"))
-    self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
-                                  (), jnp.float32)
+    self.logit_scale = self.param(
+      "logit_scale",
+      layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
+      (),
+      jnp.float32,
+    )
     self.image_to_mm = dense(mm, ("embed", "mlp"))
     self.text_to_mm = dense(mm, ("embed", "mlp"))
     self.mm_cls = self.param("mm_cls", normal(("embed",)), (mm,), self.param_dtype)
@@ -73,8 +99,9 @@ class Flava(nn.Module):
     self.mm_pooler = dense(mm, ("embed", "mlp"))
     self.itm_head = dense(2, ("mlp", "classes"))
     mim_out = self.mim_codes or self.image["patch_size"] ** 2 * 3
-    head = lambda tower, n, axis: PredictionHead(n, axis, act=tower.get("act", "gelu"),
-                                                 ln_eps=tower.get("ln_eps", 1e-5), **kw)
+    head = lambda tower, n, axis: PredictionHead(
+      n, axis, act=tower.get("act", "gelu"), ln_eps=tower.get("ln_eps", 1e-5), **kw
+    )
     self.text_mlm_head = head(self.text, self.text["vocab_size"], "vocab")
     self.image_mim_head = head(self.image, mim_out, "mlp")
     self.mm_mlm_head = head(self.text, self.text["vocab_size"], "vocab")
@@ -86,7 +113,9 @@ class Flava(nn.Module):
   # multimodal encoder reads the latter, as FLAVA does.
 
   def _image(self, images, train, patch_mask=None):
-    cls, tokens, hidden = self.image_encoder(images, train=train, patch_mask=patch_mask, return_hidden=True)
+    cls, tokens, hidden = self.image_encoder(
+      images, train=train, patch_mask=patch_mask, return_hidden=True
+    )
     return cls, jnp.concatenate([cls[:, None], tokens], axis=1), hidden
 
   def _text(self, tokens, train):
@@ -100,9 +129,11 @@ class Flava(nn.Module):
     cls = jnp.broadcast_to(self.mm_cls.astype(self.dtype), (b, 1, self.mm_cls.shape[0]))
     x = jnp.concatenate([cls, self.image_to_mm(image_hidden), self.text_to_mm(text_hidden)], axis=1)
     valid = jnp.concatenate([jnp.ones((b, 1 + image_hidden.shape[1]), bool), text_valid], axis=1)
-    x = self.mm_ln(self.mm_encoder(x, layers.attention_mask(jnp.ones_like(valid), valid, False), not train))
+    x = self.mm_ln(
+      self.mm_encoder(x, layers.attention_mask(jnp.ones_like(valid), valid, False), not train)
+    )
     n_image = image_hidden.shape[1]
-    return jnp.tanh(self.mm_pooler(x[:, 0])), x[:, 1:1 + n_image], x[:, 1 + n_image:]
+    return jnp.tanh(self.mm_pooler(x[:, 0])), x[:, 1 : 1 + n_image], x[:, 1 + n_image :]
 
   # --- objective entry points ----------------------------------------------------------------------
 
@@ -113,7 +144,9 @@ class Flava(nn.Module):
     return l2_normalize(self.text_proj(self._text(tokens, train)[0]))
 
   def itm_logits(self, images, tokens, train: bool = False):
-    pooled, _, _ = self._multimodal(self._image(images, train)[2], self._text(tokens, train)[2], tokens, train)
+    pooled, _, _ = self._multimodal(
+      self._image(images, train)[2], self._text(tokens, train)[2], tokens, train
+    )
     return self.itm_head(pooled).astype(jnp.float32)
 
   def text_mlm_logits(self, images, tokens, train: bool = False):
@@ -131,7 +164,9 @@ class Flava(nn.Module):
     """Masked multimodal modeling: (MLM logits at text positions, MIM predictions at patches) of the
     multimodal encoder fed masked tokens and masked patches."""
     image_hidden = self._image(images, train, patch_mask)[2]
-    _, image_part, text_part = self._multimodal(image_hidden, self._text(tokens, train)[2], tokens, train)
+    _, image_part, text_part = self._multimodal(
+      image_hidden, self._text(tokens, train)[2], tokens, train
+    )
     return self.mm_mlm_head(text_part), self.mm_mim_head(image_part[:, 1:])
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
@@ -147,15 +182,30 @@ class Flava(nn.Module):
     """
     image_cls, image_tokens, image_hidden = self._image(images, train)
     text_pooled, text_tokens, text_hidden = self._text(tokens, train)
-    image_emb, text_emb = l2_normalize(self.image_proj(image_cls)), l2_normalize(self.text_proj(text_pooled))
-    out = {"image_emb": image_emb, "text_emb": text_emb,
-           "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max)}
+    image_emb, text_emb = (
+      l2_normalize(self.image_proj(image_cls)),
+      l2_normalize(self.text_proj(text_pooled)),
+    )
+    out = {
+      "image_emb": image_emb,
+      "text_emb": text_emb,
+      "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
+    }
     if not requests:
       pooled, image_part, text_part = self._multimodal(image_hidden, text_hidden, tokens, train)
-      return {**out, "itm_logits": self.itm_head(pooled), "text_mlm_logits": self.text_mlm_head(text_tokens),
-              "image_mim": self.image_mim_head(image_tokens[:, 1:]), "mm_mlm_logits": self.mm_mlm_head(text_part),
-              "mm_mim": self.mm_mim_head(image_part[:, 1:])}
-    masked, patch_mask, itm = requests.get("masked_text"), requests.get("patch_mask"), requests.get("itm")
+      return {
+        **out,
+        "itm_logits": self.itm_head(pooled),
+        "text_mlm_logits": self.text_mlm_head(text_tokens),
+        "image_mim": self.image_mim_head(image_tokens[:, 1:]),
+        "mm_mlm_logits": self.mm_mlm_head(text_part),
+        "mm_mim": self.mm_mim_head(image_part[:, 1:]),
+      }
+    masked, patch_mask, itm = (
+      requests.get("masked_text"),
+      requests.get("patch_mask"),
+      requests.get("itm"),
+    )
     at = lambda x, positions: jnp.take_along_axis(x, positions[..., None], axis=1)
     if masked is not None:
       _, masked_text, masked_text_hidden = self._text(masked["tokens"], train)
@@ -164,11 +214,15 @@ class Flava(nn.Module):
       _, masked_image, masked_image_hidden = self._image(images, train, patch_mask)
       out["image_mim"] = self.image_mim_head(masked_image[:, 1:])
     if masked is not None and patch_mask is not None:
-      _, image_part, text_part = self._multimodal(masked_image_hidden, masked_text_hidden, masked["tokens"], train)
+      _, image_part, text_part = self._multimodal(
+        masked_image_hidden, masked_text_hidden, masked["tokens"], train
+      )
       out["mm_mlm_logits"] = self.mm_mlm_head(at(text_part, masked["positions"]))
       out["mm_mim"] = self.mm_mim_head(image_part[:, 1:])
     if itm is not None:
       index, negative, hard = itm(text_emb @ image_emb.T if itm.needs_scores else None)
       pooled, _, _ = self._multimodal(image_hidden[index], text_hidden, tokens, train)
-      out.update(itm_logits=self.itm_head(pooled).astype(jnp.float32), itm_negative=negative, itm_hard=hard)
+      out.update(
+        itm_logits=self.itm_head(pooled).astype(jnp.float32), itm_negative=negative, itm_hard=hard
+      )
     return out

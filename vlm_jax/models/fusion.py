@@ -6,6 +6,7 @@ modality-type embedding added to each, one pre-LN encoder over [text; image], a 
 tanh pooler on the first (text [CLS]/bos) token. Heads: image-text matching (2-way) on the pooled output and
 masked language modeling on the text positions.
 """
+
 from typing import Any
 
 import einops
@@ -38,30 +39,58 @@ class SingleTower(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     normal = lambda axes: layers.partitioned(nn.initializers.normal(0.02), axes)
-    self.text_embed = nn.Embed(self.vocab_size, self.width, embedding_init=normal(("vocab", "embed")), **kw)
-    self.text_pos_embed = self.param("text_pos_embed", normal(("length", "embed")), (self.max_len, self.width),
-                                     self.param_dtype)
+    self.text_embed = nn.Embed(
+      self.vocab_size, self.width, embedding_init=normal(("vocab", "embed")), **kw
+    )
+    self.text_pos_embed = self.param(
+      "text_pos_embed", normal(("length", "embed")), (self.max_len, self.width), self.param_dtype
+    )
     self.text_ln = layers.layer_norm("text_ln", eps=self.ln_eps, **kw)
-    self.patch_embed = nn.Dense(self.width, kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                                                           ("patch", "embed")),
-                                bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)), **kw)
+    self.patch_embed = nn.Dense(
+      self.width,
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("patch", "embed")),
+      bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
+      **kw,
+    )
     num_patches = (self.image_size // self.patch_size) ** 2
     self.image_cls = self.param("image_cls", normal(("embed",)), (self.width,), self.param_dtype)
-    self.image_pos_embed = self.param("image_pos_embed", normal(("length", "embed")), (num_patches + 1, self.width),
-                                      self.param_dtype)
-    self.modality_embed = self.param("modality_embed", normal(("modality", "embed")), (2, self.width),
-                                     self.param_dtype)
-    self.encoder = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout,
-                                  ln_eps=self.ln_eps, remat=self.remat, scan=self.scan, **kw)
+    self.image_pos_embed = self.param(
+      "image_pos_embed",
+      normal(("length", "embed")),
+      (num_patches + 1, self.width),
+      self.param_dtype,
+    )
+    self.modality_embed = self.param(
+      "modality_embed", normal(("modality", "embed")), (2, self.width), self.param_dtype
+    )
+    self.encoder = layers.Encoder(
+      self.depth,
+      self.num_heads,
+      self.mlp_dim,
+      act=self.act,
+      dropout=self.dropout,
+      ln_eps=self.ln_eps,
+      remat=self.remat,
+      scan=self.scan,
+      **kw,
+    )
     self.final_ln = layers.layer_norm("final_ln", eps=self.ln_eps, **kw)
-    dense = lambda n, axes: nn.Dense(n, kernel_init=layers.partitioned(nn.initializers.normal(0.02), axes),
-                                     bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]), **kw)
+    dense = lambda n, axes: nn.Dense(
+      n,
+      kernel_init=layers.partitioned(nn.initializers.normal(0.02), axes),
+      bias_init=layers.partitioned(nn.initializers.zeros, axes[1:]),
+      **kw,
+    )
     self.pooler = dense(self.width, ("embed", "mlp"))
     self.itm_head = dense(2, ("mlp", "classes"))
     self.mlm_transform = dense(self.width, ("embed", "mlp"))
     self.mlm_ln = layers.layer_norm("mlm_ln", eps=self.ln_eps, **kw)
-    self.mlm_bias = self.param("mlm_bias", layers.partitioned(nn.initializers.zeros, ("vocab",)), (self.vocab_size,),
-                               self.param_dtype)
+    self.mlm_bias = self.param(
+      "mlm_bias",
+      layers.partitioned(nn.initializers.zeros, ("vocab",)),
+      (self.vocab_size,),
+      self.param_dtype,
+    )
 
   def _text(self, tokens):
     if tokens.shape[1] > self.max_len:
@@ -71,7 +100,9 @@ class SingleTower(nn.Module):
 
   def _image(self, images):
     p = self.patch_size
-    patches = einops.rearrange(images.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
+    patches = einops.rearrange(
+      images.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p
+    )
     x = self.patch_embed(patches)
     cls = jnp.broadcast_to(self.image_cls.astype(self.dtype), (x.shape[0], 1, self.width))
     x = jnp.concatenate([cls, x], axis=1) + self.image_pos_embed.astype(self.dtype)[None]
@@ -89,7 +120,11 @@ class SingleTower(nn.Module):
   def features(self, images, tokens, train: bool = False):
     """-> {'pooled' [batch, width], 'text_tokens' [batch, length, width], 'image_tokens'}."""
     x = self._encode([self._text(tokens), self._image(images)], train)
-    return {"pooled": self._pool(x), "text_tokens": x[:, : tokens.shape[1]], "image_tokens": x[:, tokens.shape[1]:]}
+    return {
+      "pooled": self._pool(x),
+      "text_tokens": x[:, : tokens.shape[1]],
+      "image_tokens": x[:, tokens.shape[1] :],
+    }
 
   def _itm_head(self, pooled):
     return self.itm_head(pooled).astype(jnp.float32)
@@ -106,16 +141,25 @@ class SingleTower(nn.Module):
     heads at every position."""
     if not requests:
       out = self.features(images, tokens, train)
-      return {**out, "itm_logits": self._itm_head(out["pooled"]), "mlm_logits": self._mlm_head(out["text_tokens"])}
+      return {
+        **out,
+        "itm_logits": self._itm_head(out["pooled"]),
+        "mlm_logits": self._mlm_head(out["text_tokens"]),
+      }
     out = {}
     masked, itm = requests.get("masked_text"), requests.get("itm")
     if masked is not None:
       text = self.features(images, masked["tokens"], train)["text_tokens"]
-      out["mlm_logits"] = self._mlm_head(jnp.take_along_axis(text, masked["positions"][..., None], axis=1))
+      out["mlm_logits"] = self._mlm_head(
+        jnp.take_along_axis(text, masked["positions"][..., None], axis=1)
+      )
     if itm is not None:
       index, negative, hard = itm(self.match_scores(images, tokens) if itm.needs_scores else None)
-      out.update(itm_logits=self._itm_head(self.features(images[index], tokens, train)["pooled"]),
-                 itm_negative=negative, itm_hard=hard)
+      out.update(
+        itm_logits=self._itm_head(self.features(images[index], tokens, train)["pooled"]),
+        itm_negative=negative,
+        itm_hard=hard,
+      )
     return out
 
   def itm_logits(self, images, tokens, train: bool = False):

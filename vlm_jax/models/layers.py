@@ -3,8 +3,10 @@
 Logical axes: batch, length, embed, mlp, heads, kv, vocab, layers. `vlm_jax.core.sharding` maps them
 to the `data`/`fsdp`/`tensor` mesh.
 """
+
+from collections.abc import Callable
 import functools
-from typing import Any, Callable, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,10 +16,10 @@ Dtype = Any
 constrain = nn.with_logical_constraint
 
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
@@ -30,17 +32,26 @@ def partitioned(init: Callable, axes) -> Callable:
 
 
 def layer_norm(name: str, dtype, param_dtype, eps: float = 1e-5) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-                      scale_init=partitioned(nn.initializers.ones, ("embed",)),
-                      bias_init=partitioned(nn.initializers.zeros, ("embed",)))
+  return nn.LayerNorm(
+    epsilon=eps,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+    scale_init=partitioned(nn.initializers.ones, ("embed",)),
+    bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+  )
 
 
 def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=False), "gelu_tanh": jax.nn.gelu,
-               "quick_gelu": quick_gelu, "relu": jax.nn.relu}
+ACTIVATIONS = {
+  "gelu": functools.partial(jax.nn.gelu, approximate=False),
+  "gelu_tanh": jax.nn.gelu,
+  "quick_gelu": quick_gelu,
+  "relu": jax.nn.relu,
+}
 
 
 class MLP(nn.Module):
@@ -54,22 +65,35 @@ class MLP(nn.Module):
   def __call__(self, x, deterministic: bool = True):
     width = x.shape[-1]
     init = nn.initializers.xavier_uniform()
-    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1",
-                 kernel_init=partitioned(init, ("embed", "mlp")),
-                 bias_init=partitioned(nn.initializers.zeros, ("mlp",)))(x)
+    x = nn.Dense(
+      self.hidden,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="fc1",
+      kernel_init=partitioned(init, ("embed", "mlp")),
+      bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
+    )(x)
     x = constrain(ACTIVATIONS[self.act](x), ("batch", "length", "mlp"))
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
-    return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2",
-                    kernel_init=partitioned(init, ("mlp", "embed")),
-                    bias_init=partitioned(nn.initializers.zeros, ("embed",)))(x)
+    return nn.Dense(
+      width,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="fc2",
+      kernel_init=partitioned(init, ("mlp", "embed")),
+      bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+    )(x)
 
 
 def attention_mask(query_valid, key_valid, causal: bool):
   """[batch, 1, q, k] boolean mask from per-position validity and causality (a `block_mask`)."""
   q, k = query_valid.shape[-1], key_valid.shape[-1]
   blocks = (lambda n: jnp.arange(n)) if causal else (lambda n: jnp.zeros(n, jnp.int32))
-  mask = block_mask(jnp.broadcast_to(blocks(q), query_valid.shape), jnp.broadcast_to(blocks(k), key_valid.shape),
-                    key_valid)
+  mask = block_mask(
+    jnp.broadcast_to(blocks(q), query_valid.shape),
+    jnp.broadcast_to(blocks(k), key_valid.shape),
+    key_valid,
+  )
   return mask & query_valid[:, None, :, None]
 
 
@@ -80,7 +104,9 @@ def block_mask(query_blocks, key_blocks, key_valid):
   [image; prefix], then positions: full attention over the prefix, causal over the suffix; see
   `prefix_blocks`), block-causal (any non-decreasing block ids), bidirectional (all blocks 0).
   """
-  return key_valid[:, None, None, :] & (key_blocks[:, None, None, :] <= query_blocks[:, None, :, None])
+  return key_valid[:, None, None, :] & (
+    key_blocks[:, None, None, :] <= query_blocks[:, None, :, None]
+  )
 
 
 def prefix_blocks(length: int, prefix_len):
@@ -133,13 +159,16 @@ class Attention(nn.Module):
   queries attend over all of it; `mask` then has the cache's length on its last axis (`DecodeState`).
   The first decode call, with a full-length input, creates the cache and attends normally.
   """
+
   num_heads: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask=None, inputs_kv=None, deterministic: bool = True, decode: bool = False):
+  def __call__(
+    self, x, mask=None, inputs_kv=None, deterministic: bool = True, decode: bool = False
+  ):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -177,6 +206,7 @@ class Attention(nn.Module):
 # logical-axis constraints), with Xavier fan-in/out computed over the right axes.
 class HeadProjection(nn.Module):
   """[..., embed] -> [..., heads, kv]."""
+
   num_heads: int
   head_dim: int
   dtype: Dtype = jnp.float32
@@ -185,15 +215,26 @@ class HeadProjection(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2))
-    kernel = self.param("kernel", partitioned(init, ("embed", "heads", "kv")),
-                        (x.shape[-1], self.num_heads, self.head_dim), self.param_dtype)
-    bias = self.param("bias", partitioned(nn.initializers.zeros, ("heads", "kv")),
-                      (self.num_heads, self.head_dim), self.param_dtype)
-    return jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    kernel = self.param(
+      "kernel",
+      partitioned(init, ("embed", "heads", "kv")),
+      (x.shape[-1], self.num_heads, self.head_dim),
+      self.param_dtype,
+    )
+    bias = self.param(
+      "bias",
+      partitioned(nn.initializers.zeros, ("heads", "kv")),
+      (self.num_heads, self.head_dim),
+      self.param_dtype,
+    )
+    return jnp.einsum(
+      "...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype)
+    ) + bias.astype(self.dtype)
 
 
 class HeadMerge(nn.Module):
   """[..., heads, kv] -> [..., features]."""
+
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -201,15 +242,24 @@ class HeadMerge(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1), out_axis=2)
-    kernel = self.param("kernel", partitioned(init, ("heads", "kv", "embed")),
-                        (x.shape[-2], x.shape[-1], self.features), self.param_dtype)
-    bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (self.features,), self.param_dtype)
-    return jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    kernel = self.param(
+      "kernel",
+      partitioned(init, ("heads", "kv", "embed")),
+      (x.shape[-2], x.shape[-1], self.features),
+      self.param_dtype,
+    )
+    bias = self.param(
+      "bias", partitioned(nn.initializers.zeros, ("embed",)), (self.features,), self.param_dtype
+    )
+    return jnp.einsum(
+      "...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype)
+    ) + bias.astype(self.dtype)
 
 
 class Block(nn.Module):
   """Pre-LayerNorm transformer block, with cross-attention to a `context` when `cross_attention` is set
   (decoders: CoCa's multimodal decoder, SimVLM). Returns (x, None) so that it can be scanned."""
+
   num_heads: int
   mlp_dim: int
   act: str = "gelu"
@@ -225,15 +275,24 @@ class Block(nn.Module):
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
     x = constrain(x, ("batch", "length", "embed"))
     y = layer_norm("ln_1", eps=self.ln_eps, **kw)(x)
-    x = x + drop(Attention(self.num_heads, dropout=self.dropout, name="attn", **kw)(
-        y, mask, deterministic=deterministic, decode=decode))
+    x = x + drop(
+      Attention(self.num_heads, dropout=self.dropout, name="attn", **kw)(
+        y, mask, deterministic=deterministic, decode=decode
+      )
+    )
     if self.cross_attention:
       y = layer_norm("ln_cross", eps=self.ln_eps, **kw)(x)
-      x = x + drop(Attention(self.num_heads, dropout=self.dropout, name="cross_attn", **kw)(
-          y, context_mask, inputs_kv=context, deterministic=deterministic))
+      x = x + drop(
+        Attention(self.num_heads, dropout=self.dropout, name="cross_attn", **kw)(
+          y, context_mask, inputs_kv=context, deterministic=deterministic
+        )
+      )
     y = layer_norm("ln_2", eps=self.ln_eps, **kw)(x)
-    x = x + drop(MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)(
-        y, deterministic=deterministic))
+    x = x + drop(
+      MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)(
+        y, deterministic=deterministic
+      )
+    )
     return constrain(x, ("batch", "length", "embed")), None
 
 
@@ -242,9 +301,10 @@ class AttentionPool(nn.Module):
 
   tokens [batch, n, width] -> [batch, num_queries, width].
   """
+
   num_queries: int
   num_heads: int
-  mlp_dim: int = 0           # 0: attention only; else a pre-LN residual MLP after it
+  mlp_dim: int = 0  # 0: attention only; else a pre-LN residual MLP after it
   act: str = "gelu"
   ln_eps: float = 1e-5
   dtype: Dtype = jnp.float32
@@ -254,8 +314,12 @@ class AttentionPool(nn.Module):
   def __call__(self, tokens):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = tokens.shape[-1]
-    probe = self.param("probe", partitioned(nn.initializers.xavier_uniform(), ("length", "embed")),
-                       (self.num_queries, width), self.param_dtype)
+    probe = self.param(
+      "probe",
+      partitioned(nn.initializers.xavier_uniform(), ("length", "embed")),
+      (self.num_queries, width),
+      self.param_dtype,
+    )
     queries = jnp.broadcast_to(probe.astype(self.dtype)[None], (tokens.shape[0],) + probe.shape)
     x = Attention(self.num_heads, name="attn", **kw)(queries, inputs_kv=tokens)
     if self.mlp_dim:
@@ -270,6 +334,7 @@ class Encoder(nn.Module):
   Scanning compiles one block instead of `depth` (fast compiles for deep models); its parameters get a
   leading `layers` axis.
   """
+
   depth: int
   num_heads: int
   mlp_dim: int
@@ -283,21 +348,42 @@ class Encoder(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True, context=None,
-               decode: bool = False, context_mask=None):
+  def __call__(
+    self,
+    x,
+    mask: jax.Array | None = None,
+    deterministic: bool = True,
+    context=None,
+    decode: bool = False,
+    context_mask=None,
+  ):
     """context_mask: [batch, 1, q or 1, context] for cross-attention (None: every context token)."""
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
     block = Block
     if self.remat != "none":
-      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(4, 5))
-    kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, dropout=self.dropout,
-              ln_eps=self.ln_eps, cross_attention=self.cross_attention, dtype=self.dtype,
-              param_dtype=self.param_dtype)
+      block = nn.remat(
+        Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(4, 5)
+      )
+    kw = dict(
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      act=self.act,
+      dropout=self.dropout,
+      ln_eps=self.ln_eps,
+      cross_attention=self.cross_attention,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     if self.scan:
-      stack = nn.scan(block, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(nn.broadcast,) * 5, length=self.depth,
-                      metadata_params={nn.PARTITION_NAME: "layers"})
+      stack = nn.scan(
+        block,
+        variable_axes={"params": 0, "cache": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * 5,
+        length=self.depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       x, _ = stack(name="blocks", **kw)(x, mask, context, deterministic, decode, context_mask)
     else:
       for i in range(self.depth):

@@ -5,6 +5,7 @@ when the prefix is a question, a captioner when it is just the start token).
 Parameter groups, for staged and frozen-LM recipes (`train.stages`, `optim.frozen`): `image_encoder/...`,
 `projector/...` and the language model `lm_*` (embeddings, decoder, final LayerNorm, head).
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -15,6 +16,7 @@ from vlm_jax.models import layers, vit
 
 class Projector(nn.Module):
   """Image tokens -> the LM's width: 'linear', or 'mlp' (Linear-GELU-Linear, LLaVA-1.5)."""
+
   width: int
   kind: str = "mlp"
   dtype: Any = jnp.float32
@@ -22,22 +24,37 @@ class Projector(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-              bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)))
+    kw = dict(
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
+    )
     if self.kind == "linear":
-      return nn.Dense(self.width, name="fc1", kernel_init=layers.partitioned(
-          nn.initializers.lecun_normal(), ("mlp", "embed")), **kw)(x)
+      return nn.Dense(
+        self.width,
+        name="fc1",
+        kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("mlp", "embed")),
+        **kw,
+      )(x)
     if self.kind != "mlp":
       raise ValueError(f"unknown projector {self.kind!r}; known: linear, mlp")
-    x = nn.Dense(self.width, name="fc1", kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                                                          ("mlp", "embed")), **kw)(x)
-    return nn.Dense(self.width, name="fc2", kernel_init=layers.partitioned(
-        nn.initializers.lecun_normal(), ("mlp", "embed")), **kw)(layers.ACTIVATIONS["gelu"](x))
+    x = nn.Dense(
+      self.width,
+      name="fc1",
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("mlp", "embed")),
+      **kw,
+    )(x)
+    return nn.Dense(
+      self.width,
+      name="fc2",
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("mlp", "embed")),
+      **kw,
+    )(layers.ACTIVATIONS["gelu"](x))
 
 
 class PrefixLM(nn.Module):
-  image: dict          # VisionTransformer fields; its patch tokens are used (pool 'cls' keeps a CLIP tower's layout)
-  text: dict           # the decoder: vocab_size, width, depth, num_heads, mlp_dim, max_len, pad_id, act, ...
+  image: dict  # VisionTransformer fields; its patch tokens are used (pool 'cls' keeps a CLIP tower's layout)
+  text: dict  # the decoder: vocab_size, width, depth, num_heads, mlp_dim, max_len, pad_id, act, ...
   projector_kind: str = "mlp"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -47,16 +64,38 @@ class PrefixLM(nn.Module):
     t = self.text
     self.image_encoder = vit.VisionTransformer(**{"pool": "none", **self.image}, **kw)
     self.projector = Projector(t["width"], self.projector_kind, **kw)
-    self.lm_embed = nn.Embed(t["vocab_size"], t["width"], **kw,
-                             embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
-    self.lm_pos_embed = self.param("lm_pos_embed", layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
-                                   (t["max_len"], t["width"]), self.param_dtype)
-    self.lm_decoder = layers.Encoder(t["depth"], t["num_heads"], t["mlp_dim"], act=t.get("act", "gelu"),
-                                     dropout=t.get("dropout", 0.0), ln_eps=t.get("ln_eps", 1e-5),
-                                     remat=t.get("remat", "none"), scan=t.get("scan", False), **kw)
+    self.lm_embed = nn.Embed(
+      t["vocab_size"],
+      t["width"],
+      **kw,
+      embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
+    )
+    self.lm_pos_embed = self.param(
+      "lm_pos_embed",
+      layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
+      (t["max_len"], t["width"]),
+      self.param_dtype,
+    )
+    self.lm_decoder = layers.Encoder(
+      t["depth"],
+      t["num_heads"],
+      t["mlp_dim"],
+      act=t.get("act", "gelu"),
+      dropout=t.get("dropout", 0.0),
+      ln_eps=t.get("ln_eps", 1e-5),
+      remat=t.get("remat", "none"),
+      scan=t.get("scan", False),
+      **kw,
+    )
     self.lm_ln = layers.layer_norm("lm_ln", eps=t.get("ln_eps", 1e-5), **kw)
-    self.lm_head = nn.Dense(t["vocab_size"], use_bias=False, **kw, kernel_init=layers.partitioned(
-        nn.initializers.normal(t["width"] ** -0.5), ("embed", "vocab")))
+    self.lm_head = nn.Dense(
+      t["vocab_size"],
+      use_bias=False,
+      **kw,
+      kernel_init=layers.partitioned(
+        nn.initializers.normal(t["width"] ** -0.5), ("embed", "vocab")
+      ),
+    )
     self.decode_state = layers.DecodeState()
 
   def _valid(self, tokens):
@@ -74,8 +113,17 @@ class PrefixLM(nn.Module):
   def _logits(self, x):
     return self.lm_head(self.lm_ln(x)).astype(jnp.float32)
 
-  def prefix_lm_logits(self, images, tokens, prefix_len, train: bool = False, text_only: bool = False,
-                       inputs=None, parallel=None, image_tokens=None):
+  def prefix_lm_logits(
+    self,
+    images,
+    tokens,
+    prefix_len,
+    train: bool = False,
+    text_only: bool = False,
+    inputs=None,
+    parallel=None,
+    image_tokens=None,
+  ):
     """Logits [batch, length, vocab]; position t predicts tokens[:, t + 1]. The first `prefix_len` text
     tokens (per row; >= 1) and the image form the bidirectional prefix. text_only: no image tokens.
 
@@ -84,7 +132,9 @@ class PrefixLM(nn.Module):
     image_tokens: the projected image, when the caller has it already."""
     b, length = tokens.shape
     valid = self._valid(tokens)
-    x = self._embed(tokens if inputs is None else inputs, jnp.broadcast_to(jnp.arange(length), tokens.shape))
+    x = self._embed(
+      tokens if inputs is None else inputs, jnp.broadcast_to(jnp.arange(length), tokens.shape)
+    )
     if parallel is not None:
       prefix_len = jnp.where(parallel, length, prefix_len)
       valid = valid | parallel[:, None]
@@ -129,11 +179,17 @@ class PrefixLM(nn.Module):
     """Captioning logits, plus `lm/<name>` logits for each prefix-LM request (see `objectives.prefix_lm`);
     the image is encoded once for all of them."""
     image = self._image_tokens(images, train)
-    lm = lambda tokens, prefix_len, **kw: self.prefix_lm_logits(images, tokens, prefix_len, train, image_tokens=image,
-                                                                **kw)
+    lm = lambda tokens, prefix_len, **kw: self.prefix_lm_logits(
+      images, tokens, prefix_len, train, image_tokens=image, **kw
+    )
     out = {"caption_logits": lm(tokens, jnp.ones(tokens.shape[:1], jnp.int32))}
     for name, r in (requests or {}).items():
       if name.startswith("lm/"):
-        out[name] = lm(r["tokens"], r["prefix_len"], text_only=r.get("text_only", False), inputs=r.get("inputs"),
-                       parallel=r.get("parallel"))
+        out[name] = lm(
+          r["tokens"],
+          r["prefix_len"],
+          text_only=r.get("text_only", False),
+          inputs=r.get("inputs"),
+          parallel=r.get("parallel"),
+        )
     return out

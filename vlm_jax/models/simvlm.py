@@ -8,6 +8,7 @@ embeddings are shared by encoder, decoder and output layer, as in SimVLM / T5.
 
 Parameter groups: `image_*` (stem, patch and position embeddings), `text_embed`, `encoder*`, `decoder*`.
 """
+
 from typing import Any
 
 import einops
@@ -20,6 +21,7 @@ from vlm_jax.models.two_tower import l2_normalize
 
 class ConvStem(nn.Module):
   """Two 3x3 convolutions (GELU) that give each patch local image features before patchifying."""
+
   channels: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -27,8 +29,14 @@ class ConvStem(nn.Module):
   @nn.compact
   def __call__(self, x):
     for i in range(2):
-      x = nn.Conv(self.channels, (3, 3), padding="SAME", name=f"conv{i + 1}", dtype=self.dtype,
-                  param_dtype=self.param_dtype)(x)
+      x = nn.Conv(
+        self.channels,
+        (3, 3),
+        padding="SAME",
+        name=f"conv{i + 1}",
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+      )(x)
       x = layers.ACTIVATIONS["gelu"](x)
     return x
 
@@ -46,10 +54,10 @@ class Stash(nn.Module):
 
 
 class SimVLM(nn.Module):
-  image: dict       # patch_size, image_size, stem (conv stem channels; 0 = none)
-  text: dict        # vocab_size, max_len, pad_id
-  encoder: dict     # width, depth, num_heads, mlp_dim
-  decoder: dict     # depth, num_heads, mlp_dim (width: the encoder's)
+  image: dict  # patch_size, image_size, stem (conv stem channels; 0 = none)
+  text: dict  # vocab_size, max_len, pad_id
+  encoder: dict  # width, depth, num_heads, mlp_dim
+  decoder: dict  # depth, num_heads, mlp_dim (width: the encoder's)
   act: str = "gelu"
   dropout: float = 0.0
   remat: str = "none"
@@ -65,19 +73,40 @@ class SimVLM(nn.Module):
       raise ValueError(f"image_size {size} is not a multiple of patch_size {p}")
     normal = lambda std, axes: layers.partitioned(nn.initializers.normal(std), axes)
     self.image_stem = ConvStem(self.image["stem"], **kw) if self.image.get("stem", 0) else None
-    self.image_patch_embed = nn.Dense(width, kernel_init=layers.partitioned(nn.initializers.lecun_normal(),
-                                                                            ("patch", "embed")), **kw)
-    self.image_pos_embed = self.param("image_pos_embed", normal(0.02, ("length", "embed")), ((size // p) ** 2, width),
-                                      self.param_dtype)
-    self.text_embed = nn.Embed(self.text["vocab_size"], width, embedding_init=normal(0.02, ("vocab", "embed")), **kw)
-    self.encoder_text_pos = self.param("encoder_text_pos", normal(0.01, ("length", "embed")),
-                                       (self.text["max_len"], width), self.param_dtype)
-    self.modality_embed = self.param("modality_embed", normal(0.02, ("classes", "embed")), (2, width), self.param_dtype)
+    self.image_patch_embed = nn.Dense(
+      width,
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("patch", "embed")),
+      **kw,
+    )
+    self.image_pos_embed = self.param(
+      "image_pos_embed",
+      normal(0.02, ("length", "embed")),
+      ((size // p) ** 2, width),
+      self.param_dtype,
+    )
+    self.text_embed = nn.Embed(
+      self.text["vocab_size"], width, embedding_init=normal(0.02, ("vocab", "embed")), **kw
+    )
+    self.encoder_text_pos = self.param(
+      "encoder_text_pos",
+      normal(0.01, ("length", "embed")),
+      (self.text["max_len"], width),
+      self.param_dtype,
+    )
+    self.modality_embed = self.param(
+      "modality_embed", normal(0.02, ("classes", "embed")), (2, width), self.param_dtype
+    )
     common = dict(act=self.act, dropout=self.dropout, remat=self.remat, scan=self.scan, **kw)
-    self.encoder_stack = layers.Encoder(**{k: v for k, v in self.encoder.items() if k != "width"}, **common)
+    self.encoder_stack = layers.Encoder(
+      **{k: v for k, v in self.encoder.items() if k != "width"}, **common
+    )
     self.encoder_ln = layers.layer_norm("encoder_ln", **kw)
-    self.decoder_pos = self.param("decoder_pos", normal(0.01, ("length", "embed")), (self.text["max_len"], width),
-                                  self.param_dtype)
+    self.decoder_pos = self.param(
+      "decoder_pos",
+      normal(0.01, ("length", "embed")),
+      (self.text["max_len"], width),
+      self.param_dtype,
+    )
     self.decoder_stack = layers.Encoder(cross_attention=True, **self.decoder, **common)
     self.decoder_ln = layers.layer_norm("decoder_ln", **kw)
     self.decode_state = layers.DecodeState()
@@ -96,28 +125,47 @@ class SimVLM(nn.Module):
     p = self.image["patch_size"]
     patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
     del train
-    return self.image_patch_embed(patches) + (self.image_pos_embed + self.modality_embed[0]).astype(self.dtype)
+    return self.image_patch_embed(patches) + (self.image_pos_embed + self.modality_embed[0]).astype(
+      self.dtype
+    )
 
   def _encode(self, image_tokens, image_valid, prefix, prefix_valid, train):
     """[image; prefix] bidirectionally -> (encoded [b, n + L, w], valid [b, n + L])."""
     length = prefix.shape[1]
-    text = self.text_embed(prefix) + (self.encoder_text_pos[:length] + self.modality_embed[1]).astype(self.dtype)
+    text = self.text_embed(prefix) + (
+      self.encoder_text_pos[:length] + self.modality_embed[1]
+    ).astype(self.dtype)
     x = jnp.concatenate([image_tokens, text], axis=1)
     valid = jnp.concatenate([image_valid, prefix_valid], axis=1)
     x = self.encoder_stack(x, layers.attention_mask(jnp.ones_like(valid), valid, False), not train)
     return self.encoder_ln(x), valid
 
   def _decode(self, tokens, positions, mask, encoded, encoded_valid, train, decode=False):
-    x = self.text_embed(tokens) + jnp.take(self.decoder_pos, jnp.clip(positions, 0, self.text["max_len"] - 1),
-                                           axis=0).astype(self.dtype)
-    x = self.decoder_stack(x, mask, not train, context=encoded, decode=decode,
-                           context_mask=encoded_valid[:, None, None, :])
+    x = self.text_embed(tokens) + jnp.take(
+      self.decoder_pos, jnp.clip(positions, 0, self.text["max_len"] - 1), axis=0
+    ).astype(self.dtype)
+    x = self.decoder_stack(
+      x,
+      mask,
+      not train,
+      context=encoded,
+      decode=decode,
+      context_mask=encoded_valid[:, None, None, :],
+    )
     return self.text_embed.attend(self.decoder_ln(x)).astype(jnp.float32)
 
   # --- training ------------------------------------------------------------------------------------
 
-  def prefix_lm_logits(self, images, tokens, prefix_len, train: bool = False, text_only: bool = False,
-                       inputs=None, parallel=None):
+  def prefix_lm_logits(
+    self,
+    images,
+    tokens,
+    prefix_len,
+    train: bool = False,
+    text_only: bool = False,
+    inputs=None,
+    parallel=None,
+  ):
     """Logits [batch, length, vocab] aligned with `tokens` (position t predicts tokens[:, t + 1]) for every
     t >= prefix_len - 1: the encoder reads the image and tokens[:, :prefix_len], the decoder starts at the
     last prefix token and continues the text.
@@ -134,14 +182,18 @@ class SimVLM(nn.Module):
     # The decoder reads tokens[p - 1:], each row shifted to start at its last prefix token.
     source = jnp.clip(pos + prefix_len[:, None] - 1, 0, length - 1)
     outside = pos + prefix_len[:, None] - 1 >= length
-    shift = lambda x: jnp.where(outside, self.text.get("pad_id", 0), jnp.take_along_axis(x, source, axis=1))
+    shift = lambda x: jnp.where(
+      outside, self.text.get("pad_id", 0), jnp.take_along_axis(x, source, axis=1)
+    )
     shifted = shift(tokens)
     dec_valid = self._valid(shifted)
     mask = layers.attention_mask(jnp.ones_like(dec_valid), dec_valid, True)
     if parallel is not None:
       mask = jnp.where(parallel[:, None, None, None], True, mask)
     dec_inputs = shifted if inputs is None else shift(inputs)
-    logits = self._decode(dec_inputs, jnp.broadcast_to(pos, (b, length)), mask, encoded, valid, train)
+    logits = self._decode(
+      dec_inputs, jnp.broadcast_to(pos, (b, length)), mask, encoded, valid, train
+    )
     # Back to the positions of `tokens`: t -> decoder step t - p + 1.
     back = jnp.clip(pos - prefix_len[:, None] + 1, 0, length - 1)
     return jnp.take_along_axis(logits, back[..., None], axis=1)
@@ -151,8 +203,13 @@ class SimVLM(nn.Module):
     features a linear probe reads (CapPa evaluates its encoder this way)."""
     image = self._image(images, train)
     b = image.shape[0]
-    encoded, _ = self._encode(image, jnp.ones(image.shape[:2], bool), jnp.zeros((b, 0), jnp.int32),
-                              jnp.zeros((b, 0), bool), train)
+    encoded, _ = self._encode(
+      image,
+      jnp.ones(image.shape[:2], bool),
+      jnp.zeros((b, 0), jnp.int32),
+      jnp.zeros((b, 0), bool),
+      train,
+    )
     return l2_normalize(encoded.mean(axis=1))
 
   def caption_logits(self, images, tokens, train: bool = False):
@@ -169,14 +226,17 @@ class SimVLM(nn.Module):
     later token. Otherwise: continue the decoder."""
     if prefill:
       prompt_valid = self._valid(tokens)
-      encoded, valid = self.stash(*self._encode(context, jnp.ones(context.shape[:2], bool), tokens, prompt_valid,
-                                                False))
+      encoded, valid = self.stash(
+        *self._encode(context, jnp.ones(context.shape[:2], bool), tokens, prompt_valid, False)
+      )
       last = layers.last_valid(tokens[..., None], prompt_valid)
       tokens = jnp.full_like(tokens, self.text.get("pad_id", 0)).at[:, :1].set(last)
     else:
       encoded, valid = self.stash()
     token_valid = self._valid(tokens)
-    positions, mask = self.decode_state(token_valid, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))
+    positions, mask = self.decode_state(
+      token_valid, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    )
     logits = self._decode(tokens, positions, mask, encoded, valid, False, decode=True)
     return logits[:, 0] if prefill else logits
 
@@ -185,6 +245,13 @@ class SimVLM(nn.Module):
     out = {"caption_logits": self.caption_logits(images, tokens, train)}
     for name, r in (requests or {}).items():
       if name.startswith("lm/"):
-        out[name] = self.prefix_lm_logits(images, r["tokens"], r["prefix_len"], train, r.get("text_only", False),
-                                          r.get("inputs"), r.get("parallel"))
+        out[name] = self.prefix_lm_logits(
+          images,
+          r["tokens"],
+          r["prefix_len"],
+          train,
+          r.get("text_only", False),
+          r.get("inputs"),
+          r.get("parallel"),
+        )
     return out

@@ -1,4 +1,5 @@
 """Text transformer: causal with end-of-text pooling as in CLIP, or bidirectional."""
+
 from typing import Any
 
 import flax.linen as nn
@@ -8,13 +9,13 @@ from vlm_jax.models import layers
 
 # name: (width, depth, heads, mlp_dim)
 SIZES = {
-    "micro": (64, 2, 2, 256),
-    "tiny": (128, 4, 4, 512),
-    "S": (384, 12, 6, 1536),
-    "B": (512, 12, 8, 2048),      # CLIP ViT-B text tower
-    "M": (640, 12, 10, 2560),
-    "L": (768, 12, 12, 3072),     # CLIP ViT-L/14 text tower
-    "H": (1024, 24, 16, 4096),
+  "micro": (64, 2, 2, 256),
+  "tiny": (128, 4, 4, 512),
+  "S": (384, 12, 6, 1536),
+  "B": (512, 12, 8, 2048),  # CLIP ViT-B text tower
+  "M": (640, 12, 10, 2560),
+  "L": (768, 12, 12, 3072),  # CLIP ViT-L/14 text tower
+  "H": (1024, 24, 16, 4096),
 }
 
 
@@ -39,6 +40,7 @@ class TextTransformer(nn.Module):
   tokens, 'none' no pooling. pad_id -1: no padding mask, every position is attended (SigLIP; a causal
   model never attends past its end-of-text token anyway).
   """
+
   vocab_size: int
   width: int
   depth: int
@@ -47,8 +49,8 @@ class TextTransformer(nn.Module):
   max_len: int = 77
   causal: bool = True
   pool: str = "eot"
-  pad_id: int = 0       # -1: no padding mask (ids are never negative; -1 keeps the field overridable)
-  eos_id: int = -1      # -1: pool at the last non-padding token
+  pad_id: int = 0  # -1: no padding mask (ids are never negative; -1 keeps the field overridable)
+  eos_id: int = -1  # -1: pool at the last non-padding token
   act: str = "gelu"
   ln_eps: float = 1e-5
   embed_ln: bool = False  # LayerNorm the summed embeddings (BERT, FLAVA)
@@ -59,8 +61,15 @@ class TextTransformer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens, train: bool = False, return_hidden: bool = False, decode: bool = False,
-               positions=None, mask=None):
+  def __call__(
+    self,
+    tokens,
+    train: bool = False,
+    return_hidden: bool = False,
+    decode: bool = False,
+    positions=None,
+    mask=None,
+  ):
     """return_hidden: also return the last block's output before the final LayerNorm (FLAVA).
 
     decode: cached decoding (the `cache` collection) of a chunk of `tokens`, with the `positions` and
@@ -70,14 +79,25 @@ class TextTransformer(nn.Module):
       raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     valid = tokens != self.pad_id if self.pad_id >= 0 else jnp.ones(tokens.shape, bool)
-    embed = nn.Embed(self.vocab_size, self.width, name="token_embed", **kw,
-                     embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")))
+    embed = nn.Embed(
+      self.vocab_size,
+      self.width,
+      name="token_embed",
+      **kw,
+      embedding_init=layers.partitioned(nn.initializers.normal(0.02), ("vocab", "embed")),
+    )
     x = embed(tokens)
-    pos = self.param("pos_embed", layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
-                     (self.max_len, self.width), self.param_dtype)
+    pos = self.param(
+      "pos_embed",
+      layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
+      (self.max_len, self.width),
+      self.param_dtype,
+    )
     if decode:
       if not self.causal or positions is None or mask is None:
-        raise ValueError("decoding needs a causal text model and the positions and mask of a DecodeState")
+        raise ValueError(
+          "decoding needs a causal text model and the positions and mask of a DecodeState"
+        )
       x = x + jnp.take(pos, positions, axis=0).astype(self.dtype)
     else:
       x = x + pos[: tokens.shape[1]].astype(self.dtype)[None]
@@ -86,8 +106,18 @@ class TextTransformer(nn.Module):
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     if mask is None:
       mask = layers.attention_mask(jnp.ones_like(valid), valid, self.causal)
-    x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout, ln_eps=self.ln_eps,
-                       remat=self.remat, scan=self.scan, name="encoder", **kw)(x, mask, not train, decode=decode)
+    x = layers.Encoder(
+      self.depth,
+      self.num_heads,
+      self.mlp_dim,
+      act=self.act,
+      dropout=self.dropout,
+      ln_eps=self.ln_eps,
+      remat=self.remat,
+      scan=self.scan,
+      name="encoder",
+      **kw,
+    )(x, mask, not train, decode=decode)
     hidden = x
     x = layers.layer_norm("ln_final", eps=self.ln_eps, **kw)(x)
     if decode:

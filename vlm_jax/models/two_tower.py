@@ -1,6 +1,7 @@
 """Dual-tower image-text model (CLIP, SigLIP, LiT): two encoders, projections, a learnable logit scale."""
+
 import math
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,16 +30,18 @@ def l2_normalize(x, eps=1e-12):
 
 
 class TwoTower(nn.Module):
-  image: dict            # VisionTransformer fields
-  text: dict             # TextTransformer fields
+  image: dict  # VisionTransformer fields
+  text: dict  # TextTransformer fields
   embed_dim: int = 512
   logit_scale_init: float = math.log(1 / 0.07)
   logit_scale_max: float = math.log(100.0)
-  logit_bias_init: Optional[float] = None   # a learnable bias (SigLIP) when given
-  image_head: str = "linear"     # 'none': the pooled image features are the embedding (SigLIP's MAP head)
-  text_head_bias: bool = False   # SigLIP's text projection has a bias
-  locked: tuple = ()             # towers ('image', 'text') run in eval mode with no gradient (LiT)
-  text_mlm_head: bool = False    # an MLM head on the text tower, for mixing in the mlm objective
+  logit_bias_init: float | None = None  # a learnable bias (SigLIP) when given
+  image_head: str = (
+    "linear"  # 'none': the pooled image features are the embedding (SigLIP's MAP head)
+  )
+  text_head_bias: bool = False  # SigLIP's text projection has a bias
+  locked: tuple = ()  # towers ('image', 'text') run in eval mode with no gradient (LiT)
+  text_mlm_head: bool = False  # an MLM head on the text tower, for mixing in the mlm objective
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -46,33 +49,58 @@ class TwoTower(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.image_encoder = vit.VisionTransformer(**self.image, **kw)
     self.text_encoder = text.TextTransformer(**self.text, **kw)
-    proj = lambda fan_in: layers.partitioned(nn.initializers.normal(fan_in ** -0.5), ("embed", "proj"))
+    proj = lambda fan_in: layers.partitioned(
+      nn.initializers.normal(fan_in**-0.5), ("embed", "proj")
+    )
     check_locked(self.locked)
     if self.image_head == "linear":
-      self.image_proj = nn.Dense(self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw)
+      self.image_proj = nn.Dense(
+        self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw
+      )
     elif self.image_head == "none":
       if self.image["width"] != self.embed_dim:
-        raise ValueError(f"image_head 'none' needs embed_dim == image width ({self.image['width']}), "
-                         f"got {self.embed_dim}")
+        raise ValueError(
+          f"image_head 'none' needs embed_dim == image width ({self.image['width']}), "
+          f"got {self.embed_dim}"
+        )
       self.image_proj = lambda x: x
     else:
       raise ValueError(f"unknown image_head {self.image_head!r}; known: linear, none")
-    self.text_proj = nn.Dense(self.embed_dim, use_bias=self.text_head_bias, kernel_init=proj(self.text["width"]),
-                              bias_init=layers.partitioned(nn.initializers.zeros, ("proj",)), **kw)
+    self.text_proj = nn.Dense(
+      self.embed_dim,
+      use_bias=self.text_head_bias,
+      kernel_init=proj(self.text["width"]),
+      bias_init=layers.partitioned(nn.initializers.zeros, ("proj",)),
+      **kw,
+    )
     if self.text_mlm_head:
       width, vocab = self.text["width"], self.text["vocab_size"]
-      self.text_mlm_transform = nn.Dense(width, **kw, kernel_init=layers.partitioned(nn.initializers.normal(0.02),
-                                                                                     ("embed", "mlp")),
-                                         bias_init=layers.partitioned(nn.initializers.zeros, ("mlp",)))
+      self.text_mlm_transform = nn.Dense(
+        width,
+        **kw,
+        kernel_init=layers.partitioned(nn.initializers.normal(0.02), ("embed", "mlp")),
+        bias_init=layers.partitioned(nn.initializers.zeros, ("mlp",)),
+      )
       self.text_mlm_ln = layers.layer_norm("text_mlm_ln", **kw)
-      self.text_mlm_decoder = nn.Dense(vocab, **kw, kernel_init=layers.partitioned(nn.initializers.normal(0.02),
-                                                                                   ("mlp", "vocab")),
-                                       bias_init=layers.partitioned(nn.initializers.zeros, ("vocab",)))
-    self.logit_scale = self.param("logit_scale", layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
-                                  (), jnp.float32)
+      self.text_mlm_decoder = nn.Dense(
+        vocab,
+        **kw,
+        kernel_init=layers.partitioned(nn.initializers.normal(0.02), ("mlp", "vocab")),
+        bias_init=layers.partitioned(nn.initializers.zeros, ("vocab",)),
+      )
+    self.logit_scale = self.param(
+      "logit_scale",
+      layers.partitioned(nn.initializers.constant(self.logit_scale_init), ()),
+      (),
+      jnp.float32,
+    )
     if self.logit_bias_init is not None:
-      self.logit_bias = self.param("logit_bias", layers.partitioned(nn.initializers.constant(self.logit_bias_init), ()),
-                                   (), jnp.float32)
+      self.logit_bias = self.param(
+        "logit_bias",
+        layers.partitioned(nn.initializers.constant(self.logit_bias_init), ()),
+        (),
+        jnp.float32,
+      )
 
   def encode_image(self, images, train: bool = False):
     embed = lambda x, train: self.image_proj(self.image_encoder(x, train=train)[0])
@@ -87,24 +115,34 @@ class TwoTower(nn.Module):
     `positions` [batch, k] only, when given."""
     del images
     if not self.text_mlm_head:
-      raise ValueError("set model.text_mlm_head=True to train the text tower with the mlm objective")
+      raise ValueError(
+        "set model.text_mlm_head=True to train the text tower with the mlm objective"
+      )
     _, hidden = self.text_encoder(tokens, train=train)
     if positions is not None:
       hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    x = self.text_mlm_ln(layers.ACTIVATIONS[self.text.get("act", "gelu")](self.text_mlm_transform(hidden)))
+    x = self.text_mlm_ln(
+      layers.ACTIVATIONS[self.text.get("act", "gelu")](self.text_mlm_transform(hidden))
+    )
     return self.text_mlm_decoder(x).astype(jnp.float32)
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
     """L2-normalised embeddings and the clamped (log) logit scale; with `model.text_mlm_head`, MLM logits of
     the text tower (at the masked positions of a `masked_text` request)."""
-    out = {"image_emb": self.encode_image(images, train), "text_emb": self.encode_text(tokens, train),
-           # Clamped in the forward pass (open_clip clamps the parameter after each step): beyond ln(100)
-           # the scale gets no gradient, so it cannot run away.
-           "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max)}
+    out = {
+      "image_emb": self.encode_image(images, train),
+      "text_emb": self.encode_text(tokens, train),
+      # Clamped in the forward pass (open_clip clamps the parameter after each step): beyond ln(100)
+      # the scale gets no gradient, so it cannot run away.
+      "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
+    }
     if self.logit_bias_init is not None:
       out["logit_bias"] = self.logit_bias
     if self.text_mlm_head:
       masked = (requests or {}).get("masked_text")
-      out["text_mlm_logits"] = (self.text_mlm_logits(images, tokens, train) if masked is None else
-                                self.text_mlm_logits(images, masked["tokens"], train, masked["positions"]))
+      out["text_mlm_logits"] = (
+        self.text_mlm_logits(images, tokens, train)
+        if masked is None
+        else self.text_mlm_logits(images, masked["tokens"], train, masked["positions"])
+      )
     return out

@@ -1,4 +1,5 @@
 """Vision Transformer (CLIP flavour: class token, pre-LN, post-LN on the pooled token)."""
+
 from typing import Any
 
 import einops
@@ -9,14 +10,14 @@ from vlm_jax.models import layers
 
 # name: (width, depth, heads, mlp_dim). "tiny"/"micro" are for CPU runs and tests.
 SIZES = {
-    "micro": (64, 2, 2, 256),
-    "tiny": (128, 4, 4, 512),
-    "Ti": (192, 12, 3, 768),
-    "S": (384, 12, 6, 1536),
-    "M": (512, 12, 8, 2048),
-    "B": (768, 12, 12, 3072),
-    "L": (1024, 24, 16, 4096),
-    "H": (1280, 32, 16, 5120),
+  "micro": (64, 2, 2, 256),
+  "tiny": (128, 4, 4, 512),
+  "Ti": (192, 12, 3, 768),
+  "S": (384, 12, 6, 1536),
+  "M": (512, 12, 8, 2048),
+  "B": (768, 12, 12, 3072),
+  "L": (1024, 24, 16, 4096),
+  "H": (1280, 32, 16, 5120),
 }
 
 
@@ -24,8 +25,10 @@ def parse_variant(variant: str) -> dict:
   """'B/32' -> width/depth/heads/mlp_dim/patch_size."""
   size, _, patch = variant.partition("/")
   if size not in SIZES or not patch.isdigit():
-    raise ValueError(f"unknown ViT variant {variant!r}; write SIZE/PATCH with SIZE in {', '.join(SIZES)}, "
-                     "e.g. 'B/32' or 'tiny/4'")
+    raise ValueError(
+      f"unknown ViT variant {variant!r}; write SIZE/PATCH with SIZE in {', '.join(SIZES)}, "
+      "e.g. 'B/32' or 'tiny/4'"
+    )
   width, depth, heads, mlp_dim = SIZES[size]
   return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim, patch_size=int(patch))
 
@@ -37,13 +40,15 @@ class VisionTransformer(nn.Module):
   mlp_dim: int
   patch_size: int
   image_size: int = 224
-  pool: str = "cls"          # cls | gap | map (attention-pooled, SigLIP) | none
+  pool: str = "cls"  # cls | gap | map (attention-pooled, SigLIP) | none
   act: str = "gelu"
   ln_pre: bool = True
-  patch_bias: bool = False   # CLIP's patchify convolution has no bias; SigLIP's has one
+  patch_bias: bool = False  # CLIP's patchify convolution has no bias; SigLIP's has one
   ln_eps: float = 1e-5
-  norm_tokens: bool = False  # also LayerNorm the returned tokens (FLAVA); else only the pooled output
-  mask_token: bool = False   # a learned token that replaces masked patches (masked image modeling)
+  norm_tokens: bool = (
+    False  # also LayerNorm the returned tokens (FLAVA); else only the pooled output
+  )
+  mask_token: bool = False  # a learned token that replaces masked patches (masked image modeling)
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
@@ -59,38 +64,73 @@ class VisionTransformer(nn.Module):
     which FLAVA feeds to its multimodal encoder.
     """
     if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
-      raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {images.shape[1:3]}")
+      raise ValueError(
+        f"expected {self.image_size}x{self.image_size} images, got {images.shape[1:3]}"
+      )
     if self.image_size % self.patch_size:
-      raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+      raise ValueError(
+        f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+      )
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
-    patches = einops.rearrange(images.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
+    patches = einops.rearrange(
+      images.astype(self.dtype), "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p
+    )
     # A patchify convolution is a dense layer over flattened patches; CLIP's has no bias.
-    x = nn.Dense(self.width, use_bias=self.patch_bias, name="patch_embed", **kw,
-                 kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("patch", "embed")))(patches)
+    x = nn.Dense(
+      self.width,
+      use_bias=self.patch_bias,
+      name="patch_embed",
+      **kw,
+      kernel_init=layers.partitioned(nn.initializers.lecun_normal(), ("patch", "embed")),
+    )(patches)
     n = x.shape[1]
-    scale = self.width ** -0.5
+    scale = self.width**-0.5
     if self.mask_token:
-      token = self.param("mask_token", layers.partitioned(nn.initializers.normal(0.02), ("embed",)), (self.width,),
-                         self.param_dtype)
+      token = self.param(
+        "mask_token",
+        layers.partitioned(nn.initializers.normal(0.02), ("embed",)),
+        (self.width,),
+        self.param_dtype,
+      )
       if patch_mask is not None:
         x = jnp.where(patch_mask[..., None], token.astype(self.dtype), x)
     elif patch_mask is not None:
       raise ValueError("patch_mask given to a VisionTransformer built without mask_token=True")
     if self.pool == "cls":
-      cls = self.param("cls_token", layers.partitioned(nn.initializers.normal(scale), ("embed",)),
-                       (self.width,), self.param_dtype)
-      x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width)), x], axis=1)
+      cls = self.param(
+        "cls_token",
+        layers.partitioned(nn.initializers.normal(scale), ("embed",)),
+        (self.width,),
+        self.param_dtype,
+      )
+      x = jnp.concatenate(
+        [jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width)), x], axis=1
+      )
       n += 1
-    pos = self.param("pos_embed", layers.partitioned(nn.initializers.normal(scale), ("length", "embed")),
-                     (n, self.width), self.param_dtype)
+    pos = self.param(
+      "pos_embed",
+      layers.partitioned(nn.initializers.normal(scale), ("length", "embed")),
+      (n, self.width),
+      self.param_dtype,
+    )
     x = x + pos.astype(self.dtype)[None]
     x = layers.constrain(x, ("batch", "length", "embed"))
     if self.ln_pre:
       x = layers.layer_norm("ln_pre", eps=self.ln_eps, **kw)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, act=self.act, dropout=self.dropout, ln_eps=self.ln_eps,
-                       remat=self.remat, scan=self.scan, name="encoder", **kw)(x, None, not train)
+    x = layers.Encoder(
+      self.depth,
+      self.num_heads,
+      self.mlp_dim,
+      act=self.act,
+      dropout=self.dropout,
+      ln_eps=self.ln_eps,
+      remat=self.remat,
+      scan=self.scan,
+      name="encoder",
+      **kw,
+    )(x, None, not train)
     hidden = x
     ln_post = layers.layer_norm("ln_post", eps=self.ln_eps, **kw)
     if self.pool == "cls":
@@ -103,8 +143,9 @@ class VisionTransformer(nn.Module):
       out = ln_post(x.mean(axis=1)), x
     elif self.pool == "map":
       x = ln_post(x)
-      pooled = layers.AttentionPool(1, self.num_heads, self.mlp_dim, act=self.act, ln_eps=self.ln_eps,
-                                    name="map_head", **kw)(x)
+      pooled = layers.AttentionPool(
+        1, self.num_heads, self.mlp_dim, act=self.act, ln_eps=self.ln_eps, name="map_head", **kw
+      )(x)
       out = pooled[:, 0], x
     elif self.pool == "none":
       out = None, ln_post(x)

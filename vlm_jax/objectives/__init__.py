@@ -11,15 +11,23 @@ length), says what its objective needs:
   inputs (the batch plus the drawn requests).
 The composite runs the model once per step with every request; under jit, what no loss reads is pruned.
 """
+
+from collections.abc import Callable
 import dataclasses
 import zlib
-from typing import Callable, Optional
 
 import jax
 
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives import (  # noqa: F401  (they register themselves)
-    captioning, cappa, contrastive, masked_modeling, matching, prefix_lm, sigmoid)
+  cappa,
+  captioning,
+  contrastive,
+  masked_modeling,
+  matching,
+  prefix_lm,
+  sigmoid,
+)
 from vlm_jax.objectives.base import Context, Objective, Request
 from vlm_jax.registry import OBJECTIVES
 
@@ -34,9 +42,10 @@ def request_rng(rng, name: str):
 @dataclasses.dataclass
 class CompositeObjective:
   """The weighted sum of a recipe's objectives: `loss_fn(params, batch, rng, *, model, train)`."""
-  parts: list                                   # (key, weight, Objective)
-  requests: dict                                # name -> Request (merged)
-  prepare: Optional[Callable] = None            # host side: (example, out, preprocess, rng) -> fields
+
+  parts: list  # (key, weight, Objective)
+  requests: dict  # name -> Request (merged)
+  prepare: Callable | None = None  # host side: (example, out, preprocess, rng) -> fields
 
   @property
   def batch_fields(self) -> dict:
@@ -45,12 +54,20 @@ class CompositeObjective:
 
   def model_inputs(self, batch, rng) -> dict:
     """Every request, drawn once: name -> value."""
-    return {name: request.draw(request_rng(rng, name), batch) for name, request in self.requests.items()}
+    return {
+      name: request.draw(request_rng(rng, name), batch) for name, request in self.requests.items()
+    }
 
   def __call__(self, params, batch, rng, *, model, train):
     requests = self.model_inputs(batch, jax.random.fold_in(rng, 0))
-    outputs = model.apply({"params": params}, batch["image"], batch["text"], train=train, requests=requests,
-                          rngs={"dropout": jax.random.fold_in(rng, 1)})
+    outputs = model.apply(
+      {"params": params},
+      batch["image"],
+      batch["text"],
+      train=train,
+      requests=requests,
+      rngs={"dropout": jax.random.fold_in(rng, 1)},
+    )
     inputs = {**batch, **requests}
     total, metrics = 0.0, {}
     for key, weight, objective in self.parts:
@@ -62,23 +79,30 @@ class CompositeObjective:
     return total, metrics
 
 
-def build_objective(objectives_config, *, mesh=None, tokenizer=None, max_len: int = 0,
-                    patch_size: int = 0) -> CompositeObjective:
+def build_objective(
+  objectives_config, *, mesh=None, tokenizer=None, max_len: int = 0, patch_size: int = 0
+) -> CompositeObjective:
   """The weighted sum of the configured objectives.
 
   `objectives_config` maps a key to {name (default: the key), weight, ...options}. Metrics keep their own
   names; the total is `loss`.
   """
   if not objectives_config:
-    raise ValueError("config.objectives is empty; name at least one objective, e.g. {'clip': {'weight': 1.0}}")
+    raise ValueError(
+      "config.objectives is empty; name at least one objective, e.g. {'clip': {'weight': 1.0}}"
+    )
   parts, requests, owners = [], {}, {}
   for key, cfg in objectives_config.items():
-    objective = OBJECTIVES.get(cfg.get("name", key))(cfg, Context(key, mesh, tokenizer, max_len, patch_size))
+    objective = OBJECTIVES.get(cfg.get("name", key))(
+      cfg, Context(key, mesh, tokenizer, max_len, patch_size)
+    )
     for name, request in objective.requests.items():
       if name in requests and requests[name].spec != request.spec:
-        raise ConfigError(f"objectives {owners[name]!r} and {key!r} both ask for {name!r} but differently "
-                          f"({requests[name].spec} vs {request.spec}); the forward pass draws it once: make "
-                          "their settings equal")
+        raise ConfigError(
+          f"objectives {owners[name]!r} and {key!r} both ask for {name!r} but differently "
+          f"({requests[name].spec} vs {request.spec}); the forward pass draws it once: make "
+          "their settings equal"
+        )
       requests.setdefault(name, request)
       owners.setdefault(name, key)
     parts.append((key, float(cfg.get("weight", 1.0)), objective))

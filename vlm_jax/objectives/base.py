@@ -1,6 +1,8 @@
 """The two types every objective is made of (see `vlm_jax.objectives`)."""
+
+from collections.abc import Callable
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any
 
 import jax.numpy as jnp
 import optax
@@ -11,17 +13,19 @@ from vlm_jax.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class Context:
   """What a builder may know besides its own config: `builder(config, context) -> Objective`."""
-  key: str                      # the objective's key in config.objectives (its metric names may use it)
+
+  key: str  # the objective's key in config.objectives (its metric names may use it)
   mesh: Any = None
   tokenizer: Any = None
-  max_len: int = 0              # the text length of the batch
-  patch_size: int = 0           # the image tower's patch size (masked image modeling)
+  max_len: int = 0  # the text length of the batch
+  patch_size: int = 0  # the image tower's patch size (masked image modeling)
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
   """An extra model input, drawn on device once per step: `draw(rng, batch) -> value`. `spec` (hashable)
   says how it is drawn; two objectives asking for one name must give equal specs."""
+
   draw: Callable
   spec: Any = None
 
@@ -30,17 +34,22 @@ class Request:
 class Objective:
   """loss(outputs, inputs) -> (loss, metrics), where `outputs` is the model's output dict and `inputs` the
   batch with every drawn request added under its name."""
+
   loss: Callable
-  requests: dict = dataclasses.field(default_factory=dict)      # name -> Request
-  batch_fields: dict = dataclasses.field(default_factory=dict)  # what `prepare` adds: name -> (shape, dtype)
-  prepare: Optional[Callable] = None                            # (example, out, preprocess, rng) -> fields
+  requests: dict = dataclasses.field(default_factory=dict)  # name -> Request
+  batch_fields: dict = dataclasses.field(
+    default_factory=dict
+  )  # what `prepare` adds: name -> (shape, dtype)
+  prepare: Callable | None = None  # (example, out, preprocess, rng) -> fields
 
 
 def need(outputs: dict, name: str, objective: str, hint: str):
   """outputs[name], or a config error naming the objective and the model it needs."""
   if name not in outputs:
-    raise ConfigError(f"the {objective} objective needs the model output {name!r}, which this model does not "
-                     f"give; {hint}")
+    raise ConfigError(
+      f"the {objective} objective needs the model output {name!r}, which this model does not "
+      f"give; {hint}"
+    )
   return outputs[name]
 
 

@@ -7,6 +7,7 @@ examples are trained autoregressively (teacher forcing). One cross-entropy over 
 both kinds (captioning: a prefix-LM with an empty prefix). Works on any prefix-LM model; the encoder-decoder
 (`simvlm` with plain patches) is CapPa's architecture.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -24,14 +25,16 @@ def build_cappa_objective(config, context):
     raise ConfigError(f"cappa.parallel_fraction must be in [0, 1], got {fraction}")
   tokenizer = context.tokenizer
   if tokenizer is None or tokenizer.mask_id < 0:
-    raise ConfigError("cappa replaces decoder inputs with the mask token; the tokenizer has none (the embedded "
-                      "SentencePiece model and the byte tokenizer have one)")
+    raise ConfigError(
+      "cappa replaces decoder inputs with the mask token; the tokenizer has none (the embedded "
+      "SentencePiece model and the byte tokenizer have one)"
+    )
   request = f"lm/{context.key}"
 
   def caption(rng, batch):
     del rng
     tokens = batch["text"]
-    return tokens, jnp.ones(tokens.shape[:1], jnp.int32)   # the start token is the whole prefix
+    return tokens, jnp.ones(tokens.shape[:1], jnp.int32)  # the start token is the whole prefix
 
   def parallel_rows(rng, batch):
     return jax.random.uniform(rng, batch["text"].shape[:1]) < fraction
@@ -43,11 +46,18 @@ def build_cappa_objective(config, context):
     targets = tokens[:, 1:]
     counted = targets != tokenizer.pad_id
     value, accuracy, count = token_cross_entropy(logits[:, :-1], targets, counted)
-    by_kind = {kind: token_cross_entropy(logits[:, :-1], targets, counted & rows[:, None])[0]
-               for kind, rows in (("parallel", parallel), ("ar", ~parallel))}
-    return value, {"cappa_loss": value, "cappa_token_acc": accuracy, "cappa_tokens": count,
-                   "cappa_parallel_loss": by_kind["parallel"], "cappa_ar_loss": by_kind["ar"],
-                   "cappa_parallel_fraction": parallel.mean()}
+    by_kind = {
+      kind: token_cross_entropy(logits[:, :-1], targets, counted & rows[:, None])[0]
+      for kind, rows in (("parallel", parallel), ("ar", ~parallel))
+    }
+    return value, {
+      "cappa_loss": value,
+      "cappa_token_acc": accuracy,
+      "cappa_tokens": count,
+      "cappa_parallel_loss": by_kind["parallel"],
+      "cappa_ar_loss": by_kind["ar"],
+      "cappa_parallel_fraction": parallel.mean(),
+    }
 
   def draw_with_masked_inputs(rng, batch):
     drawn = base_request.draw(rng, batch)

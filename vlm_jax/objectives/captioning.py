@@ -1,5 +1,6 @@
 """CoCa's objective: contrastive + captioning from one forward pass. Captioning is the prefix-LM loss with an
 empty prefix (`base.next_token_loss` without a prefix length)."""
+
 from vlm_jax.objectives import contrastive
 from vlm_jax.objectives.base import Objective, need, next_token_loss
 from vlm_jax.registry import OBJECTIVES
@@ -18,12 +19,24 @@ def build_coca_objective(config, context):
   pad_id = context.tokenizer.pad_id if context.tokenizer is not None else 0
 
   def loss(outputs, inputs):
-    logits = need(outputs, "caption_logits", "coca", "use a model with a caption decoder (model.name 'coca')")
-    clip, metrics = contrastive.clip_loss(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"],
-                                          impl=impl, mesh=context.mesh)
+    logits = need(
+      outputs, "caption_logits", "coca", "use a model with a caption decoder (model.name 'coca')"
+    )
+    clip, metrics = contrastive.clip_loss(
+      outputs["image_emb"],
+      outputs["text_emb"],
+      outputs["logit_scale"],
+      impl=impl,
+      mesh=context.mesh,
+    )
     caption, accuracy, count = next_token_loss(logits, inputs["text"], pad_id=pad_id)
     value = contrastive_weight * clip + caption_weight * caption
-    return value, {**metrics, "clip_loss": clip, "caption_loss": caption, "caption_token_acc": accuracy,
-                   "caption_tokens": count}
+    return value, {
+      **metrics,
+      "clip_loss": clip,
+      "caption_loss": caption,
+      "caption_token_acc": accuracy,
+      "caption_tokens": count,
+    }
 
   return Objective(loss)

@@ -5,10 +5,11 @@ collectives. `impl='local'` is open_clip's local loss under `shard_map`: each da
 features (with gradient), scores its own rows against every column and offsets its labels by its shard
 index, so it holds a [local, global] block of logits instead of [global, global].
 """
+
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import PartitionSpec as P
+import optax
 
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives.base import Objective, need
@@ -24,15 +25,17 @@ def _cross_entropy(logits, labels):
 
 def _block_metrics(logits, labels, image_emb, text_emb, logit_scale):
   """Metrics of a [rows, columns] logit block whose row r matches column labels[r]."""
-  rows, cols = logits.shape   # rows * (cols - 1) passes 2^31 at batch 64k: divided as a float
+  rows, cols = logits.shape  # rows * (cols - 1) passes 2^31 at batch 64k: divided as a float
   positive = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
   return {
-      "i2t_acc": jnp.mean(jnp.argmax(logits, axis=1) == labels),
-      "pos_logit": positive.mean(),
-      "neg_logit": (logits.sum() - positive.sum()) / float(rows * (cols - 1)) if cols > 1 else jnp.zeros(()),
-      "logit_scale": jnp.exp(logit_scale),
-      "image_emb_norm": jnp.linalg.norm(image_emb.astype(jnp.float32), axis=-1).mean(),
-      "text_emb_norm": jnp.linalg.norm(text_emb.astype(jnp.float32), axis=-1).mean(),
+    "i2t_acc": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+    "pos_logit": positive.mean(),
+    "neg_logit": (logits.sum() - positive.sum()) / float(rows * (cols - 1))
+    if cols > 1
+    else jnp.zeros(()),
+    "logit_scale": jnp.exp(logit_scale),
+    "image_emb_norm": jnp.linalg.norm(image_emb.astype(jnp.float32), axis=-1).mean(),
+    "text_emb_norm": jnp.linalg.norm(text_emb.astype(jnp.float32), axis=-1).mean(),
   }
 
 
@@ -80,7 +83,8 @@ def _clip_loss_local(image_emb, text_emb, logit_scale, *, mesh, axes=BATCH_AXES)
 
   spec = P(axes)
   return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, P()), out_specs=P())(
-      image_emb, text_emb, logit_scale)
+    image_emb, text_emb, logit_scale
+  )
 
 
 @OBJECTIVES.register("clip")
@@ -92,8 +96,13 @@ def build_clip_objective(config, context):
 
   def loss(outputs, inputs):
     del inputs
-    value, metrics = clip_loss(need(outputs, "image_emb", "clip", "use a model with both towers"),
-                               outputs["text_emb"], outputs["logit_scale"], impl=impl, mesh=context.mesh)
+    value, metrics = clip_loss(
+      need(outputs, "image_emb", "clip", "use a model with both towers"),
+      outputs["text_emb"],
+      outputs["logit_scale"],
+      impl=impl,
+      mesh=context.mesh,
+    )
     return value, {"clip_loss": value, **metrics}
 
   return Objective(loss)

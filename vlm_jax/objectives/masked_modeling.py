@@ -6,6 +6,7 @@ nearest entry of a k-means patch codebook fitted on the training data (`python -
 trained with cross-entropy, as BEiT/FLAVA do with a dVAE tokenizer that cannot be downloaded here.
 MMM masks text tokens and image patches together and predicts both from the multimodal encoder.
 """
+
 import io
 
 import jax.numpy as jnp
@@ -29,8 +30,10 @@ class MimTargets:
     if self.kind == "codebook":
       path = config.get("codebook_path", "")
       if not path or not storage.exists(path):
-        raise ConfigError(f"MIM target 'codebook' needs codebook_path (got {path!r}); fit one with "
-                          "`python -m vlm_jax.data.codebook --config CONFIG --output codebook.npy`")
+        raise ConfigError(
+          f"MIM target 'codebook' needs codebook_path (got {path!r}); fit one with "
+          "`python -m vlm_jax.data.codebook --config CONFIG --output codebook.npy`"
+        )
       self.codebook = jnp.asarray(np.load(io.BytesIO(storage.read_bytes(path))), jnp.float32)
     elif self.kind != "pixel":
       raise ConfigError(f"unknown MIM target {self.kind!r}; known: pixel, codebook")
@@ -42,13 +45,17 @@ class MimTargets:
     count = jnp.maximum(weights.sum(), 1.0)
     if self.kind == "pixel":
       if predictions.shape[-1] != patches.shape[-1]:
-        raise ConfigError(f"the model's MIM head predicts {predictions.shape[-1]} values per patch but pixel "
-                          f"targets have {patches.shape[-1]}; set model.mim_codes=0")
+        raise ConfigError(
+          f"the model's MIM head predicts {predictions.shape[-1]} values per patch but pixel "
+          f"targets have {patches.shape[-1]}; set model.mim_codes=0"
+        )
       per_patch = jnp.mean((predictions - patches) ** 2, axis=-1)
       return (per_patch * weights).sum() / count, jnp.float32(-1)
     if predictions.shape[-1] != self.codebook.shape[0]:
-      raise ConfigError(f"the model's MIM head predicts {predictions.shape[-1]} codes but the codebook has "
-                        f"{self.codebook.shape[0]}; set model.mim_codes={self.codebook.shape[0]}")
+      raise ConfigError(
+        f"the model's MIM head predicts {predictions.shape[-1]} codes but the codebook has "
+        f"{self.codebook.shape[0]}; set model.mim_codes={self.codebook.shape[0]}"
+      )
     codes = masking.nearest_code(patches, self.codebook)
     per_patch = optax.softmax_cross_entropy_with_integer_labels(predictions, codes)
     accuracy = ((jnp.argmax(predictions, -1) == codes) * weights).sum() / count
@@ -57,9 +64,11 @@ class MimTargets:
 
 def patch_masking(rate: float, patch_size: int):
   """The `patch_mask` request: round(rate * patches) random patches of each image, [batch, patches] bool."""
+
   def draw(rng, batch):
     b, h, w, _ = batch["image"].shape
     return masking.mask_patches(rng, b, (h // patch_size) * (w // patch_size), rate)
+
   return Request(draw, ("patch_mask", rate))
 
 
@@ -71,7 +80,11 @@ def build_mim_objective(config, context):
   def loss(outputs, inputs):
     predictions = need(outputs, "image_mim", "mim", "use model.name='flava'")
     value, accuracy = targets.loss(predictions, inputs["image"], inputs["patch_mask"], p)
-    return value, ({"mim_loss": value, "mim_acc": accuracy} if targets.kind == "codebook" else {"mim_loss": value})
+    return value, (
+      {"mim_loss": value, "mim_acc": accuracy}
+      if targets.kind == "codebook"
+      else {"mim_loss": value}
+    )
 
   return Objective(loss, requests={"patch_mask": patch_masking(float(config.get("rate", 0.4)), p)})
 
@@ -89,9 +102,15 @@ def build_mmm_objective(config, context):
     logits = need(outputs, "mm_mlm_logits", "mmm", "use model.name='flava'")
     mlm, accuracy, _ = token_cross_entropy(logits, masked["targets"], masked["weights"])
     mim, _ = targets.loss(outputs["mm_mim"], inputs["image"], inputs["patch_mask"], p)
-    return mlm + mim, {"mmm_loss": mlm + mim, "mmm_text_loss": mlm, "mmm_image_loss": mim,
-                       "mmm_text_acc": accuracy}
+    return mlm + mim, {
+      "mmm_loss": mlm + mim,
+      "mmm_text_loss": mlm,
+      "mmm_image_loss": mim,
+      "mmm_text_acc": accuracy,
+    }
 
-  requests = {"masked_text": text_request,
-              "patch_mask": patch_masking(float(config.get("image_rate", 0.4)), p)}
+  requests = {
+    "masked_text": text_request,
+    "patch_mask": patch_masking(float(config.get("image_rate", 0.4)), p),
+  }
   return Objective(loss, requests=requests, batch_fields=fields, prepare=prepare)

@@ -4,6 +4,7 @@ Drawn with `jax.random` on global-shaped arrays, so a batch is masked identicall
 devices or processes (the threefry PRNG is partitionable), and a resumed run masks as the uninterrupted
 one did.
 """
+
 import math
 
 import jax
@@ -16,8 +17,18 @@ def word_start_index(word_start):
   return jax.lax.cummax(jnp.where(word_start, positions, 0), axis=word_start.ndim - 1)
 
 
-def mask_tokens(rng, tokens, *, rate: float, mask_id: int, vocab_size: int, special_ids, word_start=None,
-                replace_probs=(0.8, 0.1, 0.1), max_predictions=None):
+def mask_tokens(
+  rng,
+  tokens,
+  *,
+  rate: float,
+  mask_id: int,
+  vocab_size: int,
+  special_ids,
+  word_start=None,
+  replace_probs=(0.8, 0.1, 0.1),
+  max_predictions=None,
+):
   """BERT masking: each word (or token) is selected with probability `rate`; a selected token becomes
   `mask_id` (80%), a random token (10%) or stays (10%).
 
@@ -88,6 +99,9 @@ def normalized_patches(images, patch_size: int, eps: float = 1e-6):
 
 def nearest_code(patches, codebook):
   """Index of the nearest codebook row (squared Euclidean) for every patch: [..., D] x [K, D] -> [...]."""
-  distances = (jnp.sum(patches ** 2, axis=-1, keepdims=True) - 2 * patches @ codebook.T
-               + jnp.sum(codebook ** 2, axis=-1))
+  distances = (
+    jnp.sum(patches**2, axis=-1, keepdims=True)
+    - 2 * patches @ codebook.T
+    + jnp.sum(codebook**2, axis=-1)
+  )
   return jnp.argmin(distances, axis=-1)

@@ -5,6 +5,7 @@ of the batch: a random one, the hardest one (the highest `match_scores` among im
 match), or either ('mixed', hard with probability `hard_fraction`). The model classifies matching vs not.
 Texts identical to the anchor's count as matching, so a duplicate caption is never used as a negative.
 """
+
 import dataclasses
 
 import jax
@@ -53,6 +54,7 @@ class ItmPairing:
   """The ITM request the model receives: `pairing(scores)` -> (image index per text, negative, hard), where
   `scores` are [text, image] similarities the model computes once (FLAVA: its contrastive ones) when
   `needs_scores`. A text's image is its own (index i, a positive) or a chosen negative."""
+
   rng: jax.Array
   tokens: jax.Array
   mode: str
@@ -69,8 +71,13 @@ class ItmPairing:
     same_text = jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
     if scores is None:
       scores = jnp.zeros(same_text.shape)
-    index, hard = choose_negatives(pick_rng, jax.lax.stop_gradient(scores), same_text, mode=self.mode,
-                                   hard_fraction=self.hard_fraction)
+    index, hard = choose_negatives(
+      pick_rng,
+      jax.lax.stop_gradient(scores),
+      same_text,
+      mode=self.mode,
+      hard_fraction=self.hard_fraction,
+    )
     own = jnp.arange(index.shape[0])
     negative = (jax.random.uniform(swap_rng, index.shape) < self.rate) & (index != own)
     return jnp.where(negative, index, own), negative, negative & hard
@@ -94,10 +101,15 @@ def build_itm_objective(config, context):
     logits = need(outputs, "itm_logits", "itm", "use a fusion model (vilt, flava)")
     negative = outputs["itm_negative"]
     labels = (~negative).astype(jnp.int32)
-    value = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-    return value, {"itm_loss": value, "itm_acc": jnp.mean(jnp.argmax(logits, -1) == labels),
-                   "itm_negatives": negative.sum().astype(jnp.float32),
-                   "itm_hard_negatives": outputs["itm_hard"].sum().astype(jnp.float32)}
+    value = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels
+    ).mean()
+    return value, {
+      "itm_loss": value,
+      "itm_acc": jnp.mean(jnp.argmax(logits, -1) == labels),
+      "itm_negatives": negative.sum().astype(jnp.float32),
+      "itm_hard_negatives": outputs["itm_hard"].sum().astype(jnp.float32),
+    }
 
   return Objective(loss, requests={"itm": Request(draw, ("itm", mode, rate, hard_fraction))})
 
@@ -113,26 +125,46 @@ def text_masking(config, tokenizer, max_len: int, *, rate_key: str = "rate"):
   prepare). config: rate (0.15), whole_word (True: words are masked whole, using the tokenizer's word
   boundaries), max_predictions (default: twice the expected count plus two)."""
   if tokenizer is None or tokenizer.mask_id < 0:
-    raise ConfigError(f"masked language modeling needs a tokenizer with a mask token; {type(tokenizer).__name__} "
-                      "has none (the embedded SentencePiece model and the byte tokenizer have one)")
+    raise ConfigError(
+      f"masked language modeling needs a tokenizer with a mask token; {type(tokenizer).__name__} "
+      "has none (the embedded SentencePiece model and the byte tokenizer have one)"
+    )
   rate = float(config.get(rate_key, 0.15))
   whole_word = bool(config.get("whole_word", True))
   count = int(config.get("max_predictions", 0) or masking.default_max_predictions(max_len, rate))
-  special_ids = tuple(i for i in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id)
-                      if i is not None and i >= 0)
+  special_ids = tuple(
+    i
+    for i in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id)
+    if i is not None and i >= 0
+  )
 
   def draw(rng, batch):
     tokens = batch["text"]
-    masked, selected = masking.mask_tokens(rng, tokens, rate=rate, mask_id=tokenizer.mask_id,
-                                           vocab_size=tokenizer.vocab_size, special_ids=special_ids,
-                                           word_start=batch["word_start"] if whole_word else None,
-                                           max_predictions=count)
+    masked, selected = masking.mask_tokens(
+      rng,
+      tokens,
+      rate=rate,
+      mask_id=tokenizer.mask_id,
+      vocab_size=tokenizer.vocab_size,
+      special_ids=special_ids,
+      word_start=batch["word_start"] if whole_word else None,
+      max_predictions=count,
+    )
     positions, weights = masking.selected_positions(selected, count)
-    return {"tokens": masked, "selected": selected, "positions": positions, "weights": weights,
-            "targets": jnp.take_along_axis(tokens, positions, axis=-1)}
+    return {
+      "tokens": masked,
+      "selected": selected,
+      "positions": positions,
+      "weights": weights,
+      "targets": jnp.take_along_axis(tokens, positions, axis=-1),
+    }
 
   fields = {"word_start": ((max_len,), np.bool_)} if whole_word else {}
-  return Request(draw, ("masked_text", rate, whole_word, count)), fields, (word_starts if whole_word else None)
+  return (
+    Request(draw, ("masked_text", rate, whole_word, count)),
+    fields,
+    (word_starts if whole_word else None),
+  )
 
 
 @OBJECTIVES.register("mlm")
@@ -144,9 +176,18 @@ def build_mlm_objective(config, context):
 
   def loss(outputs, inputs):
     masked = inputs["masked_text"]
-    logits = need(outputs, output, "mlm", "a fusion model (vilt: mlm_logits, flava: text_mlm_logits) or a "
-                  "two-tower model with model.text_mlm_head=True (text_mlm_logits)")
+    logits = need(
+      outputs,
+      output,
+      "mlm",
+      "a fusion model (vilt: mlm_logits, flava: text_mlm_logits) or a "
+      "two-tower model with model.text_mlm_head=True (text_mlm_logits)",
+    )
     value, accuracy, count = token_cross_entropy(logits, masked["targets"], masked["weights"])
-    return value, {"mlm_loss": value, "mlm_acc": accuracy, "mlm_masked_fraction": count / inputs["text"].size}
+    return value, {
+      "mlm_loss": value,
+      "mlm_acc": accuracy,
+      "mlm_masked_fraction": count / inputs["text"].size,
+    }
 
   return Objective(loss, requests={"masked_text": request}, batch_fields=fields, prepare=prepare)

@@ -8,6 +8,7 @@ the first tokens of the text) and is trained to continue it; only the suffix is 
 - `vqa`: on question/answer pairs (the embedded data's `questions` / `answers`): the prefix is the start
   token and the question, the suffix the answer and end token.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,7 @@ def lm_request(key: str, tokens_and_prefix, *, text_only: bool = False, parallel
 
   tokens_and_prefix(rng, batch) -> (tokens, prefix_len); text_only hides the image; parallel(rng, batch)
   -> [batch] bool (optional): rows whose decoder inputs are all masked and attend to one another (CapPa)."""
+
   def draw(rng, batch):
     split_rng, parallel_rng = jax.random.split(rng)
     tokens, prefix_len = tokens_and_prefix(split_rng, batch)
@@ -46,6 +48,7 @@ def lm_request(key: str, tokens_and_prefix, *, text_only: bool = False, parallel
     if parallel is not None:
       request["parallel"] = parallel(parallel_rng, batch)
     return request
+
   return Request(draw, ("lm", key))
 
 
@@ -67,8 +70,12 @@ def build_prefix_lm_objective(config, context):
     drawn = inputs[request]
     logits = need(outputs, request, "prefix_lm", LM_HINT)
     value, accuracy, count = next_token_loss(logits, drawn["tokens"], drawn["prefix_len"], pad_id)
-    return value, {f"{name}_loss": value, f"{name}_token_acc": accuracy, f"{name}_tokens": count,
-                   f"{name}_prefix_len": drawn["prefix_len"].mean().astype(jnp.float32)}
+    return value, {
+      f"{name}_loss": value,
+      f"{name}_token_acc": accuracy,
+      f"{name}_tokens": count,
+      f"{name}_prefix_len": drawn["prefix_len"].mean().astype(jnp.float32),
+    }
 
   return Objective(loss, requests={request: lm_request(context.key, split, text_only=text_only)})
 
@@ -91,10 +98,15 @@ def build_vqa_objective(config, context):
 
   def loss(outputs, inputs):
     tokens, prefix_len = inputs["qa_text"], inputs["qa_prefix"]
-    value, accuracy, count = next_token_loss(need(outputs, request, "vqa", LM_HINT), tokens, prefix_len, pad_id)
+    value, accuracy, count = next_token_loss(
+      need(outputs, request, "vqa", LM_HINT), tokens, prefix_len, pad_id
+    )
     return value, {"vqa_loss": value, "vqa_token_acc": accuracy, "vqa_tokens": count}
 
   split = lambda rng, batch: (batch["qa_text"], batch["qa_prefix"])
-  return Objective(loss, requests={request: lm_request(context.key, split)},
-                   batch_fields={"qa_text": ((context.max_len,), np.int32), "qa_prefix": ((), np.int32)},
-                   prepare=question_answer)
+  return Objective(
+    loss,
+    requests={request: lm_request(context.key, split)},
+    batch_fields={"qa_text": ((context.max_len,), np.int32), "qa_prefix": ((), np.int32)},
+    prepare=question_answer,
+  )

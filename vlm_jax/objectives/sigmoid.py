@@ -8,20 +8,24 @@ data shard scores its images against its own texts, then passes its texts (or im
 with `ppermute` and scores the next block, until every block has been seen (open_clip's neighbour exchange).
 Both are exact: equal in value and gradient to the reference on the whole batch.
 """
+
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from vlm_jax.objectives.contrastive import BATCH_AXES
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives.base import Objective, need
+from vlm_jax.objectives.contrastive import BATCH_AXES
 from vlm_jax.registry import OBJECTIVES
 
 
 def _block_logits(image_emb, text_emb, logit_scale, logit_bias):
-  return jnp.exp(logit_scale) * image_emb.astype(jnp.float32) @ text_emb.astype(jnp.float32).T + logit_bias
+  return (
+    jnp.exp(logit_scale) * image_emb.astype(jnp.float32) @ text_emb.astype(jnp.float32).T
+    + logit_bias
+  )
 
 
 def _pair_losses(logits, positive):
@@ -39,12 +43,13 @@ def sigmoid_loss(image_emb, text_emb, logit_scale, logit_bias):
 def _metrics(pos_logit_sum, neg_logit_sum, correct, n_rows, n_cols, logit_scale, logit_bias, first):
   """Means over the global batch from globally summed parts. `first` names the rows' modality."""
   return {
-      "pos_logit": pos_logit_sum / n_rows,
-      "neg_logit": neg_logit_sum / float(n_rows * max(n_cols - 1, 1)),   # a float: above 2^31 at batch 64k
-      # A row is right when its positive scores above every negative in it (as CLIP's top-1 accuracy).
-      f"{first}2{'t' if first == 'i' else 'i'}_acc": correct / n_rows,
-      "logit_scale": jnp.exp(logit_scale),
-      "logit_bias": logit_bias,
+    "pos_logit": pos_logit_sum / n_rows,
+    "neg_logit": neg_logit_sum
+    / float(n_rows * max(n_cols - 1, 1)),  # a float: above 2^31 at batch 64k
+    # A row is right when its positive scores above every negative in it (as CLIP's top-1 accuracy).
+    f"{first}2{'t' if first == 'i' else 'i'}_acc": correct / n_rows,
+    "logit_scale": jnp.exp(logit_scale),
+    "logit_bias": logit_bias,
   }
 
 
@@ -56,13 +61,30 @@ def sigmoid_loss_global(image_emb, text_emb, logit_scale, logit_bias):
   loss = _pair_losses(logits, eye).sum() / n
   positive = jnp.diagonal(logits)
   best_negative = jnp.where(eye, -jnp.inf, logits).max(axis=1)
-  metrics = _metrics(positive.sum(), jnp.where(eye, 0.0, logits).sum(), (positive > best_negative).sum(), n, n,
-                     logit_scale, logit_bias, "i")
+  metrics = _metrics(
+    positive.sum(),
+    jnp.where(eye, 0.0, logits).sum(),
+    (positive > best_negative).sum(),
+    n,
+    n,
+    logit_scale,
+    logit_bias,
+    "i",
+  )
   return loss, metrics
 
 
-def sigmoid_loss_ring(image_emb, text_emb, logit_scale, logit_bias, *, mesh, axes=BATCH_AXES,
-                      bidirectional: bool = False, exchange: str = "text"):
+def sigmoid_loss_ring(
+  image_emb,
+  text_emb,
+  logit_scale,
+  logit_bias,
+  *,
+  mesh,
+  axes=BATCH_AXES,
+  bidirectional: bool = False,
+  exchange: str = "text",
+):
   """(loss, metrics) passing one modality's embeddings around the ring of data shards.
 
   exchange: 'text' keeps images in place and moves texts ('image' the other way round; the summed loss is
@@ -119,6 +141,7 @@ def sigmoid_loss_ring(image_emb, text_emb, logit_scale, logit_bias, *, mesh, axe
       if extra:
         carry = add(carry, jax.lax.ppermute(right, axes, to_right))
     else:
+
       def one_way(state, _):
         carry, chunk = state
         chunk = jax.lax.ppermute(chunk, axes, to_right)
@@ -128,12 +151,14 @@ def sigmoid_loss_ring(image_emb, text_emb, logit_scale, logit_bias, *, mesh, axe
     loss, neg_sum, best_negative = carry
     sums = jax.lax.psum((loss, positive.sum(), neg_sum, (positive > best_negative).sum()), axes)
     loss, pos_sum, neg_sum, correct = sums
-    return loss / n_global, _metrics(pos_sum, neg_sum, correct, n_global, n_global, scale, bias,
-                                     "i" if exchange == "text" else "t")
+    return loss / n_global, _metrics(
+      pos_sum, neg_sum, correct, n_global, n_global, scale, bias, "i" if exchange == "text" else "t"
+    )
 
   spec = P(axes)
   return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, P(), P()), out_specs=P())(
-      image_emb, text_emb, logit_scale, logit_bias)
+    image_emb, text_emb, logit_scale, logit_bias
+  )
 
 
 SIGMOID_IMPLEMENTATIONS = ("global", "ring")
@@ -151,13 +176,19 @@ def build_sigmoid_objective(config, context):
   if impl == "global":
     loss_impl = sigmoid_loss_global
   else:
-    loss_impl = functools.partial(sigmoid_loss_ring, mesh=context.mesh, bidirectional=config.get("bidirectional", False),
-                                  exchange=config.get("exchange", "text"))
+    loss_impl = functools.partial(
+      sigmoid_loss_ring,
+      mesh=context.mesh,
+      bidirectional=config.get("bidirectional", False),
+      exchange=config.get("exchange", "text"),
+    )
 
   def loss(outputs, inputs):
     del inputs
     bias = need(outputs, "logit_bias", "sigmoid", "set model.logit_bias_init (SigLIP uses -10)")
-    value, metrics = loss_impl(outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], bias)
+    value, metrics = loss_impl(
+      outputs["image_emb"], outputs["text_emb"], outputs["logit_scale"], bias
+    )
     return value, {"sigmoid_loss": value, **metrics}
 
   return Objective(loss)

@@ -9,22 +9,32 @@ the batch's shapes. Memory is XLA's per-device estimate of the compiled step: ar
 outputs, temporaries and generated code; when the device reports its capacity, an estimate above it is
 an error.
 """
-import jax
-import flax.linen as nn
 
-from vlm_jax.core import flops as flops_lib, sharding
+import flax.linen as nn
+import jax
+
+from vlm_jax.core import flops as flops_lib
+from vlm_jax.core import sharding
 from vlm_jax.errors import ConfigError
 
-
-GIB = 2 ** 30
+GIB = 2**30
 # HBM per TPU chip (GiB), keyed by `device_kind`. v2/v3 (and v4 without megacore, as AOT topologies describe
 # it) expose one device per TensorCore, which then has its share of the chip.
-TPU_HBM_GIB = {"TPU v2": 16, "TPU v3": 32, "TPU v4": 32, "TPU v4 lite": 8, "TPU v5 lite": 16, "TPU v5": 95,
-               "TPU v5p": 95, "TPU v6 lite": 32, "TPU v6e": 32}
+TPU_HBM_GIB = {
+  "TPU v2": 16,
+  "TPU v3": 32,
+  "TPU v4": 32,
+  "TPU v4 lite": 8,
+  "TPU v5 lite": 16,
+  "TPU v5": 95,
+  "TPU v5p": 95,
+  "TPU v6 lite": 32,
+  "TPU v6e": 32,
+}
 
 
 def _mib(n) -> str:
-  return f"{n / 2 ** 20:,.1f} MiB"
+  return f"{n / 2**20:,.1f} MiB"
 
 
 def device_capacity(devices) -> int | None:
@@ -47,18 +57,30 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   abstract_state = exp.abstract_state()
   example = exp.train_preprocess(exp.data.train[0], None)
   batch_sharding = sharding.batch_sharding(exp.mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct((exp.batch_size,) + v.shape, v.dtype, sharding=batch_sharding)
-                    for k, v in example.items()}
+  abstract_batch = {
+    k: jax.ShapeDtypeStruct((exp.batch_size,) + v.shape, v.dtype, sharding=batch_sharding)
+    for k, v in example.items()
+  }
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
     compiled = exp.jit_train_step().lower(abstract_state, abstract_batch).compile()
   devices = list(exp.mesh.devices.flat)
-  report = {"devices": len(devices), "device_kind": devices[0].device_kind, "mesh": dict(exp.mesh.shape),
-            "global_batch": exp.batch_size, "dtype": str(exp.config.model.get("dtype", "float32")),
-            "params": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
-            "flops_per_step_per_device": flops_lib.compiled_flops(compiled)}
+  report = {
+    "devices": len(devices),
+    "device_kind": devices[0].device_kind,
+    "mesh": dict(exp.mesh.shape),
+    "global_batch": exp.batch_size,
+    "dtype": str(exp.config.model.get("dtype", "float32")),
+    "params": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
+    "flops_per_step_per_device": flops_lib.compiled_flops(compiled),
+  }
   memory = compiled.memory_analysis()
-  for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-               "generated_code_size_in_bytes"):
+  for name in (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "temp_size_in_bytes",
+    "alias_size_in_bytes",
+    "generated_code_size_in_bytes",
+  ):
     value = getattr(memory, name, None) if memory is not None else None
     if value is not None:
       report[name.replace("_size_in_bytes", "_bytes")] = int(value)
@@ -67,17 +89,27 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   if all(k in report for k in keys):
     report["total_bytes_per_device"] = sum(report[k] for k in keys) - report.get("alias_bytes", 0)
   capacity = device_capacity(devices)
-  where = f"TPU topology {topology} ({devices[0].device_kind})" if topology else devices[0].device_kind
-  log(f"Compiled the train step for mesh {report['mesh']} ({report['devices']} devices of {where}), global batch "
-      f"{report['global_batch']}, {report['params'] / 1e6:.2f}M parameters, compute dtype {report['dtype']}")
+  where = (
+    f"TPU topology {topology} ({devices[0].device_kind})" if topology else devices[0].device_kind
+  )
+  log(
+    f"Compiled the train step for mesh {report['mesh']} ({report['devices']} devices of {where}), global batch "
+    f"{report['global_batch']}, {report['params'] / 1e6:.2f}M parameters, compute dtype {report['dtype']}"
+  )
   flops = report["flops_per_step_per_device"]
-  log(f"  FLOPs per step per device: {flops / 1e9:,.2f} GFLOP" if flops else "  FLOPs: not reported by this backend")
+  log(
+    f"  FLOPs per step per device: {flops / 1e9:,.2f} GFLOP"
+    if flops
+    else "  FLOPs: not reported by this backend"
+  )
   for key in keys + ("alias_bytes", "total_bytes_per_device"):
     if key in report:
       log(f"  {key.replace('_', ' ')}: {_mib(report[key])}")
   if capacity and report.get("total_bytes_per_device", 0) > capacity:
-    raise ConfigError(f"the train step needs about {_mib(report['total_bytes_per_device'])} per device but a "
-                      f"device has {_mib(capacity)}; use a larger mesh (fsdp/tensor), remat, or a smaller batch")
+    raise ConfigError(
+      f"the train step needs about {_mib(report['total_bytes_per_device'])} per device but a "
+      f"device has {_mib(capacity)}; use a larger mesh (fsdp/tensor), remat, or a smaller batch"
+    )
   if capacity:
     report["device_capacity_bytes"] = int(capacity)
     log(f"  device capacity: {_mib(capacity)}")

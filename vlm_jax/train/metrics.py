@@ -1,4 +1,5 @@
 """Metrics as JSON lines and TensorBoard events in the workdir (process 0 only), and the progress line."""
+
 import json
 import math
 import time
@@ -31,16 +32,16 @@ class _ObjectRecordWriter:
 
 
 class _ObjectRecordWriterFactory:
-
   def open(self, path):
     return _ObjectRecordWriter(path)
 
-  def directory_check(self, path):   # buckets have no folders to create
+  def directory_check(self, path):  # buckets have no folders to create
     del path
 
 
 def _register_bucket_writers():
   from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+
   for scheme in ("gs", "s3"):
     record_writer.register_writer_factory(scheme, _ObjectRecordWriterFactory())
 
@@ -55,15 +56,20 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = storage.join(workdir, "metrics.jsonl")
     self._remote = storage.is_remote(workdir)
-    self._lines = None   # a bucket file's content, kept to rewrite it
+    self._lines = None  # a bucket file's content, kept to rewrite it
     self._tb = None
     if self.enabled:
       storage.makedirs(workdir)
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
       _register_bucket_writers()
       self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
       if self._remote:
-        self._lines = storage.read_text(self.path).splitlines(keepends=True) if storage.exists(self.path) else []
+        self._lines = (
+          storage.read_text(self.path).splitlines(keepends=True)
+          if storage.exists(self.path)
+          else []
+        )
 
   def drop_after(self, step: int):
     """On resume, forget lines logged after the checkpoint we resume from: they will be logged again."""
@@ -96,8 +102,11 @@ class MetricWriter:
 
 def read_metrics(workdir: str):
   """All records of a run's metrics.jsonl, in order."""
-  return [json.loads(line) for line in storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines()
-          if line.strip()]
+  return [
+    json.loads(line)
+    for line in storage.read_text(storage.join(workdir, "metrics.jsonl")).splitlines()
+    if line.strip()
+  ]
 
 
 def format_duration(seconds: float) -> str:
@@ -109,9 +118,11 @@ def format_duration(seconds: float) -> str:
 class Progress:
   """Throughput and ETA from wall time between log points (the first, compiling, step excluded)."""
 
-  HEARTBEAT_S = 10.0   # between log points, a short line at most this often shows the run is alive
+  HEARTBEAT_S = 10.0  # between log points, a short line at most this often shows the run is alive
 
-  def __init__(self, total_steps: int, batch_size: int, flops_per_step: float | None, peak_flops: float | None):
+  def __init__(
+    self, total_steps: int, batch_size: int, flops_per_step: float | None, peak_flops: float | None
+  ):
     self.total, self.batch = total_steps, batch_size
     self.flops, self.peak = flops_per_step, peak_flops
     self._mark = None
@@ -130,7 +141,10 @@ class Progress:
     parts = [f"step {step}/{self.total}"]
     if step > last_step:
       step_time = (self._printed - last_time) / (step - last_step)
-      parts += [f"{self.batch / step_time:.1f} img/s", f"ETA {format_duration(step_time * (self.total - step))}"]
+      parts += [
+        f"{self.batch / step_time:.1f} img/s",
+        f"ETA {format_duration(step_time * (self.total - step))}",
+      ]
     return " | ".join(parts)
 
   def measure(self, step: int) -> dict:
@@ -141,8 +155,11 @@ class Progress:
     if step <= last_step:
       return {}
     step_time = (now - last_time) / (step - last_step)
-    out = {"perf/step_time_s": step_time, "perf/images_per_s": self.batch / step_time,
-           "perf/eta_s": step_time * (self.total - step)}
+    out = {
+      "perf/step_time_s": step_time,
+      "perf/images_per_s": self.batch / step_time,
+      "perf/eta_s": step_time * (self.total - step),
+    }
     if self.flops and self.peak:
       out["perf/mfu"] = self.flops / step_time / self.peak
     return out
@@ -151,7 +168,10 @@ class Progress:
     self._printed = time.perf_counter()
     parts = [f"step {step}/{self.total}", f"loss {metrics.get('train/loss', float('nan')):.4f}"]
     if "perf/images_per_s" in metrics:
-      parts += [f"{metrics['perf/images_per_s']:.1f} img/s", f"ETA {format_duration(metrics['perf/eta_s'])}"]
+      parts += [
+        f"{metrics['perf/images_per_s']:.1f} img/s",
+        f"ETA {format_duration(metrics['perf/eta_s'])}",
+      ]
     if "perf/mfu" in metrics:
       parts.append(f"MFU {100 * metrics['perf/mfu']:.2f}%")
     return " | ".join(parts)

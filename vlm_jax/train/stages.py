@@ -14,6 +14,7 @@ the projector, then projector + LM), each in its own sub-workdir `WORKDIR/stage<
 Running the command again skips finished stages (those with final_eval.json) and resumes an unfinished one
 from its own checkpoints; a stage never starts before the previous one has finished.
 """
+
 import copy
 
 import jax
@@ -21,8 +22,8 @@ import ml_collections
 
 from vlm_jax import config_utils, storage
 from vlm_jax.core.experiment import planned_steps
-from vlm_jax.registry import DATASETS
 from vlm_jax.errors import ConfigError
+from vlm_jax.registry import DATASETS
 
 STAGE_KEYS = ("name", "trainable", "init_from", "include", "overrides")
 
@@ -48,7 +49,9 @@ def stage_configs(config, workdir: str):
   for i, stage in enumerate(stages):
     unknown = set(stage) - set(STAGE_KEYS)
     if unknown or "name" not in stage:
-      raise ConfigError(f"stage {i}: needs a name and only has keys {', '.join(STAGE_KEYS)}; got {sorted(stage)}")
+      raise ConfigError(
+        f"stage {i}: needs a name and only has keys {', '.join(STAGE_KEYS)}; got {sorted(stage)}"
+      )
     c = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
     del c["stages"]
     for key, value in (stage.get("overrides") or {}).items():
@@ -57,17 +60,23 @@ def stage_configs(config, workdir: str):
     source = stage.get("init_from", "previous" if i else "")
     if source == "previous":
       if i == 0:
-        raise ConfigError("the first stage has no previous stage to start from; set its init_from to '' or a workdir")
+        raise ConfigError(
+          "the first stage has no previous stage to start from; set its init_from to '' or a workdir"
+        )
       source = stage_dir(workdir, i - 1, stages[i - 1])
     if source:
-      c.init_from = ml_collections.ConfigDict(dict(workdir=source, step=-1, include=stage.get("include", ".*")))
+      c.init_from = ml_collections.ConfigDict(
+        dict(workdir=source, step=-1, include=stage.get("include", ".*"))
+      )
     out.append((stage_dir(workdir, i, stage), c))
   return out
 
 
 def _stop_step(config) -> int:
   needs_size = "epoch" in str(config.train.duration)
-  return planned_steps(config, len(DATASETS.get(config.data.name)(config.data).train) if needs_size else None)[1]
+  return planned_steps(
+    config, len(DATASETS.get(config.data.name)(config.data).train) if needs_size else None
+  )[1]
 
 
 def run(config, workdir: str, *, train, log=print) -> dict:
@@ -83,7 +92,9 @@ def run(config, workdir: str, *, train, log=print) -> dict:
     if storage.exists(final) and storage.read_json(final)["step"] >= _stop_step(c):
       log(f"Stage {i} ({storage.basename(subdir)}) finished earlier; skipping")
       continue
-    log(f"Stage {i}: {storage.basename(subdir)} (trainable: {c.optim.trainable or 'all'}; "
-        f"from: {c.init_from.workdir or 'fresh initialisation'})")
+    log(
+      f"Stage {i}: {storage.basename(subdir)} (trainable: {c.optim.trainable or 'all'}; "
+      f"from: {c.init_from.workdir or 'fresh initialisation'})"
+    )
     results = train(c, subdir, log=log)
   return results

@@ -5,6 +5,7 @@ Metrics stay on device until a log, checkpoint or eval point; there they are fet
 NaN/Inf, averaged and written. A checkpoint is only written after the steps before it were checked
 finite, so the last checkpoint on disk is always a good one.
 """
+
 import signal
 import time
 
@@ -12,12 +13,12 @@ import jax
 import numpy as np
 
 from vlm_jax import config_utils, durations, storage
-from vlm_jax.errors import ConfigError
-from vlm_jax.data import sources, tokenizers
-from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.core import checkpoint, flops
-from vlm_jax.train import metrics as metrics_lib
 from vlm_jax.core.experiment import Experiment
+from vlm_jax.data import sources, tokenizers
+from vlm_jax.errors import ConfigError
+from vlm_jax.eval.runner import EvalRunner
+from vlm_jax.train import metrics as metrics_lib
 from vlm_jax.train.workdir_lock import WorkdirLock
 
 FINAL_EVAL = "final_eval.json"
@@ -46,6 +47,7 @@ class _Preemption:
   def should_stop(self, step) -> bool:
     if self._multi:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
@@ -59,6 +61,7 @@ def _all_agree(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
   return bool(multihost_utils.process_allgather(np.array(ok)).all())
 
 
@@ -66,7 +69,9 @@ def _mean_metrics(pending):
   """Fetches the metrics of the steps since the last flush, checks them finite, and averages them."""
   host = jax.device_get([m for _, m in pending])
   for (step, _), values in zip(pending, host):
-    bad = {k: float(v) for k, v in values.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
+    bad = {
+      k: float(v) for k, v in values.items() if k in ("loss", "grad_norm") and not np.isfinite(v)
+    }
     if bad:
       raise TrainingDiverged(step, bad)
   return {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[-1]}
@@ -91,7 +96,9 @@ def train(config, workdir: str, *, log=print) -> dict:
     if main:
       lock.release()
       if created and storage.isdir(workdir) and not storage.listdir(workdir):
-        storage.path(workdir).rmdir()   # a run that failed before writing anything leaves no empty folder
+        storage.path(
+          workdir
+        ).rmdir()  # a run that failed before writing anything leaves no empty folder
 
 
 def _train(config, workdir, main, log):
@@ -101,31 +108,48 @@ def _train(config, workdir, main, log):
   final_path = storage.join(workdir, FINAL_EVAL)
   if latest is not None:
     # Before anything is written: a run resumed with another model keeps its config.json and checkpoints.
-    checkpoint.check_params_match(checkpoint.saved_param_shapes(ckpt_dir, latest),
-                                  checkpoint.flat_paths(exp.abstract_params),
-                                  f"{ckpt_dir} (step {latest}, resuming)")
+    checkpoint.check_params_match(
+      checkpoint.saved_param_shapes(ckpt_dir, latest),
+      checkpoint.flat_paths(exp.abstract_params),
+      f"{ckpt_dir} (step {latest}, resuming)",
+    )
     if latest >= exp.stop_step and storage.exists(final_path):
-      log(f"{workdir} is a finished run ({latest} of {exp.stop_step} steps); its results are in {final_path}. "
-          "Evaluate it with --mode=eval, train longer with a larger --config.train.duration, or use a new --workdir.")
+      log(
+        f"{workdir} is a finished run ({latest} of {exp.stop_step} steps); its results are in {final_path}. "
+        "Evaluate it with --mode=eval, train longer with a larger --config.train.duration, or use a new --workdir."
+      )
       return {k: v for k, v in storage.read_json(final_path).items() if k != "step"}
-  log(f"Data: {exp.data.description}" + (" [no dataset configured: using the embedded one]"
-                                          if config.data.name == "embedded" else ""))
-  log(f"Mesh: {dict(exp.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-      f"{jax.process_count()} process(es); global batch {exp.batch_size}; {exp.total_steps} steps"
-      + (f" (stopping at step {exp.stop_step}: train.max_steps)" if exp.stop_step < exp.total_steps else ""))
+  log(
+    f"Data: {exp.data.description}"
+    + (" [no dataset configured: using the embedded one]" if config.data.name == "embedded" else "")
+  )
+  log(
+    f"Mesh: {dict(exp.mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+    f"{jax.process_count()} process(es); global batch {exp.batch_size}; {exp.total_steps} steps"
+    + (
+      f" (stopping at step {exp.stop_step}: train.max_steps)"
+      if exp.stop_step < exp.total_steps
+      else ""
+    )
+  )
   evaluator = EvalRunner(exp)
-  eval_every = {k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
-                for k, c in config.evals.items()}
+  eval_every = {
+    k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
+    for k, c in config.evals.items()
+  }
   sources.SKIPS.reset()
   data_iter = exp.train_iterator()
   # A fresh run writes nothing until its state exists (init_from read): a bad start leaves no half-made workdir.
   state = exp.init_state() if latest is None else None
-  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints,
-                                 async_save=config.train.get("async_checkpoints", True))
+  ckpt = checkpoint.Checkpointer(
+    ckpt_dir,
+    keep=config.train.keep_checkpoints,
+    async_save=config.train.get("async_checkpoints", True),
+  )
   if main:
     config_utils.save_workdir_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
-  if latest is not None:   # restored straight into its shardings: no random state is built first
+  if latest is not None:  # restored straight into its shardings: no random state is built first
     state = ckpt.restore(latest, exp.abstract_state(), data_iter)
     writer.drop_after(latest)
     log(f"Resumed from checkpoint at step {latest} in {ckpt.directory}")
@@ -134,13 +158,19 @@ def _train(config, workdir, main, log):
 
   local = next(data_iter)
   batch = exp.global_batch(local)
-  log(f"Compiling the train step ({sum(x.size for x in jax.tree.leaves(exp.abstract_params)) / 1e6:.2f}M "
-      "parameters) ...")
+  log(
+    f"Compiling the train step ({sum(x.size for x in jax.tree.leaves(exp.abstract_params)) / 1e6:.2f}M "
+    "parameters) ..."
+  )
   compile_start = time.perf_counter()
   train_step = exp.compile_train_step(state, batch)
   log(f"Compiled the train step in {time.perf_counter() - compile_start:.1f}s")
-  progress = metrics_lib.Progress(exp.stop_step, exp.batch_size, flops.compiled_flops(train_step),
-                                  flops.measure_matmul_peak() if config.train.get("mfu", True) else None)
+  progress = metrics_lib.Progress(
+    exp.stop_step,
+    exp.batch_size,
+    flops.compiled_flops(train_step),
+    flops.measure_matmul_peak() if config.train.get("mfu", True) else None,
+  )
   preemption = _Preemption()
   pending, final_eval, cut_reported = [], {}, False
   try:
@@ -159,21 +189,24 @@ def _train(config, workdir, main, log):
         except TrainingDiverged as e:
           bad_step, bad = e.args
           raise TrainingDiverged(
-              f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {bad_step}; stopping. "
-              f"The last good checkpoint is step {last_good} in {ckpt.directory}"
-              if last_good is not None else f"non-finite {bad} at step {bad_step}; stopping (no checkpoint yet)"
+            f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {bad_step}; stopping. "
+            f"The last good checkpoint is step {last_good} in {ckpt.directory}"
+            if last_good is not None
+            else f"non-finite {bad} at step {bad_step}; stopping (no checkpoint yet)"
           ) from None
         pending = []
         record.update({f"data/skipped/{k}": float(v) for k, v in sources.SKIPS.snapshot().items()})
         if not cut_reported and tokenizers.TEXT_COUNTS.cut:
           cut_reported = True
           counts = tokenizers.TEXT_COUNTS
-          log(f"Note: {counts.cut} of the {counts.encoded} captions read so far were longer than "
-              f"model.text.max_len={exp.max_len} tokens and were cut; raise it if the ends matter")
+          log(
+            f"Note: {counts.cut} of the {counts.encoded} captions read so far were longer than "
+            f"model.text.max_len={exp.max_len} tokens and were cut; raise it if the ends matter"
+          )
         record.update(progress.measure(step))
         writer.write(step, record)
         log(progress.line(step, record))
-        ckpt.check()   # a background save that failed stops the run here
+        ckpt.check()  # a background save that failed stops the run here
       elif main and progress.heartbeat_due():
         log(progress.heartbeat(step))
       if save:
@@ -183,7 +216,10 @@ def _train(config, workdir, main, log):
         final_eval = evaluator.run(state.params)
         if final_eval:
           writer.write(step, final_eval)
-          log(f"Eval at step {step}: " + ", ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(final_eval.items())))
+          log(
+            f"Eval at step {step}: "
+            + ", ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(final_eval.items()))
+          )
         progress.start(step)  # do not count eval time as train throughput
       if stop and not done:
         log(f"Stopping at step {step} with a checkpoint saved; run the same command to resume.")
@@ -192,7 +228,7 @@ def _train(config, workdir, main, log):
         batch = exp.global_batch(next(data_iter))
   finally:
     preemption.restore()
-    if hasattr(data_iter, "close"):   # reader and decoding threads of streamed data
+    if hasattr(data_iter, "close"):  # reader and decoding threads of streamed data
       data_iter.close()
     try:
       ckpt.wait()
@@ -204,5 +240,7 @@ def _train(config, workdir, main, log):
   if step == exp.stop_step and main and (final_eval or not storage.exists(final_path)):
     storage.write_json(final_path, {"step": step, **final_eval})
   if main and step == exp.stop_step:
-    log(f"Finished: checkpoints, metrics.jsonl, TensorBoard events and {FINAL_EVAL} are in {workdir}")
+    log(
+      f"Finished: checkpoints, metrics.jsonl, TensorBoard events and {FINAL_EVAL} are in {workdir}"
+    )
   return final_eval
