@@ -53,19 +53,6 @@ def _check_learned(workdir, result):
 
 
 @pytest.mark.slow
-def test_tiny_clip_learns_quickly(tmp_path):
-  """A shortened tiny run (the full one is test_tiny_clip_config_as_shipped). Opt-in since the default run
-  covers learning with the micro runs of every family and streamed shards (test_streaming)."""
-  result = _run_tiny(
-    tmp_path,
-    "--config.train.duration=150",
-    "--config.evals.zero_shot.every=0",
-    "--config.evals.retrieval.every=0",
-  )
-  _check_learned(tmp_path, result)
-
-
-@pytest.mark.slow
 def test_tiny_clip_config_as_shipped(tmp_path):
   _check_learned(tmp_path, _run_tiny(tmp_path))
 

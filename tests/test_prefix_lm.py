@@ -121,35 +121,6 @@ def test_question_answer_inputs():
     transforms.Preprocess(16, tok, 4).question_answer("a long question", "x")
 
 
-@pytest.mark.slow
-def test_short_simvlm_run_learns_captions(tmp_path):
-  """Opt-in (35 s): SimVLM's model and objective are covered by the decoding and prefix-LM tests."""
-  config = helpers.micro_config(
-    helpers.SIMVLM_TINY,
-    batch_size=32,
-    **{
-      "model.encoder.variant": "micro",
-      "model.decoder.variant": "micro",
-      "model.image.stem": 4,
-      "train.duration": "60 steps",
-      "train.log_every": "10 steps",
-      "train.checkpoint_every": "0 steps",
-      "optim.lr": 3e-3,
-      "optim.warmup": "10 steps",
-      "evals.captioning.every": "60 steps",
-      "evals.captioning.limit": 32,
-      "evals.zero_shot_likelihood.every": "60 steps",
-      "evals.zero_shot_likelihood.limit": 32,
-    },
-  )
-  final = trainer.train(config, str(tmp_path), log=lambda *a: None)
-  records = list(helpers.metrics_lib.read_metrics(str(tmp_path)))
-  for name in ("train/prefix_lm_loss", "train/text_lm_loss"):
-    losses = [r[name] for r in records if name in r]
-    assert losses[-1] < 0.7 * losses[0], (name, losses)
-  assert "eval/captioning/cider" in final and "eval/zero_shot_likelihood/color_top1" in final
-
-
 def test_short_decoder_only_run_learns_captions_and_answers(tmp_path):
   config = helpers.micro_config(
     PREFIXLM_TINY,
