@@ -169,7 +169,7 @@ def test_short_decoder_only_run_learns_captions_and_answers(tmp_path):
   assert scores["cider"] == pytest.approx(final["eval/captioning/cider"])
 
 
-@pytest.mark.slow
+@pytest.mark.recipes
 def test_prefixlm_tiny_as_shipped(tmp_path):
   """The decoder-only tiny recipe (about 9 minutes): answers and captions far above chance on held-out data."""
   final = helpers.run_recipe(PREFIXLM_TINY, tmp_path)
@@ -181,7 +181,7 @@ def test_prefixlm_tiny_as_shipped(tmp_path):
     assert helpers.losses(tmp_path, name)[-1] < 0.3 * helpers.losses(tmp_path, name)[0]
 
 
-@pytest.mark.slow
+@pytest.mark.recipes
 def test_simvlm_tiny_as_shipped(tmp_path):
   """The SimVLM tiny recipe (about 7 minutes): captions name colour and shape far above chance."""
   final = helpers.run_recipe(helpers.SIMVLM_TINY, tmp_path)

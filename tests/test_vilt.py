@@ -41,7 +41,7 @@ def test_short_vilt_run_learns(tmp_path):
   )
 
 
-@pytest.mark.slow
+@pytest.mark.recipes
 def test_vilt_tiny_as_shipped(tmp_path):
   """The tiny recipe (about 6 minutes): ITM with mixed hard negatives beats chance on held-out pairs."""
   import subprocess  # pylint: disable=import-outside-toplevel
