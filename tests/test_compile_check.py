@@ -50,3 +50,14 @@ def test_a_step_that_does_not_fit_the_device_is_an_error(monkeypatch):
   monkeypatch.setattr(type(device), "memory_stats", lambda self: {"bytes_limit": 1024})
   with pytest.raises(ConfigError, match="per device but a device has"):
     compile_check.compile_report(exp, log=lambda *a: None)
+
+
+@pytest.mark.parametrize(
+  "recipe", [helpers.VILT_TINY, helpers.PREFIXLM_TINY], ids=["vilt", "prefixlm"]
+)
+def test_bench_times_recipes_whose_objectives_prepare_fields_on_the_host(recipe):
+  """Whole-word MLM needs word boundaries and VQA question/answer pairs: the bench's batch has them."""
+  from vlm_jax import bench  # pylint: disable=import-outside-toplevel
+
+  result = bench.benchmark(helpers.micro_config(recipe, batch_size=8), steps=1, warmup=0)
+  assert result["step_time_median_s"] > 0 and result["flops_per_step"] > 0

@@ -1,7 +1,8 @@
 """Image-text matching (ITM) with random and hard in-batch negatives, and masked language modeling (MLM).
 
 ITM: each example keeps its image with probability 1 - `negative_rate`, else is paired with another image
-of the batch: a random one, the hardest one (the highest `match_scores` among images that are not its
+of the batch: a random one, the hardest one (the highest [text, image] score the model computes in its
+forward pass: FLAVA's contrastive similarities, ViLT's unimodal encodings, among images that are not its
 match), or either ('mixed', hard with probability `hard_fraction`). The model classifies matching vs not.
 Texts identical to the anchor's count as matching, so a duplicate caption is never used as a negative.
 """
