@@ -127,7 +127,7 @@ def test_short_cappa_run_learns_captions(tmp_path):
   )
 
 
-@pytest.mark.recipes
+@pytest.mark.slow
 def test_cappa_tiny_as_shipped(tmp_path):
   """The CapPa tiny recipe (about 5 minutes): captions, likelihood zero-shot and linear probe above chance."""
   final = helpers.run_recipe(CAPPA_TINY, tmp_path)

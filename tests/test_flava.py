@@ -131,7 +131,7 @@ def test_itm_reranking_scores_only_the_contrastive_top_k():
   assert recall_at_k(ranked["i2t"], (1, 2)) == {1: 0.75, 2: 0.75}
 
 
-@pytest.mark.slow
+@pytest.mark.recipes
 def test_flava_tiny_as_shipped(tmp_path):
   """The FLAVA tiny recipe (about 10 minutes): all five losses fall, ITM beats chance on held-out pairs and
   zero-shot through the contrastive head beats chance."""
