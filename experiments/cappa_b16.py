@@ -12,46 +12,31 @@ COMMAND:
   python -m vlm_jax.main --config experiments/cappa_b16.py:tiny --workdir runs/cappa_tiny
 """
 
+import os
+
 import ml_collections
 
-from vlm_jax import defaults
-
-LIKELIHOOD_TEMPLATES = ("a photo of a {}",)
+from vlm_jax import config_utils
 
 
 def get_config(arg=None):
   variant = arg or "base"
   if variant not in ("base", "tiny"):
     raise ValueError(f"unknown cappa_b16 variant {variant!r}; known: base, tiny")
-  c = defaults.base_config()
-  c.model.update(dict(name="simvlm", act="gelu", dropout=0.0))
-  c.model.image = ml_collections.ConfigDict(dict(variant="B/16", image_size=224, stem=0))
-  c.model.text = ml_collections.ConfigDict(dict(max_len=64))
-  c.model.encoder = ml_collections.ConfigDict(dict(variant="B"))
-  c.model.decoder = ml_collections.ConfigDict(dict(variant="B", depth=6))
-  c.objectives = ml_collections.ConfigDict({"cappa": dict(weight=1.0, parallel_fraction=0.75)})
-  c.optim.update(lr=1e-3, weight_decay=1e-4, b2=0.999, warmup="2000 steps")
-  labels = ("shape", "color")
-  c.evals = ml_collections.ConfigDict(
-    {
-      "captioning": dict(every="1 epochs", label_keys=labels, limit=500),
-      "zero_shot_likelihood": dict(
-        every="1 epochs", label_keys=labels, templates=LIKELIHOOD_TEMPLATES, limit=500
-      ),
-      "linear_probe": dict(
-        every="1 epochs", label_keys=labels, shots=(1, 5, 10), train_limit=5000, limit=1000
-      ),
-    }
-  )
-  if variant == "tiny":
-    c.batch_size = 128
-    c.model.image.update(variant="tiny/8", image_size=48)
-    c.model.text.update(max_len=16)
-    c.model.encoder.update(variant="tiny", depth=3)
-    c.model.decoder.update(variant="tiny", depth=2)
-    c.optim.update(lr=2e-3, warmup="50 steps", weight_decay=0.1)
-    c.train.update(duration="400 steps", log_every="50 steps", checkpoint_every="200 steps")
-    for name in c.evals:
-      c.evals[name].every = "200 steps"
-      c.evals[name].limit = 256
+  # SimVLM's encoder-decoder and evaluators at the same sizes, without the conv stem, a 6-layer decoder.
+  c = config_utils.load_config(os.path.join(os.path.dirname(__file__), f"simvlm_base.py:{variant}"))
+  with c.unlocked():
+    c.model.image.stem = 0
+    c.objectives = ml_collections.ConfigDict({"cappa": dict(weight=1.0, parallel_fraction=0.75)})
+    probe = dict(
+      every=c.evals.captioning.every,
+      label_keys=("shape", "color"),
+      shots=(1, 5, 10),
+      train_limit=5000,
+      limit=1000 if variant == "base" else c.evals.captioning.limit,
+    )
+    c.evals.linear_probe = probe
+    if variant == "base":
+      c.model.decoder.depth = 6
+      c.optim.update(lr=1e-3, weight_decay=1e-4)
   return c.lock()

@@ -59,11 +59,12 @@ def build_cappa_objective(config, context):
       "cappa_parallel_fraction": parallel.mean(),
     }
 
-  def draw_with_masked_inputs(rng, batch):
-    drawn = base_request.draw(rng, batch)
+  lm = lm_request(context.key, caption, parallel=parallel_rows)
+
+  def draw(rng, batch):
+    drawn = lm.draw(rng, batch)
     # Parallel rows read only mask tokens: no text context at all, as big_vision's masking_ratio=1.
     drawn["inputs"] = jnp.where(drawn["parallel"][:, None], tokenizer.mask_id, drawn["tokens"])
     return drawn
 
-  base_request = lm_request(context.key, caption, parallel=parallel_rows)
-  return Objective(loss, requests={request: Request(draw_with_masked_inputs, base_request.spec)})
+  return Objective(loss, requests={request: Request(draw, lm.spec)})
