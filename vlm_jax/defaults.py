@@ -14,7 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.eval_batch_size = 256
   c.model = ml_collections.ConfigDict(
-    dict(dtype="float32", param_dtype="float32", remat="none", scan_layers=False)
+    # dtype: the compute dtype ("auto": bfloat16 on GPU/TPU, float32 on CPU); parameters and optimizer
+    # state stay param_dtype. attention: auto | xla | cudnn | reference (models/layers.py).
+    dict(dtype="auto", param_dtype="float32", remat="none", scan_layers=False, attention="auto")
   )
   c.objectives = ml_collections.ConfigDict()
   # With no dataset configured, the embedded synthetic data (rendered at 64px, resized to the model input).

@@ -24,7 +24,7 @@ from vlm_jax import (
 )
 from vlm_jax.core import checkpoint
 from vlm_jax.data import tokenizers, transforms
-from vlm_jax.registry import DATASETS, MODELS
+from vlm_jax.registry import DATASETS
 
 
 class Pretrained:
@@ -33,7 +33,7 @@ class Pretrained:
     self.config, self.params, self.step, self.batch_size = config, params, step, batch_size
     self.tokenizer = _tokenizer(config)
     # The builders prefer a vocabulary size fixed in the config (imported weights) over the tokenizer's.
-    self.model = MODELS.get(config.model.name)(config.model, vocab_size=self.tokenizer.vocab_size)
+    self.model = models.build(config.model, self.tokenizer.vocab_size)
     self.image_size, self.max_len = config.model.image.image_size, config.model.text.max_len
     self._preprocess = transforms.Preprocess.from_config(config, self.tokenizer)
     apply = lambda method: jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=method))

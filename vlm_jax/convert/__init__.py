@@ -25,7 +25,6 @@ from vlm_jax import (
 from vlm_jax.convert import hf, openclip
 from vlm_jax.core import checkpoint
 from vlm_jax.errors import ConfigError
-from vlm_jax.registry import MODELS
 
 KINDS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava")
 FUSION_OBJECTIVES = {
@@ -146,7 +145,7 @@ def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print
 
 def check_fits(config, params, where: str):
   """Raises ConfigError listing the parameter paths where `params` and the config's model disagree."""
-  model = MODELS.get(config.model.name)(config.model, vocab_size=config.model.text.vocab_size)
+  model = models.build(config.model, config.model.text.vocab_size)
   expected = models.abstract_params(model, config.model.image.image_size, config.model.text.max_len)
   checkpoint.check_params_match(
     checkpoint.flat_paths(params), checkpoint.flat_paths(expected), where

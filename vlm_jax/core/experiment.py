@@ -87,7 +87,8 @@ class Experiment:
     self.tokenizer = tokenizers.get_tokenizer(
       config.data.tokenizer, config.data.get("tokenizer_path", ""), self.data.tokenizer_path
     )
-    self.model = MODELS.get(config.model.name)(config.model, vocab_size=self.tokenizer.vocab_size)
+    self.platform = self.mesh.devices.flat[0].platform
+    self.model = models.build(config.model, self.tokenizer.vocab_size, self.platform)
     self.loss_fn = build_objective(
       config.objectives,
       mesh=self.mesh,

@@ -6,6 +6,7 @@ Every model's parameters of the image tower are named `image_*` and those of the
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vlm_jax.models import coca, flava, fusion, layers, prefix_lm, simvlm, text, two_tower, vit
@@ -23,13 +24,36 @@ TWO_TOWER_FIELDS = (
 )
 
 
+def build(config, vocab_size: int, platform: str | None = None):
+  """The registered model `config.name`, with "auto" settings resolved for `platform` (the devices it
+  will run on; default: this process's backend, which differs from the target when compiling for a TPU
+  topology on a CPU host)."""
+  return MODELS.get(config.name)(resolved(config, platform), vocab_size=vocab_size)
+
+
+def resolved(config, platform: str | None = None):
+  """A copy of a model config with dtype "auto" made concrete (bfloat16 on accelerators)."""
+  if config.get("dtype", "float32") != "auto":
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.dtype = jnp.dtype(layers.compute_dtype("auto", platform)).name
+  return config
+
+
+def attention_of(config) -> str:
+  return config.get("attention", "auto")  # configs saved before it existed
+
+
 def shared_fields(config):
-  return dict(dtype=layers.dtype_of(config.dtype), param_dtype=layers.dtype_of(config.param_dtype))
+  return dict(
+    dtype=layers.compute_dtype(config.dtype), param_dtype=layers.dtype_of(config.param_dtype)
+  )
 
 
 def tower_fields(config, vocab_size: int):
   """(image, text) module fields: the named variant's sizes, overridden by any field the config sets."""
-  options = dict(remat=config.remat, scan=config.scan_layers)
+  options = dict(remat=config.remat, scan=config.scan_layers, attention=attention_of(config))
   image = {
     **vit.parse_variant(config.image.variant),
     **options,
@@ -128,6 +152,7 @@ def build_simvlm(config, vocab_size: int):
     dropout=config.get("dropout", 0.0),
     remat=config.remat,
     scan=config.scan_layers,
+    attention=attention_of(config),
     **shared_fields(config),
   )
 
@@ -173,6 +198,7 @@ def build_vilt(config, vocab_size: int):
     dropout=config.get("dropout", 0.0),
     remat=config.remat,
     scan=config.scan_layers,
+    attention=attention_of(config),
     **shared_fields(config),
   )
 
@@ -185,6 +211,7 @@ def build_flava(config, vocab_size: int):
     **dict(zip(("width", "depth", "num_heads", "mlp_dim"), vit.SIZES[config.multimodal.variant])),
     "remat": config.remat,
     "scan": config.scan_layers,
+    "attention": attention_of(config),
     **{k: v for k, v in config.multimodal.items() if k != "variant"},
   }
   return flava.Flava(

@@ -39,8 +39,11 @@ class CoCa(nn.Module):
     two_tower.check_locked(self.locked)
     self.image_encoder = vit.VisionTransformer(**{**self.image, "pool": "none"}, **kw)
     heads = self.image["num_heads"]
-    self.image_pool = layers.AttentionPool(1, heads, **kw)
-    self.image_caption_pool = layers.AttentionPool(self.caption_queries, heads, **kw)
+    attention = self.image.get("attention", "auto")
+    self.image_pool = layers.AttentionPool(1, heads, attention=attention, **kw)
+    self.image_caption_pool = layers.AttentionPool(
+      self.caption_queries, heads, attention=attention, **kw
+    )
     self.text_encoder = text.TextTransformer(**self.text, **kw)
     proj = lambda fan_in: layers.partitioned(
       nn.initializers.normal(fan_in**-0.5), ("embed", "proj")
@@ -63,6 +66,7 @@ class CoCa(nn.Module):
       act=self.text.get("act", "gelu"),
       remat=self.text.get("remat", "none"),
       scan=self.text.get("scan", False),
+      attention=self.text.get("attention", "auto"),
       **self.decoder,
       **kw,
     )

@@ -33,6 +33,7 @@ class SingleTower(nn.Module):
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
+  attention: str = "auto"  # layers.attention_implementation
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -72,6 +73,7 @@ class SingleTower(nn.Module):
       ln_eps=self.ln_eps,
       remat=self.remat,
       scan=self.scan,
+      attention=self.attention,
       **kw,
     )
     self.final_ln = layers.layer_norm("final_ln", eps=self.ln_eps, **kw)

@@ -27,6 +27,15 @@ def dtype_of(name) -> Dtype:
   return jnp.dtype(name) if isinstance(name, str) else name
 
 
+def compute_dtype(name, platform: str | None = None) -> Dtype:
+  """`model.dtype`: a dtype name, or "auto" = bfloat16 where matmul units are 16-bit (GPU, TPU: there it
+  is 2-8x the float32 rate and half the activation memory), float32 on CPU (where bfloat16 is slower)."""
+  if name != "auto":
+    return dtype_of(name)
+  platform = platform or jax.default_backend()
+  return jnp.float32 if platform == "cpu" else jnp.bfloat16
+
+
 def partitioned(init: Callable, axes) -> Callable:
   return nn.with_logical_partitioning(init, axes)
 
@@ -152,9 +161,50 @@ class DecodeState(nn.Module):
     return positions, block_mask(blocks, cached_blocks.value, cached_valid.value)
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "reference")
+
+
+def attention_implementation(name: str, dtype, head_dim: int, dropout_active: bool) -> str:
+  """The attention kernel to use: `model.attention` (auto | xla | cudnn | reference), resolved.
+
+  auto: cuDNN's fused (flash) attention on GPUs for 16-bit inputs and head sizes it takes, XLA's
+  `dot_product_attention` elsewhere (TPU and CPU). Attention dropout has no fused kernel: with dropout
+  active in training every choice but an explicit cudnn falls back to the reference einsum path.
+  """
+  if name not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(
+      f"unknown model.attention {name!r}; known: {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+    )
+  if dropout_active:
+    if name == "cudnn":
+      raise ValueError("model.attention='cudnn' has no attention dropout; set model.dropout=0")
+    return "reference"
+  if name == "auto":
+    fits_cudnn = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+    return "cudnn" if jax.default_backend() == "gpu" and fits_cudnn and head_dim <= 128 else "xla"
+  return name
+
+
+def reference_attention(q, k, v, mask, dtype, dropout=None):
+  """einsum -> float32 softmax -> einsum: the definition the fused kernels are tested against, and
+  the path that carries attention dropout."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(dtype)
+  # Softmax in float32 whatever the compute dtype: bf16 logits lose too much.
+  logits = logits.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
 class Attention(nn.Module):
   """Multi-head attention; `inputs_kv` given makes it cross-attention.
 
+  `mask` is boolean, broadcastable to [batch, heads, q, k] (`block_mask`). `implementation`: see
+  `attention_implementation`; the fused paths take the same mask and give the reference's values (a
+  fully masked query row averages every value in all of them).
   decode=True (self-attention): keys and values are appended to a cache (the `cache` collection) and the
   queries attend over all of it; `mask` then has the cache's length on its last axis (`DecodeState`).
   The first decode call, with a full-length input, creates the cache and attends normally.
@@ -162,6 +212,7 @@ class Attention(nn.Module):
 
   num_heads: int
   dropout: float = 0.0
+  implementation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -190,14 +241,17 @@ class Attention(nn.Module):
         cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
         index.value = start + k.shape[1]
         k, v = cached_k.value, cached_v.value
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
-    # Softmax in float32 whatever the compute dtype: bf16 logits lose too much.
-    logits = logits.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    dropout_active = self.dropout > 0 and not deterministic
+    impl = attention_implementation(self.implementation, self.dtype, head_dim, dropout_active)
+    if impl == "reference":
+      drop = nn.Dropout(self.dropout) if dropout_active else None
+      out = reference_attention(
+        q, k, v, mask, self.dtype, (lambda w: drop(w, deterministic=False)) if drop else None
+      )
+    else:
+      if mask is not None:
+        mask = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1]))
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
     out = constrain(out, ("batch", "length", "heads", "kv"))
     return HeadMerge(width, name="out", **kw)(out)
 
@@ -266,6 +320,7 @@ class Block(nn.Module):
   dropout: float = 0.0
   ln_eps: float = 1e-5
   cross_attention: bool = False
+  attention: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -276,14 +331,14 @@ class Block(nn.Module):
     x = constrain(x, ("batch", "length", "embed"))
     y = layer_norm("ln_1", eps=self.ln_eps, **kw)(x)
     x = x + drop(
-      Attention(self.num_heads, dropout=self.dropout, name="attn", **kw)(
+      Attention(self.num_heads, self.dropout, self.attention, name="attn", **kw)(
         y, mask, deterministic=deterministic, decode=decode
       )
     )
     if self.cross_attention:
       y = layer_norm("ln_cross", eps=self.ln_eps, **kw)(x)
       x = x + drop(
-        Attention(self.num_heads, dropout=self.dropout, name="cross_attn", **kw)(
+        Attention(self.num_heads, self.dropout, self.attention, name="cross_attn", **kw)(
           y, context_mask, inputs_kv=context, deterministic=deterministic
         )
       )
@@ -307,6 +362,7 @@ class AttentionPool(nn.Module):
   mlp_dim: int = 0  # 0: attention only; else a pre-LN residual MLP after it
   act: str = "gelu"
   ln_eps: float = 1e-5
+  attention: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -321,7 +377,9 @@ class AttentionPool(nn.Module):
       self.param_dtype,
     )
     queries = jnp.broadcast_to(probe.astype(self.dtype)[None], (tokens.shape[0],) + probe.shape)
-    x = Attention(self.num_heads, name="attn", **kw)(queries, inputs_kv=tokens)
+    x = Attention(self.num_heads, implementation=self.attention, name="attn", **kw)(
+      queries, inputs_kv=tokens
+    )
     if self.mlp_dim:
       y = layer_norm("ln", eps=self.ln_eps, **kw)(x)
       x = x + MLP(self.mlp_dim, act=self.act, name="mlp", **kw)(y)
@@ -344,6 +402,7 @@ class Encoder(nn.Module):
   cross_attention: bool = False
   remat: str = "none"
   scan: bool = False
+  attention: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -372,6 +431,7 @@ class Encoder(nn.Module):
       dropout=self.dropout,
       ln_eps=self.ln_eps,
       cross_attention=self.cross_attention,
+      attention=self.attention,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )

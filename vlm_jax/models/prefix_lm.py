@@ -85,6 +85,7 @@ class PrefixLM(nn.Module):
       ln_eps=t.get("ln_eps", 1e-5),
       remat=t.get("remat", "none"),
       scan=t.get("scan", False),
+      attention=t.get("attention", "auto"),
       **kw,
     )
     self.lm_ln = layers.layer_norm("lm_ln", eps=t.get("ln_eps", 1e-5), **kw)

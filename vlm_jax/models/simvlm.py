@@ -62,6 +62,7 @@ class SimVLM(nn.Module):
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
+  attention: str = "auto"  # layers.attention_implementation
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -96,7 +97,14 @@ class SimVLM(nn.Module):
     self.modality_embed = self.param(
       "modality_embed", normal(0.02, ("classes", "embed")), (2, width), self.param_dtype
     )
-    common = dict(act=self.act, dropout=self.dropout, remat=self.remat, scan=self.scan, **kw)
+    common = dict(
+      act=self.act,
+      dropout=self.dropout,
+      remat=self.remat,
+      scan=self.scan,
+      attention=self.attention,
+      **kw,
+    )
     self.encoder_stack = layers.Encoder(
       **{k: v for k, v in self.encoder.items() if k != "width"}, **common
     )

@@ -57,6 +57,7 @@ class TextTransformer(nn.Module):
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
+  attention: str = "auto"  # layers.attention_implementation
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -115,6 +116,7 @@ class TextTransformer(nn.Module):
       ln_eps=self.ln_eps,
       remat=self.remat,
       scan=self.scan,
+      attention=self.attention,
       name="encoder",
       **kw,
     )(x, mask, not train, decode=decode)

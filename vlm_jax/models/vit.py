@@ -52,6 +52,7 @@ class VisionTransformer(nn.Module):
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
+  attention: str = "auto"  # layers.attention_implementation
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -128,6 +129,7 @@ class VisionTransformer(nn.Module):
       ln_eps=self.ln_eps,
       remat=self.remat,
       scan=self.scan,
+      attention=self.attention,
       name="encoder",
       **kw,
     )(x, None, not train)
@@ -144,7 +146,14 @@ class VisionTransformer(nn.Module):
     elif self.pool == "map":
       x = ln_post(x)
       pooled = layers.AttentionPool(
-        1, self.num_heads, self.mlp_dim, act=self.act, ln_eps=self.ln_eps, name="map_head", **kw
+        1,
+        self.num_heads,
+        self.mlp_dim,
+        act=self.act,
+        ln_eps=self.ln_eps,
+        name="map_head",
+        attention=self.attention,
+        **kw,
       )(x)
       out = pooled[:, 0], x
     elif self.pool == "none":

@@ -12,6 +12,7 @@ an error.
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from vlm_jax.core import flops as flops_lib
 from vlm_jax.core import sharding
@@ -69,7 +70,7 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
     "device_kind": devices[0].device_kind,
     "mesh": dict(exp.mesh.shape),
     "global_batch": exp.batch_size,
-    "dtype": str(exp.config.model.get("dtype", "float32")),
+    "dtype": jnp.dtype(exp.model.dtype).name,
     "params": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
     "flops_per_step_per_device": flops_lib.compiled_flops(compiled),
   }
