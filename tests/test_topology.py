@@ -23,6 +23,8 @@ def test_the_tiny_recipe_compiles_for_a_v5e_2x2_from_the_command_line(cwd):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "(4 devices of TPU topology v5e:2x2 (TPU v5 lite)), global batch 128" in result.stdout
+  # model.dtype "auto" resolves for the target chips, not for this CPU host.
+  assert "compute dtype bfloat16" in result.stdout
   assert (
     "device capacity: 16,384.0 MiB" in result.stdout
     and "FLOPs per step per device" in result.stdout
