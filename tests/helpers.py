@@ -32,6 +32,7 @@ MICRO = {
   "model.text.max_len": 16,
   "batch_size": 16,
   "eval_batch_size": 16,
+  "fsdp_min_mib": 0,  # no micro tensor reaches the 4 MiB default: split them all, to test FSDP at all
   "data.num_threads": 2,
   "data.max_objects": 1,  # one dataset build for every test (the prefix-LM recipes use the 3-object one)
   "train.duration": "6 steps",

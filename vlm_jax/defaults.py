@@ -11,6 +11,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mesh = "data:-1"  # axes data/fsdp/tensor, e.g. "data:4,fsdp:2"; -1 = the remaining devices
+  c.fsdp_min_mib = (
+    4.0  # parameters smaller than this stay whole on every fsdp shard (big_vision's 4 MB)
+  )
   c.batch_size = 64
   c.eval_batch_size = 256
   c.model = ml_collections.ConfigDict(

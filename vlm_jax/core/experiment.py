@@ -129,7 +129,9 @@ class Experiment:
   def _build_state_shardings(self):
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
       boxed = jax.eval_shape(self._boxed_params, ABSTRACT_KEY)
-    self.param_shardings = sharding.logical_shardings(boxed, self.mesh)
+    self.param_shardings = sharding.logical_shardings(
+      boxed, self.mesh, fsdp_min_bytes=int(self.config.get("fsdp_min_mib", 4) * 2**20)
+    )
     self.abstract_params = nn.unbox(boxed)
     locked = models.locked_regex(self.config.model.get("locked", ()))
     self.tx, self.schedule = optim.make_optimizer(

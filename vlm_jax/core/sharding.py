@@ -42,10 +42,31 @@ def make_mesh(spec, devices=None) -> jax.sharding.Mesh:
   )
 
 
-def logical_shardings(boxed_tree, mesh, rules=RULES):
-  """NamedShardings for a tree of flax LogicallyPartitioned boxes (e.g. from `jax.eval_shape(init)`)."""
-  specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+def logical_shardings(boxed_tree, mesh, rules=RULES, fsdp_min_bytes: int = 0):
+  """NamedShardings for a tree of flax LogicallyPartitioned boxes (e.g. from `jax.eval_shape(init)`).
+
+  Parameters smaller than `fsdp_min_bytes` are not split over `fsdp` (big_vision's threshold): gathering
+  a LayerNorm scale or a bias costs a collective's latency and saves almost no memory.
+  """
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
+  values = nn.unbox(boxed_tree)
+
+  def small_ones_whole(value, named):
+    if value.size * value.dtype.itemsize >= fsdp_min_bytes:
+      return named
+    return NamedSharding(mesh, P(*(_without(axes, "fsdp") for axes in named.spec)))
+
+  return jax.tree.map(small_ones_whole, values, shardings)
+
+
+def _without(axes, name):
+  """A PartitionSpec entry with mesh axis `name` removed."""
+  if axes == name:
+    return None
+  if isinstance(axes, tuple):
+    kept = tuple(a for a in axes if a != name)
+    return kept if len(kept) > 1 else (kept[0] if kept else None)
+  return axes
 
 
 def batch_sharding(mesh):
