@@ -3,7 +3,9 @@ r"""Benchmark the train step of any config: one JSON line with compile time, ste
   python -m vlm_jax.bench --config experiments/clip_b32.py:tiny [--steps 10] [--config.batch_size=64]
 
 Batches are random arrays of the configured shapes, so this measures the step, not the input pipeline.
-MFU compares XLA's FLOP count of the compiled step with the matmul peak measured on the spot.
+MFU: the model's matmul FLOPs (counted from the traced step without remat) over the chip's peak for the
+compute dtype (a table by device kind; on CPUs a matmul measured on the spot); HFU: XLA's FLOP count of the
+compiled step (remat recompute, elementwise ops and optimizer included) over the same peak.
 
 `--with_data` also runs the loop as the trainer does (dispatch the step, load and place the next batch from
 the configured data pipeline while it runs) and reports its step time next to the same loop on one fixed
@@ -100,8 +102,8 @@ def benchmark(
     times.append(time.perf_counter() - start)
   step_time = statistics.median(times)
   fed = data_feed(exp, state, steps, rounds) if with_data else {}
-  flops_per_device = flops.compiled_flops(step)
-  peak = flops.measure_matmul_peak()
+  cost = flops.step_flops(exp, step)
+  utilisation = cost.utilisation(step_time)
   return {
     "model": config.model.name,
     "image": config.model.image.get("variant", ""),
@@ -115,9 +117,13 @@ def benchmark(
     "step_time_median_s": step_time,
     "step_time_min_s": min(times),
     "images_per_s": exp.batch_size / step_time,
-    "flops_per_step": None if flops_per_device is None else flops_per_device * jax.device_count(),
-    "peak_flops_per_device": peak,
-    "mfu": None if flops_per_device is None else flops_per_device / step_time / peak,
+    "dtype": jax.numpy.dtype(exp.model.dtype).name,
+    "model_flops_per_step": cost.model,
+    "hardware_flops_per_step": cost.hardware and cost.hardware * cost.devices,
+    "peak_flops_per_device": cost.peak,
+    "peak_source": cost.peak_source,
+    "mfu": utilisation["perf/mfu"],
+    "hfu": utilisation.get("perf/hfu"),
     **fed,
   }
 

@@ -147,17 +147,22 @@ class Experiment:
   def _check_objectives_fit_model(self):
     """Traces one loss on abstract inputs, so that an objective the model cannot feed (an output it does not
     give) is a config error now, not after the first step's compile."""
-    n = sharding.data_parallel_size(self.mesh)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self.dummy_batch(n).items()}
-    for field, (shape, dtype) in self.loss_fn.batch_fields.items():
-      batch[field] = jax.ShapeDtypeStruct((n, *shape), dtype)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
       jax.eval_shape(
         lambda p, b, k: self.loss_fn(p, b, k, model=self.model, train=True),
         self.abstract_params,
-        batch,
+        self.abstract_batch(sharding.data_parallel_size(self.mesh)),
         ABSTRACT_KEY,
       )
+
+  def abstract_batch(self, batch_size: int) -> dict:
+    """ShapeDtypeStructs of a batch: images, text and every field the objectives prepare on the host."""
+    batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self.dummy_batch(batch_size).items()
+    }
+    for field, (shape, dtype) in self.loss_fn.batch_fields.items():
+      batch[field] = jax.ShapeDtypeStruct((batch_size, *shape), dtype)
+    return batch
 
   def _create_state(self, root_key):
     params = nn.unbox(self._boxed_params(jax.random.fold_in(root_key, 0)))

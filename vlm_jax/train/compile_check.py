@@ -73,6 +73,7 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
     "dtype": jnp.dtype(exp.model.dtype).name,
     "params": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
     "flops_per_step_per_device": flops_lib.compiled_flops(compiled),
+    "model_flops_per_step": flops_lib.model_flops(exp),
   }
   memory = compiled.memory_analysis()
   for name in (
@@ -99,9 +100,13 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   )
   flops = report["flops_per_step_per_device"]
   log(
-    f"  FLOPs per step per device: {flops / 1e9:,.2f} GFLOP"
+    f"  FLOPs per step per device: {flops / 1e9:,.2f} GFLOP (XLA's count, HFU's numerator)"
     if flops
     else "  FLOPs: not reported by this backend"
+  )
+  log(
+    f"  model FLOPs per step per device: {report['model_flops_per_step'] / len(devices) / 1e9:,.2f} "
+    "GFLOP (matmuls without remat, MFU's numerator)"
   )
   for key in keys + ("alias_bytes", "total_bytes_per_device"):
     if key in report:

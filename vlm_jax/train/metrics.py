@@ -120,11 +120,10 @@ class Progress:
 
   HEARTBEAT_S = 10.0  # between log points, a short line at most this often shows the run is alive
 
-  def __init__(
-    self, total_steps: int, batch_size: int, flops_per_step: float | None, peak_flops: float | None
-  ):
+  def __init__(self, total_steps: int, batch_size: int, step_flops=None):
+    """step_flops: a `core.flops.StepFlops` for MFU and HFU (None: neither is reported)."""
     self.total, self.batch = total_steps, batch_size
-    self.flops, self.peak = flops_per_step, peak_flops
+    self.step_flops = step_flops
     self._mark = None
     self._printed = time.perf_counter()
 
@@ -160,8 +159,8 @@ class Progress:
       "perf/images_per_s": self.batch / step_time,
       "perf/eta_s": step_time * (self.total - step),
     }
-    if self.flops and self.peak:
-      out["perf/mfu"] = self.flops / step_time / self.peak
+    if self.step_flops:
+      out.update(self.step_flops.utilisation(step_time))
     return out
 
   def line(self, step: int, metrics: dict) -> str:
@@ -172,6 +171,7 @@ class Progress:
         f"{metrics['perf/images_per_s']:.1f} img/s",
         f"ETA {format_duration(metrics['perf/eta_s'])}",
       ]
-    if "perf/mfu" in metrics:
-      parts.append(f"MFU {100 * metrics['perf/mfu']:.2f}%")
+    for key in ("mfu", "hfu"):
+      if f"perf/{key}" in metrics:
+        parts.append(f"{key.upper()} {100 * metrics[f'perf/{key}']:.1f}%")
     return " | ".join(parts)

@@ -168,8 +168,7 @@ def _train(config, workdir, main, log):
   progress = metrics_lib.Progress(
     exp.stop_step,
     exp.batch_size,
-    flops.compiled_flops(train_step),
-    flops.measure_matmul_peak() if config.train.get("mfu", True) else None,
+    flops.step_flops(exp, train_step) if config.train.get("mfu", True) else None,
   )
   preemption = _Preemption()
   pending, final_eval, cut_reported = [], {}, False
