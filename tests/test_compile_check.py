@@ -60,4 +60,6 @@ def test_bench_times_recipes_whose_objectives_prepare_fields_on_the_host(recipe)
   from vlm_jax import bench  # pylint: disable=import-outside-toplevel
 
   result = bench.benchmark(helpers.micro_config(recipe, batch_size=8), steps=1, warmup=0)
-  assert result["step_time_median_s"] > 0 and result["model_flops_per_step"] > 0 and result["mfu"] > 0
+  assert (
+    result["step_time_median_s"] > 0 and result["model_flops_per_step"] > 0 and result["mfu"] > 0
+  )

@@ -135,10 +135,13 @@ def test_training_streams_tar_shards_from_a_bucket(gcs, tmp_path):
       "data.tokenizer_path": f"{root}/shards/{synthetic.TOKENIZER_FILE}",
       "evals": {},
       "train.duration": "4 steps",
+      "train.profile_steps": (1, 3),
     }
   )
   trainer.train(config, f"{root}/run", log=lambda *a: None)
   assert helpers.checkpoint_steps(f"{root}/run") == [3, 4]
+  # The profiler writes local files; the trace is uploaded into the bucket workdir when it ends.
+  assert storage.find_files(f"{root}/run/profile", ".xplane.pb")
   assert [
     r["step"] for r in helpers.metrics_lib.read_metrics(f"{root}/run") if "train/loss" in r
   ] == [2, 3, 4]

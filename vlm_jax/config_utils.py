@@ -112,3 +112,15 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   ):
     config.data.tokenizer_path = storage.join(workdir, tokenizer_path)
   return config.lock()
+
+
+def profile_steps(value) -> tuple[int, int] | None:
+  """train.profile_steps: () -> None; (a, b) with 0 <= a < b -> (a, b); anything else is a ConfigError."""
+  if not value:
+    return None
+  if len(value) != 2 or not all(isinstance(v, int) for v in value) or not 0 <= value[0] < value[1]:
+    raise ConfigError(
+      f"train.profile_steps={tuple(value)!r}: give two step numbers (a, b) with 0 <= a < b, "
+      "e.g. --config.train.profile_steps='(10, 15)' traces steps 11 to 15"
+    )
+  return tuple(value)

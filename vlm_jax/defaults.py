@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
       async_checkpoints=True,
       mfu=True,
       max_steps=0,
+      profile_steps=(),  # (a, b): an XProf trace of steps a+1..b in workdir/profile (train/profiler.py)
     )
   )  # > 0: stop after this many steps (a smoke test), on the schedule of the full duration
   c.evals = ml_collections.ConfigDict(

@@ -44,6 +44,7 @@ def check_config(
     if cfg.get("data"):
       DATASETS.get(cfg.data.get("name", config.data.name))
     durations.parse(cfg.every)
+  config_utils.profile_steps(config.train.get("profile_steps", ()))
   for name in ("duration", "log_every", "checkpoint_every", "warmup"):
     durations.parse(config.train[name] if name != "warmup" else config.optim.warmup)
   locked = tuple(config.model.get("locked", ()))

@@ -19,6 +19,7 @@ from vlm_jax.data import sources, tokenizers
 from vlm_jax.errors import ConfigError
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import metrics as metrics_lib
+from vlm_jax.train.profiler import StepProfiler
 from vlm_jax.train.workdir_lock import WorkdirLock
 
 FINAL_EVAL = "final_eval.json"
@@ -171,12 +172,16 @@ def _train(config, workdir, main, log):
     flops.step_flops(exp, train_step) if config.train.get("mfu", True) else None,
   )
   preemption = _Preemption()
+  profiler = StepProfiler(config.train.get("profile_steps", ()), workdir, log=log)
   pending, final_eval, cut_reported = [], {}, False
   try:
     progress.start(step)
     while step < exp.stop_step:
-      state, step_metrics = train_step(state, batch)
+      profiler.before_step(step)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, step_metrics = train_step(state, batch)
       step += 1
+      profiler.after_step(step, step_metrics)
       pending.append((step, step_metrics))
       done = step == exp.stop_step
       stop = preemption.should_stop(step)
@@ -226,6 +231,7 @@ def _train(config, workdir, main, log):
       if not done:
         batch = exp.global_batch(next(data_iter))
   finally:
+    profiler.stop()
     preemption.restore()
     if hasattr(data_iter, "close"):  # reader and decoding threads of streamed data
       data_iter.close()
