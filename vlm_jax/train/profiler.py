@@ -37,9 +37,13 @@ class StepProfiler:
       return
     jax.profiler.stop_trace()
     if self.remote:
-      for root, _, files in os.walk(self.active):
-        for name in files:
-          local = os.path.join(root, name)
-          storage.copy(local, storage.join(self.target, os.path.relpath(local, self.active)))
+      # local path: the profiler wrote the trace into a local temporary folder; upload it file by file
+      traced = [
+        os.path.join(root, name) for root, _, files in os.walk(self.active) for name in files
+      ]
+      for local in traced:
+        # local path: the file's name under the trace folder
+        relative = os.path.relpath(local, self.active)
+        storage.copy(local, storage.join(self.target, relative))
     self.active = None
     self.log(f"Wrote an XProf trace of steps {self.steps[0] + 1}-{self.steps[1]} to {self.target}")
