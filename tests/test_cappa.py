@@ -10,6 +10,7 @@ import pytest
 
 from tests import helpers
 from vlm_jax.core.experiment import Experiment
+from vlm_jax.data import transforms
 from vlm_jax.train import trainer
 
 CAPPA_TINY = os.path.join(helpers.ROOT, "experiments", "cappa_b16.py") + ":tiny"
@@ -49,13 +50,16 @@ def test_cappa_loss_matches_a_hand_computed_reference():
   # that attends to all positions, so its logits do not depend on the caption: give it other captions.
   apply = lambda *args, **kw: exp.model.apply({"params": params}, *args, **kw)
   tokens = np.asarray(batch["text"])
-  ar_logits = np.asarray(apply(batch["image"], batch["text"], method="caption_logits"))
+  images = transforms.normalise_on_device(
+    batch["image"], *exp.loss_fn.pixel_stats
+  )  # as the step does
+  ar_logits = np.asarray(apply(images, batch["text"], method="caption_logits"))
   other = jnp.asarray(np.roll(tokens, 1, axis=0))
   ones = jnp.ones(len(tokens), jnp.int32)
   masked = jnp.full_like(other, exp.tokenizer.mask_id)
   parallel_logits = np.asarray(
     apply(
-      batch["image"],
+      images,
       other,
       ones,
       inputs=masked,
@@ -65,7 +69,7 @@ def test_cappa_loss_matches_a_hand_computed_reference():
   )
   same = np.asarray(
     apply(
-      batch["image"],
+      images,
       batch["text"],
       ones,
       inputs=masked,

@@ -10,6 +10,7 @@ import pytest
 
 from tests import helpers
 from vlm_jax.core.experiment import Experiment
+from vlm_jax.data import transforms
 from vlm_jax.objectives import contrastive, masking
 
 
@@ -47,7 +48,9 @@ def _old_losses(exp, params, batch, requests, *, family):
   """The losses as the objectives computed them before the one-forward design: a model call per objective."""
   model, p = exp.model, exp.config.model.image.variant.split("/")[1]
   apply = lambda *args, **kw: model.apply({"params": params}, *args, **kw)
-  images, tokens = batch["image"], batch["text"]
+  # The batch's uint8 pixels, normalised as the composite does on device.
+  images = transforms.normalise_on_device(batch["image"], *exp.loss_fn.pixel_stats)
+  tokens = batch["text"]
   masked = requests["masked_text"]
   out = {}
   if family == "flava":

@@ -34,7 +34,11 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir="",
       tokenizer="sentencepiece",
       tokenizer_path="",
+      # Decoding: threads of the loading process; worker_processes > 0 decodes in that many grain worker
+      # processes instead (hosts whose decoding is GIL-bound); device_prefetch: batches kept in flight.
       num_threads=8,
+      worker_processes=0,
+      device_prefetch=2,
       lowercase=False,
       mean=(0.48145466, 0.4578275, 0.40821073),
       std=(0.26862954, 0.26130258, 0.27577711),

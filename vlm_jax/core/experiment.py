@@ -96,6 +96,10 @@ class Experiment:
       tokenizer=self.tokenizer,
       max_len=config.model.text.max_len,
       patch_size=models.patch_size(config.model),
+      pixel_stats=(
+        tuple(config.data.get("mean", transforms.CLIP_MEAN)),
+        tuple(config.data.get("std", transforms.CLIP_STD)),
+      ),
     )
     self.batch_size = config.batch_size
     to_steps = functools.partial(
@@ -157,10 +161,12 @@ class Experiment:
       )
 
   def abstract_batch(self, batch_size: int) -> dict:
-    """ShapeDtypeStructs of a batch: images, text and every field the objectives prepare on the host."""
+    """ShapeDtypeStructs of a batch: (uint8) images, text and every field the objectives prepare on the
+    host."""
     batch = {
       k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self.dummy_batch(batch_size).items()
     }
+    batch["image"] = batch["image"].update(dtype=np.uint8)  # as the training pipeline sends them
     for field, (shape, dtype) in self.loss_fn.batch_fields.items():
       batch[field] = jax.ShapeDtypeStruct((batch_size, *shape), dtype)
     return batch
@@ -234,6 +240,7 @@ class Experiment:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       num_threads=self.config.data.get("num_threads", 8),
+      worker_processes=self.config.data.get("worker_processes", 0),
     )
 
   def global_batch(self, local_batch):

@@ -34,6 +34,7 @@ def measure(config, batches: int = 20, warmup: int = 3) -> dict:
     global_batch=config.batch_size,
     seed=config.seed,
     num_threads=config.data.num_threads,
+    worker_processes=config.data.get("worker_processes", 0),
   )
   for _ in range(warmup):
     next(iterator)
@@ -45,6 +46,7 @@ def measure(config, batches: int = 20, warmup: int = 3) -> dict:
     "images_per_s": batches * config.batch_size / seconds,
     "batch_size": config.batch_size,
     "num_threads": config.data.num_threads,
+    "worker_processes": config.data.get("worker_processes", 0),
     "batches": batches,
     "seconds": seconds,
     "skipped": sources.SKIPS.snapshot(),

@@ -35,7 +35,10 @@ class SampleError(Exception):
 
   def __init__(self, reason: str, key: str, detail: str = ""):
     super().__init__(f"{reason}: {key} {detail}".strip())
-    self.reason, self.key = reason, key
+    self.reason, self.key, self.detail = reason, key, detail
+
+  def __reduce__(self):  # picklable with its fields: grain worker processes hand skips back
+    return type(self), (self.reason, self.key, self.detail)
 
 
 class Skips:

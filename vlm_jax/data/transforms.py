@@ -3,6 +3,7 @@
 from collections.abc import Callable
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -13,6 +14,24 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def normalise(pixels, mean, std, xp=jnp):
+  """uint8 [..., 3] pixels -> float32 (pixels / 255 - mean) / std, with NumPy (`xp=np`) or on device."""
+  scaled = pixels.astype(xp.float32) / xp.float32(255.0)
+  return (scaled - xp.asarray(mean, xp.float32)) / xp.asarray(std, xp.float32)
+
+
+def normalise_on_host(images, mean, std) -> np.ndarray:
+  """`normalise_on_device` in NumPy, for consumers outside the step (a PyTorch reference)."""
+  images = np.asarray(images)
+  return normalise(images, mean, std, np) if images.dtype == np.uint8 else images
+
+
+def normalise_on_device(images, mean, std):
+  """The model input of a batch's images: uint8 training pixels are normalised here, inside the step;
+  float images (evaluation, inference) were normalised on the host and pass through."""
+  return normalise(images, mean, std) if images.dtype == jnp.uint8 else images
+
+
 def _to_text(caption) -> str:
   return caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
 
@@ -20,6 +39,10 @@ def _to_text(caption) -> str:
 @dataclasses.dataclass
 class Preprocess:
   """example dict -> {'image': float32 [S, S, 3], 'text': int32 [max_len], labels...}.
+
+  Training batches (`normalise=False`, what `from_config(train=True)` builds) keep the pixels as uint8:
+  a quarter of float32's bytes cross to the device, where `normalise_on_device` (run by the objectives'
+  loss function) scales them. Evaluation and inference get normalised float32 images.
 
   Random crops and flips use the rng passed in (keyed on the example's global position), so the
   augmented batch does not depend on the number of processes. Flips are off by default: captions
@@ -35,6 +58,7 @@ class Preprocess:
   flip: bool = False
   label_keys: tuple = ()
   lowercase: bool = False
+  normalise: bool = True  # False: uint8 pixels, normalised on device
   # The objectives' host-side preparation: (example, out, preprocess, rng) -> extra fields (word boundaries
   # for whole-word masking, a question/answer pair, ...); `vlm_jax.objectives` builds it.
   prepare: Callable | None = None
@@ -53,6 +77,7 @@ class Preprocess:
       lowercase=config.data.get("lowercase", False),
       crop_scale=aug.get("crop_scale"),
       flip=aug.get("flip", False),
+      normalise=not train,
       **fields,
     )
 
@@ -71,12 +96,12 @@ class Preprocess:
       image = image.crop((x, y, x + side, y + side))
     if image.size != (self.image_size, self.image_size):
       image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-    pixels = np.asarray(image, np.float32) / 255.0
+    pixels = np.asarray(image, np.uint8)
     if rng is not None and self.flip and rng.uniform() < 0.5:
       pixels = pixels[:, ::-1]
-    return ((pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(
-      np.float32
-    )
+    if not self.normalise:
+      return np.ascontiguousarray(pixels)
+    return normalise(pixels, self.mean, self.std, np)
 
   def text(self, caption, key: str = "") -> np.ndarray:
     """Token ids; a missing or empty caption raises `sources.SampleError`."""

@@ -18,6 +18,7 @@ import zlib
 
 import jax
 
+from vlm_jax.data import transforms
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives import (  # noqa: F401  (they register themselves)
   cappa,
@@ -46,6 +47,8 @@ class CompositeObjective:
   parts: list  # (key, weight, Objective)
   requests: dict  # name -> Request (merged)
   prepare: Callable | None = None  # host side: (example, out, preprocess, rng) -> fields
+  # (mean, std) of the data: uint8 training images are normalised on device with them
+  pixel_stats: tuple = (transforms.CLIP_MEAN, transforms.CLIP_STD)
 
   @property
   def batch_fields(self) -> dict:
@@ -59,6 +62,7 @@ class CompositeObjective:
     }
 
   def __call__(self, params, batch, rng, *, model, train):
+    batch = {**batch, "image": transforms.normalise_on_device(batch["image"], *self.pixel_stats)}
     requests = self.model_inputs(batch, jax.random.fold_in(rng, 0))
     outputs = model.apply(
       {"params": params},
@@ -80,7 +84,13 @@ class CompositeObjective:
 
 
 def build_objective(
-  objectives_config, *, mesh=None, tokenizer=None, max_len: int = 0, patch_size: int = 0
+  objectives_config,
+  *,
+  mesh=None,
+  tokenizer=None,
+  max_len: int = 0,
+  patch_size: int = 0,
+  pixel_stats: tuple = (transforms.CLIP_MEAN, transforms.CLIP_STD),
 ) -> CompositeObjective:
   """The weighted sum of the configured objectives.
 
@@ -114,4 +124,4 @@ def build_objective(
       fields.update(fn(example, out, preprocess, rng))
     return fields
 
-  return CompositeObjective(parts, requests, prepare if preparers else None)
+  return CompositeObjective(parts, requests, prepare if preparers else None, pixel_stats)

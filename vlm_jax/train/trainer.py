@@ -15,7 +15,7 @@ import numpy as np
 from vlm_jax import config_utils, durations, storage
 from vlm_jax.core import checkpoint, flops
 from vlm_jax.core.experiment import Experiment
-from vlm_jax.data import sources, tokenizers
+from vlm_jax.data import pipeline, sources, tokenizers
 from vlm_jax.errors import ConfigError
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import metrics as metrics_lib
@@ -139,7 +139,10 @@ def _train(config, workdir, main, log):
     for k, c in config.evals.items()
   }
   sources.SKIPS.reset()
-  data_iter = exp.train_iterator()
+  # Global batches already on their devices: the next ones are in flight while a step runs.
+  data_iter = pipeline.DevicePrefetch(
+    exp.train_iterator(), exp.global_batch, config.data.get("device_prefetch", 2)
+  )
   # A fresh run writes nothing until its state exists (init_from read): a bad start leaves no half-made workdir.
   state = exp.init_state() if latest is None else None
   ckpt = checkpoint.Checkpointer(
@@ -157,8 +160,7 @@ def _train(config, workdir, main, log):
   step = int(state.step)
   last_good = latest
 
-  local = next(data_iter)
-  batch = exp.global_batch(local)
+  batch = next(data_iter)
   log(
     f"Compiling the train step ({sum(x.size for x in jax.tree.leaves(exp.abstract_params)) / 1e6:.2f}M "
     "parameters) ..."
@@ -229,12 +231,11 @@ def _train(config, workdir, main, log):
         log(f"Stopping at step {step} with a checkpoint saved; run the same command to resume.")
         break
       if not done:
-        batch = exp.global_batch(next(data_iter))
+        batch = next(data_iter)
   finally:
     profiler.stop()
     preemption.restore()
-    if hasattr(data_iter, "close"):  # reader and decoding threads of streamed data
-      data_iter.close()
+    data_iter.close()  # reader and decoding threads of streamed data
     try:
       ckpt.wait()
     finally:
