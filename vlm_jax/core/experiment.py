@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from vlm_jax import config_utils, durations, models, storage
-from vlm_jax.core import checkpoint, optim, sharding
+from vlm_jax.core import checkpoint, host_memory, optim, sharding
 from vlm_jax.core.state import TrainState
 from vlm_jax.data import pipeline, tokenizers, transforms
 from vlm_jax.errors import ConfigError
@@ -89,6 +89,8 @@ class Experiment:
       config.data.tokenizer, config.data.get("tokenizer_path", ""), self.data.tokenizer_path
     )
     self.platform = self.mesh.devices.flat[0].platform
+    if self.platform == "cpu":
+      host_memory.keep_freed_buffers()  # the step's buffers are host memory: no page faults per step
     self.model = models.build(config.model, self.tokenizer.vocab_size, self.platform)
     self.loss_fn = build_objective(
       config.objectives,
