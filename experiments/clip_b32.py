@@ -12,6 +12,8 @@ Variants (`clip_b32.py:VARIANT`):
   paper   the published batch 32768; for pods with real data.
   tiny    a small CLIP that learns the embedded data on 2 CPU cores in about 3 minutes (400 steps,
           shape zero-shot top-1 ~0.94 vs 0.125 chance).
+  small   the CPU speed comparison with open_clip (docs/scaling.md): 256-wide 6-layer towers, patch 16
+          at 64 px, context 32, CLIP's 49408-token vocabulary, GELU, batch 64.
 
 COMMAND:
   python -m vlm_jax.main --config experiments/clip_b32.py:tiny --workdir runs/clip_tiny
@@ -25,10 +27,10 @@ from vlm_jax import defaults
 
 def get_config(arg=None):
   variant = arg or "base"
-  if variant not in ("base", "paper", "tiny"):
-    raise ValueError(f"unknown clip_b32 variant {variant!r}; known: base, paper, tiny")
+  if variant not in ("base", "paper", "tiny", "small"):
+    raise ValueError(f"unknown clip_b32 variant {variant!r}; known: base, paper, tiny, small")
   c = defaults.base_config()
-  c.batch_size = {"base": 64, "paper": 32768, "tiny": 128}[variant]
+  c.batch_size = {"base": 64, "paper": 32768, "tiny": 128, "small": 64}[variant]
   c.model.update(dict(name="clip", embed_dim=512))
   c.model.image = ml_collections.ConfigDict(
     dict(variant="B/32", image_size=224, act="quick_gelu", pool="cls")
@@ -40,6 +42,11 @@ def get_config(arg=None):
     {"clip": dict(weight=1.0, impl="global")}
   )  # impl: global | local
 
+  if variant == "small":
+    c.model.embed_dim = 256
+    tower = dict(width=256, depth=6, num_heads=4, mlp_dim=1024, act="gelu")
+    c.model.image.update(variant="B/16", image_size=64, **tower)
+    c.model.text.update(variant="B", max_len=32, vocab_size=49408, **tower)
   if variant == "tiny":
     c.model.embed_dim = 128
     c.model.image.update(variant="tiny/8", image_size=48)  # 36 patches: the 64px data, resized

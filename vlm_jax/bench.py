@@ -2,15 +2,19 @@ r"""Benchmark the train step of any config: one JSON line with compile time, ste
 
   python -m vlm_jax.bench --config experiments/clip_b32.py:tiny [--steps 10] [--config.batch_size=64]
 
-Batches are random arrays of the configured shapes, so this measures the step, not the input pipeline.
+The step runs on one batch of the run's own data over and over, so this measures the step, not the input
+pipeline.
 MFU: the model's matmul FLOPs (counted from the traced step without remat) over the chip's peak for the
 compute dtype (a table by device kind; on CPUs a matmul measured on the spot); HFU: XLA's FLOP count of the
 compiled step (remat recompute, elementwise ops and optimizer included) over the same peak.
 
-`--with_data` also runs the loop as the trainer does (dispatch the step, load and place the next batch from
-the configured data pipeline while it runs) and reports its step time next to the same loop on one fixed
-batch, alternating rounds so that machine noise hits both: `data_slowdown` near 1 means the pipeline keeps
-the step fed.
+`--with_data` also runs the loop as the trainer does (dispatch the step; batches from the configured data
+pipeline, data.device_prefetch of them in flight to the devices while it runs) and reports its step time
+next to the same loop on one fixed batch, alternating rounds so that machine noise hits both:
+`data_slowdown` near 1 means the pipeline keeps the step fed.
+
+`--against open_clip` (CLIP recipes) also times open_clip's train step for the same config in turns with
+vlm_jax's (vlm_jax/open_clip_step.py): `vs_open_clip` is vlm_jax's step time over open_clip's.
 """
 
 import json
@@ -24,7 +28,15 @@ from vlm_jax.cli import FLAGS, fail, parse_flags
 flags.DEFINE_integer("steps", 10, "Timed steps (after the warm-up).")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_boolean("with_data", False, "Also time the step fed by the configured data pipeline.")
-flags.DEFINE_integer("rounds", 3, "With --with_data: alternating rounds of --steps steps per mode.")
+flags.DEFINE_integer(
+  "rounds", 3, "With --with_data or --against: alternating rounds of --steps steps per mode."
+)
+flags.DEFINE_enum(
+  "against",
+  None,
+  ["open_clip"],
+  "Also time open_clip's train step for the same CLIP config (PyTorch, same machine), in turns.",
+)
 
 
 def fixed_batch(exp):
@@ -53,8 +65,13 @@ def _loop_time(step, state, batch, next_batch, steps):
 
 def data_feed(exp, state, steps: int, rounds: int) -> dict:
   """Step time on one fixed batch vs fed by the data pipeline, in alternating rounds (medians)."""
-  iterator = exp.train_iterator()
-  fetch = lambda _: exp.global_batch(next(iterator))
+  from vlm_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  data = exp.config.data
+  feed = pipeline.DevicePrefetch(
+    exp.train_iterator(), exp.global_batch, data.get("device_prefetch", 2)
+  )
+  fetch = lambda _: next(feed)
   batch = fetch(None)
   step = exp.compile_train_step(
     state, batch
@@ -65,19 +82,48 @@ def data_feed(exp, state, steps: int, rounds: int) -> dict:
     fixed.append(seconds)
     seconds, state, data_batch = _loop_time(step, state, data_batch, fetch, steps)
     fed.append(seconds)
-  close = getattr(iterator, "close", None)
-  if close:
-    close()
+  feed.close()
   return {
     "step_time_fixed_batch_s": statistics.median(fixed),
     "step_time_with_data_s": statistics.median(fed),
     "data_slowdown": statistics.median(fed) / statistics.median(fixed),
     "data": exp.data.description,
+    "decoding": f"{data.get('worker_processes', 0)} worker processes"
+    if data.get("worker_processes", 0)
+    else f"{data.get('num_threads', 8)} threads",
+    "device_prefetch": data.get("device_prefetch", 2),
+  }
+
+
+def against_open_clip(exp, step, state, batch, steps: int, rounds: int) -> dict:
+  """vlm_jax's and open_clip's step times on the same batch, in alternating rounds (medians)."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from vlm_jax import open_clip_step  # pylint: disable=import-outside-toplevel
+
+  torch_step = open_clip_step.build_step(exp, jax.device_get(batch))
+  torch_step()  # warm-up: allocations, oneDNN primitive creation
+  ours, theirs = [], []
+  for _ in range(rounds):
+    seconds, state, _ = _loop_time(step, state, batch, lambda b: b, steps)
+    ours.append(seconds)
+    theirs.append(open_clip_step.time_steps(torch_step, steps))
+  return {
+    "open_clip_step_time_s": statistics.median(theirs),
+    "vlm_jax_step_time_interleaved_s": statistics.median(ours),
+    "vs_open_clip": statistics.median(ours) / statistics.median(theirs),
+    "open_clip_parameters": torch_step.parameters,
+    "torch_threads": torch_step.threads,
   }
 
 
 def benchmark(
-  config, steps: int = 10, warmup: int = 2, with_data: bool = False, rounds: int = 3
+  config,
+  steps: int = 10,
+  warmup: int = 2,
+  with_data: bool = False,
+  rounds: int = 3,
+  against: str | None = None,
 ) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -102,6 +148,7 @@ def benchmark(
     times.append(time.perf_counter() - start)
   step_time = statistics.median(times)
   fed = data_feed(exp, state, steps, rounds) if with_data else {}
+  compared = against_open_clip(exp, step, state, batch, steps, rounds) if against else {}
   cost = flops.step_flops(exp, step)
   utilisation = cost.utilisation(step_time)
   return {
@@ -124,7 +171,9 @@ def benchmark(
     "peak_source": cost.peak_source,
     "mfu": utilisation["perf/mfu"],
     "hfu": utilisation.get("perf/hfu"),
+    "parameters": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
     **fed,
+    **compared,
   }
 
 
@@ -136,7 +185,11 @@ def main(argv):
 
   try:
     print(
-      json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.with_data, FLAGS.rounds)),
+      json.dumps(
+        benchmark(
+          FLAGS.config, FLAGS.steps, FLAGS.warmup, FLAGS.with_data, FLAGS.rounds, FLAGS.against
+        )
+      ),
       flush=True,
     )
   except ConfigError as e:
