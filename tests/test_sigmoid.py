@@ -70,3 +70,31 @@ def test_sharded_sigmoid_loss_equals_single_device(impl, options, mesh_spec):
   assert set(metrics) == set(ref_metrics)
   for name, ref in ref_metrics.items():
     np.testing.assert_allclose(metrics[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _loss_and_grad_temp_bytes(impl, shards, per_shard=256, width=32):
+  """Temporary bytes per device of the compiled loss + gradient at a fixed per-device batch."""
+  mesh = sharding.make_mesh(f"data:{shards}", jax.devices()[:shards])
+  rows = NamedSharding(mesh, P(sharding.BATCH_AXES))
+  emb = jax.ShapeDtypeStruct((per_shard * shards, width), jnp.float32, sharding=rows)
+  scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
+  fn = (
+    sigmoid.sigmoid_loss_global
+    if impl == "global"
+    else functools.partial(sigmoid.sigmoid_loss_ring, mesh=mesh)
+  )
+  step = jax.value_and_grad(lambda *a: fn(*a)[0], argnums=(0, 1, 2, 3))
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(step).lower(emb, emb, scalar, scalar).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_ring_memory_stays_flat_as_shards_grow_while_global_grows():
+  # The README's promise: the ring holds one [local, local] block (and a fixed number of [local, width]
+  # buffers, its backward pass going round again) however many shards there are; the global loss holds
+  # [local, global] logits per device.
+  ring = {n: _loss_and_grad_temp_bytes("ring", n) for n in (4, 8)}
+  glob = {n: _loss_and_grad_temp_bytes("global", n) for n in (4, 8)}
+  assert ring[8] <= 1.02 * ring[4], ring
+  assert glob[8] >= 1.8 * glob[4], glob
+  assert ring[8] < glob[8] / 2, (ring, glob)
