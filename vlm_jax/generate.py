@@ -16,7 +16,8 @@ reference the cached path is tested against.
 import jax
 import jax.numpy as jnp
 
-NEG = -1e9  # "impossible" score; finite so that differences of impossible scores stay finite
+from vlm_jax.models.layers import NO_TOKEN as NEG  # an impossible score
+from vlm_jax.models.layers import mask_padded_vocab
 
 
 def _no_pad(logits, pad_id: int):
@@ -25,11 +26,9 @@ def _no_pad(logits, pad_id: int):
 
 
 def _in_vocab(logits, vocab_size: int | None):
-  """Columns past the tokenizer's vocabulary (the embedding table is padded for sharding) are no tokens: a
-  model never writes them, whatever it learnt for them. None: every column is a token."""
-  if vocab_size is None or vocab_size >= logits.shape[-1]:
-    return logits
-  return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, NEG)
+  """Columns past the tokenizer's vocabulary are no tokens (models mask their own padded columns; a
+  tokenizer may also know fewer ids than a converted model's table)."""
+  return mask_padded_vocab(logits, vocab_size)
 
 
 def greedy_search(step, cache, logits, steps: int, *, eos_id: int, pad_id: int):

@@ -65,7 +65,8 @@ def tower_fields(config, vocab_size: int):
     **options,
     **{k: v for k, v in config.text.items() if k != "variant"},
   }
-  txt["vocab_size"] = text.pad_vocab(txt.get("vocab_size") or vocab_size)
+  txt["vocab_used"] = txt.get("vocab_size") or vocab_size
+  txt["vocab_size"] = text.pad_vocab(txt["vocab_used"])
   for fields in (image, txt):
     if "locked" in fields:
       raise ValueError(
@@ -137,6 +138,7 @@ def build_simvlm(config, vocab_size: int):
     "max_len": config.text.max_len,
     "pad_id": config.text.get("pad_id", 0),
     "vocab_size": text.pad_vocab(config.text.get("vocab_size") or vocab_size),
+    "vocab_used": config.text.get("vocab_size") or vocab_size,
   }
   image = {
     "patch_size": patch["patch_size"],
@@ -185,6 +187,7 @@ def build_vilt(config, vocab_size: int):
   txt = config.text
   return fusion.SingleTower(
     vocab_size=text.pad_vocab(txt.get("vocab_size") or vocab_size),
+    vocab_used=txt.get("vocab_size") or vocab_size,
     width=size["width"],
     depth=size["depth"],
     num_heads=size["num_heads"],

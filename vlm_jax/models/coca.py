@@ -111,7 +111,7 @@ class CoCa(nn.Module):
     valid = tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
     mask = layers.attention_mask(jnp.ones_like(valid), valid, causal=True)
     x = self.multimodal_decoder(hidden, mask, not train, context=self.decoder_context_proj(context))
-    return self.lm_head(self.decoder_ln(x)).astype(jnp.float32)
+    return layers.mask_padded_vocab(self.lm_head(self.decoder_ln(x)), self.text.get("vocab_used"))
 
   def encode_image(self, images, train: bool = False):
     return self._image(images, train)[0]
@@ -133,7 +133,7 @@ class CoCa(nn.Module):
     x = self.multimodal_decoder(
       hidden, mask, True, context=self.decoder_context_proj(context), decode=True
     )
-    logits = self.lm_head(self.decoder_ln(x)).astype(jnp.float32)
+    logits = layers.mask_padded_vocab(self.lm_head(self.decoder_ln(x)), self.text.get("vocab_used"))
     return layers.last_valid(logits, valid) if prefill else logits
 
   def encode_text(self, tokens, train: bool = False):

@@ -25,6 +25,9 @@ class PredictionHead(nn.Module):
   out_axis: str  # logical axis of the outputs: vocab (words) or mlp (visual codes, pixels)
   act: str = "gelu"
   ln_eps: float = 1e-5
+  used: int | None = (
+    None  # for vocabulary heads: the tokenizer's vocabulary (layers.mask_padded_vocab)
+  )
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -41,7 +44,9 @@ class PredictionHead(nn.Module):
     x = layers.ACTIVATIONS[self.act](dense(x.shape[-1], ("embed", "mlp"), "transform")(x))
     x = layers.layer_norm("ln", eps=self.ln_eps, **kw)(x)
     in_axis = "embed" if self.out_axis == "mlp" else "mlp"  # an axis name may occur once per array
-    return dense(self.features, (in_axis, self.out_axis), "decoder")(x).astype(jnp.float32)
+    return layers.mask_padded_vocab(
+      dense(self.features, (in_axis, self.out_axis), "decoder")(x), self.used
+    )
 
 
 class Flava(nn.Module):
@@ -99,12 +104,13 @@ class Flava(nn.Module):
     self.mm_pooler = dense(mm, ("embed", "mlp"))
     self.itm_head = dense(2, ("mlp", "classes"))
     mim_out = self.mim_codes or self.image["patch_size"] ** 2 * 3
-    head = lambda tower, n, axis: PredictionHead(
-      n, axis, act=tower.get("act", "gelu"), ln_eps=tower.get("ln_eps", 1e-5), **kw
+    head = lambda tower, n, axis, used=None: PredictionHead(
+      n, axis, act=tower.get("act", "gelu"), ln_eps=tower.get("ln_eps", 1e-5), used=used, **kw
     )
-    self.text_mlm_head = head(self.text, self.text["vocab_size"], "vocab")
+    words = (self.text["vocab_size"], "vocab", self.text.get("vocab_used"))
+    self.text_mlm_head = head(self.text, *words)
     self.image_mim_head = head(self.image, mim_out, "mlp")
-    self.mm_mlm_head = head(self.text, self.text["vocab_size"], "vocab")
+    self.mm_mlm_head = head(self.text, *words)
     self.mm_mim_head = head(self.image, mim_out, "mlp")
 
   # --- encoders ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class SingleTower(nn.Module):
   image_size: int
   max_len: int = 40
   pad_id: int = 0
+  vocab_used: int | None = None  # the tokenizer's vocabulary (vocab_size is it padded)
   act: str = "gelu"
   ln_eps: float = 1e-12
   dropout: float = 0.0
@@ -133,7 +134,8 @@ class SingleTower(nn.Module):
 
   def _mlm_head(self, text_tokens):
     x = self.mlm_ln(layers.ACTIVATIONS[self.act](self.mlm_transform(text_tokens)))
-    return (self.text_embed.attend(x) + self.mlm_bias.astype(self.dtype)).astype(jnp.float32)
+    logits = self.text_embed.attend(x) + self.mlm_bias.astype(self.dtype)
+    return layers.mask_padded_vocab(logits, self.vocab_used)
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
     """One forward pass for ViLT's objectives. Requests (see `vlm_jax.objectives`): `masked_text` ->

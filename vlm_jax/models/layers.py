@@ -36,6 +36,22 @@ def compute_dtype(name, platform: str | None = None) -> Dtype:
   return jnp.float32 if platform == "cpu" else jnp.bfloat16
 
 
+NO_TOKEN = (
+  -1e9
+)  # the logit of a column that is no token; finite so that differences of such scores stay finite
+
+
+def mask_padded_vocab(logits, vocab_used: int | None):
+  """Float32 logits over the vocabulary with the columns from `vocab_used` on (the embedding table is
+  padded to a multiple of 128 for sharding; the tokenizer never produces those ids) set to NO_TOKEN, so
+  that no softmax gives them mass: losses, likelihoods and generation see the tokenizer's vocabulary
+  only. None: every column is a token."""
+  logits = logits.astype(jnp.float32)
+  if vocab_used is None or vocab_used >= logits.shape[-1]:
+    return logits
+  return jnp.where(jnp.arange(logits.shape[-1]) < vocab_used, logits, NO_TOKEN)
+
+
 def partitioned(init: Callable, axes) -> Callable:
   return nn.with_logical_partitioning(init, axes)
 

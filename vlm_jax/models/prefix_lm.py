@@ -112,7 +112,7 @@ class PrefixLM(nn.Module):
     return self.lm_embed(tokens) + jnp.take(self.lm_pos_embed, positions, axis=0).astype(self.dtype)
 
   def _logits(self, x):
-    return self.lm_head(self.lm_ln(x)).astype(jnp.float32)
+    return layers.mask_padded_vocab(self.lm_head(self.lm_ln(x)), self.text.get("vocab_used"))
 
   def prefix_lm_logits(
     self,

@@ -160,7 +160,8 @@ class SimVLM(nn.Module):
       decode=decode,
       context_mask=encoded_valid[:, None, None, :],
     )
-    return self.text_embed.attend(self.decoder_ln(x)).astype(jnp.float32)
+    logits = self.text_embed.attend(self.decoder_ln(x))
+    return layers.mask_padded_vocab(logits, self.text.get("vocab_used"))
 
   # --- training ------------------------------------------------------------------------------------
 

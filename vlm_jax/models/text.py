@@ -41,11 +41,12 @@ class TextTransformer(nn.Module):
   model never attends past its end-of-text token anyway).
   """
 
-  vocab_size: int
+  vocab_size: int  # the embedding table's rows: the tokenizer's vocabulary padded (pad_vocab)
   width: int
   depth: int
   num_heads: int
   mlp_dim: int
+  vocab_used: int | None = None  # the tokenizer's vocabulary, for heads over it (mask_padded_vocab)
   max_len: int = 77
   causal: bool = True
   pool: str = "eot"

@@ -124,7 +124,7 @@ class TwoTower(nn.Module):
     x = self.text_mlm_ln(
       layers.ACTIVATIONS[self.text.get("act", "gelu")](self.text_mlm_transform(hidden))
     )
-    return self.text_mlm_decoder(x).astype(jnp.float32)
+    return layers.mask_padded_vocab(self.text_mlm_decoder(x), self.text.get("vocab_used"))
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
     """L2-normalised embeddings and the clamped (log) logit scale; with `model.text_mlm_head`, MLM logits of
