@@ -19,6 +19,7 @@ from tests.test_tokenizers import SENTENCES
 import vlm_jax
 from vlm_jax import convert
 from vlm_jax.errors import ConfigError
+from vlm_jax.objectives.base import token_cross_entropy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -198,6 +199,21 @@ def test_hf_vilt_parity(tmp_path):
   np.testing.assert_allclose(
     logits[valid], out.logits.numpy()[valid], atol=1e-4 * max(1.0, np.abs(logits).max())
   )
+  # The MLM loss over our padded vocabulary equals transformers' over the real one (the padded columns
+  # take no probability mass).
+  labels = np.where(valid & (np.arange(ids.shape[1]) % 3 == 1), ids, -100)
+  with torch.no_grad():
+    ref_loss = model(
+      input_ids=torch.from_numpy(ids.astype(np.int64)),
+      attention_mask=torch.from_numpy((ids != 0) * 1),
+      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+      labels=torch.from_numpy(labels.astype(np.int64)),
+    ).loss.item()
+  full = m.model.apply(variables, pixels, ids, method="mlm_logits")
+  assert full.shape[-1] > vocab  # the table is padded
+  loss, _, _ = token_cross_entropy(full, np.maximum(labels, 0), labels >= 0)
+  assert float(loss) == pytest.approx(ref_loss, abs=1e-5)
   # The retrieval model's single matching logit r becomes the 2-way ITM head (0, r).
   retrieval = transformers.ViltForImageAndTextRetrieval(config).eval()
   (tmp_path / "hf_vilt_itm").mkdir()
@@ -270,6 +286,15 @@ def test_hf_flava_parity(tmp_path):
     )
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=name)
   assert float(m.params["logit_scale"]) == pytest.approx(float(model.flava.logit_scale))
+  # MLM and MMM text losses over our padded vocabulary equal transformers' cross-entropy over the real one.
+  labels = np.where(valid & (np.arange(ids.shape[1]) % 3 == 1), ids, -100)
+  for name, full in (("mlm", apply("text_mlm_logits", pixels, ids)), ("mmm_text", mmm_text)):
+    assert full.shape[-1] > vocab, name
+    ref_loss = torch.nn.functional.cross_entropy(
+      torch.from_numpy(ref[name]).reshape(-1, vocab), t(labels.astype(np.int64)).reshape(-1)
+    ).item()
+    loss, _, _ = token_cross_entropy(full, np.maximum(labels, 0), labels >= 0)
+    assert float(loss) == pytest.approx(ref_loss, abs=1e-5), name
   # FlavaModel: the encoders and the contrastive head convert; the missing heads start at zero.
   (tmp_path / "hf_flava_model").mkdir()
   model.flava.save_pretrained(tmp_path / "hf_flava_model")
