@@ -1,5 +1,9 @@
 """Caption metrics (BLEU, ROUGE-L, CIDEr-D) and VQA accuracy against published and reference values."""
 
+import json
+import os
+
+import numpy as np
 import pytest
 
 from vlm_jax.eval import text_metrics as tm
@@ -120,3 +124,24 @@ def test_vqa_normalisation_and_accuracy():
   assert tm.vqa_accuracy("red", ["red"] * 3 + ["blue"] * 7) == pytest.approx((3 * 2 / 3 + 7) / 10)
   assert tm.vqa_accuracy("two", ["2"] * 4 + ["3"] * 6) == 1.0
   assert tm.vqa_accuracy("green", humans) == 0.0
+
+
+def test_tokens_and_scores_equal_pycocoevalcap_on_captions_with_hyphens_clitics_numbers_and_symbols():
+  """Recorded from pycocoevalcap 1.2 (Java PTB tokenizer) by tests/fixtures/make_coco_caption_reference.py."""
+  path = os.path.join(os.path.dirname(__file__), "fixtures", "coco_caption_reference.json")
+  with open(path, encoding="utf-8") as f:
+    reference = json.load(f)
+  images = reference["images"]
+  for image in images:
+    assert tm.tokenize(image["candidate"]) == image["candidate_tokens"], image["candidate"]
+    for text, tokens in zip(image["references"], image["reference_tokens"]):
+      assert tm.tokenize(text) == tokens, text
+  # "double-decker" is one word, as COCO's tokenizer has it (ROUGE-L and CIDEr-D moved with it).
+  assert "double-decker" in tm.tokenize(images[0]["candidate"])
+  scores = tm.caption_scores(
+    [i["candidate"] for i in images], [i["references"] for i in images], per_image=True
+  )
+  for name, value in reference["corpus"].items():
+    assert scores[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+  for name, values in reference["per_image"].items():
+    np.testing.assert_allclose(scores["per_image"][name], values, rtol=1e-9, atol=1e-12)

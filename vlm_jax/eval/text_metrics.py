@@ -8,8 +8,7 @@ the definitions of pycocoevalcap 1.2:
   its references, averaged;
 - CIDEr-D: TF-IDF n-gram (1..4) vectors with document frequencies over the evaluated references,
   candidate weights clipped at the reference's, a Gaussian length penalty (sigma = 6), x10, averaged.
-Text is lower-cased and split into words with punctuation dropped (what the PTB tokenizer of
-coco-caption does for plain captions; it needs Java, this does not).
+Text is tokenized as pycocoevalcap's PTB tokenizer does (`tokenize`; it needs Java, this does not).
 
 VQA: `vqa_normalize` applies the official answer normalisation (punctuation, number words to digits,
 articles dropped, common contractions restored) and `vqa_accuracy` scores an answer against the human
@@ -23,12 +22,99 @@ import re
 
 # --- captions ------------------------------------------------------------------------------------------
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+# The PTB tokenizer (Stanford CoreNLP 3.4.1, `-preserveLines -lowerCase`) that pycocoevalcap runs on every
+# caption, then drops the tokens in its PUNCTUATIONS. Its rules that captions meet, without Java:
+# hyphenated words and numbers stay whole ("double-decker", "3.5-inch", "1,000", "5:30"); clitics split
+# off ("dog's" -> dog 's, "isn't" -> is n't, "can't" -> ca n't, "gonna" -> gon na); brackets become
+# -lrb- / -rrb- / -lsb- / -rsb- / -lcb- / -rcb- (kept: pycocoevalcap's list names them in upper case);
+# symbols ($ % & # @ * + = ~ /) are tokens of their own at a word's edge; abbreviations ("u.s.") keep
+# their periods; quotes, dashes standing alone, ellipses and sentence punctuation are dropped.
+_DROPPED = {"''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";", '"'}
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_EDGE = "([{<\"'`$#@~*+=/&%)]}>.,;:!?"
+_CLITICS = ("n't", "'s", "'re", "'ve", "'ll", "'m", "'d")
+_SPLIT_WORDS = {  # PTB splits these into two tokens
+  "cannot": ("can", "not"),
+  "gonna": ("gon", "na"),
+  "wanna": ("wan", "na"),
+  "gotta": ("got", "ta"),
+  "gimme": ("gim", "me"),
+  "lemme": ("lem", "me"),
+}
+_ABBREVIATION = re.compile(
+  r"^(?:(?:[a-z]\.)+[a-z]?\.?|(?:mr|mrs|ms|dr|st|jr|sr|vs|etc|inc|co|ltd|ave|mt)\.)$"
+)
+_FRACTION = re.compile(
+  r"(\d) (\d+/\d+)(?=\s|$)"
+)  # "3 1/2": one PTB token, joined by a no-break space
+_TAG = re.compile(r"^</?[a-z][^<>]*>$")  # SGML-like "<angle>" is one token
+
+
+def _split_word(core: str) -> list:
+  """PTB's treatment of a word with no edge punctuation left: clitics and fixed contractions."""
+  if core in _SPLIT_WORDS:
+    return list(_SPLIT_WORDS[core])
+  if core.endswith("n't") and len(core) > 3:
+    stem = core[:-3]
+    return [{"ca": "ca", "wo": "wo", "sha": "sha"}.get(stem, stem), "n't"]
+  for clitic in _CLITICS:
+    if core.endswith(clitic) and len(core) > len(clitic):
+      return _split_word(core[: -len(clitic)]) + [clitic]
+  if "'n'" in core:  # rock'n'roll
+    left, right = core.split("'n'", 1)
+    return [w for w in (left, "'n'", right) if w]
+  return [core]
+
+
+def _ptb_tokens(chunk: str) -> list:
+  """PTB tokens of one whitespace-separated chunk (lower-cased)."""
+  if chunk in ("...", "--", "-") or _ABBREVIATION.match(chunk) or _TAG.match(chunk):
+    return [chunk]
+  lead, trail = [], []
+  while chunk and chunk[0] in _EDGE:
+    if chunk[0] == "#" and chunk[1:2].isalpha():  # a hashtag stays whole
+      break
+    if chunk.startswith("..."):
+      lead.append("...")
+      chunk = chunk[3:]
+      continue
+    lead.append(chunk[0])
+    chunk = chunk[1:]
+  while chunk and chunk[-1] in _EDGE:
+    if _ABBREVIATION.match(chunk):
+      break
+    if chunk.endswith("..."):
+      trail.insert(0, "...")
+      chunk = chunk[:-3]
+      continue
+    run = len(chunk) - len(chunk.rstrip("!?"))
+    if run > 1:  # "!!", "?!": one token
+      trail.insert(0, chunk[-run:])
+      chunk = chunk[:-run]
+      continue
+    trail.insert(0, chunk[-1])
+    chunk = chunk[:-1]
+  middle = []
+  for i, piece in enumerate(chunk.split("--")):  # a double dash inside a chunk separates words
+    if i:
+      middle.append("--")
+    if piece:
+      middle += _split_word(piece)
+  # A trailing "'" after an s is a possessive's apostrophe (kids' -> kids '), already split above.
+  return [_BRACKETS.get(t, t) for t in lead + middle + trail]
 
 
 def tokenize(text: str) -> list:
-  """Lower-cased words without punctuation ("A dog's toy, red." -> ["a", "dog's", "toy", "red"])."""
-  return _WORD.findall(text.lower())
+  """Caption words as pycocoevalcap scores them: PTB tokens, lower-cased, its punctuation dropped
+  ("A double-decker bus isn't red." -> ["a", "double-decker", "bus", "is", "n't", "red"])."""
+  text = _FRACTION.sub("\\1\xa0\\2", text.lower())
+  chunks = [c for c in re.split(r"[ \t\n\r\f\v]+", text) if c]  # not str.split(): it splits "\xa0"
+  words = []
+  for chunk, after in zip(chunks, chunks[1:] + [""]):
+    # "No." before a number is the abbreviation of "number", a period that ends a sentence otherwise.
+    tokens = [chunk] if chunk == "no." and after[:1].isdigit() else _ptb_tokens(chunk)
+    words += [t for t in tokens if t not in _DROPPED]
+  return words
 
 
 def _ngrams(words, n: int = 4) -> collections.Counter:
@@ -74,6 +160,14 @@ def _lcs(a, b) -> int:
 
 
 def rouge_l(candidates, references, beta: float = 1.2) -> float:
+  return _mean(rouge_l_per_image(candidates, references, beta))
+
+
+def _mean(scores) -> float:
+  return sum(scores) / len(scores)
+
+
+def rouge_l_per_image(candidates, references, beta: float = 1.2) -> list:
   scores = []
   for cand, refs in zip(candidates, references):
     lcs = [_lcs(r, cand) for r in refs]
@@ -84,10 +178,15 @@ def rouge_l(candidates, references, beta: float = 1.2) -> float:
       if precision and recall
       else 0.0
     )
-  return sum(scores) / len(scores)
+  return scores
 
 
 def cider_d(candidates, references, n: int = 4, sigma: float = 6.0) -> float:
+  return _mean(cider_d_per_image(candidates, references, n, sigma))
+
+
+def cider_d_per_image(candidates, references, n: int = 4, sigma: float = 6.0) -> list:
+  """Per candidate; document frequencies are over all of `references` (the corpus)."""
   doc_freq = collections.Counter()
   for refs in references:
     doc_freq.update({gram for r in refs for gram in _ngrams(r, n)})
@@ -117,21 +216,35 @@ def cider_d(candidates, references, n: int = 4, sigma: float = 6.0) -> float:
           value /= norm[k] * ref_norm[k]
         total[k] += value * penalty
     scores.append(10.0 * sum(total) / n / len(refs))
-  return sum(scores) / len(scores)
+  return scores
 
 
-def caption_scores(candidates, references) -> dict:
-  """candidates: [str]; references: [[str]] (one list per candidate, at least one each)."""
+def caption_scores(candidates, references, per_image: bool = False) -> dict:
+  """candidates: [str]; references: [[str]] (one list per candidate, at least one each). Corpus-level
+  BLEU-1..4, ROUGE-L and CIDEr-D; per_image adds "per_image": {bleu4, rouge_l, cider} lists in the
+  candidates' order (as pycocoevalcap's scorers return them; CIDEr-D's document frequencies stay the
+  corpus')."""
   if len(candidates) != len(references) or not candidates:
     raise ValueError(
       f"{len(candidates)} candidates for {len(references)} reference lists; need as many, >= 1"
     )
   if any(not refs for refs in references):
     raise ValueError("every candidate needs at least one reference caption")
+  # pycocoevalcap's ROUGE-L splits the tokenized text on " ", its BLEU and CIDEr-D with str.split(),
+  # which also splits PTB's "3\xa01/2".
   cands = [tokenize(c) for c in candidates]
   refs = [[tokenize(r) for r in rs] for rs in references]
-  out = {f"bleu{k + 1}": s for k, s in enumerate(bleu(cands, refs))}
-  out.update(rouge_l=rouge_l(cands, refs), cider=cider_d(cands, refs))
+  split = lambda words: [w for word in words for w in word.split()]
+  cands_split, refs_split = [split(c) for c in cands], [[split(r) for r in rs] for rs in refs]
+  out = {f"bleu{k + 1}": s for k, s in enumerate(bleu(cands_split, refs_split))}
+  rouge, cider = rouge_l_per_image(cands, refs), cider_d_per_image(cands_split, refs_split)
+  out.update(rouge_l=_mean(rouge), cider=_mean(cider))
+  if per_image:
+    out["per_image"] = {
+      "bleu4": [bleu([c], [r])[3] for c, r in zip(cands_split, refs_split)],
+      "rouge_l": rouge,
+      "cider": cider,
+    }
   return out
 
 
