@@ -1,5 +1,7 @@
 """Importing HF CLIP / SigLIP and OpenAI-layout CLIP weights: same embeddings and logits as transformers."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -42,10 +44,16 @@ def check_parity(workdir, model, bias=False):
   image, text = m.encode_image(pixels), m.encode_text(ids)
   np.testing.assert_allclose(image, image_ref, atol=1e-4)
   np.testing.assert_allclose(text, text_ref, atol=1e-4)
-  logits = np.exp(m.params["logit_scale"]) * image @ text.T + (
-    m.params["logit_bias"] if bias else 0.0
-  )
+  # m.similarity: the model's calibrated logits (its scale, and SigLIP's bias) and probabilities (a
+  # softmax over the texts for CLIP, each pair's sigmoid for SigLIP), as transformers gives them.
+  logits = m.similarity(pixels, ids)
   np.testing.assert_allclose(logits, logits_ref, atol=1e-4 * max(1.0, np.abs(logits_ref).max()))
+  probs_ref = (
+    torch.sigmoid(torch.from_numpy(logits_ref))
+    if bias
+    else torch.softmax(torch.from_numpy(logits_ref), dim=1)
+  ).numpy()
+  np.testing.assert_allclose(m.similarity(pixels, ids, probabilities=True), probs_ref, atol=1e-5)
   return m
 
 
@@ -100,6 +108,24 @@ def test_hf_siglip_parity_via_the_command_line(tmp_path):
   )
   assert result.returncode == 0, result.stderr
   check_parity(tmp_path / "w", model, bias=True)
+
+
+def test_a_converted_model_without_its_vocabulary_loads_and_encodes_images(hf_clip, tmp_path):
+  folder, model = hf_clip
+  bare = tmp_path / "no_vocab"
+  bare.mkdir()
+  for name in os.listdir(folder):
+    if name not in ("vocab.json", "merges.txt"):
+      shutil.copy(folder / name, bare / name)
+  logs = []
+  convert.convert("hf_clip", str(bare), str(tmp_path / "w"), log=logs.append)
+  assert any("no tokenizer vocabulary found" in line for line in logs), logs
+  m = vlm_jax.load(str(tmp_path / "w"))
+  pixels = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  image_ref, _, _ = reference_outputs(model, pixels, np.zeros((2, 16), np.int32) + 1)
+  np.testing.assert_allclose(m.encode_image(pixels), image_ref, atol=1e-4)
+  with pytest.raises(ConfigError, match="no vocabulary .*data.tokenizer_path.*--tokenizer"):
+    m.tokenize("a red circle")
 
 
 def test_openclip_state_dict_parity(hf_clip, tmp_path):
@@ -169,6 +195,26 @@ def test_mismatched_checkpoints_list_the_parameter_paths(hf_clip, tmp_path):
     assert expected in result.stderr, result.stderr
 
 
+def _check_fill_mask(m, pixels, texts, masked_ids, probs_ref):
+  """m.fill_mask gives, at each [MASK], transformers' top tokens and their probabilities."""
+  mask_id = m.tokenizer.mask_id
+  assert [list(row).count(mask_id) for row in masked_ids] == [t.count("[MASK]") for t in texts]
+  # Everything but the masks is tokenized as `tokenize` does it.
+  plain = m.tokenize([t.replace("[MASK]", "") for t in texts])
+  pad = m.tokenizer.pad_id
+  assert [[i for i in row if i not in (mask_id, pad)] for row in masked_ids] == [
+    [i for i in row if i != pad] for row in plain
+  ]
+  fills = m.fill_mask(pixels, texts, top_k=3)
+  for row, ref, filled in zip(masked_ids, probs_ref, fills):
+    positions = np.flatnonzero(row == mask_id)
+    assert len(filled) == len(positions)
+    for position, top in zip(positions, filled):
+      best = np.argsort(-ref[position])[:3]
+      assert [w for w, _ in top] == [m.tokenizer.decode([int(i)]) for i in best]
+      np.testing.assert_allclose([p for _, p in top], ref[position][best], atol=1e-5)
+
+
 def test_hf_vilt_parity(tmp_path):
   folder = tmp_path / "hf_vilt"
   model = make_hf_vilt(folder)
@@ -214,6 +260,17 @@ def test_hf_vilt_parity(tmp_path):
   assert full.shape[-1] > vocab  # the table is padded
   loss, _, _ = token_cross_entropy(full, np.maximum(labels, 0), labels >= 0)
   assert float(loss) == pytest.approx(ref_loss, abs=1e-5)
+  # m.fill_mask: the MLM head's probabilities at each [MASK], given the image.
+  texts = ["a [MASK] circle", "two [MASK] on a [MASK]"]
+  masked_ids = m.tokenize_masked(texts)
+  with torch.no_grad():
+    mlm = model(
+      input_ids=torch.from_numpy(masked_ids.astype(np.int64)),
+      attention_mask=torch.from_numpy((masked_ids != 0) * 1),
+      pixel_values=torch.from_numpy(pixels[:2].transpose(0, 3, 1, 2).copy()),
+      pixel_mask=torch.ones(2, 32, 32, dtype=torch.int64),
+    ).logits
+  _check_fill_mask(m, pixels[:2], texts, masked_ids, torch.softmax(mlm, -1).numpy())
   # The retrieval model's single matching logit r becomes the 2-way ITM head (0, r).
   retrieval = transformers.ViltForImageAndTextRetrieval(config).eval()
   (tmp_path / "hf_vilt_itm").mkdir()
@@ -286,6 +343,21 @@ def test_hf_flava_parity(tmp_path):
     )
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=name)
   assert float(m.params["logit_scale"]) == pytest.approx(float(model.flava.logit_scale))
+  # The inference API: m.match is the ITM head's probability of a match; m.fill_mask reads the multimodal
+  # MLM head over the image and the text with its [MASK]s (no patch masked).
+  np.testing.assert_allclose(
+    m.match(pixels, ids), torch.softmax(torch.from_numpy(ref["itm"]), -1).numpy()[:, 1], atol=1e-5
+  )
+  texts = ["a [MASK] circle", "two [MASK] on a [MASK]"]
+  masked_ids = m.tokenize_masked(texts)
+  with torch.no_grad():
+    mm = model.flava(
+      input_ids=t(masked_ids.astype(np.int64)),
+      attention_mask=t((masked_ids != 0) * 1),
+      pixel_values=t(pixels[:2].transpose(0, 3, 1, 2)),
+    ).multimodal_embeddings
+    mm_probs = torch.softmax(model.mmm_text_head(mm[:, -ids.shape[1] :]), -1).numpy()
+  _check_fill_mask(m, pixels[:2], texts, masked_ids, mm_probs)
   # MLM and MMM text losses over our padded vocabulary equal transformers' cross-entropy over the real one.
   labels = np.where(valid & (np.arange(ids.shape[1]) % 3 == 1), ids, -100)
   for name, full in (("mlm", apply("text_mlm_logits", pixels, ids)), ("mmm_text", mmm_text)):
