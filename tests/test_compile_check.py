@@ -63,3 +63,20 @@ def test_bench_times_recipes_whose_objectives_prepare_fields_on_the_host(recipe)
   assert (
     result["step_time_median_s"] > 0 and result["model_flops_per_step"] > 0 and result["mfu"] > 0
   )
+
+
+def _objectives_temp(recipe, devices, **overrides):
+  exp = Experiment(
+    helpers.micro_config(recipe, **overrides), devices=jax.devices()[:devices], log=lambda *a: None
+  )
+  return compile_check.compile_report(exp, log=lambda *a: None)["objectives_temp_bytes"]
+
+
+def test_the_report_separates_the_objectives_memory_where_sigmoid_ring_and_global_differ():
+  # 128 examples per device on 8: the global loss holds [128, 1024] logits per device, the ring [128, 128].
+  sizes = {"batch_size": 1024, "mesh": "data:8"}
+  ring = _objectives_temp(helpers.SIGLIP_TINY, 8, **sizes, **{"objectives.sigmoid.impl": "ring"})
+  whole = _objectives_temp(helpers.SIGLIP_TINY, 8, **sizes, **{"objectives.sigmoid.impl": "global"})
+  assert 0 < 3 * ring < whole, (ring, whole)
+  # Every family's objectives compile apart from the model, requests (masks, ITM pairing) included.
+  assert _objectives_temp(helpers.FLAVA_TINY, 1) > 0

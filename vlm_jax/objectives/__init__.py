@@ -61,18 +61,24 @@ class CompositeObjective:
       name: request.draw(request_rng(rng, name), batch) for name, request in self.requests.items()
     }
 
-  def __call__(self, params, batch, rng, *, model, train):
+  def inputs(self, batch, rng) -> dict:
+    """The batch as the objectives read it: uint8 images normalised on device, every request drawn."""
     batch = {**batch, "image": transforms.normalise_on_device(batch["image"], *self.pixel_stats)}
-    requests = self.model_inputs(batch, jax.random.fold_in(rng, 0))
-    outputs = model.apply(
+    return {**batch, **self.model_inputs(batch, jax.random.fold_in(rng, 0))}
+
+  def outputs(self, params, inputs, rng, *, model, train) -> dict:
+    """The one forward pass every objective reads."""
+    return model.apply(
       {"params": params},
-      batch["image"],
-      batch["text"],
+      inputs["image"],
+      inputs["text"],
       train=train,
-      requests=requests,
+      requests={name: inputs[name] for name in self.requests},
       rngs={"dropout": jax.random.fold_in(rng, 1)},
     )
-    inputs = {**batch, **requests}
+
+  def losses(self, outputs, inputs):
+    """(weighted total, metrics) of the objectives on the model's outputs."""
     total, metrics = 0.0, {}
     for key, weight, objective in self.parts:
       loss, part_metrics = objective.loss(outputs, inputs)
@@ -81,6 +87,10 @@ class CompositeObjective:
       metrics.setdefault(f"{key}_loss", loss)
     metrics["loss"] = total
     return total, metrics
+
+  def __call__(self, params, batch, rng, *, model, train):
+    inputs = self.inputs(batch, rng)
+    return self.losses(self.outputs(params, inputs, rng, model=model, train=train), inputs)
 
 
 def build_objective(

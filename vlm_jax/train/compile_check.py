@@ -53,6 +53,49 @@ def device_capacity(devices) -> int | None:
   return TPU_HBM_GIB[device.device_kind] * GIB // cores_per_chip
 
 
+def objectives_temp_bytes(exp, abstract_params, abstract_batch) -> int | None:
+  """Temporary bytes per device of the objectives alone: their losses and the gradients w.r.t. the model's
+  outputs, compiled apart from the model. The whole step's temporaries are mostly activations, whose
+  placement the compiler's scheduler shifts from one mesh to the next; this is the part a loss
+  implementation (SigLIP's ring or global logits, CLIP's local or global loss) decides."""
+  loss_fn = exp.loss_fn
+  batch_rows, whole = sharding.batch_sharding(exp.mesh), sharding.replicated(exp.mesh)
+  # Abstract: nothing may run on the devices (a TPU topology's can only compile).
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=whole)
+  outputs = jax.eval_shape(
+    lambda params, batch, rng: loss_fn.outputs(
+      params, loss_fn.inputs(batch, rng), rng, model=exp.model, train=True
+    ),
+    abstract_params,
+    abstract_batch,
+    rng,
+  )
+  leaves, treedef = jax.tree.flatten(outputs)
+  leaves = [
+    jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=batch_rows if x.ndim and x.shape[0] == exp.batch_size else whole
+    )
+    for x in leaves
+  ]
+  floats = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.floating)]
+
+  def total_loss(float_leaves, other_leaves, batch, rng):
+    merged = dict(zip(floats, float_leaves))
+    others = iter(other_leaves)
+    tree = [merged[i] if i in merged else next(others) for i in range(len(leaves))]
+    return loss_fn.losses(jax.tree.unflatten(treedef, tree), loss_fn.inputs(batch, rng))[0]
+
+  args = (
+    [leaves[i] for i in floats],
+    [x for i, x in enumerate(leaves) if i not in floats],
+    abstract_batch,
+    rng,
+  )
+  compiled = jax.jit(jax.value_and_grad(total_loss)).lower(*args).compile()
+  memory = compiled.memory_analysis()
+  return None if memory is None else int(memory.temp_size_in_bytes)
+
+
 def compile_report(exp, log=print, topology: str | None = None) -> dict:
   """Compiles `exp`'s train step on abstract inputs; returns {flops_per_step, *_bytes, params, ...}."""
   abstract_state = exp.abstract_state()
@@ -64,6 +107,7 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   }
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
     compiled = exp.jit_train_step().lower(abstract_state, abstract_batch).compile()
+    objectives_temp = objectives_temp_bytes(exp, abstract_state.params, abstract_batch)
   devices = list(exp.mesh.devices.flat)
   report = {
     "devices": len(devices),
@@ -86,6 +130,8 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
     value = getattr(memory, name, None) if memory is not None else None
     if value is not None:
       report[name.replace("_size_in_bytes", "_bytes")] = int(value)
+  if objectives_temp is not None:
+    report["objectives_temp_bytes"] = objectives_temp
   # Donated state buffers are reused for the outputs (aliased), so they are not counted twice.
   keys = ("argument_bytes", "output_bytes", "temp_bytes", "generated_code_bytes")
   if all(k in report for k in keys):
@@ -111,6 +157,11 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   for key in keys + ("alias_bytes", "total_bytes_per_device"):
     if key in report:
       log(f"  {key.replace('_', ' ')}: {_mib(report[key])}")
+  if "objectives_temp_bytes" in report:
+    log(
+      f"  objectives' temp bytes (losses and their gradients, compiled apart from the model): "
+      f"{_mib(report['objectives_temp_bytes'])}"
+    )
   if capacity and report.get("total_bytes_per_device", 0) > capacity:
     raise ConfigError(
       f"the train step needs about {_mib(report['total_bytes_per_device'])} per device but a "
