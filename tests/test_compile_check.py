@@ -72,6 +72,7 @@ def _objectives_temp(recipe, devices, **overrides):
   return compile_check.compile_report(exp, log=lambda *a: None)["objectives_temp_bytes"]
 
 
+@pytest.mark.ci  # compiles three micro models' steps: CI's second tier
 def test_the_report_separates_the_objectives_memory_where_sigmoid_ring_and_global_differ():
   # 128 examples per device on 8: the global loss holds [128, 1024] logits per device, the ring [128, 128].
   sizes = {"batch_size": 1024, "mesh": "data:8"}

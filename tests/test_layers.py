@@ -17,7 +17,17 @@ LAYERS = (
   {"core"},
   {"eval"},
   {"train"},
-  {"builtins", "inference", "main", "bench", "tables", "convert", "launch", "__init__"},
+  {
+    "builtins",
+    "inference",
+    "main",
+    "bench",
+    "open_clip_step",
+    "tables",
+    "convert",
+    "launch",
+    "__init__",
+  },
 )
 TOP = len(LAYERS) - 1
 

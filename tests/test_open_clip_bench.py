@@ -10,10 +10,13 @@ import pytest
 
 from tests import helpers
 
-pytestmark = pytest.mark.skipif(
-  importlib.util.find_spec("open_clip") is None or importlib.util.find_spec("torch") is None,
-  reason="needs torch and open_clip_torch (the README's test set-up installs both)",
-)
+pytestmark = [
+  pytest.mark.skipif(
+    importlib.util.find_spec("open_clip") is None or importlib.util.find_spec("torch") is None,
+    reason="needs torch and open_clip_torch (the README's test set-up installs both)",
+  ),
+  pytest.mark.ci,  # benchmark subprocesses: CI's second tier
+]
 
 
 def _bench(config, *extra):
@@ -43,6 +46,10 @@ def test_open_clip_is_the_same_model_and_both_are_timed_in_turns():
   assert report["vs_open_clip"] == pytest.approx(
     report["vlm_jax_step_time_interleaved_s"] / report["open_clip_step_time_s"]
   )
+  # The phases are timed on both sides: the backward pass costs more than the forward it follows.
+  phases = report["phases"]
+  for side in ("vlm_jax_s", "open_clip_s"):
+    assert 0 < phases["forward"][side] < phases["forward_backward"][side], phases
 
 
 def test_a_recipe_open_clip_cannot_build_is_a_one_line_error():

@@ -14,6 +14,10 @@ from tests import helpers
 from vlm_jax.core.experiment import Experiment
 from vlm_jax.models import text
 
+pytestmark = (
+  pytest.mark.ci
+)  # six recipes' experiments: CI's second tier, to keep the fast one short
+
 CAPPA_TINY = os.path.join(helpers.ROOT, "experiments", "cappa_b16.py") + ":tiny"
 RECIPES = [
   helpers.VILT_TINY,
@@ -50,7 +54,9 @@ def test_padded_vocabulary_columns_change_no_loss(recipe):
   )
   used = exp.tokenizer.vocab_size
   padded = text.pad_vocab(used)
-  assert padded > used, "the embedded tokenizer's vocabulary must be padded for this test to say anything"
+  assert padded > used, (
+    "the embedded tokenizer's vocabulary must be padded for this test to say anything"
+  )
   params = exp.init_state().params
   scrambled, count = _scramble_padded_columns(params, used, padded, np.random.default_rng(0))
   assert count > 0

@@ -14,7 +14,8 @@ next to the same loop on one fixed batch, alternating rounds so that machine noi
 `data_slowdown` near 1 means the pipeline keeps the step fed.
 
 `--against open_clip` (CLIP recipes) also times open_clip's train step for the same config in turns with
-vlm_jax's (vlm_jax/open_clip_step.py): `vs_open_clip` is vlm_jax's step time over open_clip's.
+vlm_jax's (vlm_jax/open_clip_step.py): `vs_open_clip` is vlm_jax's step time over open_clip's; `phases`
+gives both sides' forward (the loss) and forward+backward times, so the optimizer is the difference.
 """
 
 import json
@@ -95,8 +96,35 @@ def data_feed(exp, state, steps: int, rounds: int) -> dict:
   }
 
 
+def _phase_fns(exp, state, batch):
+  """vlm_jax's forward (the loss) and forward+backward (loss and gradients) of the train step, jitted
+  with the step's shardings, as zero-argument callables that block until done."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from vlm_jax.core import sharding  # pylint: disable=import-outside-toplevel
+
+  rng = jax.random.fold_in(state.rng, state.step)
+  loss = lambda params, batch: exp.loss_fn(params, batch, rng, model=exp.model, train=True)[0]
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
+    forward = jax.jit(loss).lower(state.params, batch).compile()
+    backward = jax.jit(jax.value_and_grad(loss)).lower(state.params, batch).compile()
+  return {
+    "forward": lambda: jax.block_until_ready(forward(state.params, batch)),
+    "forward_backward": lambda: jax.block_until_ready(backward(state.params, batch)),
+  }
+
+
+def _seconds_per_call(fn, calls: int) -> float:
+  start = time.perf_counter()
+  for _ in range(calls):
+    fn()
+  return (time.perf_counter() - start) / calls
+
+
 def against_open_clip(exp, step, state, batch, steps: int, rounds: int) -> dict:
-  """vlm_jax's and open_clip's step times on the same batch, in alternating rounds (medians)."""
+  """vlm_jax's and open_clip's step times on the same batch, in alternating rounds (medians), and the
+  same for the step's phases: forward (the loss) and forward+backward (no optimizer)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from vlm_jax import open_clip_step  # pylint: disable=import-outside-toplevel
@@ -107,11 +135,23 @@ def against_open_clip(exp, step, state, batch, steps: int, rounds: int) -> dict:
   for _ in range(rounds):
     seconds, state, _ = _loop_time(step, state, batch, lambda b: b, steps)
     ours.append(seconds)
-    theirs.append(open_clip_step.time_steps(torch_step, steps))
+    theirs.append(_seconds_per_call(torch_step, steps))
+  phases = {}
+  for name, fn in _phase_fns(exp, state, batch).items():
+    fn()  # warm-up
+    torch_fn = getattr(torch_step, name)
+    ours_phase = [
+      (_seconds_per_call(fn, steps), _seconds_per_call(torch_fn, steps)) for _ in range(rounds)
+    ]
+    phases[name] = {
+      "vlm_jax_s": statistics.median(a for a, _ in ours_phase),
+      "open_clip_s": statistics.median(b for _, b in ours_phase),
+    }
   return {
     "open_clip_step_time_s": statistics.median(theirs),
     "vlm_jax_step_time_interleaved_s": statistics.median(ours),
     "vs_open_clip": statistics.median(ours) / statistics.median(theirs),
+    "phases": phases,
     "open_clip_parameters": torch_step.parameters,
     "torch_threads": torch_step.threads,
   }

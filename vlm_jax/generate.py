@@ -16,8 +16,7 @@ reference the cached path is tested against.
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models.layers import NO_TOKEN as NEG  # an impossible score
-from vlm_jax.models.layers import mask_padded_vocab
+NEG = -1e9  # "impossible" score, as models.layers.NO_TOKEN; finite so that differences stay finite
 
 
 def _no_pad(logits, pad_id: int):
@@ -27,8 +26,10 @@ def _no_pad(logits, pad_id: int):
 
 def _in_vocab(logits, vocab_size: int | None):
   """Columns past the tokenizer's vocabulary are no tokens (models mask their own padded columns; a
-  tokenizer may also know fewer ids than a converted model's table)."""
-  return mask_padded_vocab(logits, vocab_size)
+  tokenizer may also know fewer ids than a converted model's table). None: every column is a token."""
+  if vocab_size is None or vocab_size >= logits.shape[-1]:
+    return logits
+  return jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, NEG)
 
 
 def greedy_search(step, cache, logits, steps: int, *, eos_id: int, pad_id: int):

@@ -92,16 +92,17 @@ class Experiment:
     if self.platform == "cpu":
       host_memory.keep_freed_buffers()  # the step's buffers are host memory: no page faults per step
     self.model = models.build(config.model, self.tokenizer.vocab_size, self.platform)
+    mean = tuple(config.data.get("mean", transforms.CLIP_MEAN))
+    std = tuple(config.data.get("std", transforms.CLIP_STD))
+    pixel_stats = (mean, std)
     self.loss_fn = build_objective(
       config.objectives,
       mesh=self.mesh,
       tokenizer=self.tokenizer,
       max_len=config.model.text.max_len,
       patch_size=models.patch_size(config.model),
-      pixel_stats=(
-        tuple(config.data.get("mean", transforms.CLIP_MEAN)),
-        tuple(config.data.get("std", transforms.CLIP_STD)),
-      ),
+      pixel_stats=pixel_stats,
+      normalise_images=functools.partial(transforms.normalise_on_device, mean=mean, std=std),
     )
     self.batch_size = config.batch_size
     to_steps = functools.partial(

@@ -18,7 +18,6 @@ import zlib
 
 import jax
 
-from vlm_jax.data import transforms
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives import (  # noqa: F401  (they register themselves)
   cappa,
@@ -47,8 +46,10 @@ class CompositeObjective:
   parts: list  # (key, weight, Objective)
   requests: dict  # name -> Request (merged)
   prepare: Callable | None = None  # host side: (example, out, preprocess, rng) -> fields
-  # (mean, std) of the data: uint8 training images are normalised on device with them
-  pixel_stats: tuple = (transforms.CLIP_MEAN, transforms.CLIP_STD)
+  pixel_stats: tuple | None = None  # (mean, std) the images are normalised with
+  # uint8 training images -> the model's input, inside the step (the Experiment gives the data's
+  # normalisation; objectives sit below the data layer). None: images arrive as the model reads them.
+  normalise_images: Callable | None = None
 
   @property
   def batch_fields(self) -> dict:
@@ -63,7 +64,8 @@ class CompositeObjective:
 
   def inputs(self, batch, rng) -> dict:
     """The batch as the objectives read it: uint8 images normalised on device, every request drawn."""
-    batch = {**batch, "image": transforms.normalise_on_device(batch["image"], *self.pixel_stats)}
+    if self.normalise_images is not None:
+      batch = {**batch, "image": self.normalise_images(batch["image"])}
     return {**batch, **self.model_inputs(batch, jax.random.fold_in(rng, 0))}
 
   def outputs(self, params, inputs, rng, *, model, train) -> dict:
@@ -100,7 +102,8 @@ def build_objective(
   tokenizer=None,
   max_len: int = 0,
   patch_size: int = 0,
-  pixel_stats: tuple = (transforms.CLIP_MEAN, transforms.CLIP_STD),
+  pixel_stats: tuple | None = None,
+  normalise_images: Callable | None = None,
 ) -> CompositeObjective:
   """The weighted sum of the configured objectives.
 
@@ -134,4 +137,6 @@ def build_objective(
       fields.update(fn(example, out, preprocess, rng))
     return fields
 
-  return CompositeObjective(parts, requests, prepare if preparers else None, pixel_stats)
+  return CompositeObjective(
+    parts, requests, prepare if preparers else None, pixel_stats, normalise_images
+  )
