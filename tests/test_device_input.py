@@ -3,6 +3,7 @@ checkpointed position, and decoding in grain worker processes."""
 
 import jax
 import numpy as np
+import pytest
 
 from tests import helpers
 from vlm_jax.core.experiment import Experiment
@@ -68,6 +69,7 @@ def test_device_prefetch_keeps_batches_in_flight_and_checkpoints_the_handed_out_
     np.testing.assert_array_equal(np.asarray(next(resumed)["x"]), expected[i]["x"])
 
 
+@pytest.mark.ci  # starts grain worker processes: CI's second tier
 def test_worker_processes_decode_the_same_batches_count_skips_and_resume():
   threads = _iterator()
   expected = [
