@@ -195,6 +195,16 @@ def test_mismatched_checkpoints_list_the_parameter_paths(hf_clip, tmp_path):
     assert expected in result.stderr, result.stderr
 
 
+def _vilt_inputs(ids, pixels):
+  """transformers' ViLT keyword inputs for token ids and NHWC pixels (32 px, every pixel real)."""
+  return dict(
+    input_ids=torch.from_numpy(ids.astype(np.int64)),
+    attention_mask=torch.from_numpy((ids != 0) * 1),
+    pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
+    pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+  )
+
+
 def _check_fill_mask(m, pixels, texts, masked_ids, probs_ref):
   """m.fill_mask gives, at each [MASK], transformers' top tokens and their probabilities."""
   mask_id = m.tokenizer.mask_id
@@ -225,17 +235,11 @@ def test_hf_vilt_parity(tmp_path):
   ids = m.tokenize(SENTENCES)
   with torch.no_grad():
     out = model(
-      input_ids=torch.from_numpy(ids.astype(np.int64)),
-      attention_mask=torch.from_numpy((ids != 0) * 1),
-      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
-      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+      **_vilt_inputs(ids, pixels),
       output_hidden_states=True,
     )
     pooled_ref = model.vilt(
-      input_ids=torch.from_numpy(ids.astype(np.int64)),
-      attention_mask=torch.from_numpy((ids != 0) * 1),
-      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
-      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+      **_vilt_inputs(ids, pixels),
     ).pooler_output.numpy()
   variables = {"params": m.params}
   logits = np.asarray(m.model.apply(variables, pixels, ids, method="mlm_logits"))[..., :vocab]
@@ -250,10 +254,7 @@ def test_hf_vilt_parity(tmp_path):
   labels = np.where(valid & (np.arange(ids.shape[1]) % 3 == 1), ids, -100)
   with torch.no_grad():
     ref_loss = model(
-      input_ids=torch.from_numpy(ids.astype(np.int64)),
-      attention_mask=torch.from_numpy((ids != 0) * 1),
-      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
-      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+      **_vilt_inputs(ids, pixels),
       labels=torch.from_numpy(labels.astype(np.int64)),
     ).loss.item()
   full = m.model.apply(variables, pixels, ids, method="mlm_logits")
@@ -264,12 +265,7 @@ def test_hf_vilt_parity(tmp_path):
   texts = ["a [MASK] circle", "two [MASK] on a [MASK]"]
   masked_ids = m.tokenize_masked(texts)
   with torch.no_grad():
-    mlm = model(
-      input_ids=torch.from_numpy(masked_ids.astype(np.int64)),
-      attention_mask=torch.from_numpy((masked_ids != 0) * 1),
-      pixel_values=torch.from_numpy(pixels[:2].transpose(0, 3, 1, 2).copy()),
-      pixel_mask=torch.ones(2, 32, 32, dtype=torch.int64),
-    ).logits
+    mlm = model(**_vilt_inputs(masked_ids, pixels[:2])).logits
   _check_fill_mask(m, pixels[:2], texts, masked_ids, torch.softmax(mlm, -1).numpy())
   # The retrieval model's single matching logit r becomes the 2-way ITM head (0, r).
   retrieval = transformers.ViltForImageAndTextRetrieval(config).eval()
@@ -278,10 +274,7 @@ def test_hf_vilt_parity(tmp_path):
   _, params = convert.load_pretrained(str(tmp_path / "hf_vilt_itm"), "hf_vilt", log=lambda *a: None)
   with torch.no_grad():
     rank = retrieval(
-      input_ids=torch.from_numpy(ids.astype(np.int64)),
-      attention_mask=torch.from_numpy((ids != 0) * 1),
-      pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy()),
-      pixel_mask=torch.ones(len(ids), 32, 32, dtype=torch.int64),
+      **_vilt_inputs(ids, pixels),
     ).logits.numpy()[:, 0]
   itm = np.asarray(m.model.apply({"params": params}, pixels, ids, method="itm_logits"))
   np.testing.assert_allclose(itm[:, 1] - itm[:, 0], rank, atol=1e-4)

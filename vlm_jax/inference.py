@@ -183,12 +183,15 @@ class Pretrained:
   def _num_patches(self) -> int:
     return (self.image_size // models.patch_size(self.config.model)) ** 2
 
-  def _fusion_method(self, name: str):
+  def _check_fusion(self, name: str):
     if not hasattr(self.model, "itm_logits"):
       raise ValueError(
         f"model {self.config.model.name!r} has no image-text matching head; {name} needs a ViLT or "
         "FLAVA model (dual towers: m.similarity)"
       )
+
+  def _fusion_method(self, name: str):
+    self._check_fusion(name)
     if name not in self._captioners:
       if name == "match":
         fn = lambda p, b: jax.nn.softmax(
@@ -243,7 +246,7 @@ class Pretrained:
     ids = self.tokenize_masked(texts)
     if len(pixels) != len(ids):
       raise ValueError(f"{len(pixels)} images for {len(ids)} texts; give one text per image")
-    self._fusion_method("match")  # the same check: a fusion model
+    self._check_fusion("fill_mask")
     probs = self._batched(
       self._fusion_method("fill_mask"),
       {"image": np.asarray(pixels, np.float32), "text": ids},

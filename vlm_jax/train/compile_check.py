@@ -70,28 +70,16 @@ def objectives_temp_bytes(exp, abstract_params, abstract_batch) -> int | None:
     abstract_batch,
     rng,
   )
-  leaves, treedef = jax.tree.flatten(outputs)
-  leaves = [
-    jax.ShapeDtypeStruct(
+  outputs = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(
       x.shape, x.dtype, sharding=batch_rows if x.ndim and x.shape[0] == exp.batch_size else whole
-    )
-    for x in leaves
-  ]
-  floats = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.floating)]
-
-  def total_loss(float_leaves, other_leaves, batch, rng):
-    merged = dict(zip(floats, float_leaves))
-    others = iter(other_leaves)
-    tree = [merged[i] if i in merged else next(others) for i in range(len(leaves))]
-    return loss_fn.losses(jax.tree.unflatten(treedef, tree), loss_fn.inputs(batch, rng))[0]
-
-  args = (
-    [leaves[i] for i in floats],
-    [x for i, x in enumerate(leaves) if i not in floats],
-    abstract_batch,
-    rng,
+    ),
+    outputs,
   )
-  compiled = jax.jit(jax.value_and_grad(total_loss)).lower(*args).compile()
+  total_loss = lambda outputs, batch, rng: loss_fn.losses(outputs, loss_fn.inputs(batch, rng))[0]
+  # allow_int: outputs may hold integers (indices, masks), whose gradient is empty.
+  step = jax.value_and_grad(total_loss, allow_int=True)
+  compiled = jax.jit(step).lower(outputs, abstract_batch, rng).compile()
   memory = compiled.memory_analysis()
   return None if memory is None else int(memory.temp_size_in_bytes)
 
