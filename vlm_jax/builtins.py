@@ -5,3 +5,4 @@ entry point (`main`, `python -m vlm_jax.eval`, `vlm_jax.load`, the tools) import
 """
 
 from vlm_jax import data, eval, models, objectives  # noqa: F401  pylint: disable=redefined-builtin,unused-import
+from vlm_jax.data import benchmarks  # noqa: F401  pylint: disable=unused-import  (the standard eval sets)

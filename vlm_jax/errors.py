@@ -9,3 +9,8 @@ class ConfigError(ValueError):
 class StorageError(OSError):
   """Reading or writing data failed after retries; the message names the file. Entry points print it as
   `error: ...` and exit 1."""
+
+
+class MissingDataError(ConfigError):
+  """An evaluation dataset that is not where it was looked for; the message names the paths searched and
+  how to obtain it."""

@@ -2,6 +2,7 @@ r"""Ablation tables and plots from runs' eval records.
 
   python -m vlm_jax.tables runs/sweeps/objectives_tiny --metrics zero_shot/shape_top1,vqa/accuracy \
       --format md --out results/objectives_tiny.md [--plots results/plots]
+  python -m vlm_jax.tables runs/clip_b16 runs/siglip_b16 --suite standard --format csv
 
 RUNS are run workdirs, or folders of them. Each run contributes its latest record per (dataset, task)
 (`python -m vlm_jax.eval`; a run without records falls back to its final_eval.json). Runs whose configs
@@ -9,6 +10,12 @@ differ only by `seed` form one row, shown as mean ± std (sample std) with n. Th
 keys that vary across rows (a sweep's axes when every run has a sweep.json) and the chosen metrics; the
 best value per metric column is marked (higher is better, except for losses and wall times).
 Plots: training loss and the chosen metrics against step, one line per row (mean over its seeds).
+A metric's name alone picks it where one of a run's datasets has it; `dataset:metric` (e.g.
+imagenet:zero_shot/label_top1) where several do.
+
+--suite standard: the standard benchmarks' records (`python -m vlm_jax.eval --suite standard`) in
+CLIP_benchmark's long format: one row per run, dataset and task at its latest step, with acc1 / acc5 /
+mean_per_class_recall, i2t_r1..t2i_r10, bleu4 / cider / rouge_l and vqa_acc where the task has them.
 """
 
 import argparse
@@ -49,12 +56,16 @@ def find_runs(paths) -> list:
 def load_run(workdir: str) -> dict:
   """{'name', 'config' (flattened), 'metrics' (latest step per dataset/task), 'axes' (from sweep.json)}."""
   config = harness.flatten(storage.read_json(storage.join(workdir, "config.json")))
-  metrics, latest = {}, {}
-  for record in harness.read_records(workdir):
-    key = (record["dataset"], record["task"])
-    if record["step"] >= latest.get(key, -1):
-      latest[key] = record["step"]
-      metrics.update(record["metrics"])
+  metrics = {}
+  for record in latest_records(workdir):
+    for name, value in record["metrics"].items():
+      metrics[f"{record['dataset']}:{name}"] = value
+  # A metric name alone where one dataset has it (a run's own eval data); two datasets' zero_shot
+  # (ImageNet's and CIFAR's) are told apart by their dataset:metric names only.
+  datasets = {}
+  for key in metrics:
+    datasets.setdefault(key.split(":", 1)[1], []).append(key)
+  metrics.update({name: metrics[keys[0]] for name, keys in datasets.items() if len(keys) == 1})
   final_eval = storage.join(workdir, "final_eval.json")
   if not metrics and storage.exists(final_eval):
     metrics = {
@@ -70,6 +81,68 @@ def load_run(workdir: str) -> dict:
     "metrics": metrics,
     "axes": axes,
   }
+
+
+def latest_records(workdir: str) -> list:
+  """The run's latest record per (dataset, task)."""
+  latest = {}
+  for record in harness.read_records(workdir):
+    key = (record["dataset"], record["task"])
+    if key not in latest or record["step"] >= latest[key]["step"]:
+      latest[key] = record
+  return [latest[k] for k in sorted(latest)]
+
+
+# The benchmark table's columns (CLIP_benchmark's long format): column -> the metric of each task.
+BENCHMARK_COLUMNS = {
+  "acc1": ("zero_shot/label_top1", "linear_probe/label_full_top1"),
+  "acc5": ("zero_shot/label_top5",),
+  "mean_per_class_recall": ("zero_shot/label_mean_per_class_recall",),
+  **{f"{d}_r{k}": (f"retrieval/{d}_r{k}",) for d in ("i2t", "t2i") for k in (1, 5, 10)},
+  "bleu4": ("captioning/bleu4",),
+  "cider": ("captioning/cider",),
+  "rouge_l": ("captioning/rouge_l",),
+  "vqa_acc": ("vqa/accuracy",),
+}
+
+
+def benchmark_table(workdirs: list) -> dict:
+  """One row per (run, dataset, task) of the standard benchmarks (`python -m vlm_jax.eval --suite
+  standard`), its latest step, in the columns of BENCHMARK_COLUMNS (blank where a task has none)."""
+  from vlm_jax.eval import suite  # pylint: disable=import-outside-toplevel
+
+  datasets = {t["data"] for t in suite.TASKS.values()}
+  rows = []
+  for workdir in workdirs:
+    for record in latest_records(workdir):
+      if record["dataset"] not in datasets:
+        continue
+      m = record["metrics"]
+      values = {
+        column: next((m[name] for name in names if name in m), None)
+        for column, names in BENCHMARK_COLUMNS.items()
+      }
+      rows.append(
+        {
+          "run": storage.basename(workdir),
+          "step": record["step"],
+          "dataset": record["dataset"],
+          "task": record["task"],
+          **values,
+        }
+      )
+  used = [c for c in BENCHMARK_COLUMNS if any(r[c] is not None for r in rows)]
+  return {"columns": ["run", "step", "dataset", "task"] + used, "rows": rows}
+
+
+def render_benchmarks(table: dict, fmt: str) -> str:
+  cell = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+  header, rows = table["columns"], [[cell(r[c]) for c in table["columns"]] for r in table["rows"]]
+  if fmt == "csv":
+    out = io.StringIO()
+    csv.writer(out).writerows([header] + rows)
+    return out.getvalue()
+  return _grid(header, rows, fmt, left=4)
 
 
 def _key(value):
@@ -176,12 +249,17 @@ def render(table: dict, fmt: str) -> str:
       mark(_cell(row["stats"][m])) if best.get(m) == i else _cell(row["stats"][m]) for m in metrics
     ]
     body.append(cells)
+  return _grid(header, body, fmt, left=len(keys))
+
+
+def _grid(header: list, body: list, fmt: str, left: int) -> str:
+  """A markdown or LaTeX table of strings; the first `left` columns left-aligned (LaTeX)."""
   if fmt == "md":
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body]) + "\n"
   esc = lambda s: s.replace("_", "\\_").replace("±", "$\\pm$").replace("%", "\\%")
   lines = [
-    "\\begin{tabular}{" + "l" * len(keys) + "r" * len(metrics) + "}",
+    "\\begin{tabular}{" + "l" * left + "r" * (len(header) - left) + "}",
     "\\toprule",
     " & ".join(esc(h) for h in header) + " \\\\",
     "\\midrule",
@@ -255,7 +333,15 @@ def main(argv=None):
   )
   parser.add_argument("runs", nargs="+", help="run workdirs, or folders holding them")
   parser.add_argument(
-    "--metrics", required=True, help="comma-separated metric names, e.g. zero_shot/shape_top1"
+    "--metrics",
+    default="",
+    help="comma-separated metric names, e.g. zero_shot/shape_top1 (or imagenet:zero_shot/label_top1 "
+    "where runs have records of several datasets)",
+  )
+  parser.add_argument(
+    "--suite",
+    default="",
+    help="standard: the benchmark suite's results, one row per run, dataset and task",
   )
   parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
   parser.add_argument("--out", default="", help="output file (default: stdout)")
@@ -267,20 +353,36 @@ def main(argv=None):
     sys.exit(f"error: {e}")
   if not runs:
     sys.exit(f"error: no run workdirs (folders with config.json) under {', '.join(args.runs)}")
+  if args.suite:
+    if args.suite != "standard":
+      sys.exit(f"error: unknown suite {args.suite!r}; known: standard")
+    table = benchmark_table([r["workdir"] for r in runs])
+    if not table["rows"]:
+      sys.exit(
+        "error: no benchmark records in these runs; write them with python -m vlm_jax.eval "
+        "--workdir RUN --suite standard --data_dir DIR"
+      )
+    _emit(render_benchmarks(table, args.format), args.out)
+    return
+  if not args.metrics:
+    sys.exit("error: give --metrics (comma-separated metric names) or --suite standard")
   metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
   known = {m for r in runs for m in r["metrics"]}
   unknown = [m for m in metrics if m not in known]
   if unknown:
     sys.exit(f"error: no run has metric(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
   table = build_table(runs, metrics)
-  text = render(table, args.format)
-  if args.out:
-    storage.write_text(args.out, text)
-  else:
-    sys.stdout.write(text)
+  _emit(render(table, args.format), args.out)
   if args.plots:
     for path in plot(table, runs, metrics, args.plots):
       print(f"wrote {path}", file=sys.stderr)
+
+
+def _emit(text: str, out: str):
+  if out:
+    storage.write_text(out, text)
+  else:
+    sys.stdout.write(text)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def build_shards(config) -> ImageTextData:
 
 
 class FolderSource:
-  """Random access to image-folder samples {'key', 'image': bytes, 'caption': None, 'label'}."""
+  """Random access to rows {'key', 'image': path, ...} as samples with the image's bytes (read when
+  asked for) and a `caption` (None unless the row has one)."""
 
   def __init__(self, rows):
     self.rows = rows
@@ -128,7 +129,7 @@ class FolderSource:
 
   def __getitem__(self, i):
     row = self.rows[i]
-    return {**row, "image": storage.read_bytes(row["image"]), "caption": None}
+    return {"caption": None, **row, "image": storage.read_bytes(row["image"])}
 
 
 @DATASETS.register("folder")
@@ -201,6 +202,17 @@ def _field(example, path: str):
   return example
 
 
+def tfds_builder(name: str, data_dir):
+  """tfds.builder; for a dataset whose builder code imports TensorFlow (coco_captions), the builder
+  TFDS reads from the prepared files alone (builder_from_files), which needs no TensorFlow."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except ModuleNotFoundError:
+    return tfds.builder_from_files(name, data_dir=data_dir)
+
+
 @DATASETS.register("tfds")
 def build_tfds(config) -> ImageTextData:
   """A TFDS dataset prepared in `data.data_dir` (TFDS's default when empty), read through its
@@ -215,7 +227,7 @@ def build_tfds(config) -> ImageTextData:
   data_dir = config.get("data_dir", "") or None
   splits = (config.get("train_split", "train"), config.get("test_split", "test"))
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds_builder(name, data_dir)
   except Exception as e:  # pylint: disable=broad-except  (tfds raises several kinds for an unknown name)
     raise ConfigError(f"TFDS has no dataset {name!r}: {e}") from None
   if not builder.is_prepared():

@@ -36,6 +36,18 @@ def _to_text(caption) -> str:
   return caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
 
 
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+  """The shorter side resized to `size` (bicubic), then the centred size x size square, with
+  torchvision's Resize(size) + CenterCrop(size) arithmetic (CLIP's and open_clip's evaluation)."""
+  w, h = image.size
+  short, long = min(w, h), max(w, h)
+  long = int(size * long / short)
+  image = image.resize((size, long) if w <= h else (long, size), Image.Resampling.BICUBIC)
+  w, h = image.size
+  left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+  return image.crop((left, top, left + size, top + size))
+
+
 @dataclasses.dataclass
 class Preprocess:
   """example dict -> {'image': float32 [S, S, 3], 'text': int32 [max_len], labels...}.
@@ -59,6 +71,9 @@ class Preprocess:
   label_keys: tuple = ()
   lowercase: bool = False
   normalise: bool = True  # False: uint8 pixels, normalised on device
+  # Evaluation's resize, CLIP's: the shorter side to image_size, then the centre square (torchvision's
+  # Resize + CenterCrop arithmetic). Off (training): the whole image is resized to the square.
+  center_crop: bool = False
   # The objectives' host-side preparation: (example, out, preprocess, rng) -> extra fields (word boundaries
   # for whole-word masking, a question/answer pair, ...); `vlm_jax.objectives` builds it.
   prepare: Callable | None = None
@@ -78,6 +93,7 @@ class Preprocess:
       crop_scale=aug.get("crop_scale"),
       flip=aug.get("flip", False),
       normalise=not train,
+      center_crop=not train,
       **fields,
     )
 
@@ -94,6 +110,8 @@ class Preprocess:
       side = int(min(w, h, round(np.sqrt(area))))
       x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
       image = image.crop((x, y, x + side, y + side))
+    if self.center_crop and image.size[0] != image.size[1]:
+      image = center_crop(image, self.image_size)
     if image.size != (self.image_size, self.image_size):
       image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
     pixels = np.asarray(image, np.uint8)

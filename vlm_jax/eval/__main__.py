@@ -3,6 +3,8 @@ r"""Evaluate a run's checkpoints and write one JSON record per (run, step, datas
 python -m vlm_jax.eval --workdir runs/clip_tiny                       # latest checkpoint, every fitting task
 python -m vlm_jax.eval --workdir runs/clip_tiny --all-checkpoints --tasks zero_shot,linear_probe
 python -m vlm_jax.eval --workdir runs/clip_tiny --step 200 --force     # recompute existing records
+python -m vlm_jax.eval --workdir RUN --suite standard --data_dir DIR    # the standard benchmarks in DIR
+python -m vlm_jax.eval --workdir RUN --tasks imagenet_zeroshot,coco_retrieval --data_dir DIR
 """
 
 from absl import app, flags, logging
@@ -12,7 +14,24 @@ from vlm_jax.cli import fail, parse_flags
 flags.DEFINE_string("workdir", None, "The run to evaluate (its config.json and checkpoints/).")
 flags.DEFINE_list("step", [], "Checkpoint step(s) (default: the latest).")
 flags.DEFINE_bool("all_checkpoints", False, "Evaluate every checkpoint of the run.")
-flags.DEFINE_list("tasks", [], "Tasks to run (default: every task that fits the model).")
+flags.DEFINE_list(
+  "tasks",
+  [],
+  "Tasks to run: evaluators on the run's data and/or standard benchmarks such as imagenet_zeroshot "
+  "(default: every evaluator that fits the model, on the run's data).",
+)
+flags.DEFINE_string(
+  "suite", "", "A benchmark suite (standard): its tasks whose data is in --data_dir."
+)
+flags.DEFINE_string(
+  "data_dir", "", "Where the standard datasets are: a TFDS data dir and/or their original files."
+)
+flags.DEFINE_string(
+  "templates",
+  "",
+  "ImageNet zero-shot's template set: openai_imagenet (80, default), openai_imagenet_7, single",
+)
+flags.DEFINE_integer("limit", 0, "Benchmark tasks: evaluate the first N images only (0: all).")
 flags.DEFINE_bool("force", False, "Recompute records that exist.")
 FLAGS = flags.FLAGS
 
@@ -33,6 +52,10 @@ def main(argv):
       steps=[int(s) for s in FLAGS.step],
       all_checkpoints=FLAGS.all_checkpoints,
       tasks=FLAGS.tasks or None,
+      suite_name=FLAGS.suite,
+      data_dir=FLAGS.data_dir,
+      templates=FLAGS.templates,
+      limit=FLAGS.limit,
       force=FLAGS.force,
     )
   except ConfigError as e:

@@ -3,6 +3,7 @@ classification by likelihood (which class prompt, e.g. "a photo of a {label}", i
 """
 
 import collections
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -70,14 +71,16 @@ class Vqa:
       for i in range(n)
       for q, a, t in zip(source[i]["questions"], source[i]["answers"], source[i]["question_types"])
     ]
-    images = {i: pre.image(source[i]["image"]) for i in range(n)}
+    image = functools.lru_cache(maxsize=4 * self.exp.config.eval_batch_size)(
+      lambda i: pre.image(source[i]["image"])  # an image's questions are consecutive rows
+    )
     prompts = (
       np.stack([pre.prompt(q) for _, q, _, _ in rows])
       if rows
       else np.zeros((0, pre.max_len), np.int32)
     )
     batch = lambda idx: {
-      "image": np.stack([images[rows[int(k)][0]] for k in idx]),
+      "image": np.stack([image(rows[int(k)][0]) for k in idx]),
       "prompt": prompts[idx],
     }
     out = self.answerer(params, len(rows), batch)
@@ -90,7 +93,11 @@ class Vqa:
       )
       scores[name].append(
         text_metrics.vqa_accuracy(
-          _decode_answer(self.exp.tokenizer, tokens), common.as_text(answer)
+          _decode_answer(self.exp.tokenizer, tokens),
+          # one answer (the embedded data) or VQAv2's 10 human answers
+          [common.as_text(a) for a in answer]
+          if isinstance(answer, (list, tuple))
+          else common.as_text(answer),
         )
       )
     metrics = {
@@ -148,7 +155,7 @@ class LikelihoodZeroShot:
     del image_emb
     source, pre = self.exp.data.test, self.exp.eval_preprocess
     n = len(source) if self.limit is None else min(self.limit, len(source))
-    images = common.image_rows(self.exp, source)(np.arange(n))
+    images = common.image_rows(self.exp, source)
     metrics = {}
     for key in self.label_keys:
       names = self.exp.data.class_names[key]
@@ -157,7 +164,7 @@ class LikelihoodZeroShot:
         params,
         n,
         lambda idx: {
-          "image": images[idx],
+          "image": images(idx),
           "prompts": np.broadcast_to(prompts, (len(idx),) + prompts.shape),  # noqa: B023
         },
       )

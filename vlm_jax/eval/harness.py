@@ -20,6 +20,7 @@ from vlm_jax import config_utils, storage
 from vlm_jax.core import checkpoint
 from vlm_jax.core.experiment import Experiment
 from vlm_jax.errors import ConfigError
+from vlm_jax.eval import suite
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.registry import EVALUATORS
 
@@ -56,23 +57,37 @@ def dataset_name(config, task_config=None) -> str:
   return data["name"]
 
 
-def fitting_tasks(config, model, requested=None) -> dict:
-  """{task: evaluator config}: the requested tasks (an error if one does not fit), else all that fit."""
+def fitting_tasks(config, model, requested=None, *, optional=(), benchmark=None) -> dict:
+  """{task: evaluator config}: the requested tasks (an error if one does not fit, except those in
+  `optional`, which are left out), else all that fit. Tasks are evaluators on the run's data, or standard
+  benchmark tasks (`suite.TASKS`), whose configs `benchmark(task)` gives."""
   evals = config.get("evals", {}) or {}
+  benchmark = benchmark or (lambda task: suite.task_config(task, ""))
+  evaluator = lambda task: suite.TASKS[task]["name"] if task in suite.TASKS else task
   # Each evaluator declares the model methods it calls (`needs`, or the `method` its config names).
   method = lambda task: (evals.get(task) or {}).get("method")
-  needs = lambda task: (method(task),) if method(task) else EVALUATORS.get(task).needs
+  needs = lambda task: (method(task),) if method(task) else EVALUATORS.get(evaluator(task)).needs
   fits = lambda task: all(hasattr(model, m) for m in needs(task))
   for task in requested or ():
-    EVALUATORS.get(task)  # an unknown task: the error lists the known ones
-    if not fits(task):
+    if task not in suite.TASKS and task not in EVALUATORS.names():
+      raise ConfigError(
+        f"unknown task {task!r}; tasks on the run's data: {', '.join(EVALUATORS.names())}; standard "
+        f"benchmarks: {', '.join(suite.TASKS)}"
+      )
+    if not fits(task) and task not in optional:
       raise ConfigError(
         f"task {task!r} does not fit model {config.model.name!r} (it needs "
         f"{', '.join(needs(task))})"
       )
-  chosen = list(requested) if requested else [t for t in EVALUATORS.names() if fits(t)]
+  chosen = (
+    [t for t in requested if fits(t)] if requested else [t for t in EVALUATORS.names() if fits(t)]
+  )
 
   def settings(task):
+    if task in suite.TASKS:
+      own = benchmark(task)
+      defaults = EVALUATORS.get(own["name"]).defaults
+      return {**{k: v for k, v in defaults.items() if k != "label_keys"}, **own}
     own = {k: v for k, v in (evals.get(task) or {}).items() if k != "every"}
     # The default label keys are the embedded data's; a task on its own data classifies that data's labels.
     defaults = {
@@ -95,10 +110,19 @@ def evaluate(
   steps=None,
   all_checkpoints: bool = False,
   tasks=None,
+  suite_name: str = "",
+  data_dir: str = "",
+  templates: str = "",
+  limit: int = 0,
   force: bool = False,
   log=print,
 ) -> list:
-  """Evaluates checkpoints of `workdir` (default: the latest); returns the paths of the records written."""
+  """Evaluates checkpoints of `workdir` (default: the latest); returns the paths of the records written.
+
+  tasks: evaluators on the run's data and/or standard benchmark tasks (`suite.TASKS`, read from
+  `data_dir`); suite_name adds a suite's tasks, of which those that do not fit the model or whose data is
+  not in data_dir are left out (logged with where the data was looked for). limit / templates override
+  the benchmark tasks' image count (0: all) and zero-shot template set."""
   workdir = storage.resolve(workdir)
   run_config = config_utils.load_workdir_config(workdir)
   config = copy.deepcopy(run_config)  # a copy the experiment builds no evaluators from
@@ -113,8 +137,20 @@ def evaluate(
   with config.unlocked():
     config.evals = {}  # the harness chooses its tasks; the experiment should not build the run's evaluators
   exp = Experiment(config, log=lambda *a: None)
-  task_configs = fitting_tasks(run_config, exp.model, tasks)
+  requested = suite.resolve(tasks or (), suite_name) or None
+  optional = set(suite.SUITES.get(suite_name, ())) - set(tasks or ())
+  task_configs = fitting_tasks(
+    run_config,
+    exp.model,
+    requested,
+    optional=optional,
+    benchmark=lambda t: suite.task_config(t, data_dir, templates, limit),
+  )
+  left_out = [t for t in requested or () if t not in task_configs]
+  if left_out:
+    log(f"left out (they do not fit model {config.model.name!r}): {', '.join(left_out)}")
   dataset = {t: dataset_name(config, c) for t, c in task_configs.items()}
+  name = {t: suite.record_task(c) if t in suite.TASKS else t for t, c in task_configs.items()}
   common = {
     "run": storage.basename(workdir),
     "workdir": workdir,
@@ -135,20 +171,26 @@ def evaluate(
     todo = {
       t: c
       for t, c in task_configs.items()
-      if force or not storage.exists(record_path(workdir, step, dataset[t], t))
+      if force or not storage.exists(record_path(workdir, step, dataset[t], name[t]))
     }
     if not todo:
       log(f"step {step}: every record exists ({', '.join(task_configs)})")
       continue
-    runner = EvalRunner(exp, todo)
+    runner = EvalRunner(exp, todo, skip_missing=optional)
+    for task, reason in runner.skipped.items():
+      log(f"skipped {task}: {reason}")
+    if not runner.evaluators:
+      raise ConfigError(
+        "no task has its data: " + "; ".join(f"{t}: {r}" for t, r in runner.skipped.items())
+      )
     params, _ = checkpoint.restore_params(ckpt_dir, step, exp.abstract_params_sharded())
     for task, metrics, seconds in runner.run_each(params):
-      path = record_path(workdir, step, dataset[task], task)
+      path = record_path(workdir, step, dataset[task], name[task])
       record = {
         **common,
         "dataset": dataset[task],
         "step": step,
-        "task": task,
+        "task": name[task],
         "metrics": metrics,
         "task_config": todo[task],
         "num_examples": runner.num_examples(task),
@@ -159,7 +201,7 @@ def evaluate(
         storage.write_json(path, record, sort_keys=True, default=str)
       written.append(path)
       log(
-        f"step {step} {dataset[task]} {task}: "
+        f"step {step} {dataset[task]} {name[task]}: "
         + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
       )
   return written

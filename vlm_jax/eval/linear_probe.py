@@ -70,15 +70,22 @@ class LinearProbe:
   def run(self, params, image_emb):
     train, test = self.exp.data.train, self.exp.data.test
     pool = min(len(train), self.train_limit + self.val_size)
+    if pool < 2:
+      raise ConfigError(
+        f"linear probe: {self.exp.data.description} has {len(train)} training images; it needs "
+        "some to fit the probe and some to choose its L2 penalty"
+      )
+    # A small training set keeps half its images for fitting the probe.
+    val_size = min(self.val_size, pool // 2)
     order = np.random.default_rng(self.seed).permutation(len(train))[:pool]
     features = self.encoder(params, pool, common.image_rows(self.exp, _Subset(train, order)))
-    val_x, fit_x = features[: self.val_size], features[self.val_size :]
+    val_x, fit_x = features[:val_size], features[val_size:]
     n = len(image_emb)
     metrics = {}
     for key in self.label_keys:
       classes = len(self.exp.data.class_names[key])
       labels = np.array([train[int(i)][key] for i in order])
-      val_y, fit_y = labels[: self.val_size], labels[self.val_size :]
+      val_y, fit_y = labels[:val_size], labels[val_size:]
       test_y = np.array([test[i][key] for i in range(n)])
       probes = {f"{k}shot": few_shot_indices(fit_y, k, self.seed) for k in self.shots}
       probes["full"] = np.arange(len(fit_y))

@@ -10,7 +10,7 @@ import time
 
 import ml_collections
 
-from vlm_jax.errors import ConfigError
+from vlm_jax.errors import ConfigError, MissingDataError
 from vlm_jax.eval import common
 from vlm_jax.registry import DATASETS, EVALUATORS
 
@@ -37,17 +37,30 @@ def eval_data(experiment, data_config):
 class EvalRunner:
   """evals: {key: evaluator config} (default: the run config's `evals`)."""
 
-  def __init__(self, experiment, evals=None):
+  def __init__(self, experiment, evals=None, skip_missing=()):
+    """skip_missing: keys whose evaluator is left out (reason in `self.skipped`) when its data is not
+    there (`MissingDataError`), instead of failing."""
     self.exp = experiment
     evals = experiment.config.evals if evals is None else evals
-    datasets, self.evaluators = {}, {}
+    datasets, self.evaluators, self.skipped = {}, {}, {}
     for key, cfg in evals.items():
       view = experiment
       if cfg.get("data"):
         spec = json.dumps(dict(cfg["data"]), sort_keys=True, default=str)
         if spec not in datasets:
-          datasets[spec] = eval_data(experiment, cfg["data"])
-          experiment.log(f"Evaluator {key!r} reads {datasets[spec].description}")
+          try:
+            datasets[spec] = eval_data(experiment, cfg["data"])
+          except MissingDataError as e:
+            if key not in skip_missing:
+              raise
+            datasets[spec] = e
+          if not isinstance(datasets[spec], MissingDataError):
+            experiment.log(f"Evaluator {key!r} reads {datasets[spec].description}")
+        if isinstance(datasets[spec], MissingDataError):
+          if key not in skip_missing:
+            raise datasets[spec]
+          self.skipped[key] = str(datasets[spec])
+          continue
         view = ExperimentOnData(experiment, datasets[spec])
         if not cfg.get("label_keys"):
           cfg = {**dict(cfg), "label_keys": tuple(view.data.class_names)}

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from vlm_jax.data import benchmark_names
 from vlm_jax.errors import ConfigError
 from vlm_jax.eval import common
 from vlm_jax.registry import EVALUATORS
@@ -24,8 +25,27 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
   return float(np.mean(np.any(topk == labels[:, None], axis=1)))
 
 
+def mean_per_class_recall(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Top-1 recall averaged over the classes present (CLIP_benchmark's `mean_per_class_recall`)."""
+  correct = np.argmax(scores, axis=1) == labels
+  return float(np.mean([correct[labels == c].mean() for c in np.unique(labels)]))
+
+
+def templates_of(value) -> tuple:
+  """A template set's name (benchmark_names.TEMPLATES) or the templates themselves."""
+  if isinstance(value, str):
+    if value not in benchmark_names.TEMPLATES:
+      raise ConfigError(
+        f"unknown template set {value!r}; known: {', '.join(benchmark_names.TEMPLATES)} (or give "
+        "a list of templates with {} for the class name)"
+      )
+    return tuple(benchmark_names.TEMPLATES[value])
+  return tuple(value)
+
+
 class ZeroShot:
-  """config: label_keys (dataset label keys, e.g. shape, color), templates, limit (examples, optional)."""
+  """config: label_keys (dataset label keys, e.g. shape, color), templates (a list, or the name of a set
+  in `benchmark_names.TEMPLATES`, e.g. openai_imagenet), limit (examples, optional)."""
 
   needs = (
     "encode_image",
@@ -42,7 +62,7 @@ class ZeroShot:
           f"zero_shot label key {key!r} is not in the dataset; it has "
           f"{', '.join(experiment.data.class_names)}"
         )
-    self.templates = tuple(config.get("templates", DEFAULT_TEMPLATES))
+    self.templates = templates_of(config.get("templates", DEFAULT_TEMPLATES))
     self.limit = config.get("limit") or None
     self.text_encoder = common.Encoder(experiment, "encode_text")
 
@@ -61,6 +81,7 @@ class ZeroShot:
       metrics[f"zero_shot/{key}_top1"] = topk_accuracy(scores, labels, 1)
       if len(names) > 5:
         metrics[f"zero_shot/{key}_top5"] = topk_accuracy(scores, labels, 5)
+        metrics[f"zero_shot/{key}_mean_per_class_recall"] = mean_per_class_recall(scores, labels)
       metrics[f"zero_shot/{key}_chance"] = 1.0 / len(names)
     return metrics
 
