@@ -131,7 +131,7 @@ def test_short_cappa_run_learns_captions(tmp_path):
   )
 
 
-@pytest.mark.slow
+@pytest.mark.recipes  # 5 minutes: beyond CI's 40 (its learning is checked, shortened, in the fast tier)
 def test_cappa_tiny_as_shipped(tmp_path):
   """The CapPa tiny recipe (about 5 minutes): captions, likelihood zero-shot and linear probe above chance."""
   final = helpers.run_recipe(CAPPA_TINY, tmp_path)
