@@ -152,6 +152,19 @@ def test_original_layouts_are_read_with_the_curated_labels(tmp_path):
   )
   assert read("imagenet_v2", tmp_path).test[0]["label"] == 3
 
+  # ImageNet-R: its 200 classes only, numbered in ImageNet order; another class's folder is an error.
+  r_wnids = sorted(benchmark_names.IMAGENET_R_WNIDS)
+  ids = [imagenet_wnids().index(w) for w in (r_wnids[0], r_wnids[5])]
+  write_imagenet(tmp_path, ids, rng, folder="imagenet-r")
+  imagenet_r = read("imagenet_r", tmp_path)
+  assert [imagenet_r.test[i]["label"] for i in range(2)] == [0, 5]
+  names = benchmark_names.IMAGENET_CLASSNAMES
+  assert imagenet_r.class_names["label"][5] == names[imagenet_wnids().index(r_wnids[5])]
+  assert len(imagenet_r.class_names["label"]) == 200
+  write_imagenet(tmp_path, [0], rng, folder="imagenet-r")  # tench: not an ImageNet-R class
+  with pytest.raises(ConfigError, match="n01440764 is not a class folder of this dataset"):
+    read("imagenet_r", tmp_path)
+
   pixels, cifar_labels = write_cifar10(tmp_path, rng)
   cifar = read("cifar10", tmp_path)
   assert len(cifar.test) == len(cifar.train) == 12
@@ -187,7 +200,7 @@ def test_missing_data_names_the_paths_searched_and_how_to_get_it(tmp_path):
     for text in expected + [str(tmp_path)]:
       assert text in str(error.value), (name, text, str(error.value))
   (tmp_path / "imagenet" / "val" / "not_a_synset").mkdir(parents=True)
-  with pytest.raises(ConfigError, match="not_a_synset is not an ImageNet-1k class folder"):
+  with pytest.raises(ConfigError, match="not_a_synset is not a class folder of this dataset"):
     read("imagenet", tmp_path)
   with pytest.raises(ConfigError, match="set data.data_dir"):
     read("cifar10", "")

@@ -11,6 +11,8 @@ and how to obtain the data.
   imagenet_v2       TFDS imagenet_v2 (data.variant: matched-frequency, threshold-0.7, topimages), or the
                     release's imagenetv2-<variant>-format-val/<class index>/*.jpeg
   imagenet_sketch   TFDS imagenet_sketch, or imagenet-sketch/sketch/<wnid>/*
+  imagenet_a, imagenet_r  TFDS imagenet_a / imagenet_r, or imagenet-a/<wnid>/*, imagenet-r/<wnid>/*;
+                    their 200 classes only (zero-shot chooses among them, as CLIP_benchmark does)
   cifar10/cifar100  TFDS cifar10/cifar100, or the python pickles cifar-10-batches-py/, cifar-100-python/
   coco_karpathy     Karpathy's coco/dataset_coco.json with the images under coco/<filepath>/<filename>, or
                     TFDS coco_captions (its test split is Karpathy's 5k)
@@ -73,32 +75,37 @@ def _tfds(name: str, data_dir: str, test_split: str, train_split: str = "train",
   return build_tfds(ml_collections.ConfigDict({**config, **fields}))
 
 
-def _labelled(data: ImageTextData, label_key: str, names, description: str) -> ImageTextData:
-  """A TFDS classification set with its label feature renamed `label` and the curated class names."""
-  if len(data.class_names.get(label_key, ())) != len(names):
-    raise ConfigError(
-      f"{description}: TFDS label {label_key!r} has {len(data.class_names.get(label_key, ()))} "
-      f"classes, expected {len(names)}"
-    )
-  rename = lambda split: _Renamed(split, label_key) if label_key != "label" else split
+def _labelled(data: ImageTextData, names, description: str) -> ImageTextData:
+  """A TFDS classification set (its `label` feature) with the curated class names."""
+  found = len(data.class_names.get("label", ()))
+  if found != len(names):
+    raise ConfigError(f"{description}: TFDS label has {found} classes, expected {len(names)}")
   return ImageTextData(
     description=description,
-    train=rename(data.train),
-    test=rename(data.test),
+    train=data.train,
+    test=data.test,
     class_names={"label": tuple(names)},
   )
 
 
-class _Renamed:
-  def __init__(self, source, key):
-    self.source, self.key = source, key
+class _Relabelled:
+  """ImageNet-1k labels as a subset's (ImageNet-A/R: 200 classes, numbered in ImageNet order)."""
+
+  def __init__(self, source, mapping: dict, description: str):
+    self.source, self.mapping, self.description = source, mapping, description
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, i):
     example = dict(self.source[i])
-    example["label"] = example.pop(self.key)
+    label = int(example["label"])
+    if label not in self.mapping:
+      raise ConfigError(
+        f"{self.description}: example {i} has ImageNet class {label} "
+        f"({imagenet_wnids()[label]}), which is not one of its {len(self.mapping)} classes"
+      )
+    example["label"] = self.mapping[label]
     return example
 
 
@@ -110,8 +117,8 @@ def _synset_rows(root: str, index: dict) -> list:
       continue
     if folder not in index:
       raise ConfigError(
-        f"{root}/{folder} is not an ImageNet-1k class folder (expected a WordNet id like n01440764 "
-        "or, for ImageNet-V2, a class index 0-999)"
+        f"{root}/{folder} is not a class folder of this dataset (expected one of its WordNet ids, "
+        "like n01440764, or for ImageNet-V2 a class index 0-999)"
       )
     rows += [
       {"key": f"{folder}/{name}", "image": storage.join(root, folder, name), "label": index[folder]}
@@ -121,12 +128,28 @@ def _synset_rows(root: str, index: dict) -> list:
   return rows
 
 
-def _imagenet_like(config, tfds_name, tfds_split, folders, index, how, **tfds_fields):
+def _imagenet_like(config, tfds_name, tfds_split, folders, index, how, subset=(), **tfds_fields):
+  """An ImageNet-labelled set: TFDS `tfds_name`, else synset folders (folder name -> label by
+  `index`). subset: the WordNet ids of a subset's classes (ImageNet-A/R), which zero-shot then
+  chooses among, labelled 0..len-1 in ImageNet order."""
   data_dir = _data_dir(config, tfds_name)
   data = _tfds(tfds_name, data_dir, tfds_split, **tfds_fields)
   names = benchmark_names.IMAGENET_CLASSNAMES
+  keep = [i for i, w in enumerate(imagenet_wnids()) if w in set(subset)]
   if data is not None:
-    return _labelled(data, "label", names, f"TFDS {tfds_name} ({tfds_split}) in {data_dir}")
+    data = _labelled(data, names, f"TFDS {tfds_name} ({tfds_split}) in {data_dir}")
+    if not subset:
+      return data
+    relabel = lambda split: _Relabelled(split, {old: k for k, old in enumerate(keep)}, tfds_name)
+    return ImageTextData(
+      description=f"{data.description}, its {len(keep)} classes",
+      train=relabel(data.train),
+      test=relabel(data.test),
+      class_names={"label": tuple(names[i] for i in keep)},
+    )
+  if subset:
+    index = {w: k for k, w in enumerate(imagenet_wnids()[i] for i in keep)}
+    names = tuple(names[i] for i in keep)
   for test_folder, train_folder in folders:
     root = storage.join(data_dir, test_folder)
     if storage.isdir(root):
@@ -213,11 +236,43 @@ def build_imagenet_sketch(config) -> ImageTextData:
   )
 
 
+@DATASETS.register("imagenet_a")
+def build_imagenet_a(config) -> ImageTextData:
+  """ImageNet-A (7,500 natural adversarial images), zero-shot among its 200 ImageNet classes."""
+  return _imagenet_like(
+    config,
+    "imagenet_a",
+    "test",
+    [("imagenet-a", "")],
+    None,
+    "Unpack imagenet-a.tar (https://github.com/hendrycks/natural-adv-examples) into the data dir, "
+    "or prepare TFDS imagenet_a there.",
+    subset=benchmark_names.IMAGENET_A_WNIDS,
+    train_split="test",
+  )
+
+
+@DATASETS.register("imagenet_r")
+def build_imagenet_r(config) -> ImageTextData:
+  """ImageNet-R (30,000 renditions), zero-shot among its 200 ImageNet classes."""
+  return _imagenet_like(
+    config,
+    "imagenet_r",
+    "test",
+    [("imagenet-r", "")],
+    None,
+    "Unpack imagenet-r.tar (https://github.com/hendrycks/imagenet-r) into the data dir, or "
+    "prepare TFDS imagenet_r there.",
+    subset=benchmark_names.IMAGENET_R_WNIDS,
+    train_split="test",
+  )
+
+
 def _cifar(config, name, folder, test_file, train_files, label_field, names, tarball):
   data_dir = _data_dir(config, name)
   data = _tfds(name, data_dir, "test")
   if data is not None:
-    return _labelled(data, "label", names, f"TFDS {name} in {data_dir}")
+    return _labelled(data, names, f"TFDS {name} in {data_dir}")
   root = storage.join(data_dir, folder)
   if not storage.exists(storage.join(root, test_file)):
     raise _missing(

@@ -4,11 +4,12 @@
   python -m vlm_jax.eval --workdir RUN --suite standard --data_dir DIR
   python -m vlm_jax.eval --workdir RUN --tasks imagenet_zeroshot,coco_retrieval --data_dir DIR
 
-ImageNet-1k and its variants: zero-shot top-1/top-5 with CLIP's curated class names and its 80 prompt
-templates (`--templates openai_imagenet_7` or `single` for the 7- and 1-template sets); CIFAR-10/100:
-zero-shot with CLIP's 18 CIFAR templates, and a linear probe; COCO (Karpathy 5k test) and Flickr30k
-(1k test): retrieval R@1/5/10 with 5 captions per image; COCO Karpathy test captioning (BLEU-4, CIDEr-D,
-ROUGE-L with COCO's tokenizer); VQAv2 val accuracy over the 10 human answers.
+ImageNet-1k and its variants (V2, Sketch; A and R among their 200 classes): zero-shot top-1/top-5
+with CLIP's curated class names and its 80 prompt templates (`--templates openai_imagenet_7` or
+`single` for the 7- and 1-template sets); CIFAR-10/100: zero-shot with CLIP's 18 CIFAR templates, and
+a linear probe; COCO (Karpathy 5k test) and Flickr30k (1k test): retrieval R@1/5/10 with 5 captions
+per image; COCO Karpathy test captioning (BLEU-4, CIDEr-D, ROUGE-L with COCO's tokenizer); VQAv2 val
+accuracy over the 10 human answers.
 """
 
 from vlm_jax.errors import ConfigError
@@ -19,6 +20,8 @@ TASKS = {
   "imagenet_sketch_zeroshot": dict(
     name="zero_shot", data="imagenet_sketch", templates="openai_imagenet"
   ),
+  "imagenet_a_zeroshot": dict(name="zero_shot", data="imagenet_a", templates="openai_imagenet"),
+  "imagenet_r_zeroshot": dict(name="zero_shot", data="imagenet_r", templates="openai_imagenet"),
   "cifar10_zeroshot": dict(name="zero_shot", data="cifar10", templates="cifar"),
   "cifar100_zeroshot": dict(name="zero_shot", data="cifar100", templates="cifar"),
   "cifar10_linear_probe": dict(name="linear_probe", data="cifar10"),
