@@ -420,7 +420,8 @@ def test_captioning_and_vqav2_score_a_decoding_runs_own_captions_and_answers(tmp
   coco = read("coco_karpathy", tmp_path / "data")
   pixels = m.preprocess([Image.open(io.BytesIO(coco.test[i]["image"])) for i in range(6)])
   references = [coco.test[i]["captions"] for i in range(6)]
-  expected = text_metrics.caption_scores(m.caption(pixels), references)
+  captions = m.caption(pixels)
+  expected = text_metrics.caption_scores(captions, references, per_image=True)
 
   folder = tmp_path / "data" / "coco" / "val2014"
   images = {i: Image.open(folder / f"COCO_val2014_{i:012d}.jpg") for i in (42, 7)}
@@ -443,8 +444,13 @@ def test_captioning_and_vqav2_score_a_decoding_runs_own_captions_and_answers(tmp
   record = lambda dataset, task: json.load(
     open(harness.record_path(str(tmp_path / "run"), 2, dataset, task))
   )["metrics"]
-  captioning = record("coco_karpathy", "captioning")
+  captioning = json.load(
+    open(harness.record_path(str(tmp_path / "run"), 2, "coco_karpathy", "captioning"))
+  )
   for name in ("bleu4", "cider", "rouge_l"):
-    assert captioning[f"captioning/{name}"] == pytest.approx(expected[name], abs=1e-9), name
+    assert captioning["metrics"][f"captioning/{name}"] == pytest.approx(expected[name]), name
+    assert captioning["per_image"][name] == pytest.approx(expected["per_image"][name]), name
+  assert captioning["per_image"]["caption"] == captions
+  assert captioning["per_image"]["key"] == [coco.test[i]["key"] for i in range(6)]
   vqa = record("vqav2", "vqa")
   assert vqa["vqa/accuracy"] == pytest.approx(vqa_accuracy) and vqa["vqa/questions"] == 3

@@ -2,7 +2,8 @@
 
 For each label key (e.g. shape, color) the first class name mentioned in the caption is the prediction;
 accuracy is compared with chance (1 / number of classes). When the examples carry reference captions
-(`captions`), the same generated captions get BLEU-1..4, ROUGE-L and CIDEr-D (`text_metrics`).
+(`captions`), the same generated captions get BLEU-1..4, ROUGE-L and CIDEr-D (`text_metrics`); the
+eval harness's record keeps each image's caption and scores (`per_image`).
 """
 
 import re
@@ -78,11 +79,14 @@ class Captioning:
       labels = np.array([source[i][key] for i in range(n)])
       metrics[f"captioning/{key}_mention_acc"] = float(np.mean(predicted == labels))
       metrics[f"captioning/{key}_chance"] = 1.0 / len(names)
+    # Per image, for the eval record (`per_image`): each generated caption and, with references,
+    # its BLEU-4 / ROUGE-L / CIDEr-D.
+    self.per_image = {"key": [str(source[i].get("key", i)) for i in range(n)], "caption": texts}
     if n and "captions" in source[0]:
       references = [[common.as_text(c) for c in source[i]["captions"]] for i in range(n)]
-      metrics.update(
-        {f"captioning/{k}": v for k, v in text_metrics.caption_scores(texts, references).items()}
-      )
+      scores = text_metrics.caption_scores(texts, references, per_image=True)
+      self.per_image.update(scores.pop("per_image"))
+      metrics.update({f"captioning/{k}": v for k, v in scores.items()})
     return metrics
 
 

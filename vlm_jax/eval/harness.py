@@ -197,6 +197,9 @@ def evaluate(
         "wall_s": seconds,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
       }
+      per_image = getattr(runner.evaluators[task], "per_image", None)
+      if per_image is not None:  # an evaluator that scores each image (captioning) keeps the scores
+        record["per_image"] = per_image
       if jax.process_index() == 0:
         storage.write_json(path, record, sort_keys=True, default=str)
       written.append(path)
