@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -106,6 +107,39 @@ def test_tasks_must_fit_the_model(micro_run):
 
   model = Experiment(config, log=lambda *a: None).model
   assert set(harness.fitting_tasks(config, model)) == {"zero_shot", "retrieval", "linear_probe"}
+
+
+def test_the_runs_own_evals_are_tasks_by_their_key(micro_run, tmp_path):
+  """A linear probe on any classification dataset: an eval of the run's config with its own data
+  (here CIFAR-10's pickles) is a task by its key, in the default set and by name."""
+  from tests.test_benchmarks import write_cifar10
+
+  run = tmp_path / "run"
+  shutil.copytree(micro_run, run)
+  write_cifar10(tmp_path / "data", np.random.default_rng(0))
+  config = json.load(open(run / "config.json"))
+  config["evals"]["cifar_probe"] = dict(
+    name="linear_probe",
+    every="0 steps",
+    shots=[1],
+    data=dict(name="cifar10", data_dir=str(tmp_path / "data")),
+  )
+  json.dump(config, open(run / "config.json", "w"))
+  harness.evaluate(str(run), tasks=["cifar_probe"], log=lambda *a: None)
+  record = json.load(open(harness.record_path(str(run), 6, "cifar10", "cifar_probe")))
+  assert set(record["metrics"]) == {
+    "linear_probe/label_1shot_top1",
+    "linear_probe/label_full_top1",
+    "linear_probe/label_chance",
+  }
+  assert record["num_examples"] == 12 and record["task"] == "cifar_probe"
+  loaded = config_utils.load_workdir_config(str(run))
+  from vlm_jax.core.experiment import Experiment
+
+  model = Experiment(loaded, log=lambda *a: None).model
+  assert "cifar_probe" in harness.fitting_tasks(loaded, model)
+  with pytest.raises(ConfigError, match="the run's own evals: cifar_probe"):
+    harness.evaluate(str(run), tasks=["flowers_probe"], log=lambda *a: None)
 
 
 def test_ridge_probe_is_the_least_squares_solution():

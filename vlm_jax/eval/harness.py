@@ -59,29 +59,33 @@ def dataset_name(config, task_config=None) -> str:
 
 def fitting_tasks(config, model, requested=None, *, optional=(), benchmark=None) -> dict:
   """{task: evaluator config}: the requested tasks (an error if one does not fit, except those in
-  `optional`, which are left out), else all that fit. Tasks are evaluators on the run's data, or standard
-  benchmark tasks (`suite.TASKS`), whose configs `benchmark(task)` gives."""
+  `optional`, which are left out), else all that fit. Tasks are evaluators on the run's data, the run
+  config's own evals (e.g. evals.flowers = dict(name="linear_probe", data=...)), or standard benchmark
+  tasks (`suite.TASKS`), whose configs `benchmark(task)` gives."""
   evals = config.get("evals", {}) or {}
   benchmark = benchmark or (lambda task: suite.task_config(task, ""))
-  evaluator = lambda task: suite.TASKS[task]["name"] if task in suite.TASKS else task
+  evaluator = lambda task: (
+    suite.TASKS[task]["name"] if task in suite.TASKS else (evals.get(task) or {}).get("name", task)
+  )
+  own_evals = [k for k in evals if k not in EVALUATORS.names()]
   # Each evaluator declares the model methods it calls (`needs`, or the `method` its config names).
   method = lambda task: (evals.get(task) or {}).get("method")
   needs = lambda task: (method(task),) if method(task) else EVALUATORS.get(evaluator(task)).needs
   fits = lambda task: all(hasattr(model, m) for m in needs(task))
   for task in requested or ():
-    if task not in suite.TASKS and task not in EVALUATORS.names():
+    if task not in suite.TASKS and evaluator(task) not in EVALUATORS.names():
       raise ConfigError(
-        f"unknown task {task!r}; tasks on the run's data: {', '.join(EVALUATORS.names())}; standard "
-        f"benchmarks: {', '.join(suite.TASKS)}"
+        f"unknown task {task!r}; tasks on the run's data: {', '.join(EVALUATORS.names())}; "
+        f"the run's own evals: {', '.join(own_evals) or 'none'}; standard benchmarks: "
+        f"{', '.join(suite.TASKS)}"
       )
     if not fits(task) and task not in optional:
       raise ConfigError(
         f"task {task!r} does not fit model {config.model.name!r} (it needs "
         f"{', '.join(needs(task))})"
       )
-  chosen = (
-    [t for t in requested if fits(t)] if requested else [t for t in EVALUATORS.names() if fits(t)]
-  )
+  everything = list(EVALUATORS.names()) + own_evals
+  chosen = [t for t in (requested or everything) if fits(t)]
 
   def settings(task):
     if task in suite.TASKS:
@@ -92,7 +96,7 @@ def fitting_tasks(config, model, requested=None, *, optional=(), benchmark=None)
     # The default label keys are the embedded data's; a task on its own data classifies that data's labels.
     defaults = {
       k: v
-      for k, v in EVALUATORS.get(task).defaults.items()
+      for k, v in EVALUATORS.get(evaluator(task)).defaults.items()
       if not (own.get("data") and k == "label_keys")
     }
     return {**defaults, **own}
