@@ -1,5 +1,8 @@
 """Running a model's encoders over many inputs on the mesh, for every evaluator."""
 
+import concurrent.futures
+import os
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -30,18 +33,29 @@ class Encoder:
     )
 
   def __call__(self, params, n: int, rows):
-    """Encodes items 0..n-1; rows(indices) -> np.ndarray of those items' model inputs."""
+    """Encodes items 0..n-1; rows(indices) -> np.ndarray of those items' model inputs. The next batch's
+    rows are read and decoded on a host thread while the device runs the current one."""
     exp = self.exp
     global_batch = exp.config.eval_batch_size
     local = global_batch // jax.process_count()
+
+    def batch_rows(start):
+      first = start + jax.process_index() * local
+      return rows(np.minimum(np.arange(first, first + local), n - 1))  # last batch: repeat the last
+
     outputs = []
-    with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
-      for start in range(0, n, global_batch):
-        first = start + jax.process_index() * local
-        indices = np.minimum(
-          np.arange(first, first + local), n - 1
-        )  # pad the last batch by repetition
-        outputs.append(np.asarray(self._fn(params, exp.global_batch(rows(indices)))))
+    starts = range(0, n, global_batch)
+    with (
+      jax.set_mesh(exp.mesh),
+      nn.logical_axis_rules(sharding.RULES),
+      concurrent.futures.ThreadPoolExecutor(1) as reader,
+    ):
+      pending = reader.submit(batch_rows, starts[0]) if starts else None
+      for i in range(len(starts)):
+        current = pending.result()
+        if i + 1 < len(starts):
+          pending = reader.submit(batch_rows, starts[i + 1])
+        outputs.append(np.asarray(self._fn(params, exp.global_batch(current))))
     return np.concatenate(outputs)[:n] if outputs else np.zeros((0,))
 
 
@@ -49,10 +63,13 @@ def as_text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+# Image decoding and resizing release the GIL: a batch's images are prepared on host threads.
+_DECODERS = concurrent.futures.ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1)))
+
+
 def image_rows(experiment, source):
-  return lambda idx: np.stack(
-    [experiment.eval_preprocess.image(source[int(i)]["image"]) for i in idx]
-  )
+  image = lambda i: experiment.eval_preprocess.image(source[int(i)]["image"])
+  return lambda idx: np.stack(list(_DECODERS.map(image, idx)))
 
 
 def text_rows(experiment, texts):
