@@ -288,7 +288,7 @@ def accuracies(scores, labels):
 
 @pytest.mark.ci
 def test_suite_on_a_converted_clip_from_the_command_line_equals_an_independent_computation(
-  tmp_path,
+  tmp_path, gcs
 ):
   """`convert`, `eval --suite standard` and `tables --suite standard` as a user types them (relative
   paths, dashed flags) on a data dir of small files in the original layouts; every number equals the
@@ -396,6 +396,32 @@ def test_suite_on_a_converted_clip_from_the_command_line_equals_an_independent_c
     open(harness.record_path(str(tmp_path / "clip"), 0, "imagenet", "zero_shot_openai_imagenet_7"))
   )
   assert record["metrics"]["zero_shot/label_top5"] == 8 / 12
+
+  # The same data in a bucket (the GCS emulator): the same records.
+  from tests.gcs import BUCKET, fs
+
+  keys = (("imagenet", "zero_shot_openai_imagenet_7"), ("coco_karpathy", "retrieval"))
+  path = lambda key: harness.record_path(str(tmp_path / "clip"), 0, *key)
+  local = {key: json.load(open(path(key))) for key in keys}
+  fs().put(str(tmp_path / "data"), f"{BUCKET}/data", recursive=True)
+  result = run(
+    "vlm_jax.eval",
+    "--workdir",
+    "clip",
+    "--tasks",
+    "imagenet_zeroshot,coco_retrieval",
+    "--templates",
+    "openai_imagenet_7",
+    "--data-dir",
+    f"gs://{BUCKET}/data",
+    "--force",
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  for key in keys:
+    bucket = json.load(open(path(key)))
+    assert bucket["created"] != local[key]["created"], key  # rewritten
+    assert bucket["metrics"] == pytest.approx(local[key]["metrics"], abs=1e-6), key
+    assert bucket["task_config"]["data"]["data_dir"] == f"gs://{BUCKET}/data"
 
 
 @pytest.mark.ci
