@@ -12,7 +12,10 @@ from vlm_jax.errors import ConfigError
   [
     ({"model.name": "nosuch"}, "unknown model 'nosuch'; known models: clip"),
     ({"objectives.clip.name": "nosuch"}, "unknown objective 'nosuch'"),
-    ({"data.name": "nosuch"}, "unknown dataset 'nosuch'; known datasets: embedded"),
+    (
+      {"data.name": "nosuch"},
+      "unknown dataset 'nosuch'; known datasets: cifar10, cifar100, coco_karpathy, embedded",
+    ),
     ({"evals.retrieval.name": "nosuch"}, "unknown evaluator 'nosuch'"),
     ({"data.tokenizer": "nosuch"}, "unknown tokenizer 'nosuch'"),
     ({"mesh": "data:3"}, "mesh 'data:3' needs 3 devices but 8 are available"),
