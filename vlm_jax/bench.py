@@ -138,8 +138,8 @@ def against_open_clip(exp, step, state, batch, steps: int, rounds: int) -> dict:
     theirs.append(_seconds_per_call(torch_step, steps))
   phases = {}
   for name, fn in _phase_fns(exp, state, batch).items():
-    fn()  # warm-up
     torch_fn = getattr(torch_step, name)
+    fn(), torch_fn()  # warm-up: compilation, and PyTorch's first-call allocations
     ours_phase = [
       (_seconds_per_call(fn, steps), _seconds_per_call(torch_fn, steps)) for _ in range(rounds)
     ]
