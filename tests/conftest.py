@@ -27,3 +27,12 @@ def cwd(tmp_path):
   with relative paths."""
   os.symlink(os.path.join(ROOT, "experiments"), tmp_path / "experiments")
   return tmp_path
+
+
+# The docs' commands (about 13 minutes of CI's second tier on 2 cores) start first; with --dist worksteal
+# (pytest.ini) the other worker takes every other test meanwhile, instead of the tier waiting on it last.
+LONGEST_FIRST = "tests/test_readme.py::test_every_command_in_the_docs_runs_as_typed"
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.nodeid != LONGEST_FIRST)  # stable: the rest keep their order
