@@ -266,3 +266,35 @@ def test_sweep_axes_are_the_columns_when_runs_have_them(tmp_path):
   assert tables.build_table(runs, ["zero_shot/shape_top1"])["keys"] == [
     "optim.lr"
   ]  # not model.other
+
+
+def test_tables_tell_datasets_apart_and_give_the_benchmark_table(tmp_path, capsys):
+  """Two datasets' zero-shot records: `dataset:metric` names each, the bare name is ambiguous and left
+  out; --suite standard is one row per (run, dataset, task) at its latest step."""
+  for name, seed in (("clip_a", 0), ("clip_b", 1)):
+    workdir = write_run(tmp_path, name, {"model": {"name": "clip"}}, {}, seed)
+    for dataset, step, top1 in (
+      ("imagenet", 50, 0.1),
+      ("imagenet", 100, 0.3 + seed),
+      ("cifar10", 100, 0.9),
+    ):
+      path = harness.record_path(str(workdir), step, dataset, "zero_shot")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      metrics = {"zero_shot/label_top1": top1, "zero_shot/label_top5": 1.0}
+      json.dump(
+        {"step": step, "dataset": dataset, "task": "zero_shot", "metrics": metrics}, open(path, "w")
+      )
+  run = tables.load_run(str(tmp_path / "clip_b"))
+  assert run["metrics"]["imagenet:zero_shot/label_top1"] == 1.3
+  assert run["metrics"]["cifar10:zero_shot/label_top1"] == 0.9
+  assert "zero_shot/label_top1" not in run["metrics"]  # two datasets have it
+  assert run["metrics"]["zero_shot/shape_top1"] == -1.0  # one dataset (the run's own) has it
+  tables.main([str(tmp_path), "--suite", "standard", "--format", "csv"])
+  rows = [line.split(",") for line in capsys.readouterr().out.strip().splitlines()]
+  assert rows[0] == ["run", "step", "dataset", "task", "acc1", "acc5"]
+  assert sorted(rows[1:]) == [
+    ["clip_a", "100", "cifar10", "zero_shot", "0.9000", "1.0000"],
+    ["clip_a", "100", "imagenet", "zero_shot", "0.3000", "1.0000"],
+    ["clip_b", "100", "cifar10", "zero_shot", "0.9000", "1.0000"],
+    ["clip_b", "100", "imagenet", "zero_shot", "1.3000", "1.0000"],
+  ]

@@ -50,12 +50,9 @@ class EvalRunner:
         if spec not in datasets:
           try:
             datasets[spec] = eval_data(experiment, cfg["data"])
-          except MissingDataError as e:
-            if key not in skip_missing:
-              raise
-            datasets[spec] = e
-          if not isinstance(datasets[spec], MissingDataError):
             experiment.log(f"Evaluator {key!r} reads {datasets[spec].description}")
+          except MissingDataError as e:
+            datasets[spec] = e  # every evaluator on this data is told the same
         if isinstance(datasets[spec], MissingDataError):
           if key not in skip_missing:
             raise datasets[spec]
