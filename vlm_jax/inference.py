@@ -73,7 +73,8 @@ class Pretrained:
     )
 
   def preprocess(self, images) -> np.ndarray:
-    """PIL images or uint8 [H, W, 3] arrays (one, or a list / stacked array) -> float32 [n, S, S, 3]."""
+    """PIL images or uint8 [H, W, 3] arrays (one, or a list / stacked array) -> float32 [n, S, S, 3]:
+    the run's evaluation preprocessing (shorter side to S, centre crop, the run's normalisation)."""
     if (
       isinstance(images, np.ndarray)
       and images.ndim == 3
