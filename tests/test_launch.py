@@ -138,6 +138,7 @@ def test_slurm_scripts(tmp_path, monkeypatch):
   assert (tmp_path / "sbatch.log").read_text().strip() == str(tmp_path / "w" / "sbatch.sh")
 
 
+@pytest.mark.ci  # ~40 s of subprocesses: CI's second tier keeps the fast one under 10 minutes
 def test_tpu_vm_backend_recreates_a_preempted_vm_and_the_run_resumes(tmp_path):
   path = micro_sweep_file(tmp_path, seeds=(0,), **{"train.duration": "6 steps"})
   text = path.read_text().replace(

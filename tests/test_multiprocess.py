@@ -15,6 +15,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.ci  # two training processes, ~30 s: CI's second tier
 def test_two_processes_train_like_one(tmp_path):
   overrides = {"mesh": "data:2,fsdp:2", "optim.eps": 1e-3}  # eps: see test_sharded_training
   single = helpers.run_main(tmp_path / "single", num_devices=4, **overrides)

@@ -28,7 +28,12 @@ def _run_steps(config, devices, steps=3):
     ("data:4,tensor:2", {"objectives.clip.impl": "local"}, helpers.TINY),
     ("data:2,fsdp:2,tensor:2", {"objectives.clip.impl": "local"}, helpers.TINY),
     ("data:4,fsdp:2", {"objectives.sigmoid.impl": "ring"}, helpers.SIGLIP_TINY),
-    ("data:2,fsdp:2,tensor:2", {"objectives.coca.impl": "local"}, helpers.COCA_TINY),
+    pytest.param(  # ~50 s: CI's second tier (CLIP covers this mesh in the fast one)
+      "data:2,fsdp:2,tensor:2",
+      {"objectives.coca.impl": "local"},
+      helpers.COCA_TINY,
+      marks=pytest.mark.ci,
+    ),
     # ViLT: masking, hard-negative mining and the image swap happen on the global batch.
     ("data:4,fsdp:2", {"objectives.itm.negatives": "mixed"}, helpers.VILT_TINY),
     # FLAVA: all five objectives, patch and token masks drawn on the global batch. Opt-in (-m slow, ~1 min):

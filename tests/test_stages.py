@@ -47,6 +47,7 @@ def changed(before, after, regex):
   return {p: not np.array_equal(before[p], after[p]) for p in paths}
 
 
+@pytest.mark.ci  # three stage runs, ~45 s: CI's second tier
 def test_stages_chain_freeze_and_resume(tmp_path):
   config = micro_stages(tmp_path)
   logs = []

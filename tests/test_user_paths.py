@@ -42,6 +42,7 @@ def one_line_error(result, code=2):
   return last
 
 
+@pytest.mark.ci  # four commands, ~30 s: CI's second tier
 def test_relative_workdir_from_training_to_eval_harness_and_load(cwd):
   """One workdir, the commands one after another as a user types them, and the mistakes they make on it."""
   first = train(cwd, "runs/clip")
