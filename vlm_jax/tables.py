@@ -29,7 +29,7 @@ import numpy as np
 
 from vlm_jax import storage
 from vlm_jax.errors import ConfigError
-from vlm_jax.eval import harness
+from vlm_jax.eval import harness, suite
 from vlm_jax.flag_spelling import normalise_argv
 
 IGNORED_KEYS = ("seed",)
@@ -109,8 +109,6 @@ BENCHMARK_COLUMNS = {
 def benchmark_table(workdirs: list) -> dict:
   """One row per (run, dataset, task) of the standard benchmarks (`python -m vlm_jax.eval --suite
   standard`), its latest step, in the columns of BENCHMARK_COLUMNS (blank where a task has none)."""
-  from vlm_jax.eval import suite  # pylint: disable=import-outside-toplevel
-
   datasets = {t["data"] for t in suite.TASKS.values()}
   rows = []
   for workdir in workdirs:
