@@ -136,17 +136,22 @@ def against_open_clip(exp, step, state, batch, steps: int, rounds: int) -> dict:
     seconds, state, _ = _loop_time(step, state, batch, lambda b: b, steps)
     ours.append(seconds)
     theirs.append(_seconds_per_call(torch_step, steps))
+  # The phases are timed in the same alternating rounds: all four in each round, so a burst of load
+  # on the machine hits every phase alike instead of the one whose turn it was.
+  calls = {
+    (name, side): fn
+    for name, ours_fn in _phase_fns(exp, state, batch).items()
+    for side, fn in (("vlm_jax_s", ours_fn), ("open_clip_s", getattr(torch_step, name)))
+  }
+  for fn in calls.values():
+    fn()  # warm-up: compilation, and PyTorch's first-call allocations
+  times = {key: [] for key in calls}
+  for _ in range(rounds):
+    for key, fn in calls.items():
+      times[key].append(_seconds_per_call(fn, steps))
   phases = {}
-  for name, fn in _phase_fns(exp, state, batch).items():
-    torch_fn = getattr(torch_step, name)
-    fn(), torch_fn()  # warm-up: compilation, and PyTorch's first-call allocations
-    ours_phase = [
-      (_seconds_per_call(fn, steps), _seconds_per_call(torch_fn, steps)) for _ in range(rounds)
-    ]
-    phases[name] = {
-      "vlm_jax_s": statistics.median(a for a, _ in ours_phase),
-      "open_clip_s": statistics.median(b for _, b in ours_phase),
-    }
+  for (name, side), seconds in times.items():
+    phases.setdefault(name, {})[side] = statistics.median(seconds)
   return {
     "open_clip_step_time_s": statistics.median(theirs),
     "vlm_jax_step_time_interleaved_s": statistics.median(ours),
