@@ -335,7 +335,7 @@ def test_hf_flava_parity(tmp_path):
       else (ours[name], ref[name])
     )
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=name)
-  assert float(m.params["logit_scale"]) == pytest.approx(float(model.flava.logit_scale))
+  assert float(m.params["logit_scale"]) == pytest.approx(model.flava.logit_scale.item())
   # The inference API: m.match is the ITM head's probability of a match; m.fill_mask reads the multimodal
   # MLM head over the image and the text with its [MASK]s (no patch masked).
   np.testing.assert_allclose(

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from vlm_jax.cli import DEFAULT_COMPILATION_CACHE, FLAGS, fail, parse_flags
+from vlm_jax.cli import FLAGS, fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "Directory (or bucket URL) for checkpoints, metrics and logs.")
 flags.DEFINE_enum(
@@ -107,13 +107,14 @@ def main(argv):
     # libtpu takes /tmp/libtpu_lockfile as if it drove a TPU; compiling for a described topology does not,
     # so compiles may run side by side (a sweep's configs, parallel tests).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR") == DEFAULT_COMPILATION_CACHE:
-      os.environ["JAX_COMPILATION_CACHE_DIR"] = (
-        ""  # TPU executables for a pod are not this host's to cache
-      )
   else:
     _initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
+
+  if FLAGS.topology:
+    # A pod's TPU executables cannot be read back on a host with no TPU client: cached, the next compile
+    # of the same step warned "Error reading persistent compilation cache entry" and compiled anew.
+    jax.config.update("jax_enable_compilation_cache", False)
 
   from vlm_jax import (  # pylint: disable=import-outside-toplevel
     builtins,  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
