@@ -226,6 +226,72 @@ def test_tfds_datasets_through_the_data_source_api_with_mocked_data(tmp_path):
         assert data.class_names["label"][0] == "apple" and "coarse_label" in example
 
 
+def write_tfds_coco_captions(data_dir, karpathy_root):
+  """TFDS's coco_captions/2014 (Karpathy's splits) prepared from a Karpathy folder: its features, its
+  file names and the same JPEG bytes. Built by a builder of the test's own: TFDS's imports TensorFlow."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(karpathy_root, "coco", "dataset_coco.json")) as f:
+    images = json.load(f)["images"]
+
+  class CocoCaptions(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.1.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2014")]
+
+    def _info(self):
+      features = {
+        "image": tfds.features.Image(encoding_format="jpeg"),
+        "image/filename": tfds.features.Text(),
+        "image/id": np.int64,
+        "captions": tfds.features.Sequence({"text": tfds.features.Text(), "id": np.int64}),
+      }
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(split) for split in ("train", "val", "test")}
+
+    def _generate_examples(self, split):
+      for image in images:
+        if image["split"] == split:
+          path = os.path.join(karpathy_root, "coco", image["filepath"], image["filename"])
+          with open(path, "rb") as f:
+            data = f.read()
+          texts = [s["raw"] for s in image["sentences"]]
+          yield (
+            image["imgid"],
+            {
+              "image": data,
+              "image/filename": image["filename"],
+              "image/id": image["imgid"],
+              "captions": {"text": texts, "id": list(range(len(texts)))},
+            },
+          )
+
+  builder = CocoCaptions(data_dir=str(data_dir), file_format="array_record")
+  builder.download_and_prepare()
+
+
+def test_tfds_coco_captions_reads_as_the_karpathy_json_does(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  write_karpathy(tmp_path / "json", np.random.default_rng(0))
+  write_tfds_coco_captions(tmp_path / "tfds", tmp_path / "json")
+  from_json, from_tfds = (
+    read("coco_karpathy", tmp_path / "json"),
+    read("coco_karpathy", tmp_path / "tfds"),
+  )
+  assert (
+    "coco_captions" in from_tfds.description and len(from_tfds.test) == len(from_json.test) == 6
+  )
+  by_key = {from_json.test[i]["key"]: from_json.test[i] for i in range(6)}
+  for i in range(6):
+    ours = from_tfds.test[i]
+    theirs = by_key[ours["key"]]  # keyed by the same file names
+    assert ours["captions"] == theirs["captions"] and ours["caption"] == theirs["caption"]
+    np.testing.assert_array_equal(
+      ours["image"], np.asarray(Image.open(io.BytesIO(theirs["image"])))
+    )
+
+
 # OpenAI CLIP's image normalisation, which the converted model's preprocessing must apply.
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])

@@ -253,7 +253,9 @@ def test_tfds_datasets_through_the_data_source_api(tmp_path):
   )
   data = DATASETS.get("tfds")(config)
   example, reference = data.test[3], synthetic.load(64, log=lambda *a: None)[0]["test"][3]
-  assert example["caption"] == reference["caption"] and example["shape"] == reference["shape"]
+  assert (
+    example["caption"] == reference["caption"].decode() and example["shape"] == reference["shape"]
+  )
   assert data.class_names["shape"] == synthetic.SHAPES and len(data.train) == 50_000
   with pytest.raises(ConfigError, match=r"tfds build cifar10 --data_dir .*nowhere"):
     DATASETS.get("tfds")(

@@ -183,17 +183,26 @@ class _FieldsView:
 
   def __getitem__(self, i):
     example = self.source[i]
-    out = {"key": str(i), "image": _field(example, self.image_key)}
+    # The file name where the dataset keeps it (coco_captions), as the original layouts' readers key.
+    out = {
+      "key": _text(example.get("image/filename", str(i))),
+      "image": _field(example, self.image_key),
+    }
     if self.caption_key:
       caption = _field(example, self.caption_key)
       # Several captions per image (coco_captions): the first is the caption, all are references.
       if isinstance(caption, (list, tuple)) or getattr(caption, "ndim", 0):
-        out["captions"] = list(caption)
+        out["captions"] = [_text(c) for c in caption]
         caption = caption[0] if len(caption) else None
-      out["caption"] = caption
+      out["caption"] = None if caption is None else _text(caption)
     for key in self.label_keys:
       out[key] = int(example[key])
     return out
+
+
+def _text(value) -> str:
+  """TFDS Text as the other readers give it: str, without the stray spaces COCO's captions carry."""
+  return (value.decode("utf-8") if isinstance(value, bytes) else str(value)).strip()
 
 
 def _field(example, path: str):
@@ -206,11 +215,13 @@ def tfds_builder(name: str, data_dir):
   """tfds.builder; for a dataset whose builder code imports TensorFlow (coco_captions), the builder
   TFDS reads from the prepared files alone (builder_from_files), which needs no TensorFlow."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import read_only_builder  # pylint: disable=import-outside-toplevel
 
   try:
     return tfds.builder(name, data_dir=data_dir)
   except ModuleNotFoundError:
-    return tfds.builder_from_files(name, data_dir=data_dir)
+    # Not exported at the top level of tfds (4.9): tfds.builder_from_files does not exist.
+    return read_only_builder.builder_from_files(name, data_dir=data_dir)
 
 
 @DATASETS.register("tfds")
