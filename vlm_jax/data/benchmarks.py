@@ -59,10 +59,14 @@ def imagenet_wnids() -> list:
 
 def _tfds(name: str, data_dir: str, test_split: str, train_split: str = "train", **fields):
   """The TFDS dataset `name` if it is prepared in data_dir, else None."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   try:
     if not tfds_builder(name, data_dir).is_prepared():
       return None
-  except Exception:  # pylint: disable=broad-except  (tfds raises several kinds for what it cannot find)
+  except (
+    tfds.core.DatasetNotFoundError
+  ):  # a builder read from its files (coco_captions): none there
     return None
   config = dict(
     name="tfds",
