@@ -188,9 +188,10 @@ def test_original_layouts_are_read_with_the_curated_labels(tmp_path):
   )
 
 
-def test_missing_data_names_the_paths_searched_and_how_to_get_it(tmp_path):
+def test_missing_data_names_the_paths_searched_and_how_to_get_it(tmp_path, capsys):
   for name, expected in (
     ("imagenet", ["imagenet/val", "imagenet2012 (TFDS)", "valprep.sh"]),
+    ("coco_karpathy", ["coco/dataset_coco.json", "coco_captions (TFDS)", "train2014/"]),
     ("cifar100", ["cifar-100-python/test", "cifar-100-python.tar.gz", "tfds build cifar100"]),
     ("flickr30k_karpathy", ["flickr30k/dataset_flickr30k.json", "caption_datasets.zip"]),
     ("vqav2", ["v2_mscoco_val2014_annotations.json", "coco/val2014/", "visualqa.org"]),
@@ -199,6 +200,8 @@ def test_missing_data_names_the_paths_searched_and_how_to_get_it(tmp_path):
       read(name, tmp_path)
     for text in expected + [str(tmp_path)]:
       assert text in str(error.value), (name, text, str(error.value))
+  # Probing TFDS coco_captions imports its builder code, which asks for TensorFlow: not what is missing.
+  assert "TensorFlow" not in capsys.readouterr().out
   (tmp_path / "imagenet" / "val" / "not_a_synset").mkdir(parents=True)
   with pytest.raises(ConfigError, match="not_a_synset is not a class folder of this dataset"):
     read("imagenet", tmp_path)

@@ -1,7 +1,9 @@
 """Datasets registered by name: `build(data_config) -> ImageTextData`."""
 
 from collections.abc import Sequence
+import contextlib
 import dataclasses
+import io
 import os
 from typing import Any
 
@@ -212,16 +214,24 @@ def _field(example, path: str):
 
 
 def tfds_builder(name: str, data_dir):
-  """tfds.builder; for a dataset whose builder code imports TensorFlow (coco_captions), the builder
-  TFDS reads from the prepared files alone (builder_from_files), which needs no TensorFlow."""
+  """The builder of TFDS dataset `name` in data_dir. A prepared dataset is opened from its files alone
+  (its dataset_info.json), importing no builder code: coco_captions' imports TensorFlow, which vlm_jax
+  does not need. Otherwise tfds.builder, whose is_prepared() then says False."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from tensorflow_datasets.core import read_only_builder  # pylint: disable=import-outside-toplevel
 
   try:
-    return tfds.builder(name, data_dir=data_dir)
-  except ModuleNotFoundError:
-    # Not exported at the top level of tfds (4.9): tfds.builder_from_files does not exist.
+    # Not exported at the top level of tfds 4.9 (tfds.builder_from_files does not exist).
     return read_only_builder.builder_from_files(name, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError:
+    pass
+  try:
+    # TFDS prints a banner asking for TensorFlow when the builder code fails to import it; that is not
+    # what is missing (the data is), so it is kept from the user's terminal.
+    with contextlib.redirect_stdout(io.StringIO()):
+      return tfds.builder(name, data_dir=data_dir)
+  except ModuleNotFoundError as e:  # its code imports TensorFlow, and it is not prepared here
+    raise tfds.core.DatasetNotFoundError(f"{name} is not prepared in {data_dir}") from e
 
 
 @DATASETS.register("tfds")
