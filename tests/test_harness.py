@@ -29,6 +29,40 @@ def micro_run(tmp_path_factory):
   return workdir
 
 
+def test_a_suite_says_once_which_datasets_are_missing(micro_run, tmp_path):
+  from tests.test_benchmarks import write_karpathy  # pylint: disable=import-outside-toplevel
+
+  write_karpathy(tmp_path / "data", np.random.default_rng(0))  # COCO only
+  lines = []
+  written = harness.evaluate(
+    str(micro_run),
+    all_checkpoints=True,
+    suite_name="standard",
+    data_dir=str(tmp_path / "data"),
+    force=True,
+    log=lines.append,
+  )
+  assert [(r["step"], r["dataset"], r["task"]) for r in map(read_record, written)] == [
+    (3, "coco_karpathy", "retrieval"),
+    (6, "coco_karpathy", "retrieval"),
+  ]
+  # Two checkpoints, but each missing dataset is one line naming all its tasks.
+  skipped = [line for line in lines if line.startswith("skipped ")]
+  assert len(skipped) == len({line.split(": ", 1)[1] for line in skipped}), skipped
+  assert (
+    sum(
+      line.startswith("skipped cifar10_zeroshot, cifar10_linear_probe: cifar10 is not in")
+      for line in skipped
+    )
+    == 1
+  ), skipped
+
+
+def read_record(path):
+  with open(path) as f:
+    return json.load(f)
+
+
 def test_records_per_step_and_task_match_the_training_eval_and_are_written_once(micro_run):
   written = harness.evaluate(
     str(micro_run),

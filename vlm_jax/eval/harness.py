@@ -169,7 +169,7 @@ def evaluate(
       "lowercase": config.data.get("lowercase", False),
     },
   }
-  written = []
+  written, reported = [], set()
   runner = None
   for step in steps:
     todo = {
@@ -181,8 +181,14 @@ def evaluate(
       log(f"step {step}: every record exists ({', '.join(task_configs)})")
       continue
     runner = EvalRunner(exp, todo, skip_missing=optional)
+    # One line per missing dataset (its tasks together), once, not once per checkpoint.
+    by_reason = {}
     for task, reason in runner.skipped.items():
-      log(f"skipped {task}: {reason}")
+      by_reason.setdefault(reason, []).append(task)
+    for reason, skipped in by_reason.items():
+      if reason not in reported:
+        log(f"skipped {', '.join(skipped)}: {reason}")
+    reported.update(by_reason)
     if not runner.evaluators:
       raise ConfigError(
         "no task has its data: " + "; ".join(f"{t}: {r}" for t, r in runner.skipped.items())
