@@ -10,6 +10,10 @@ import pytest
 
 from tests import helpers
 
+# A reference run and interrupted training subprocesses (about 1 minute with a warm compilation cache, 2
+# with a cold one): CI's second tier, which has room beside the docs' test, keeps the fast tier under 10.
+pytestmark = pytest.mark.ci
+
 LONG = {
   "train.duration": "120 steps",
   "train.checkpoint_every": "20 steps",
