@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax import config_utils, tables
+from vlm_jax import config_utils, storage, tables
 from vlm_jax.errors import ConfigError
 from vlm_jax.eval import harness, linear_probe
 from vlm_jax.train import trainer
@@ -42,7 +42,7 @@ def test_a_suite_says_once_which_datasets_are_missing(micro_run, tmp_path):
     force=True,
     log=lines.append,
   )
-  assert [(r["step"], r["dataset"], r["task"]) for r in map(read_record, written)] == [
+  assert [(r["step"], r["dataset"], r["task"]) for r in map(storage.read_json, written)] == [
     (3, "coco_karpathy", "retrieval"),
     (6, "coco_karpathy", "retrieval"),
   ]
@@ -56,11 +56,6 @@ def test_a_suite_says_once_which_datasets_are_missing(micro_run, tmp_path):
     )
     == 1
   ), skipped
-
-
-def read_record(path):
-  with open(path) as f:
-    return json.load(f)
 
 
 def test_records_per_step_and_task_match_the_training_eval_and_are_written_once(micro_run):

@@ -64,9 +64,8 @@ def _tfds(name: str, data_dir: str, test_split: str, train_split: str = "train",
   try:
     if not tfds_builder(name, data_dir).is_prepared():
       return None
-  except (
-    tfds.core.DatasetNotFoundError
-  ):  # a builder read from its files (coco_captions): none there
+  # tfds_builder's answer when there are no prepared files (and no TensorFlow-free builder code).
+  except tfds.core.DatasetNotFoundError:
     return None
   config = dict(
     name="tfds",
