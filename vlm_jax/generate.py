@@ -53,6 +53,15 @@ def greedy_search(step, cache, logits, steps: int, *, eos_id: int, pad_id: int):
   return state[1]
 
 
+def _take_rows(path, x, origin, rows: int):
+  """A cache leaf's rows in `origin` order. Layers scanned by `layers.Encoder` (its `blocks` scope) keep
+  their cache with a leading layer axis, so their rows are the second axis."""
+  axis = 1 if any(getattr(k, "key", None) == "blocks" for k in path) else 0
+  if x.ndim > axis and x.shape[axis] == rows:
+    return jnp.take(x, origin, axis=axis)
+  return x
+
+
 def beam_search(
   step,
   cache,
@@ -75,8 +84,8 @@ def beam_search(
   # Only the first copy of each prompt is live at the start, so the first step picks distinct tokens.
   scores = jnp.tile(jnp.where(jnp.arange(beams) == 0, 0.0, NEG)[None], (batch, 1))
   pad_only = jnp.where(jnp.arange(vocab) == pad_id, 0.0, NEG)
-  reorder = lambda origin, tree: jax.tree.map(
-    lambda x: x[origin] if x.ndim and x.shape[0] == rows else x, tree
+  reorder = lambda origin, tree: jax.tree_util.tree_map_with_path(
+    lambda path, x: _take_rows(path, x, origin, rows), tree
   )
 
   def body(state):
