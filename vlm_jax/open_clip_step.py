@@ -24,14 +24,15 @@ def _load_open_clip():
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise ConfigError("--against open_clip needs PyTorch: pip install torch") from None
-  spec = importlib.util.find_spec("open_clip")
-  if spec is None:
-    raise ConfigError(
-      "--against open_clip needs open_clip: pip install --no-deps open_clip_torch==3.3.0"
-    )
-  if "open_clip" not in sys.modules:
+  if "open_clip" not in sys.modules:  # (a second call finds the package module made below)
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+      raise ConfigError(
+        "--against open_clip needs open_clip: pip install --no-deps open_clip_torch==3.3.0"
+      )
     package = types.ModuleType("open_clip")
     package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
     sys.modules["open_clip"] = package
   if importlib.util.find_spec("torchvision") is None:
     for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc"):
