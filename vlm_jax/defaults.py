@@ -3,6 +3,7 @@ with their defaults. Experiment files (`experiments/*.py`) and converted checkpo
 the objectives; nothing else needs to be repeated."""
 
 import ml_collections
+from ml_collections import config_dict
 
 ZERO_SHOT_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image of a {}.")
 
@@ -42,7 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
       lowercase=False,
       mean=(0.48145466, 0.4578275, 0.40821073),
       std=(0.26862954, 0.26130258, 0.27577711),
-      augment=dict(crop_scale=None, flip=False),
+      # crop_scale: torchvision's RandomResizedCrop area range, e.g. (0.9, 1.0) as open_clip (unset: the
+      # whole image resized); crop_ratio: its aspect-ratio range.
+      augment=dict(
+        crop_scale=config_dict.placeholder(tuple), crop_ratio=(3 / 4, 4 / 3), flip=False
+      ),
       # Real data (vlm_jax/data/__init__.py says which dataset reads which): prepared / folder ...
       path="",
       train_path="",
@@ -63,16 +68,24 @@ def base_config() -> ml_collections.ConfigDict:
       num_samples=0,
     )
   )
+  # The optimizer's conventions are named choices (core/optim.py); these defaults are open_clip's (PyTorch
+  # AdamW) and every recipe sets its own reference's.
   c.optim = ml_collections.ConfigDict(
     dict(
+      name="adamw",  # adamw | adafactor (big_vision's)
       lr=5e-4,
       warmup="2000 steps",
+      warmup_from="one_step",  # zero (optax, big_vision) | one_step (open_clip: lr * (t + 1) / warmup)
       schedule="cosine",
       end_lr_factor=0.0,
       b1=0.9,
       b2=0.98,
       eps=1e-6,
+      mu_dtype="float32",  # the first moment's dtype (big_vision's Adafactor keeps it in bfloat16)
+      adafactor=dict(decay_rate=0.8, min_dim_size_to_factor=32),
       weight_decay=0.2,
+      weight_decay_mode="lr_coupled",  # lr_coupled (lr * wd, PyTorch) | decoupled (wd, big_vision)
+      decay_mask="open_clip",  # open_clip | big_vision (.*/kernel) | all | a regex over paths
       grad_clip_norm=0.0,
       frozen="",
       trainable="",

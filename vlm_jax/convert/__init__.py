@@ -88,7 +88,8 @@ def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print
   """(vlm_jax config, params as NumPy arrays) of a public checkpoint.
 
   kind: 'hf_clip', 'hf_siglip', 'hf_vilt' or 'hf_flava' (path: an HF model folder) or 'openclip' (path: a
-  .pt/.bin/.safetensors state dict; options: act='quick_gelu'|'gelu', image_heads, text_heads). The params
+  .pt/.bin/.safetensors state dict of a CLIP or CoCa; options: act='quick_gelu'|'gelu', image_heads,
+  text_heads, and for CoCa pool_heads, decoder_heads). The params
   fit the model that `config.model` builds; a mismatch fails with the offending parameter paths.
   """
   objectives, evals = None, None
@@ -122,7 +123,7 @@ def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print
   if options and kind != "openclip":
     raise ConfigError(f"options {sorted(options)} only apply to --from openclip")
   config = defaults.base_config()
-  towers = {k: model.pop(k) for k in ("image", "text", "multimodal") if k in model}
+  towers = {k: model.pop(k) for k in ("image", "text", "multimodal", "decoder") if k in model}
   config.model.update(model)
   for name, fields in towers.items():
     config.model[name] = ml_collections.ConfigDict(fields)

@@ -3,6 +3,7 @@ r"""Convert a public checkpoint into a vlm_jax workdir.
 python -m vlm_jax.convert --from hf_clip --input /models/clip-vit-base-patch32 --output runs/clip_b32_openai
 python -m vlm_jax.convert --from hf_siglip --input /models/siglip-base-patch16-224 --output runs/siglip_b16
 python -m vlm_jax.convert --from openclip --input ViT-B-32.pt --output runs/openai_b32 [--act gelu]
+python -m vlm_jax.convert --from openclip --input coca_ViT-B-32.bin --output runs/coca_b32 --act gelu
 python -m vlm_jax.convert --from hf_vilt --input /models/vilt-b32-mlm --output runs/vilt_b32_mlm
 python -m vlm_jax.convert --from hf_flava --input /models/flava-full --output runs/flava_full
 """
@@ -33,6 +34,14 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
   "text_heads", 0, "openclip: attention heads of the text tower (default: width / 64)."
 )
+flags.DEFINE_integer(
+  "pool_heads", 0, "openclip CoCa: attention heads of the image pooler (default: embed_dim / 64)."
+)
+flags.DEFINE_integer(
+  "decoder_heads",
+  0,
+  "openclip CoCa: attention heads of the multimodal decoder (default: width / 64).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -45,7 +54,13 @@ def main(argv):
 
   kind = FLAGS["from"].value
   options = (
-    dict(act=FLAGS.act, image_heads=FLAGS.image_heads, text_heads=FLAGS.text_heads)
+    dict(
+      act=FLAGS.act,
+      image_heads=FLAGS.image_heads,
+      text_heads=FLAGS.text_heads,
+      pool_heads=FLAGS.pool_heads,
+      decoder_heads=FLAGS.decoder_heads,
+    )
     if kind == "openclip"
     else {}
   )

@@ -45,6 +45,7 @@ def check_config(
       DATASETS.get(cfg.data.get("name", config.data.name))
     durations.parse(cfg.every)
   config_utils.profile_steps(config.train.get("profile_steps", ()))
+  optim.check_config(config.optim)
   for name in ("duration", "log_every", "checkpoint_every", "warmup"):
     durations.parse(config.train[name] if name != "warmup" else config.optim.warmup)
   locked = tuple(config.model.get("locked", ()))
@@ -88,10 +89,12 @@ class Experiment:
     self.tokenizer = tokenizers.get_tokenizer(
       config.data.tokenizer, config.data.get("tokenizer_path", ""), self.data.tokenizer_path
     )
+    self._check_padding_is_not_a_token()
     self.platform = self.mesh.devices.flat[0].platform
     if self.platform == "cpu":
       host_memory.keep_freed_buffers()  # the step's buffers are host memory: no page faults per step
     self.model = models.build(config.model, self.tokenizer.vocab_size, self.platform)
+    self.after_update = models.after_update(self.model)  # e.g. open_clip's logit-scale clamp
     mean = tuple(config.data.get("mean", transforms.CLIP_MEAN))
     std = tuple(config.data.get("std", transforms.CLIP_STD))
     pixel_stats = (mean, std)
@@ -120,6 +123,22 @@ class Experiment:
     self.eval_preprocess = transforms.Preprocess.from_config(config, self.tokenizer)
     self._build_state_shardings()
     self._check_objectives_fit_model()
+
+  def _check_padding_is_not_a_token(self):
+    """CLIP's BPE pads with id 0, which is also the token "!": a text tower that masks id 0 as padding
+    would drop every "!" of a caption (open_clip masks nothing: its causal tower never looks past the
+    end-of-text token, where it pools)."""
+    pad = self.tokenizer.pad_id
+    if (
+      getattr(self.tokenizer, "pad_is_token", False)
+      and self.config.model.text.get("pad_id", 0) == pad
+    ):
+      raise ConfigError(
+        f"data.tokenizer={self.config.data.tokenizer!r} pads with id {pad}, which is also a real token "
+        f"({self.tokenizer.decode([pad])!r}), but model.text.pad_id={pad} masks it as padding; set "
+        "--config.model.text.pad_id=-1 and --config.model.text.pool=argmax (open_clip's pooling at "
+        "the end-of-text token)"
+      )
 
   # --- state ---------------------------------------------------------------------------------------
 
@@ -270,6 +289,8 @@ class Experiment:
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
+      if self.after_update is not None:
+        params = self.after_update(params)
       metrics = {
         **metrics,
         "loss": loss,

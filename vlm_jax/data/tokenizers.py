@@ -221,6 +221,9 @@ class ClipBpeTokenizer(_FixedLength):
   """
 
   pad_id = 0
+  pad_is_token = (
+    True  # id 0 is "!": a text tower must not mask it as padding (model.text.pad_id=-1)
+  )
   mask_id = -1
 
   def __init__(self, path: str):

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 import dataclasses
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +49,29 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
   return image.crop((left, top, left + size, top + size))
 
 
+def random_resized_crop_box(width: int, height: int, rng, scale, ratio) -> tuple:
+  """(left, top, crop width, crop height) of torchvision's RandomResizedCrop.get_params, the training
+  crop of open_clip: up to ten draws of an area fraction in `scale` and a log-uniform aspect ratio in
+  `ratio` until the box fits, else the centred box of the closest allowed ratio."""
+  area = width * height
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+      return left, top, w, h
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    w, h = int(round(height * max(ratio))), height
+  else:
+    w, h = width, height
+  return (width - w) // 2, (height - h) // 2, w, h
+
+
 @dataclasses.dataclass
 class Preprocess:
   """example dict -> {'image': float32 [S, S, 3], 'text': int32 [max_len], labels...}.
@@ -66,7 +90,8 @@ class Preprocess:
   max_len: int
   mean: tuple = CLIP_MEAN
   std: tuple = CLIP_STD
-  crop_scale: tuple | None = None  # e.g. (0.9, 1.0): random-resized-crop area range when training
+  crop_scale: tuple | None = None  # e.g. (0.9, 1.0): RandomResizedCrop's area range when training
+  crop_ratio: tuple = (3 / 4, 4 / 3)  # and its aspect-ratio range
   flip: bool = False
   label_keys: tuple = ()
   lowercase: bool = False
@@ -91,6 +116,7 @@ class Preprocess:
       std=tuple(config.data.get("std", CLIP_STD)),
       lowercase=config.data.get("lowercase", False),
       crop_scale=aug.get("crop_scale"),
+      crop_ratio=tuple(aug.get("crop_ratio", (3 / 4, 4 / 3))),
       flip=aug.get("flip", False),
       normalise=not train,
       center_crop=not train,
@@ -105,11 +131,8 @@ class Preprocess:
       image = Image.fromarray(np.asarray(image))
     image = image.convert("RGB")
     if rng is not None and self.crop_scale is not None:
-      w, h = image.size
-      area = rng.uniform(*self.crop_scale) * w * h
-      side = int(min(w, h, round(np.sqrt(area))))
-      x, y = rng.integers(0, w - side + 1), rng.integers(0, h - side + 1)
-      image = image.crop((x, y, x + side, y + side))
+      x, y, w, h = random_resized_crop_box(*image.size, rng, self.crop_scale, self.crop_ratio)
+      image = image.crop((x, y, x + w, y + h))
     if self.center_crop and image.size[0] != image.size[1]:
       image = center_crop(image, self.image_size)
     if image.size != (self.image_size, self.image_size):

@@ -16,6 +16,8 @@ TWO_TOWER_FIELDS = (
   "embed_dim",
   "logit_scale_init",
   "logit_scale_max",
+  "logit_scale_min",
+  "logit_scale_clamp",
   "logit_bias_init",
   "image_head",
   "text_head_bias",
@@ -66,13 +68,28 @@ def tower_fields(config, vocab_size: int):
     **{k: v for k, v in config.text.items() if k != "variant"},
   }
   txt["vocab_used"] = txt.get("vocab_size") or vocab_size
-  txt["vocab_size"] = text.pad_vocab(txt["vocab_used"])
+  # A decoder's mask token (model.text.mask_token, CapPa) is one more input row.
+  txt["vocab_size"] = text.pad_vocab(txt["vocab_used"] + bool(txt.get("mask_token", False)))
   for fields in (image, txt):
     if "locked" in fields:
       raise ValueError(
         "lock a tower with model.locked = ('image',), not inside model.image / model.text"
       )
   return image, txt
+
+
+def logit_scale_fields(config) -> dict:
+  """The learnable temperature's settings a config gives (the model's defaults otherwise)."""
+  keys = ("logit_scale_init", "logit_scale_max", "logit_scale_min", "logit_scale_clamp")
+  return {k: config[k] for k in keys if k in config}
+
+
+def after_update(model):
+  """What training applies to the parameters after each optimizer step (open_clip's clamp of the logit
+  scale parameter, `model.logit_scale_clamp='parameter'`), or None."""
+  if getattr(model, "logit_scale_clamp", None) != "parameter":
+    return None
+  return lambda params: two_tower.clamp_after_update(model, params)
 
 
 def patch_size(config) -> int:
@@ -100,7 +117,7 @@ def build_two_tower(config, vocab_size: int):
 
 @MODELS.register("coca")
 def build_coca(config, vocab_size: int):
-  """CoCa: ViT + attentional poolers, unimodal text decoder, multimodal decoder with cross-attention."""
+  """CoCa (open_clip's): ViT + attentional pooler, text tower with a class embedding, multimodal decoder."""
   image, txt = tower_fields(config, vocab_size)
   return coca.CoCa(
     image=image,
@@ -108,7 +125,9 @@ def build_coca(config, vocab_size: int):
     decoder=dict(config.decoder),
     embed_dim=config.embed_dim,
     caption_queries=config.caption_queries,
+    pool_heads=config.get("pool_heads", 8),
     locked=tuple(config.get("locked", ())),
+    **logit_scale_fields(config),
     **shared_fields(config),
   )
 
@@ -134,11 +153,14 @@ def build_simvlm(config, vocab_size: int):
     **dict(zip(("depth", "num_heads", "mlp_dim"), vit.SIZES[config.decoder.variant][1:])),
     **{k: v for k, v in config.decoder.items() if k != "variant"},
   }
+  used = config.text.get("vocab_size") or vocab_size
+  mask_token = bool(config.text.get("mask_token", False))  # one more input row: the decoder's mask
   txt = {
     "max_len": config.text.max_len,
     "pad_id": config.text.get("pad_id", 0),
-    "vocab_size": text.pad_vocab(config.text.get("vocab_size") or vocab_size),
-    "vocab_used": config.text.get("vocab_size") or vocab_size,
+    "vocab_size": text.pad_vocab(used + mask_token),
+    "vocab_used": used,
+    "mask_token": mask_token,
   }
   image = {
     "patch_size": patch["patch_size"],
@@ -152,6 +174,10 @@ def build_simvlm(config, vocab_size: int):
     decoder=dec,
     act=config.get("act", "gelu"),
     dropout=config.get("dropout", 0.0),
+    ln_eps=config.get("ln_eps", 1e-5),
+    encoder_text=config.get("encoder_text", True),
+    decoder_bias=config.get("decoder_bias", True),
+    head=config.get("head", "tied"),
     remat=config.remat,
     scan=config.scan_layers,
     attention=attention_of(config),
@@ -223,5 +249,6 @@ def build_flava(config, vocab_size: int):
     multimodal=mm,
     embed_dim=config.embed_dim,
     mim_codes=config.get("mim_codes", 0),
+    **logit_scale_fields(config),
     **shared_fields(config),
   )

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlm_jax.models import layers, text, vit
+from vlm_jax.models import layers, text, two_tower, vit
 from vlm_jax.models.two_tower import l2_normalize
 
 
@@ -57,11 +57,14 @@ class Flava(nn.Module):
   mim_codes: int = 0  # 0: regress normalised pixels; K: classify into K codebook entries
   logit_scale_init: float = math.log(1 / 0.07)
   logit_scale_max: float = math.log(100.0)
+  logit_scale_min: float = 0.0
+  logit_scale_clamp: str = "forward"  # two_tower.LOGIT_SCALE_CLAMPS
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    two_tower.check_logit_scale_clamp(self.logit_scale_clamp)
     # As FLAVA's image encoder: no pre-LayerNorm, a biased patch embedding (overridable in config).
     self.image_encoder = vit.VisionTransformer(
       **{
@@ -195,7 +198,7 @@ class Flava(nn.Module):
     out = {
       "image_emb": image_emb,
       "text_emb": text_emb,
-      "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
+      "logit_scale": two_tower.logit_scale_in_forward(self),
     }
     if not requests:
       pooled, image_part, text_part = self._multimodal(image_hidden, text_hidden, tokens, train)

@@ -56,9 +56,12 @@ def partitioned(init: Callable, axes) -> Callable:
   return nn.with_logical_partitioning(init, axes)
 
 
-def layer_norm(name: str, dtype, param_dtype, eps: float = 1e-5) -> nn.LayerNorm:
+def layer_norm(
+  name: str, dtype, param_dtype, eps: float = 1e-5, use_bias: bool = True
+) -> nn.LayerNorm:
   return nn.LayerNorm(
     epsilon=eps,
+    use_bias=use_bias,
     dtype=dtype,
     param_dtype=param_dtype,
     name=name,
@@ -83,6 +86,7 @@ class MLP(nn.Module):
   hidden: int
   act: str = "gelu"
   dropout: float = 0.0
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -95,6 +99,7 @@ class MLP(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="fc1",
+      use_bias=self.use_bias,
       kernel_init=partitioned(init, ("embed", "mlp")),
       bias_init=partitioned(nn.initializers.zeros, ("mlp",)),
     )(x)
@@ -105,6 +110,7 @@ class MLP(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="fc2",
+      use_bias=self.use_bias,
       kernel_init=partitioned(init, ("mlp", "embed")),
       bias_init=partitioned(nn.initializers.zeros, ("embed",)),
     )(x)
@@ -229,6 +235,7 @@ class Attention(nn.Module):
   num_heads: int
   dropout: float = 0.0
   implementation: str = "auto"
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -241,7 +248,7 @@ class Attention(nn.Module):
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
     inputs_kv = x if inputs_kv is None else inputs_kv
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
     q = HeadProjection(self.num_heads, head_dim, name="query", **kw)(x)
     k = HeadProjection(self.num_heads, head_dim, name="key", **kw)(inputs_kv)
     v = HeadProjection(self.num_heads, head_dim, name="value", **kw)(inputs_kv)
@@ -279,6 +286,7 @@ class HeadProjection(nn.Module):
 
   num_heads: int
   head_dim: int
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -291,21 +299,23 @@ class HeadProjection(nn.Module):
       (x.shape[-1], self.num_heads, self.head_dim),
       self.param_dtype,
     )
+    y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+    if not self.use_bias:
+      return y
     bias = self.param(
       "bias",
       partitioned(nn.initializers.zeros, ("heads", "kv")),
       (self.num_heads, self.head_dim),
       self.param_dtype,
     )
-    return jnp.einsum(
-      "...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype)
-    ) + bias.astype(self.dtype)
+    return y + bias.astype(self.dtype)
 
 
 class HeadMerge(nn.Module):
   """[..., heads, kv] -> [..., features]."""
 
   features: int
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -318,12 +328,13 @@ class HeadMerge(nn.Module):
       (x.shape[-2], x.shape[-1], self.features),
       self.param_dtype,
     )
+    y = jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype))
+    if not self.use_bias:
+      return y
     bias = self.param(
       "bias", partitioned(nn.initializers.zeros, ("embed",)), (self.features,), self.param_dtype
     )
-    return jnp.einsum(
-      "...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype)
-    ) + bias.astype(self.dtype)
+    return y + bias.astype(self.dtype)
 
 
 class Block(nn.Module):
@@ -337,31 +348,32 @@ class Block(nn.Module):
   ln_eps: float = 1e-5
   cross_attention: bool = False
   attention: str = "auto"
+  use_bias: bool = (
+    True  # False: no bias in attention, MLP or LayerNorms (big_vision's CapPa decoder)
+  )
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask, context, deterministic, decode=False, context_mask=None):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    norm = lambda name, y: layer_norm(name, eps=self.ln_eps, **kw)(y)
     x = constrain(x, ("batch", "length", "embed"))
-    y = layer_norm("ln_1", eps=self.ln_eps, **kw)(x)
     x = x + drop(
       Attention(self.num_heads, self.dropout, self.attention, name="attn", **kw)(
-        y, mask, deterministic=deterministic, decode=decode
+        norm("ln_1", x), mask, deterministic=deterministic, decode=decode
       )
     )
     if self.cross_attention:
-      y = layer_norm("ln_cross", eps=self.ln_eps, **kw)(x)
       x = x + drop(
         Attention(self.num_heads, self.dropout, self.attention, name="cross_attn", **kw)(
-          y, context_mask, inputs_kv=context, deterministic=deterministic
+          norm("ln_cross", x), context_mask, inputs_kv=context, deterministic=deterministic
         )
       )
-    y = layer_norm("ln_2", eps=self.ln_eps, **kw)(x)
     x = x + drop(
       MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)(
-        y, deterministic=deterministic
+        norm("ln_2", x), deterministic=deterministic
       )
     )
     return constrain(x, ("batch", "length", "embed")), None
@@ -370,12 +382,15 @@ class Block(nn.Module):
 class AttentionPool(nn.Module):
   """Learned queries cross-attending to tokens: SigLIP's MAP head (with `mlp_dim`) and CoCa's pooler.
 
-  tokens [batch, n, width] -> [batch, num_queries, width].
+  tokens [batch, n, d] -> [batch, num_queries, width] (width 0: d). norm_inputs: LayerNorm the queries and
+  the tokens first (open_clip's `AttentionalPooler`, whose queries may be narrower than the tokens).
   """
 
   num_queries: int
   num_heads: int
   mlp_dim: int = 0  # 0: attention only; else a pre-LN residual MLP after it
+  width: int = 0
+  norm_inputs: bool = False
   act: str = "gelu"
   ln_eps: float = 1e-5
   attention: str = "auto"
@@ -385,13 +400,16 @@ class AttentionPool(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    width = tokens.shape[-1]
+    width = self.width or tokens.shape[-1]
     probe = self.param(
       "probe",
       partitioned(nn.initializers.xavier_uniform(), ("length", "embed")),
       (self.num_queries, width),
       self.param_dtype,
     )
+    if self.norm_inputs:
+      probe = layer_norm("ln_q", eps=self.ln_eps, **kw)(probe)
+      tokens = layer_norm("ln_k", eps=self.ln_eps, **kw)(tokens)
     queries = jnp.broadcast_to(probe.astype(self.dtype)[None], (tokens.shape[0],) + probe.shape)
     x = Attention(self.num_heads, implementation=self.attention, name="attn", **kw)(
       queries, inputs_kv=tokens
@@ -400,6 +418,73 @@ class AttentionPool(nn.Module):
       y = layer_norm("ln", eps=self.ln_eps, **kw)(x)
       x = x + MLP(self.mlp_dim, act=self.act, name="mlp", **kw)(y)
     return x
+
+
+class CrossBlock(nn.Module):
+  """open_clip's cross-attention block: LayerNormed queries attend to LayerNormed context (`ln_1_kv`), then
+  an MLP, each residual."""
+
+  num_heads: int
+  mlp_dim: int
+  act: str = "gelu"
+  dropout: float = 0.0
+  ln_eps: float = 1e-5
+  attention: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, deterministic, context_mask=None):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = lambda name, y: layer_norm(name, eps=self.ln_eps, **kw)(y)
+    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=deterministic)
+    x = x + drop(
+      Attention(self.num_heads, self.dropout, self.attention, name="attn", **kw)(
+        norm("ln_1", x),
+        context_mask,
+        inputs_kv=norm("ln_1_kv", context),
+        deterministic=deterministic,
+      )
+    )
+    mlp = MLP(self.mlp_dim, act=self.act, dropout=self.dropout, name="mlp", **kw)
+    return x + drop(mlp(norm("ln_2", x), deterministic=deterministic))
+
+
+class MultimodalLayer(nn.Module):
+  """One layer of open_clip's `MultimodalTransformer` (CoCa's multimodal decoder): a self-attention block
+  (causal, with its MLP), then a `CrossBlock` to the image tokens. Block's call signature, so that
+  `Encoder(layer="multimodal")` remats and scans it."""
+
+  num_heads: int
+  mlp_dim: int
+  act: str = "gelu"
+  dropout: float = 0.0
+  ln_eps: float = 1e-5
+  cross_attention: bool = True
+  attention: str = "auto"
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, context, deterministic, decode=False, context_mask=None):
+    fields = dict(
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      act=self.act,
+      dropout=self.dropout,
+      ln_eps=self.ln_eps,
+      attention=self.attention,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+    x, _ = Block(use_bias=self.use_bias, name="self", **fields)(
+      x, mask, None, deterministic, decode
+    )
+    return CrossBlock(name="cross", **fields)(x, context, deterministic, context_mask), None
+
+
+LAYERS = {"block": Block, "multimodal": MultimodalLayer}
 
 
 class Encoder(nn.Module):
@@ -419,6 +504,8 @@ class Encoder(nn.Module):
   remat: str = "none"
   scan: bool = False
   attention: str = "auto"
+  use_bias: bool = True
+  layer: str = "block"  # LAYERS: block | multimodal (open_clip's CoCa decoder layer)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -435,10 +522,10 @@ class Encoder(nn.Module):
     """context_mask: [batch, 1, q or 1, context] for cross-attention (None: every context token)."""
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
-    block = Block
+    block = LAYERS[self.layer]
     if self.remat != "none":
       block = nn.remat(
-        Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(4, 5)
+        block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan, static_argnums=(4, 5)
       )
     kw = dict(
       num_heads=self.num_heads,
@@ -448,6 +535,7 @@ class Encoder(nn.Module):
       ln_eps=self.ln_eps,
       cross_attention=self.cross_attention,
       attention=self.attention,
+      use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )

@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlm_jax.models import layers, vit
+from vlm_jax.models import layers, text, vit
 
 
 class Projector(nn.Module):
@@ -128,14 +128,16 @@ class PrefixLM(nn.Module):
     """Logits [batch, length, vocab]; position t predicts tokens[:, t + 1]. The first `prefix_len` text
     tokens (per row; >= 1) and the image form the bidirectional prefix. text_only: no image tokens.
 
-    inputs: the input tokens, when they differ from `tokens` (CapPa's masked inputs); parallel: [batch]
-    bool, rows whose text attends to every text position (one block with the image, all positions valid);
+    inputs: the input tokens, when they differ from `tokens`; parallel: [batch] bool, rows whose text
+    inputs are all the mask token (`text.mask_token_id`) and attend to every text position (one block with
+    the image, all positions valid: CapPa's parallel prediction);
     image_tokens: the projected image, when the caller has it already."""
     b, length = tokens.shape
     valid = self._valid(tokens)
-    x = self._embed(
-      tokens if inputs is None else inputs, jnp.broadcast_to(jnp.arange(length), tokens.shape)
-    )
+    inputs = tokens if inputs is None else inputs
+    if parallel is not None:
+      inputs = jnp.where(parallel[:, None], text.mask_token_id(self.text), inputs)
+    x = self._embed(inputs, jnp.broadcast_to(jnp.arange(length), tokens.shape))
     if parallel is not None:
       prefix_len = jnp.where(parallel, length, prefix_len)
       valid = valid | parallel[:, None]

@@ -6,6 +6,11 @@ of the text causally, cross-attending to the encoder. The split point is chosen 
 objective (`objectives/prefix_lm.py`); `text_only` hides the image (text-only PrefixLM batches). Word
 embeddings are shared by encoder, decoder and output layer, as in SimVLM / T5.
 
+Options that make it big_vision's CapPa encoder-decoder (models/proj/cappa/cappa.py): `encoder_text=False`
+(the encoder reads the image only), `decoder_bias=False` (no biases in the decoder's blocks), `head='untied'`
+(a separate, zero-initialised output layer instead of the word embeddings) and `text.mask_token=True` (an
+input embedding row after the output vocabulary, fed to the decoder of parallel-prediction rows).
+
 Parameter groups: `image_*` (stem, patch and position embeddings), `text_embed`, `encoder*`, `decoder*`.
 """
 
@@ -15,7 +20,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vlm_jax.models import layers
+from vlm_jax.models import layers, text
 from vlm_jax.models.two_tower import l2_normalize
 
 
@@ -53,13 +58,22 @@ class Stash(nn.Module):
     return encoded, valid
 
 
+HEADS = ("tied", "untied")
+
+
 class SimVLM(nn.Module):
   image: dict  # patch_size, image_size, stem (conv stem channels; 0 = none)
-  text: dict  # vocab_size, max_len, pad_id
+  text: dict  # vocab_size, vocab_used, max_len, pad_id, mask_token
   encoder: dict  # width, depth, num_heads, mlp_dim
   decoder: dict  # depth, num_heads, mlp_dim (width: the encoder's)
   act: str = "gelu"
   dropout: float = 0.0
+  ln_eps: float = 1e-5
+  encoder_text: bool = True  # False: the encoder reads the image only (CapPa)
+  decoder_bias: bool = True
+  head: str = (
+    "tied"  # tied: logits from the word embeddings; untied: a zero-initialised dense layer
+  )
   remat: str = "none"
   scan: bool = False
   attention: str = "auto"  # layers.attention_implementation
@@ -72,6 +86,8 @@ class SimVLM(nn.Module):
     p, size = self.image["patch_size"], self.image["image_size"]
     if size % p:
       raise ValueError(f"image_size {size} is not a multiple of patch_size {p}")
+    if self.head not in HEADS:
+      raise ValueError(f"unknown model.head {self.head!r}; known: {', '.join(HEADS)}")
     normal = lambda std, axes: layers.partitioned(nn.initializers.normal(std), axes)
     self.image_stem = ConvStem(self.image["stem"], **kw) if self.image.get("stem", 0) else None
     self.image_patch_embed = nn.Dense(
@@ -88,18 +104,20 @@ class SimVLM(nn.Module):
     self.text_embed = nn.Embed(
       self.text["vocab_size"], width, embedding_init=normal(0.02, ("vocab", "embed")), **kw
     )
-    self.encoder_text_pos = self.param(
-      "encoder_text_pos",
-      normal(0.01, ("length", "embed")),
-      (self.text["max_len"], width),
-      self.param_dtype,
-    )
-    self.modality_embed = self.param(
-      "modality_embed", normal(0.02, ("classes", "embed")), (2, width), self.param_dtype
-    )
+    if self.encoder_text:
+      self.encoder_text_pos = self.param(
+        "encoder_text_pos",
+        normal(0.01, ("length", "embed")),
+        (self.text["max_len"], width),
+        self.param_dtype,
+      )
+      self.modality_embed = self.param(
+        "modality_embed", normal(0.02, ("classes", "embed")), (2, width), self.param_dtype
+      )
     common = dict(
       act=self.act,
       dropout=self.dropout,
+      ln_eps=self.ln_eps,
       remat=self.remat,
       scan=self.scan,
       attention=self.attention,
@@ -108,15 +126,25 @@ class SimVLM(nn.Module):
     self.encoder_stack = layers.Encoder(
       **{k: v for k, v in self.encoder.items() if k != "width"}, **common
     )
-    self.encoder_ln = layers.layer_norm("encoder_ln", **kw)
+    self.encoder_ln = layers.layer_norm("encoder_ln", eps=self.ln_eps, **kw)
     self.decoder_pos = self.param(
       "decoder_pos",
       normal(0.01, ("length", "embed")),
       (self.text["max_len"], width),
       self.param_dtype,
     )
-    self.decoder_stack = layers.Encoder(cross_attention=True, **self.decoder, **common)
-    self.decoder_ln = layers.layer_norm("decoder_ln", **kw)
+    self.decoder_stack = layers.Encoder(
+      cross_attention=True, use_bias=self.decoder_bias, **self.decoder, **common
+    )
+    self.decoder_ln = layers.layer_norm("decoder_ln", eps=self.ln_eps, **kw)
+    if self.head == "untied":
+      zeros = lambda axes: layers.partitioned(nn.initializers.zeros, axes)
+      self.decoder_head = nn.Dense(
+        self.text["vocab_size"],
+        kernel_init=zeros(("embed", "vocab")),
+        bias_init=zeros(("vocab",)),
+        **kw,
+      )
     self.decode_state = layers.DecodeState()
     self.stash = Stash()
 
@@ -133,12 +161,17 @@ class SimVLM(nn.Module):
     p = self.image["patch_size"]
     patches = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)
     del train
-    return self.image_patch_embed(patches) + (self.image_pos_embed + self.modality_embed[0]).astype(
-      self.dtype
-    )
+    position = self.image_pos_embed + (self.modality_embed[0] if self.encoder_text else 0.0)
+    return self.image_patch_embed(patches) + position.astype(self.dtype)
 
   def _encode(self, image_tokens, image_valid, prefix, prefix_valid, train):
-    """[image; prefix] bidirectionally -> (encoded [b, n + L, w], valid [b, n + L])."""
+    """[image; prefix] bidirectionally -> (encoded [b, n + L, w], valid [b, n + L]); the image alone when
+    the encoder reads no text (`encoder_text=False`)."""
+    if not self.encoder_text:
+      x = self.encoder_stack(
+        image_tokens, layers.attention_mask(image_valid, image_valid, False), not train
+      )
+      return self.encoder_ln(x), image_valid
     length = prefix.shape[1]
     text = self.text_embed(prefix) + (
       self.encoder_text_pos[:length] + self.modality_embed[1]
@@ -160,7 +193,8 @@ class SimVLM(nn.Module):
       decode=decode,
       context_mask=encoded_valid[:, None, None, :],
     )
-    logits = self.text_embed.attend(self.decoder_ln(x))
+    x = self.decoder_ln(x)
+    logits = self.decoder_head(x) if self.head == "untied" else self.text_embed.attend(x)
     return layers.mask_padded_vocab(logits, self.text.get("vocab_used"))
 
   # --- training ------------------------------------------------------------------------------------
@@ -179,9 +213,9 @@ class SimVLM(nn.Module):
     t >= prefix_len - 1: the encoder reads the image and tokens[:, :prefix_len], the decoder starts at the
     last prefix token and continues the text.
 
-    inputs: the decoder's input tokens, when they differ from `tokens` (CapPa's masked inputs); parallel:
-    [batch] bool, rows whose decoder attends to every position instead of causally (all of them valid, so
-    that the caption's length is not given away)."""
+    inputs: the decoder's input tokens, when they differ from `tokens`; parallel: [batch] bool, rows whose
+    decoder reads only the mask token (`text.mask_token_id`) and attends to every position instead of causally (all of
+    them valid, so that the caption's length is not given away): CapPa's parallel prediction."""
     b, length = tokens.shape
     pos = jnp.arange(length)[None, :]
     image = self._image(images, train)
@@ -200,6 +234,8 @@ class SimVLM(nn.Module):
     if parallel is not None:
       mask = jnp.where(parallel[:, None, None, None], True, mask)
     dec_inputs = shifted if inputs is None else shift(inputs)
+    if parallel is not None:
+      dec_inputs = jnp.where(parallel[:, None], text.mask_token_id(self.text), dec_inputs)
     logits = self._decode(
       dec_inputs, jnp.broadcast_to(pos, (b, length)), mask, encoded, valid, train
     )

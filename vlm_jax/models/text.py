@@ -32,13 +32,26 @@ def pad_vocab(vocab_size: int, multiple: int = 128) -> int:
   return -(-vocab_size // multiple) * multiple
 
 
+def mask_token_id(text: dict) -> int:
+  """The decoder input of parallel-prediction rows (CapPa): an input embedding row after the output
+  vocabulary, as big_vision's mask token (`model.text.mask_token=True` adds it)."""
+  if not text.get("mask_token", False):
+    raise ValueError(
+      "parallel prediction (the cappa objective) feeds the decoder a mask token; set "
+      "model.text.mask_token=True (an input row after the output vocabulary, as big_vision's CapPa)"
+    )
+  return text["vocab_used"]
+
+
 class TextTransformer(nn.Module):
   """Token ids [batch, length] (0 = padding) -> (pooled [batch, width], tokens [batch, length, width]).
 
   pool: 'eot' takes the end-of-text token (the first `eos_id` if given, else the last non-padding token;
-  CLIP), 'last' the last position (SigLIP), 'first' the first token, 'mean' the mean over non-padding
-  tokens, 'none' no pooling. pad_id -1: no padding mask, every position is attended (SigLIP; a causal
-  model never attends past its end-of-text token anyway).
+  CLIP), 'argmax' the position of the largest token id (OpenAI's and open_clip's `text.argmax(-1)`: the
+  end-of-text token of CLIP's BPE, whatever else the text holds), 'last' the last position (SigLIP),
+  'first' the first token, 'mean' the mean over non-padding tokens, 'none' no pooling. pad_id -1: no
+  padding mask, every position is attended (SigLIP; a causal model never attends past its end-of-text
+  token anyway).
   """
 
   vocab_size: int  # the embedding table's rows: the tokenizer's vocabulary padded (pad_vocab)
@@ -55,6 +68,12 @@ class TextTransformer(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-5
   embed_ln: bool = False  # LayerNorm the summed embeddings (BERT, FLAVA)
+  # open_clip's CoCa: a learned class embedding appended after the text, pooled (LayerNormed) as the text
+  # embedding; the token outputs are returned before the final LayerNorm. Its padding mask is open_clip's:
+  # correct_cls_mask=False shifts it one key right (open_clip's default, which its CoCa weights were
+  # trained with), True masks the padding keys themselves.
+  embed_cls: bool = False
+  correct_cls_mask: bool = False
   dropout: float = 0.0
   remat: str = "none"
   scan: bool = False
@@ -92,9 +111,25 @@ class TextTransformer(nn.Module):
     pos = self.param(
       "pos_embed",
       layers.partitioned(nn.initializers.normal(0.01), ("length", "embed")),
-      (self.max_len, self.width),
+      (self.max_len + self.embed_cls, self.width),
       self.param_dtype,
     )
+    if self.embed_cls and not decode:
+      cls = self.param(
+        "cls_embed",
+        layers.partitioned(nn.initializers.normal(0.01), ("embed",)),
+        (self.width,),
+        self.param_dtype,
+      )
+      x = jnp.concatenate(
+        [x, jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, self.width))], 1
+      )
+      one = jnp.ones(valid.shape[:1] + (1,), bool)
+      key_valid = jnp.concatenate([valid, one] if self.correct_cls_mask else [one, valid], axis=1)
+      mask = layers.attention_mask(jnp.ones_like(key_valid), key_valid, self.causal)
+      tokens_len = tokens.shape[1] + 1
+    else:
+      tokens_len = tokens.shape[1]
     if decode:
       if not self.causal or positions is None or mask is None:
         raise ValueError(
@@ -102,7 +137,7 @@ class TextTransformer(nn.Module):
         )
       x = x + jnp.take(pos, positions, axis=0).astype(self.dtype)
     else:
-      x = x + pos[: tokens.shape[1]].astype(self.dtype)[None]
+      x = x + pos[:tokens_len].astype(self.dtype)[None]
     if self.embed_ln:
       x = layers.layer_norm("ln_embed", eps=self.ln_eps, **kw)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
@@ -122,7 +157,10 @@ class TextTransformer(nn.Module):
       **kw,
     )(x, mask, not train, decode=decode)
     hidden = x
-    x = layers.layer_norm("ln_final", eps=self.ln_eps, **kw)(x)
+    ln_final = layers.layer_norm("ln_final", eps=self.ln_eps, **kw)
+    if self.embed_cls:  # the token outputs stay un-normalised; the class output is the embedding
+      return (None, x) if decode else (ln_final(x[:, -1]), x[:, :-1])
+    x = ln_final(x)
     if decode:
       return None, x
     if self.pool == "eot":
@@ -131,6 +169,8 @@ class TextTransformer(nn.Module):
       else:
         last = jnp.maximum(valid.sum(axis=1) - 1, 0)
       pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    elif self.pool == "argmax":
+      pooled = jnp.take_along_axis(x, jnp.argmax(tokens, axis=1)[:, None, None], axis=1)[:, 0]
     elif self.pool == "last":
       pooled = x[:, -1]
     elif self.pool == "first":
@@ -140,5 +180,5 @@ class TextTransformer(nn.Module):
     elif self.pool == "none":
       pooled = None
     else:
-      raise ValueError(f"unknown pool {self.pool!r}; known: eot, last, first, mean, none")
+      raise ValueError(f"unknown pool {self.pool!r}; known: eot, argmax, last, first, mean, none")
     return (pooled, x, hidden) if return_hidden else (pooled, x)

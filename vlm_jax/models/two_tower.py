@@ -24,6 +24,35 @@ def run_tower(locked, name, fn, x, train):
   return fn(x, train)
 
 
+# Where the learnable temperature is bounded: `parameter` clamps the parameter to [logit_scale_min,
+# logit_scale_max] after every optimizer step (open_clip_train/train.py: `logit_scale.clamp_(0, ln 100)`;
+# torchmultimodal's FLAVA loss likewise); `forward` caps it in the forward pass only (no lower bound, and
+# no gradient once the raw parameter passes the cap); `none` leaves it free (big_vision's SigLIP).
+LOGIT_SCALE_CLAMPS = ("parameter", "forward", "none")
+
+
+def check_logit_scale_clamp(clamp: str):
+  if clamp not in LOGIT_SCALE_CLAMPS:
+    raise ValueError(
+      f"unknown model.logit_scale_clamp {clamp!r}; known: {', '.join(LOGIT_SCALE_CLAMPS)}"
+    )
+
+
+def logit_scale_in_forward(module):
+  """The (log) logit scale a model returns for its losses."""
+  if module.logit_scale_clamp == "forward":
+    return jnp.minimum(module.logit_scale, module.logit_scale_max)
+  return module.logit_scale
+
+
+def clamp_after_update(module, params):
+  """params with the logit scale clamped, for models whose `logit_scale_clamp` is `parameter`."""
+  if getattr(module, "logit_scale_clamp", None) != "parameter" or "logit_scale" not in params:
+    return params
+  low, high = module.logit_scale_min, module.logit_scale_max
+  return {**params, "logit_scale": jnp.clip(params["logit_scale"], low, high)}
+
+
 def l2_normalize(x, eps=1e-12):
   x = x.astype(jnp.float32)
   return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
@@ -35,6 +64,8 @@ class TwoTower(nn.Module):
   embed_dim: int = 512
   logit_scale_init: float = math.log(1 / 0.07)
   logit_scale_max: float = math.log(100.0)
+  logit_scale_min: float = 0.0  # ln 1, open_clip's lower bound
+  logit_scale_clamp: str = "forward"  # parameter | forward | none (LOGIT_SCALE_CLAMPS)
   logit_bias_init: float | None = None  # a learnable bias (SigLIP) when given
   image_head: str = (
     "linear"  # 'none': the pooled image features are the embedding (SigLIP's MAP head)
@@ -53,6 +84,7 @@ class TwoTower(nn.Module):
       nn.initializers.normal(fan_in**-0.5), ("embed", "proj")
     )
     check_locked(self.locked)
+    check_logit_scale_clamp(self.logit_scale_clamp)
     if self.image_head == "linear":
       self.image_proj = nn.Dense(
         self.embed_dim, use_bias=False, kernel_init=proj(self.image["width"]), **kw
@@ -127,14 +159,12 @@ class TwoTower(nn.Module):
     return layers.mask_padded_vocab(self.text_mlm_decoder(x), self.text.get("vocab_used"))
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
-    """L2-normalised embeddings and the clamped (log) logit scale; with `model.text_mlm_head`, MLM logits of
-    the text tower (at the masked positions of a `masked_text` request)."""
+    """L2-normalised embeddings and the (log) logit scale; with `model.text_mlm_head`, MLM logits of the text
+    tower (at the masked positions of a `masked_text` request)."""
     out = {
       "image_emb": self.encode_image(images, train),
       "text_emb": self.encode_text(tokens, train),
-      # Clamped in the forward pass (open_clip clamps the parameter after each step): beyond ln(100)
-      # the scale gets no gradient, so it cannot run away.
-      "logit_scale": jnp.minimum(self.logit_scale, self.logit_scale_max),
+      "logit_scale": logit_scale_in_forward(self),
     }
     if self.logit_bias_init is not None:
       out["logit_bias"] = self.logit_bias

@@ -40,7 +40,9 @@ class VisionTransformer(nn.Module):
   mlp_dim: int
   patch_size: int
   image_size: int = 224
-  pool: str = "cls"  # cls | gap | map (attention-pooled, SigLIP) | none
+  # cls | gap | map (attention-pooled, SigLIP) | none | unpooled (the class token kept and every token
+  # returned before the final LayerNorm, for a pooler outside the tower: open_clip's CoCa)
+  pool: str = "cls"
   act: str = "gelu"
   ln_pre: bool = True
   patch_bias: bool = False  # CLIP's patchify convolution has no bias; SigLIP's has one
@@ -98,7 +100,7 @@ class VisionTransformer(nn.Module):
         x = jnp.where(patch_mask[..., None], token.astype(self.dtype), x)
     elif patch_mask is not None:
       raise ValueError("patch_mask given to a VisionTransformer built without mask_token=True")
-    if self.pool == "cls":
+    if self.pool in ("cls", "unpooled"):
       cls = self.param(
         "cls_token",
         layers.partitioned(nn.initializers.normal(scale), ("embed",)),
@@ -158,6 +160,8 @@ class VisionTransformer(nn.Module):
       out = pooled[:, 0], x
     elif self.pool == "none":
       out = None, ln_post(x)
+    elif self.pool == "unpooled":
+      out = None, x
     else:
-      raise ValueError(f"unknown pool {self.pool!r}; known: cls, gap, map, none")
+      raise ValueError(f"unknown pool {self.pool!r}; known: cls, gap, map, none, unpooled")
     return (*out, hidden) if return_hidden else out

@@ -53,25 +53,43 @@ def need(outputs: dict, name: str, objective: str, hint: str):
   return outputs[name]
 
 
-def token_cross_entropy(logits, targets, weights):
+NORMALIZATIONS = ("per_token", "per_example")
+
+
+def normalization(config, default: str = "per_token") -> str:
+  """A token loss's `normalize` setting, checked."""
+  value = config.get("normalize", default)
+  if value not in NORMALIZATIONS:
+    raise ConfigError(f"unknown normalize {value!r}; known: {', '.join(NORMALIZATIONS)}")
+  return value
+
+
+def token_cross_entropy(logits, targets, weights, normalize: str = "per_token"):
   """The one token-level cross-entropy of the project (MLM, MMM, captioning, prefix-LM, CapPa).
 
-  logits [..., vocab], integer targets [...], weights [...] (1 where a token counts). Returns (mean loss
-  over counted tokens, their accuracy, their number).
+  logits [batch, length, vocab], integer targets [batch, length], weights [batch, length] (1 where a token
+  counts). normalize: `per_token` averages over every counted token of the batch (PyTorch's
+  `CrossEntropyLoss(ignore_index=pad)`, open_clip's CoCa); `per_example` averages each row over its counted
+  tokens, then the rows (big_vision's `weighted_softmax_xent(normalize=True)`, CapPa). Returns (loss, the
+  counted tokens' accuracy, their number).
   """
   weights = weights.astype(jnp.float32)
   count = jnp.maximum(weights.sum(), 1.0)
   logits = logits.astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets) * weights
   accuracy = ((jnp.argmax(logits, axis=-1) == targets) * weights).sum() / count
-  return (losses * weights).sum() / count, accuracy, weights.sum()
+  if normalize == "per_example":
+    value = (losses.sum(axis=-1) / jnp.maximum(weights.sum(axis=-1), 2e-38)).mean()
+  else:
+    value = losses.sum() / count
+  return value, accuracy, weights.sum()
 
 
-def next_token_loss(logits, tokens, prefix_len=None, pad_id: int = 0):
+def next_token_loss(logits, tokens, prefix_len=None, pad_id: int = 0, normalize: str = "per_token"):
   """Teacher-forced next-token loss: logits[:, t] predicts tokens[:, t + 1], counted when the target is not
   padding and t + 1 >= prefix_len (per row). Captioning is the empty prefix (prefix_len None)."""
   targets = tokens[:, 1:]
   weights = targets != pad_id
   if prefix_len is not None:
     weights &= jnp.arange(1, tokens.shape[1])[None, :] >= prefix_len[:, None]
-  return token_cross_entropy(logits[:, :-1], targets, weights)
+  return token_cross_entropy(logits[:, :-1], targets, weights, normalize)

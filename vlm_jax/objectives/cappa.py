@@ -1,34 +1,33 @@
 """CapPa (Tschannen et al. 2023, "Image Captioners Are Scalable Vision Learners Too"; big_vision's cappa).
 
 A captioner trained with a mix of autoregressive and parallel prediction: for a fraction `parallel_fraction`
-of the examples (0.75 in the paper) every decoder input is the mask token and the decoder attends to all
-positions instead of causally, so each position must predict its token from the image alone; the other
+of the examples (0.75 in the paper) every decoder input is the model's mask token and the decoder attends to
+all positions instead of causally, so each position must predict its token from the image alone; the other
 examples are trained autoregressively (teacher forcing). One cross-entropy over every caption token of
-both kinds (captioning: a prefix-LM with an empty prefix). Works on any prefix-LM model; the encoder-decoder
-(`simvlm` with plain patches) is CapPa's architecture.
+both kinds, normalised per caption as big_vision's trainer does (`normalize=per_example`: each caption's
+mean over its tokens, then the batch mean). Works on any prefix-LM model with a mask token
+(`model.text.mask_token=True`); the encoder-decoder with big_vision's options (`experiments/cappa_b16.py`)
+is CapPa's architecture.
 """
 
 import jax
 import jax.numpy as jnp
 
 from vlm_jax.errors import ConfigError
-from vlm_jax.objectives.base import Objective, Request, need, token_cross_entropy
+from vlm_jax.objectives.base import Objective, need, normalization, token_cross_entropy
 from vlm_jax.objectives.prefix_lm import LM_HINT, lm_request
 from vlm_jax.registry import OBJECTIVES
 
 
 @OBJECTIVES.register("cappa")
 def build_cappa_objective(config, context):
-  """config: parallel_fraction (0.75): the share of examples predicted in parallel, drawn per step."""
+  """config: parallel_fraction (0.75): the share of examples predicted in parallel, drawn per step;
+  normalize (per_example, big_vision's | per_token)."""
   fraction = float(config.get("parallel_fraction", 0.75))
   if not 0.0 <= fraction <= 1.0:
     raise ConfigError(f"cappa.parallel_fraction must be in [0, 1], got {fraction}")
-  tokenizer = context.tokenizer
-  if tokenizer is None or tokenizer.mask_id < 0:
-    raise ConfigError(
-      "cappa replaces decoder inputs with the mask token; the tokenizer has none (the embedded "
-      "SentencePiece model and the byte tokenizer have one)"
-    )
+  normalize = normalization(config, default="per_example")
+  pad_id = context.tokenizer.pad_id if context.tokenizer is not None else 0
   request = f"lm/{context.key}"
 
   def caption(rng, batch):
@@ -41,13 +40,14 @@ def build_cappa_objective(config, context):
 
   def loss(outputs, inputs):
     drawn = inputs[request]
-    logits = need(outputs, request, "cappa", LM_HINT)
+    logits = need(outputs, request, "cappa", LM_HINT)[:, :-1]
     tokens, parallel = drawn["tokens"], drawn["parallel"]
     targets = tokens[:, 1:]
-    counted = targets != tokenizer.pad_id
-    value, accuracy, count = token_cross_entropy(logits[:, :-1], targets, counted)
+    counted = targets != pad_id
+    value, accuracy, count = token_cross_entropy(logits, targets, counted, normalize)
+    # Each kind's loss over its own rows (a metric; the loss above weighs them together).
     by_kind = {
-      kind: token_cross_entropy(logits[:, :-1], targets, counted & rows[:, None])[0]
+      kind: token_cross_entropy(logits, targets, counted & rows[:, None], "per_token")[0]
       for kind, rows in (("parallel", parallel), ("ar", ~parallel))
     }
     return value, {
@@ -59,12 +59,8 @@ def build_cappa_objective(config, context):
       "cappa_parallel_fraction": parallel.mean(),
     }
 
-  lm = lm_request(context.key, caption, parallel=parallel_rows)
-
-  def draw(rng, batch):
-    drawn = lm.draw(rng, batch)
-    # Parallel rows read only mask tokens: no text context at all, as big_vision's masking_ratio=1.
-    drawn["inputs"] = jnp.where(drawn["parallel"][:, None], tokenizer.mask_id, drawn["tokens"])
-    return drawn
-
-  return Objective(loss, requests={request: Request(draw, lm.spec)})
+  # Parallel rows read only the model's mask token: no text context at all, as big_vision's
+  # masking_ratio=1.
+  return Objective(
+    loss, requests={request: lm_request(context.key, caption, parallel=parallel_rows)}
+  )

@@ -2,7 +2,7 @@
 empty prefix (`base.next_token_loss` without a prefix length)."""
 
 from vlm_jax.objectives import contrastive
-from vlm_jax.objectives.base import Objective, need, next_token_loss
+from vlm_jax.objectives.base import Objective, need, next_token_loss, normalization
 from vlm_jax.registry import OBJECTIVES
 
 
@@ -11,11 +11,13 @@ def build_coca_objective(config, context):
   """contrastive_weight x CLIP loss + caption_weight x captioning loss.
 
   config: contrastive_weight (default 1), caption_weight (default 2, as in the paper), impl (the CLIP
-  loss implementation: global | local). Padding (the tokenizer's pad id) is ignored.
+  loss implementation: global | local), normalize (per_token, open_clip's CoCaLoss: the mean over every
+  caption token of the batch | per_example). Padding (the tokenizer's pad id) is ignored.
   """
   impl = config.get("impl", "global")
   contrastive_weight = float(config.get("contrastive_weight", 1.0))
   caption_weight = float(config.get("caption_weight", 2.0))
+  normalize = normalization(config)
   pad_id = context.tokenizer.pad_id if context.tokenizer is not None else 0
 
   def loss(outputs, inputs):
@@ -29,7 +31,9 @@ def build_coca_objective(config, context):
       impl=impl,
       mesh=context.mesh,
     )
-    caption, accuracy, count = next_token_loss(logits, inputs["text"], pad_id=pad_id)
+    caption, accuracy, count = next_token_loss(
+      logits, inputs["text"], pad_id=pad_id, normalize=normalize
+    )
     value = contrastive_weight * clip + caption_weight * caption
     return value, {
       **metrics,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlm_jax.errors import ConfigError
-from vlm_jax.objectives.base import Objective, Request, need, next_token_loss
+from vlm_jax.objectives.base import Objective, Request, need, next_token_loss, normalization
 from vlm_jax.registry import OBJECTIVES
 
 
@@ -54,11 +54,13 @@ def lm_request(key: str, tokens_and_prefix, *, text_only: bool = False, parallel
 
 @OBJECTIVES.register("prefix_lm")
 def build_prefix_lm_objective(config, context):
-  """config: prefix_min (0.0), prefix_max (0.5): the prefix's share of the caption; text_only (False)."""
+  """config: prefix_min (0.0), prefix_max (0.5): the prefix's share of the caption; text_only (False);
+  normalize (per_token | per_example, `base.token_cross_entropy`)."""
   low, high = float(config.get("prefix_min", 0.0)), float(config.get("prefix_max", 0.5))
   if not 0.0 <= low <= high <= 1.0:
     raise ConfigError(f"prefix_lm needs 0 <= prefix_min <= prefix_max <= 1, got {low}, {high}")
   text_only = bool(config.get("text_only", False))
+  normalize = normalization(config)
   pad_id = _pad_id(context.tokenizer)
   name = "text_lm" if text_only else "prefix_lm"
   request = f"lm/{context.key}"
@@ -69,7 +71,9 @@ def build_prefix_lm_objective(config, context):
   def loss(outputs, inputs):
     drawn = inputs[request]
     logits = need(outputs, request, "prefix_lm", LM_HINT)
-    value, accuracy, count = next_token_loss(logits, drawn["tokens"], drawn["prefix_len"], pad_id)
+    value, accuracy, count = next_token_loss(
+      logits, drawn["tokens"], drawn["prefix_len"], pad_id, normalize
+    )
     return value, {
       f"{name}_loss": value,
       f"{name}_token_acc": accuracy,
@@ -91,15 +95,16 @@ def question_answer(example, out, preprocess, rng):
 @OBJECTIVES.register("vqa")
 def build_vqa_objective(config, context):
   """Question -> answer as a prefix-LM: the batch's `qa_text` (start, question, answer, end) with the
-  question as prefix (`qa_prefix`). Each training example uses one of its questions, drawn per step."""
-  del config
+  question as prefix (`qa_prefix`). Each training example uses one of its questions, drawn per step.
+  config: normalize (per_token | per_example)."""
+  normalize = normalization(config)
   pad_id = _pad_id(context.tokenizer)
   request = f"lm/{context.key}"
 
   def loss(outputs, inputs):
     tokens, prefix_len = inputs["qa_text"], inputs["qa_prefix"]
     value, accuracy, count = next_token_loss(
-      need(outputs, request, "vqa", LM_HINT), tokens, prefix_len, pad_id
+      need(outputs, request, "vqa", LM_HINT), tokens, prefix_len, pad_id, normalize
     )
     return value, {"vqa_loss": value, "vqa_token_acc": accuracy, "vqa_tokens": count}
 
