@@ -1,10 +1,12 @@
-"""CoCa ViT-B/32: contrastive + captioning with one image encoder and a two-part text decoder.
+"""CoCa ViT-B/32: contrastive + captioning with one image encoder, a text tower and a multimodal decoder.
 
-As open_clip's coca_ViT-B-32: a B/32 image tower attention-pooled by 1 query (contrastive) and 256 queries
-(captioning), a 6-layer causal unimodal text decoder whose end-of-text output is the text embedding, and
-a 6-layer multimodal decoder with cross-attention to the image. Loss = 1 x CLIP + 2 x caption
-cross-entropy (padding ignored). Evaluated by zero-shot, retrieval and greedy captions that must name the
-image's shape and colour.
+open_clip's coca_ViT-B-32 (vlm_jax/models/coca.py): a B/32 image tower whose tokens one attentional pooler
+of 256 queries reads (the first query's output is the contrastive embedding, the other 255 feed the
+decoder), a 12-layer causal text tower with a class embedding appended after the caption (its output is the
+text embedding), and a 12-layer multimodal decoder (self-attention, then cross-attention to the image, per
+layer). Loss = 1 x CLIP + 2 x caption cross-entropy (padding ignored), trained with open_clip_train's
+conventions (the card below; tests/test_reference_steps.py trains it beside open_clip's own CoCa).
+Evaluated by zero-shot, retrieval and greedy captions that must name the image's shape and colour.
 
 COMMAND:
   python -m vlm_jax.main --config experiments/coca_b32.py:tiny --workdir runs/coca_tiny
@@ -15,26 +17,95 @@ import os
 import ml_collections
 
 from vlm_jax import config_utils
+from vlm_jax.recipe_card import Card
+
+VARIANTS = ("base", "tiny")
+OPEN_CLIP = "open_clip 3.3.0 (mlfoundations/open_clip)"
+TINY = "the embedded data on 2 CPU cores"
+
+CARD = Card(
+  reference=(
+    f"{OPEN_CLIP}: `open_clip/coca_model.py` and `model_configs/coca_ViT-B-32.json` (the model), "
+    "`open_clip/loss.py` `CoCaLoss`, and open_clip_train's `main.py`, `params.py`, `scheduler.py` and "
+    "`train.py` (the training)"
+  ),
+  reference_variant="base",
+  settings={
+    "model.caption_queries": (
+      256,
+      "coca_ViT-B-32.json `attn_pooler_queries` (open_clip's default)",
+    ),
+    "model.pool_heads": (8, "coca_ViT-B-32.json `attn_pooler_heads`"),
+    "model.text.depth": (12, "coca_ViT-B-32.json `text_cfg.layers`"),
+    "model.text.max_len": (76, "coca_ViT-B-32.json `context_length`"),
+    "model.decoder.depth": (12, "coca_ViT-B-32.json `multimodal_cfg.layers`"),
+    "model.image.act": ("gelu", "coca_ViT-B-32.json: no `quick_gelu`"),
+    "optim.name": ("adamw", "`torch.optim.AdamW` (open_clip_train/main.py)"),
+    "optim.lr": (5e-4, "open_clip_train/params.py `get_default_params` (ViT)"),
+    "optim.b1": (0.9, "`get_default_params`"),
+    "optim.b2": (0.98, "`get_default_params`"),
+    "optim.eps": (1e-6, "`get_default_params`"),
+    "optim.weight_decay": (0.2, "params.py `--wd`"),
+    "optim.weight_decay_mode": ("lr_coupled", "PyTorch AdamW decays `lr * wd * p`"),
+    "optim.decay_mask": ("open_clip", "open_clip_train/main.py `exclude`"),
+    "optim.warmup": ("10000 steps", "params.py `--warmup`"),
+    "optim.warmup_from": ("one_step", "open_clip_train/scheduler.py `_warmup_lr`"),
+    "optim.schedule": ("cosine", "scheduler.py `cosine_lr`"),
+    "optim.end_lr_factor": (0.0, "`cosine_lr` decays to 0"),
+    "optim.grad_clip_norm": (0.0, "params.py `--grad-clip-norm` defaults to None"),
+    "model.logit_scale_clamp": ("parameter", "open_clip_train/train.py clamps after each step"),
+    "model.logit_scale_min": (0.0, "`logit_scale.clamp_(0, ln 100)`"),
+    "objectives.coca.contrastive_weight": (1.0, "params.py `--coca-contrastive-loss-weight`"),
+    "objectives.coca.caption_weight": (2.0, "params.py `--coca-caption-loss-weight`"),
+    "objectives.coca.normalize": ("per_token", "`CoCaLoss`: CrossEntropyLoss(ignore_index=pad)"),
+    "data.augment.crop_scale": ((0.9, 1.0), "open_clip/transform.py `RandomResizedCrop`"),
+  },
+  variants={
+    "tiny": {
+      "model.caption_queries": (16, TINY),
+      "model.pool_heads": (4, TINY),
+      "model.text.depth": (2, TINY),
+      "model.text.max_len": (16, "the embedded captions are short"),
+      "model.decoder.depth": (2, TINY),
+      "optim.lr": (2e-3, "as CLIP tiny"),
+      "optim.weight_decay": (0.1, "as CLIP tiny"),
+      "optim.warmup": ("100 steps", "a quarter of the 400-step run"),
+    },
+  },
+  notes=(
+    "open_clip does not fix a batch size or duration for CoCa (they are per-run flags); the base "
+    "variant keeps clip_b32's (batch 64 on one CPU host, 32 epochs).",
+  ),
+)
 
 
 def get_config(arg=None):
   variant = arg or "base"
-  if variant not in ("base", "tiny"):
-    raise ValueError(f"unknown coca_b32 variant {variant!r}; known: base, tiny")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown coca_b32 variant {variant!r}; known: {', '.join(VARIANTS)}")
   c = config_utils.load_config(os.path.join(os.path.dirname(__file__), f"clip_b32.py:{variant}"))
   with c.unlocked():
     c.model.name = "coca"
-    c.model.caption_queries = 256
-    c.model.text.update(depth=6)
-    c.model.decoder = ml_collections.ConfigDict(dict(depth=6, num_heads=8, mlp_dim=2048))
+    c.model.update(caption_queries=256, pool_heads=8)
+    # open_clip's coca_ViT-B-32.json: GELU (not QuickGELU), a 12-layer text tower of context 76.
+    c.model.image.act = "gelu"
+    c.model.text.update(depth=12, max_len=76, act="gelu")
+    c.model.decoder = ml_collections.ConfigDict(dict(depth=12, num_heads=8, mlp_dim=2048))
     c.objectives = {
-      "coca": dict(weight=1.0, contrastive_weight=1.0, caption_weight=2.0, impl="global")
+      "coca": dict(
+        weight=1.0,
+        contrastive_weight=1.0,
+        caption_weight=2.0,
+        impl="global",
+        normalize="per_token",
+      )
     }
+    c.optim.warmup = "10000 steps" if variant == "base" else "100 steps"
     c.evals.captioning = dict(
       every=c.evals.zero_shot.every, label_keys=("shape", "color"), limit=256
     )
     if variant == "tiny":
-      c.model.caption_queries = 16
-      c.model.text.update(depth=2)
+      c.model.update(caption_queries=16, pool_heads=4)
+      c.model.text.update(depth=2, max_len=16)
       c.model.decoder.update(depth=2, num_heads=4, mlp_dim=512)
   return c.lock()

@@ -9,6 +9,12 @@ The `tiny` variant trains on the embedded data's 1-3 object variant (`data.max_o
 questions mean something. For the frozen-LM and staged (projector first, then LM) recipes see
 experiments/llava_stages.py.
 
+No published recipe trains this model from scratch: the architecture follows LLaVA-1.5 (a 2-layer GELU MLP
+projector into the LM), the objective SimVLM's PrefixLM, and the optimizer's conventions those of the HF
+Trainer that LLaVA trains with (AdamW (0.9, 0.999), eps 1e-8, decay times lr on all but biases and
+LayerNorms, warmup from 0, cosine, gradients clipped at norm 1). The learning rate, weight decay and
+lengths are vlm_jax's; the card says which is which.
+
 COMMAND:
   python -m vlm_jax.main --config experiments/prefixlm_b16.py:tiny --workdir runs/prefixlm_tiny
 """
@@ -16,14 +22,54 @@ COMMAND:
 import ml_collections
 
 from vlm_jax import defaults
+from vlm_jax.recipe_card import Card
 
 LIKELIHOOD_TEMPLATES = ("a photo of a {}",)
+VARIANTS = ("base", "tiny")
+HF = "the HF Trainer's defaults (transformers `TrainingArguments`), which LLaVA's scripts use"
+OURS = "vlm_jax's (no reference trains this model from scratch)"
+TINY = "the embedded data on 2 CPU cores"
+
+CARD = Card(
+  reference=(
+    "none for the whole recipe; LLaVA-1.5 (haotian-liu/LLaVA, `llava/model/multimodal_projector`: "
+    "`mlp2x_gelu`) for the projector and " + HF + " for the optimizer's conventions"
+  ),
+  reference_variant="base",
+  settings={
+    "model.projector": ("mlp", "LLaVA-1.5 `mlp2x_gelu`"),
+    "optim.name": ("adamw", HF),
+    "optim.lr": (3e-4, OURS),
+    "optim.b1": (0.9, HF),
+    "optim.b2": (0.999, HF),
+    "optim.eps": (1e-8, HF),
+    "optim.weight_decay": (0.05, OURS),
+    "optim.weight_decay_mode": ("lr_coupled", "PyTorch AdamW"),
+    "optim.decay_mask": ("transformers", "the HF Trainer: no decay on biases and LayerNorms"),
+    "optim.warmup": ("2000 steps", OURS),
+    "optim.warmup_from": ("zero", "transformers' schedules with warmup"),
+    "optim.schedule": ("cosine", "LLaVA's `--lr_scheduler_type cosine`"),
+    "optim.grad_clip_norm": (1.0, "the HF Trainer's `max_grad_norm`"),
+    "objectives.prefix_lm.normalize": ("per_token", "HF causal LMs: the mean over counted tokens"),
+  },
+  variants={
+    "tiny": {
+      "optim.lr": (2e-3, "a small model and batch learn in 400 steps at this rate"),
+      "optim.weight_decay": (
+        0.1,
+        "measured on the embedded data before the conventions were named",
+      ),
+      "optim.warmup": ("50 steps", "an eighth of the 400-step run"),
+    },
+  },
+  notes=(f"Batch and duration: {OURS}.",),
+)
 
 
 def get_config(arg=None):
   variant = arg or "base"
-  if variant not in ("base", "tiny"):
-    raise ValueError(f"unknown prefixlm_b16 variant {variant!r}; known: base, tiny")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown prefixlm_b16 variant {variant!r}; known: {', '.join(VARIANTS)}")
   c = defaults.base_config()
   c.model.update(dict(name="prefix_lm", projector="mlp"))
   c.model.image = ml_collections.ConfigDict(dict(variant="B/16", image_size=224, act="gelu"))
@@ -32,11 +78,24 @@ def get_config(arg=None):
   )  # 768 wide, 12 layers
   c.objectives = ml_collections.ConfigDict(
     {
-      "prefix_lm": dict(weight=1.0, prefix_min=0.0, prefix_max=0.5),
+      "prefix_lm": dict(weight=1.0, prefix_min=0.0, prefix_max=0.5, normalize="per_token"),
       "vqa": dict(weight=1.0),
     }
   )
-  c.optim.update(lr=3e-4, weight_decay=0.05, b2=0.98, warmup="2000 steps")
+  c.optim.update(
+    name="adamw",
+    lr=3e-4,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.05,
+    weight_decay_mode="lr_coupled",
+    decay_mask="transformers",
+    warmup="2000 steps",
+    warmup_from="zero",
+    schedule="cosine",
+    grad_clip_norm=1.0,
+  )
   c.evals = ml_collections.ConfigDict(
     {
       "captioning": dict(every="1 epochs", label_keys=("shape", "color"), limit=500),
