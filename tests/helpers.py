@@ -50,7 +50,12 @@ MICRO = {
 # Per-recipe additions to MICRO (SigLIP's image embedding is its MAP head output: embed_dim = width).
 MICRO_EXTRA = {
   SIGLIP_TINY: {"model.embed_dim": 64},
-  COCA_TINY: {"evals.captioning.limit": 32, "evals.captioning.every": "0 steps"},
+  # CoCa's decoder reads the pooled image tokens at the text tower's width (open_clip's configs).
+  COCA_TINY: {
+    "model.embed_dim": 64,
+    "evals.captioning.limit": 32,
+    "evals.captioning.every": "0 steps",
+  },
   VILT_TINY: {
     "evals.itm_retrieval.limit": 16,
     "evals.itm_retrieval.every": "0 steps",

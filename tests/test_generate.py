@@ -152,8 +152,9 @@ def tiny_coca(scan=False):
       vocab_size=9, width=32, depth=2, num_heads=2, mlp_dim=64, max_len=10, pad_id=0, scan=scan
     ),
     decoder=dict(depth=2, num_heads=2, mlp_dim=64),
-    embed_dim=16,
+    embed_dim=32,
     caption_queries=4,
+    pool_heads=2,
   )
 
 

@@ -197,6 +197,8 @@ def test_a_micro_clip_trains_from_streamed_shards_and_resumes_exactly(tmp_path):
     "train.checkpoint_every": "10 steps",
     "optim.lr": 3e-3,
     "optim.warmup": "5 steps",
+    # Whole images: 30 steps memorise the 8 icons (zero-shot 0.62); with CLIP's random crop they reach 0.25.
+    "data.augment.crop_scale": None,
     "evals": {
       "zero_shot": {
         "data": {
