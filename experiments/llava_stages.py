@@ -64,6 +64,23 @@ CAPTIONS_AND_QA = {
 }
 
 
+def llava_stage(name, trainable, duration, lr, warmup, batch_size):
+  """A stage on captions and questions, from the previous stage, with LLaVA's optimizer settings."""
+  return dict(
+    name=name,
+    trainable=trainable,
+    init_from="previous",
+    overrides={
+      "objectives": CAPTIONS_AND_QA,
+      "train.duration": duration,
+      "optim.lr": lr,
+      "optim.weight_decay": 0.0,
+      "optim.warmup": warmup,
+      "batch_size": batch_size,
+    },
+  )
+
+
 def get_config(arg=None):
   variant = arg or "base"
   if variant not in VARIANTS:
@@ -101,31 +118,7 @@ def get_config(arg=None):
           "train.duration": steps[variant][0],
         },
       ),
-      dict(
-        name="projector",
-        trainable="projector/.*",
-        init_from="previous",
-        overrides={
-          "objectives": CAPTIONS_AND_QA,
-          "train.duration": steps[variant][1],
-          "optim.lr": stage_optim[0][0],
-          "optim.weight_decay": 0.0,
-          "optim.warmup": stage_optim[0][1],
-          "batch_size": stage_optim[0][2],
-        },
-      ),
-      dict(
-        name="finetune",
-        trainable="projector/.*|lm_.*",
-        init_from="previous",
-        overrides={
-          "objectives": CAPTIONS_AND_QA,
-          "train.duration": steps[variant][2],
-          "optim.lr": stage_optim[1][0],
-          "optim.weight_decay": 0.0,
-          "optim.warmup": stage_optim[1][1],
-          "batch_size": stage_optim[1][2],
-        },
-      ),
+      llava_stage("projector", "projector/.*", steps[variant][1], *stage_optim[0]),
+      llava_stage("finetune", "projector/.*|lm_.*", steps[variant][2], *stage_optim[1]),
     ]
   return c.lock()

@@ -241,3 +241,33 @@ def test_clip_bpe_padding_is_not_masked(tmp_path):
   with config.unlocked():
     config.model.text.update(pad_id=-1, pool="argmax")
   Experiment(config, devices=jax.devices()[:1], log=lambda *_: None)
+
+
+def test_crop_settings_from_the_command_line(monkeypatch):
+  """`--config.data.augment.crop_scale=None` (which ml_collections reads as (None,)) turns the crop off; a
+  range that is not two fractions is a config error before anything trains."""
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+  from vlm_jax.core import experiment  # pylint: disable=import-outside-toplevel
+
+  def parsed(value):
+    argv = ["main", "--config", helpers.TINY, f"--config.data.augment.crop_scale={value}"]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True)
+    flag_values(argv)
+    return flag_values.config
+
+  off = parsed("None")
+  assert off.data.augment.crop_scale == (None,)
+  experiment.check_config(off, num_devices=1, process_count=1)
+  tokenizer = tokenizers.ByteTokenizer()
+  assert transforms.Preprocess.from_config(off, tokenizer, train=True).crop_scale is None
+  on = parsed("(0.5, 1.0)")
+  assert transforms.Preprocess.from_config(on, tokenizer, train=True).crop_scale == (0.5, 1.0)
+  for bad in ("0.9", "(0.9, 1.5)", "(1.0, 0.5)"):
+    with pytest.raises(ConfigError, match="crop_scale"):
+      experiment.check_config(parsed(bad), num_devices=1, process_count=1)

@@ -46,6 +46,9 @@ def check_config(
     durations.parse(cfg.every)
   config_utils.profile_steps(config.train.get("profile_steps", ()))
   optim.check_config(config.optim)
+  augment = config.data.get("augment", {})
+  transforms.crop_range(augment.get("crop_scale"))
+  transforms.crop_range(augment.get("crop_ratio", (3 / 4, 4 / 3)), "data.augment.crop_ratio")
   for name in ("duration", "log_every", "checkpoint_every", "warmup"):
     durations.parse(config.train[name] if name != "warmup" else config.optim.warmup)
   locked = tuple(config.model.get("locked", ()))

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from vlm_jax.data import sources
+from vlm_jax.errors import ConfigError
 
 # OpenAI CLIP's normalisation, the convention of the dual-tower models this project imports.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,6 +48,25 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
   w, h = image.size
   left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
   return image.crop((left, top, left + size, top + size))
+
+
+def crop_range(value, key: str = "data.augment.crop_scale"):
+  """A (low, high) range of `data.augment` from its config value, or None for no crop: None, () and (None,)
+  (what `--config.data.augment.crop_scale=None` gives) all mean none."""
+  if value is None or tuple(value) in ((), (None,)):
+    return None
+  try:
+    low, high = (float(v) for v in value)
+  except (TypeError, ValueError):
+    raise ConfigError(
+      f"{key}={tuple(value)!r}: give two numbers, e.g. --config.{key}='(0.9, 1.0)', or None"
+    ) from None
+  top = (
+    1.0 if key.endswith("crop_scale") else float("inf")
+  )  # an area fraction; a ratio is unbounded
+  if not 0 < low <= high <= top:
+    raise ConfigError(f"{key}={(low, high)}: needs 0 < low <= high{' <= 1' if top == 1 else ''}")
+  return low, high
 
 
 def random_resized_crop_box(width: int, height: int, rng, scale, ratio) -> tuple:
@@ -115,8 +135,8 @@ class Preprocess:
       mean=tuple(config.data.get("mean", CLIP_MEAN)),
       std=tuple(config.data.get("std", CLIP_STD)),
       lowercase=config.data.get("lowercase", False),
-      crop_scale=aug.get("crop_scale"),
-      crop_ratio=tuple(aug.get("crop_ratio", (3 / 4, 4 / 3))),
+      crop_scale=crop_range(aug.get("crop_scale")),
+      crop_ratio=crop_range(aug.get("crop_ratio", (3 / 4, 4 / 3)), "data.augment.crop_ratio"),
       flip=aug.get("flip", False),
       normalise=not train,
       center_crop=not train,
