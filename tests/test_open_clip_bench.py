@@ -49,10 +49,13 @@ def test_open_clip_is_the_same_model_and_both_are_timed_in_turns():
   assert report["vs_open_clip"] == pytest.approx(
     report["vlm_jax_step_time_interleaved_s"] / report["open_clip_step_time_s"]
   )
-  # The phases are timed on both sides: the backward pass costs more than the forward it follows.
-  phases = report["phases"]
+  # The phases are timed on both sides: the backward pass costs more than the forward it follows. Compared
+  # on each phase's fastest round: in CI a burst of load from the other worker once made open_clip's
+  # forward median (0.045 s) slower than its forward+backward (0.032 s).
+  assert report["phases"]["forward"]["open_clip_s"] > 0
+  fastest = report["phases_fastest_round"]
   for side in ("vlm_jax_s", "open_clip_s"):
-    assert 0 < phases["forward"][side] < phases["forward_backward"][side], phases
+    assert 0 < fastest["forward"][side] < fastest["forward_backward"][side], fastest
 
 
 def test_a_recipe_open_clip_cannot_build_is_a_one_line_error():
