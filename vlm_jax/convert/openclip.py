@@ -101,23 +101,32 @@ def _vision(state, act, heads, pool):
   return fields, params
 
 
+def _text_tower(state, prefix, act, text_heads):
+  """The text tower's config fields, read from the state dict's shapes (`prefix`: "text." in CoCa)."""
+  vocab, width = state[f"{prefix}token_embedding.weight"].shape
+  return dict(
+    variant="B",
+    vocab_size=vocab,
+    width=width,
+    depth=tl.count_layers(state, f"{prefix}transformer.resblocks."),
+    num_heads=text_heads or width // 64,
+    mlp_dim=state[f"{prefix}transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+    max_len=state[f"{prefix}positional_embedding"].shape[0],
+    act=act,
+    causal=True,
+  )
+
+
 def convert_coca(state, *, act="gelu", image_heads=0, text_heads=0, pool_heads=0, decoder_heads=0):
   """open_clip's `CoCa` (coca_model.py) -> vlm_jax's CoCa (models/coca.py), the same function."""
   image, image_params = _vision(state, act, image_heads, "cls")
-  vocab, text_width = state["text.token_embedding.weight"].shape
-  text_depth = tl.count_layers(state, "text.transformer.resblocks.")
-  text_heads = text_heads or text_width // 64
+  text = _text_tower(state, "text.", act, text_heads)
+  vocab, text_width, text_depth, text_heads = (
+    text[k] for k in ("vocab_size", "width", "depth", "num_heads")
+  )
   embed_dim = state["visual.proj"].shape[1]
-  text = dict(
-    variant="B",
-    vocab_size=vocab,
-    width=text_width,
-    depth=text_depth,
-    num_heads=text_heads,
-    mlp_dim=state["text.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-    max_len=state["text.positional_embedding"].shape[0] - 1,  # one more row: the class embedding
-    act=act,
-    causal=True,
+  text.update(
+    max_len=text["max_len"] - 1,  # one more row: the class embedding
     pad_id=0,  # open_clip's CoCa masks id 0 for its class embedding
   )
   padded = text_lib.pad_vocab(vocab)
@@ -200,24 +209,10 @@ def convert(
   image_params["ln_post"] = tl.layer_norm(
     state["visual.ln_post.weight"], state["visual.ln_post.bias"]
   )
-  vocab, text_width = state["token_embedding.weight"].shape
-  text_depth = tl.count_layers(state, "transformer.resblocks.")
-  text_heads = text_heads or text_width // 64
+  text = _text_tower(state, "", act, text_heads)
+  vocab, text_depth, text_heads = (text[k] for k in ("vocab_size", "depth", "num_heads"))
   # OpenAI pools at the argmax of the token ids: the end-of-text token, the last id of the vocabulary.
-  text = dict(
-    variant="B",
-    vocab_size=vocab,
-    width=text_width,
-    depth=text_depth,
-    num_heads=text_heads,
-    mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-    max_len=state["positional_embedding"].shape[0],
-    act=act,
-    causal=True,
-    pool="eot",
-    pad_id=-1,
-    eos_id=vocab - 1,
-  )
+  text.update(pool="eot", pad_id=-1, eos_id=vocab - 1)
   text_params = {
     "token_embed": {
       "embedding": tl.pad_rows(state["token_embedding.weight"], text_lib.pad_vocab(vocab))
