@@ -27,6 +27,7 @@ VARIANTS = ("base", "tiny")
 LLAVA = "haotian-liu/LLaVA"
 PRE = f"{LLAVA} @ c8f3b6a `scripts/v1_5/pretrain.sh`"
 FT = f"{LLAVA} @ 5a5bda8 `scripts/v1_5/finetune.sh`"
+HF = "the HF Trainer's defaults (`adam_beta2`, `max_grad_norm`), which LLaVA's scripts keep"
 TINY_LR = (
   "the tiny LM is trained from scratch in stage 0; LLaVA's rates assume a 7-13B pretrained LM"
 )
@@ -35,6 +36,8 @@ CARD = Card(
   reference=f"LLaVA-1.5: {PRE} (stage 1) and {FT} (stage 2), on prefixlm_b16.py's model",
   reference_variant="base",
   settings={
+    "optim.b2": (0.999, HF),
+    "optim.grad_clip_norm": (1.0, HF),
     "stages[1].trainable": ("projector/.*", f"{PRE} `--tune_mm_mlp_adapter True`"),
     "stages[1].overrides[optim.lr]": (1e-3, f"{PRE} `--learning_rate 1e-3`"),
     "stages[1].overrides[optim.weight_decay]": (0.0, f"{PRE} `--weight_decay 0.`"),
@@ -103,6 +106,8 @@ def get_config(arg=None):
       os.path.join(os.path.dirname(__file__), f"clip_b32.py:{variant}")
     )
     c.model.image = clip.model.image
+    # LLaVA's Trainer settings in every variant (prefixlm_b16.py's tiny changes them for its own run).
+    c.optim.update(b2=0.999, grad_clip_norm=1.0)
     c.init_from.include = "image_encoder/.*"
     c.stages = [
       dict(

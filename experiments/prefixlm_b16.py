@@ -29,6 +29,10 @@ VARIANTS = ("base", "tiny")
 HF = "the HF Trainer's defaults (transformers `TrainingArguments`), which LLaVA's scripts use"
 OURS = "vlm_jax's (no reference trains this model from scratch)"
 TINY = "the embedded data on 2 CPU cores"
+TINY_OPTIM = (
+  "measured on the embedded data (2026-12-03): with b2 0.98 and no clipping, VQA 0.858 and counting "
+  "0.92 after 400 steps; with the HF Trainer's b2 0.999 and clipping at 1, 0.759 and 0.60 (chance 0.33)"
+)
 
 CARD = Card(
   reference=(
@@ -60,6 +64,8 @@ CARD = Card(
         "measured on the embedded data before the conventions were named",
       ),
       "optim.warmup": ("50 steps", "an eighth of the 400-step run"),
+      "optim.b2": (0.98, TINY_OPTIM),
+      "optim.grad_clip_norm": (0.0, TINY_OPTIM),
     },
   },
   notes=(f"Batch and duration: {OURS}.",),
@@ -110,7 +116,7 @@ def get_config(arg=None):
     c.data.max_objects = 3
     c.model.image.update(variant="tiny/8", image_size=48)
     c.model.text.update(variant="tiny", max_len=16)
-    c.optim.update(lr=2e-3, warmup="50 steps", weight_decay=0.1)
+    c.optim.update(lr=2e-3, warmup="50 steps", weight_decay=0.1, b2=0.98, grad_clip_norm=0.0)
     c.train.update(duration="400 steps", log_every="50 steps", checkpoint_every="200 steps")
     for name in c.evals:
       c.evals[name].every = "200 steps"
