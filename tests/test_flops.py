@@ -79,3 +79,12 @@ def test_progress_reports_mfu_and_hfu_separately():
   assert cost.utilisation(2.0) == {"perf/mfu": 0.5, "perf/hfu": 0.75}
   line = progress.line(10, {"train/loss": 1.0, **cost.utilisation(2.0)})
   assert line.endswith("MFU 50.0% | HFU 75.0%")
+
+
+def test_a_pod_batch_is_counted_from_shapes_without_host_memory():
+  """A pod's global batch never exists on the host: CoCa's 65536 images at 224 px (37 GiB) once ran the
+  compile report out of memory. A batch of 10^9 micro images (3 TB as float32) is counted like batch 8."""
+  exp = _experiment(helpers.TINY)
+  batch = exp.abstract_batch(10**9)
+  assert batch["image"].shape[0] == 10**9 and batch["image"].dtype == "uint8"
+  assert batch["text"].shape == (10**9, exp.max_len)

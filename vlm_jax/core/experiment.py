@@ -145,12 +145,15 @@ class Experiment:
 
   # --- state ---------------------------------------------------------------------------------------
 
+  def _batch_shapes(self, n: int) -> dict:
+    return {
+      "image": ((n, self.image_size, self.image_size, 3), np.float32),
+      "text": ((n, self.max_len), np.int32),
+    }
+
   def dummy_batch(self, batch_size: int | None = None):
     n = batch_size or sharding.data_parallel_size(self.mesh)
-    return {
-      "image": np.zeros((n, self.image_size, self.image_size, 3), np.float32),
-      "text": np.zeros((n, self.max_len), np.int32),
-    }
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self._batch_shapes(n).items()}
 
   def _boxed_params(self, rng):
     batch = self.dummy_batch()
@@ -188,8 +191,10 @@ class Experiment:
   def abstract_batch(self, batch_size: int) -> dict:
     """ShapeDtypeStructs of a batch: (uint8) images, text and every field the objectives prepare on the
     host."""
+    # Shapes only: a pod's global batch (65536 images at 224 px: 37 GiB) never exists on the host.
     batch = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in self.dummy_batch(batch_size).items()
+      k: jax.ShapeDtypeStruct(shape, dtype)
+      for k, (shape, dtype) in self._batch_shapes(batch_size).items()
     }
     batch["image"] = batch["image"].update(dtype=np.uint8)  # as the training pipeline sends them
     for field, (shape, dtype) in self.loss_fn.batch_fields.items():
