@@ -1,4 +1,4 @@
-"""Interrupted runs (SIGTERM, SIGKILL) resume to exactly the parameters of an uninterrupted run."""
+"""Interrupted runs (SIGTERM, Ctrl-C, SIGKILL) resume to exactly the parameters of an uninterrupted run."""
 
 import os
 import signal
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
+from vlm_jax.train import trainer
 
 # A reference run and interrupted training subprocesses (about 1 minute with a warm compilation cache, 2
 # with a cold one): CI's second tier, which has room beside the docs' test, keeps the fast tier under 10.
@@ -54,14 +55,20 @@ def _assert_identical(params, reference):
     np.testing.assert_array_equal(params[path], reference[path], err_msg=path)
 
 
-def test_sigterm_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, reference):
-  process = _start(tmp_path)
-  metrics = tmp_path / "metrics.jsonl"
+def _after_three_steps(workdir, process):
+  metrics = workdir / "metrics.jsonl"
   _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, process)
-  process.send_signal(signal.SIGTERM)
+
+
+# SIGTERM from a scheduler, SIGINT from a person's Ctrl-C: both save and stop cleanly.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_a_signal_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, reference, sig):
+  process = _start(tmp_path)
+  _after_three_steps(tmp_path, process)
+  process.send_signal(sig)
   out, err = process.communicate(timeout=120)
   assert process.returncode == 0, err[-3000:]
-  assert "Stopping at step" in out
+  assert "Stopping at step" in out and "Traceback" not in err
   stopped_at = helpers.checkpoint_steps(tmp_path)[-1]
   assert 0 < stopped_at < 120
   result = helpers.run_main(tmp_path, **LONG)
@@ -70,6 +77,40 @@ def test_sigterm_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, referen
   _assert_identical(helpers.load_params(tmp_path), reference)
   steps = [r["step"] for r in helpers.metrics_lib.read_metrics(tmp_path) if "train/loss" in r]
   assert steps == sorted(set(steps)) and steps[-1] == 120  # no step logged twice after the resume
+
+
+def test_a_second_ctrl_c_stops_at_once():
+  """The handler the loop installs, with real signals: the first Ctrl-C asks for a saved stop, the second
+  raises KeyboardInterrupt (main.py turns it into one line and exit 130)."""
+  preemption = trainer._Preemption()  # pylint: disable=protected-access
+  try:
+    signal.raise_signal(signal.SIGINT)
+    assert preemption.requested and preemption.should_stop(1)
+    with pytest.raises(KeyboardInterrupt):
+      signal.raise_signal(signal.SIGINT)
+  finally:
+    preemption.restore()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_before_training_is_one_line_and_keeps_the_checkpoints(tmp_path, reference):
+  """Ctrl-C while a resumed run compiles (no handler yet): exit 130, one line, checkpoints intact."""
+  process = _start(tmp_path)
+  _wait_for(lambda: len(helpers.checkpoint_steps(tmp_path)) >= 2, process)
+  process.send_signal(signal.SIGTERM)
+  process.communicate(timeout=120)
+  saved = helpers.checkpoint_steps(tmp_path)
+  process = _start(tmp_path)
+  log = []
+  _wait_for(lambda: log.append(process.stdout.readline()) or "Compiling" in log[-1], process)
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 130, err[-3000:]
+  assert "Stopped by Ctrl-C without saving" in err and "Traceback" not in err, err[-3000:]
+  assert helpers.checkpoint_steps(tmp_path) == saved
+  result = helpers.run_main(tmp_path, **LONG)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _assert_identical(helpers.load_params(tmp_path), reference)
 
 
 def test_sigkill_at_any_time_resumes_from_last_complete_checkpoint(tmp_path, reference):

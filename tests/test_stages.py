@@ -99,3 +99,24 @@ def test_stage_errors_are_one_line_config_errors(tmp_path):
     config.stages = [dict(name="x", overrides={"optim.nonexistent.lr": 1.0})]
   with pytest.raises(ConfigError, match="nonexistent"):
     stages.stage_configs(config, str(tmp_path))
+
+
+def test_a_stopped_stage_ends_the_chain(tmp_path):
+  """SIGTERM or Ctrl-C inside a stage (trainer.Stopped, after its checkpoint) must not start the next stage
+  from the unfinished one."""
+  config = micro_stages(tmp_path)
+  started = []
+
+  def train(c, workdir, log):
+    del c, log
+    started.append(os.path.basename(workdir))
+    if len(started) == 2:
+      raise trainer.Stopped("Stopping at step 2 with a checkpoint saved")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+      f.write('{"step": 4}')
+    return {}
+
+  with pytest.raises(trainer.Stopped):
+    stages.run(config, str(tmp_path), train=train, log=lambda *a: None)
+  assert started == ["stage0_lm", "stage1_projector"]

@@ -15,8 +15,8 @@ next to the same loop on one fixed batch, alternating rounds so that machine noi
 
 `--against open_clip` (CLIP recipes) also times open_clip's train step for the same config in turns with
 vlm_jax's (vlm_jax/open_clip_step.py): `vs_open_clip` is vlm_jax's step time over open_clip's; `phases`
-gives both sides' forward (the loss) and forward+backward times (medians of the rounds; `phases_fastest_round` the fastest), so the optimizer is the
-difference.
+gives both sides' forward (the loss) and forward+backward times (medians of the rounds;
+`phases_fastest_round` the fastest), so the optimizer is the difference.
 """
 
 import json

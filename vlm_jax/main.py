@@ -145,9 +145,19 @@ def main(argv):
       results = evaluate.evaluate_workdir(config, workdir, step=FLAGS.step, log=log)
   except ConfigError as e:
     fail(str(e))
+  except trainer.Stopped as e:  # SIGTERM or Ctrl-C: saved; exit 0 (launchers resume such runs)
+    log(str(e))
+    return
   except (trainer.TrainingDiverged, checkpoint.CheckpointSaveError, StorageError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:  # a second Ctrl-C (the first saves and stops, trainer._Preemption)
+    print(
+      "Stopped by Ctrl-C without saving; the checkpoints written before are kept, and the same "
+      "command resumes from the newest.",
+      file=sys.stderr,
+    )
+    sys.exit(130)
   for name, value in sorted(results.items()):
     log(f"{name}: {value:.4f}")
 

@@ -7,6 +7,7 @@ finite, so the last checkpoint on disk is always a good one.
 """
 
 import signal
+import sys
 import time
 
 import jax
@@ -29,20 +30,38 @@ class TrainingDiverged(RuntimeError):
   pass
 
 
+class Stopped(Exception):
+  """Raised after SIGTERM or Ctrl-C stopped the run with a checkpoint saved: nothing after it (the next
+  stage of a staged recipe, the next run of a sweep) may start from an unfinished run."""
+
+
 class _Preemption:
-  """SIGTERM (preemption, scancel, `kill`) asks the loop to checkpoint and exit cleanly.
+  """SIGTERM (preemption, scancel, `kill`) and Ctrl-C (SIGINT) ask the loop to checkpoint and exit cleanly;
+  a second Ctrl-C stops at once (KeyboardInterrupt), keeping the checkpoints already written.
 
   One process: a signal handler sets a flag. Several: JAX's preemption service (started by
-  `jax.distributed.initialize`) catches the signal on any process and agrees on one step at which every
-  process saves, without a blocking collective in each step."""
+  `jax.distributed.initialize`) catches SIGTERM on any process and agrees on one step at which every
+  process saves, without a blocking collective in each step; Ctrl-C there stops at once as before."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
     self._multi = jax.process_count() > 1
-    self._previous = None if self._multi else signal.signal(signal.SIGTERM, self._handle)
+    self._previous = (
+      {} if self._multi else {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    )
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.requested:
+        raise KeyboardInterrupt
+      # From a signal handler: one write, no logging machinery.
+      sys.stderr.write(
+        "\nCtrl-C: saving a checkpoint at the next step, then stopping "
+        "(Ctrl-C again stops at once, without it).\n"
+      )
     self.requested = True
 
   def should_stop(self, step) -> bool:
@@ -53,8 +72,8 @@ class _Preemption:
     return self.requested
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def _all_agree(ok: bool) -> bool:
@@ -175,7 +194,7 @@ def _train(config, workdir, main, log):
   )
   preemption = _Preemption()
   profiler = StepProfiler(config.train.get("profile_steps", ()), workdir, log=log)
-  pending, final_eval, cut_reported = [], {}, False
+  pending, final_eval, cut_reported, stopped = [], {}, False, ""
   try:
     progress.start(step)
     while step < exp.stop_step:
@@ -228,7 +247,9 @@ def _train(config, workdir, main, log):
           )
         progress.start(step)  # do not count eval time as train throughput
       if stop and not done:
-        log(f"Stopping at step {step} with a checkpoint saved; run the same command to resume.")
+        stopped = (
+          f"Stopping at step {step} with a checkpoint saved; run the same command to resume."
+        )
         break
       if not done:
         batch = next(data_iter)
@@ -241,6 +262,8 @@ def _train(config, workdir, main, log):
     finally:
       ckpt.close()
       writer.close()
+  if stopped:
+    raise Stopped(stopped)
   # final_eval.json marks a finished run (staged recipes skip finished stages); a resumed finished run
   # keeps the one it has.
   if step == exp.stop_step and main and (final_eval or not storage.exists(final_path)):
