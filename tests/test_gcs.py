@@ -145,3 +145,42 @@ def test_training_streams_tar_shards_from_a_bucket(gcs, tmp_path):
   assert [
     r["step"] for r in helpers.metrics_lib.read_metrics(f"{root}/run") if "train/loss" in r
   ] == [2, 3, 4]
+
+
+def test_a_damaged_checkpoint_in_a_bucket_is_set_aside_and_the_run_resumes_from_the_one_before(
+  gcs, tmp_path
+):
+  """As tests/test_damaged_checkpoints.py, in a bucket: a copy to the bucket cut short (an object holding
+  half its bytes) is moved aside there (server-side copy and delete), and the resume equals an uninterrupted
+  run."""
+  steps = {"train.duration": "8 steps", "train.checkpoint_every": "2 steps"}
+  reference = tmp_path / "reference"
+  result = helpers.run_main(reference, **steps)
+  assert result.returncode == 0, result.stderr[-3000:]
+  workdir = f"gs://{gcs_lib.BUCKET}/{uuid.uuid4().hex[:8]}/damaged"
+
+  def run(**extra):
+    return subprocess.run(
+      helpers.main_command(workdir, **steps, **extra),
+      env=_env(gcs),
+      capture_output=True,
+      text=True,
+      timeout=300,
+      cwd=tmp_path,
+    )
+
+  first = run(**{"train.max_steps": 6})
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert helpers.checkpoint_steps(workdir) == [2, 4, 6]
+  arrays = [f for f in storage.find_files(f"{workdir}/checkpoints/6/state", "") if "/d/" in f]
+  largest = max(arrays, key=lambda f: len(storage.read_bytes(f)))
+  storage.write_bytes(largest, storage.read_bytes(largest)[: len(storage.read_bytes(largest)) // 2])
+  resumed = run()
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"moved it to {workdir}/checkpoints/6.corrupt" in resumed.stdout
+  assert "Resumed from checkpoint at step 4" in resumed.stdout
+  assert storage.exists(f"{workdir}/checkpoints/6.corrupt/state/_METADATA")
+  assert helpers.checkpoint_steps(workdir)[-1] == 8  # step 6 written again by the resumed run
+  got, want = helpers.load_params(workdir), helpers.load_params(reference)
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=path)

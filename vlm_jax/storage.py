@@ -137,6 +137,17 @@ def copy(src, dst):
   write_bytes(dst, read_bytes(src))
 
 
+def move_tree(src, dst):
+  """Renames a folder (a bucket has no rename: its objects are copied on the server, then deleted)."""
+  if is_remote(src):
+    import fsspec  # pylint: disable=import-outside-toplevel
+
+    fs, source = fsspec.core.url_to_fs(str(src))
+    fs.mv(source, fsspec.core.url_to_fs(str(dst))[1], recursive=True)
+  else:
+    os.replace(src, dst)
+
+
 def remove(p):
   target = path(p)
   if target.exists():

@@ -4,6 +4,7 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 mid-save leaves the previous checkpoints intact and the partial one is ignored on restore.
 """
 
+import json
 import logging
 
 from flax import traverse_util
@@ -18,6 +19,75 @@ from vlm_jax.errors import ConfigError
 
 class CheckpointSaveError(RuntimeError):
   """Writing a checkpoint failed; the ones written before it are intact."""
+
+
+class CheckpointUnreadable(ConfigError):
+  """A checkpoint's files are damaged or missing (its metadata, or its arrays on restore)."""
+
+
+# How tensorstore and orbax report damaged bytes: OCDBT/zstd checks, byte ranges past a truncated file,
+# a deleted file. A storage that cannot be reached (UNAVAILABLE, PERMISSION_DENIED, ...) is not damage,
+# and must never move a good checkpoint aside.
+_DAMAGE = (
+  "FAILED_PRECONDITION",
+  "OUT_OF_RANGE",
+  "DATA_LOSS",
+  "NOT_FOUND",
+  "corruption",
+  "Truncated",
+  "does not exist",
+  "No such file",
+)
+
+
+def is_damage(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from (orbax wraps tensorstore's), reports damage."""
+  while error is not None:
+    if isinstance(error, (CheckpointUnreadable, FileNotFoundError, json.JSONDecodeError)) or any(
+      marker in str(error) for marker in _DAMAGE
+    ):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def one_line(error: Exception, limit: int = 300) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
+
+
+def move_aside(directory: str, step: int) -> str:
+  """checkpoints/<step> -> checkpoints/<step>.corrupt (.corrupt-2, ... if taken): kept for a person to
+  inspect, invisible to orbax (not a step name). Returns the new path."""
+  target, n = storage.join(directory, f"{step}.corrupt"), 1
+  while storage.exists(target):
+    n += 1
+    target = storage.join(directory, f"{step}.corrupt-{n}")
+  storage.move_tree(storage.join(directory, str(step)), target)
+  return target
+
+
+def newest_intact(directory, steps, read, *, log, main=True, agree=lambda ok: ok):
+  """`read(step)` of the newest of `steps` whose files are intact: a step whose read fails with damage is
+  moved aside (process 0, one line in the log) and the next older one is read. `agree(ok)` makes every
+  process take the same decision. Returns (read's result, step), or (None, None) when none is intact.
+  Any other error (a storage that cannot be reached, a model that does not fit) is raised as it is."""
+  for step in sorted(steps, reverse=True):
+    try:
+      result, error = read(step), None
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+      if not is_damage(e):
+        raise
+      result, error = None, e
+    if agree(error is None):
+      return result, step
+    if main:
+      aside = move_aside(directory, step)
+      log(
+        f"Checkpoint {step} in {directory} cannot be read ({one_line(error or Exception('on another process'))}); "
+        f"moved it to {aside} and trying the one before"
+      )
+    agree(True)  # the others wait for the move
+  return None, None
 
 
 class _OrbaxErrorsWithoutTracebacks(logging.Filter):
@@ -74,6 +144,10 @@ class Checkpointer:
         f"({type(e).__name__}: {reason}); the run stops. Checkpoints written before are intact "
         f"(steps {kept or 'none'}): fix the storage and run the same command to resume"
       ) from None
+
+  def reload(self):
+    """Re-reads the steps on disk (after a checkpoint was moved aside)."""
+    self.manager.reload()
 
   def restore(self, step: int, target_state, data_iterator=None):
     """Restores into the shardings of `target_state` (arrays or ShapeDtypeStructs with .sharding)."""
@@ -148,7 +222,9 @@ def saved_param_shapes(directory: str, step: int) -> dict:
   metadata = ocp.PyTreeCheckpointer().metadata(path).item_metadata
   saved = metadata.tree if metadata is not None else None
   if not saved or "params" not in saved:
-    raise ConfigError(f"{path} holds no 'params'; is it a vlm_jax checkpoint?")
+    raise CheckpointUnreadable(
+      f"{path} holds no readable 'params' metadata (missing or damaged, or not a vlm_jax checkpoint)"
+    )
   return flat_paths(saved["params"])
 
 

@@ -6,6 +6,7 @@ NaN/Inf, averaged and written. A checkpoint is only written after the steps befo
 finite, so the last checkpoint on disk is always a good one.
 """
 
+import functools
 import signal
 import sys
 import time
@@ -85,6 +86,14 @@ def _all_agree(ok: bool) -> bool:
   return bool(multihost_utils.process_allgather(np.array(ok)).all())
 
 
+def _check_some_intact(latest, ckpt_dir):
+  if latest is None:
+    raise checkpoint.CheckpointUnreadable(
+      f"no checkpoint in {ckpt_dir} can be read; the damaged ones were moved aside (<step>.corrupt). "
+      "Start over with a new --workdir, or move a checkpoint back once its files are repaired"
+    )
+
+
 def _mean_metrics(pending):
   """Fetches the metrics of the steps since the last flush, checks them finite, and averages them."""
   host = jax.device_get([m for _, m in pending])
@@ -124,14 +133,19 @@ def train(config, workdir: str, *, log=print) -> dict:
 def _train(config, workdir, main, log):
   exp = Experiment(config, log=log)
   ckpt_dir = storage.join(workdir, "checkpoints")
-  latest = (checkpoint.all_steps(ckpt_dir) or [None])[-1]
+  steps = checkpoint.all_steps(ckpt_dir)
+  # Damaged checkpoints (a full disk, a cut copy) are moved aside and the one before is used.
+  intact = functools.partial(
+    checkpoint.newest_intact, ckpt_dir, log=log, main=main, agree=_all_agree
+  )
+  latest = None
   final_path = storage.join(workdir, FINAL_EVAL)
-  if latest is not None:
+  if steps:
     # Before anything is written: a run resumed with another model keeps its config.json and checkpoints.
+    saved, latest = intact(steps, lambda step: checkpoint.saved_param_shapes(ckpt_dir, step))
+    _check_some_intact(latest, ckpt_dir)
     checkpoint.check_params_match(
-      checkpoint.saved_param_shapes(ckpt_dir, latest),
-      checkpoint.flat_paths(exp.abstract_params),
-      f"{ckpt_dir} (step {latest}, resuming)",
+      saved, checkpoint.flat_paths(exp.abstract_params), f"{ckpt_dir} (step {latest}, resuming)"
     )
     if latest >= exp.stop_step and storage.exists(final_path):
       log(
@@ -169,11 +183,18 @@ def _train(config, workdir, main, log):
     keep=config.train.keep_checkpoints,
     async_save=config.train.get("async_checkpoints", True),
   )
+  if latest is not None:  # restored straight into its shardings: no random state is built first
+
+    def restore(step):
+      ckpt.reload()
+      return ckpt.restore(step, exp.abstract_state(), data_iter)
+
+    state, latest = intact([step for step in steps if step <= latest], restore)
+    _check_some_intact(latest, ckpt_dir)
   if main:
     config_utils.save_workdir_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
-  if latest is not None:  # restored straight into its shardings: no random state is built first
-    state = ckpt.restore(latest, exp.abstract_state(), data_iter)
+  if latest is not None:
     writer.drop_after(latest)
     log(f"Resumed from checkpoint at step {latest} in {ckpt.directory}")
   step = int(state.step)
