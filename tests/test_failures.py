@@ -1,5 +1,9 @@
 """Bad configs fail before training with one line; a NaN stops the run and keeps the good checkpoint."""
 
+import importlib.util
+import subprocess
+import sys
+
 import pytest
 
 from tests import helpers
@@ -61,3 +65,25 @@ def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   assert "last good checkpoint is step 3" in result.stderr
   assert helpers.checkpoint_steps(tmp_path) == [3]
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(
+  importlib.util.find_spec("libtpu") is None, reason="libtpu's noise needs libtpu installed"
+)
+def test_a_host_without_a_tpu_prints_no_libtpu_noise():
+  """With libtpu installed (the test extras) and JAX_PLATFORMS unset, as a user types the command: the CLI
+  runs on the CPU without the TPU plugin's start-up errors."""
+  env = helpers.subprocess_env(1)
+  del env["JAX_PLATFORMS"]
+  result = subprocess.run(
+    [sys.executable, "-m", "vlm_jax.main", "--config", helpers.TINY, "--mode=compile"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=helpers.ROOT,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "(1 devices of cpu)" in result.stdout
+  noise = [line for line in result.stderr.splitlines() if "TPU" in line or "libtpu" in line]
+  assert not noise, noise

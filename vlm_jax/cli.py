@@ -1,5 +1,6 @@
 """Command-line pieces shared by the entry points: the --config flag, flag spelling, one-line errors."""
 
+import glob
 import os
 import re
 import sys
@@ -11,6 +12,25 @@ from ml_collections import config_flags
 # skips recompiling: set before JAX is imported. JAX_COMPILATION_CACHE_DIR moves it; empty turns it off.
 DEFAULT_COMPILATION_CACHE = os.path.expanduser("~/.cache/vlm_jax/xla")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", DEFAULT_COMPILATION_CACHE)
+
+
+def _cpu_only_without_accelerators():
+  """With libtpu installed (the test extras, `.[tpu]`) on a host without TPU chips, JAX starts its TPU
+  plugin, which prints five lines of errors about TPU hostnames before JAX falls back to the CPU. A host
+  with no TPU (no Google PCI device, as JAX's own check) and no GPU device gets JAX_PLATFORMS=cpu, unless
+  the user set it. Set before JAX is imported."""
+  if "JAX_PLATFORMS" in os.environ:
+    return
+  for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    with open(vendor) as f:
+      if f.read().strip() == "0x1ae0":  # Google: a TPU, or something libtpu may want
+        return
+  if any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")):
+    return
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+_cpu_only_without_accelerators()
 
 config_flags.DEFINE_config_file(
   "config", None, "Experiment config: path/to/file.py[:variant].", lock_config=True
