@@ -92,6 +92,60 @@ def save_workdir_config(config, workdir: str):
   )
 
 
+CONFIG_HISTORY = "config_history.jsonl"
+
+# Settings a resumed run may change freely: how long and how it is logged, checkpointed and evaluated, how
+# the step is laid out on the devices, and how fast data arrives. Anything else changes what is trained.
+RESUME_FREE = (
+  "train.",
+  "evals.",
+  "eval_batch_size",
+  "init_from.",  # read by fresh runs only
+  "mesh",
+  "fsdp_min_mib",
+  "debug.",
+  "model.remat",
+  "model.attention",
+  "data.num_threads",
+  "data.worker_processes",
+  "data.workers",
+  "data.device_prefetch",
+)
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_changes(stored: dict, config) -> dict:
+  """{dotted key: (stored value, new value)} for every setting that differs between a workdir's stored
+  config (its JSON) and `config`; a key only one side has shows `<absent>` on the other."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  before, after = _flat(stored), _flat(json.loads(config.to_json_best_effort()))
+  return {
+    key: (before.get(key, "<absent>"), after.get(key, "<absent>"))
+    for key in sorted(set(before) | set(after))
+    if before.get(key, "<absent>") != after.get(key, "<absent>")
+  }
+
+
+def changes_training(key: str) -> bool:
+  return not any(
+    key == free or (free.endswith(".") and key.startswith(free)) for free in RESUME_FREE
+  )
+
+
+def describe_changes(changes: dict) -> str:
+  return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config saved in `workdir`. A relative data.tokenizer_path is resolved against the workdir."""
   import json  # pylint: disable=import-outside-toplevel

@@ -8,6 +8,7 @@ TPU VM, where jax.distributed reads them from the environment. Running the same 
 same workdir resumes from its latest checkpoint.
 """
 
+import functools
 import os
 import sys
 
@@ -25,6 +26,12 @@ flags.DEFINE_enum(
   "and FLOPs, without training.",
 )
 flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
+flags.DEFINE_bool(
+  "allow_config_change",
+  False,
+  "Resume with settings that change the training (optimizer, batch, data, objectives, model); the "
+  "changes are recorded with the step in the workdir's config_history.jsonl.",
+)
 flags.DEFINE_string(
   "topology",
   None,
@@ -136,9 +143,15 @@ def main(argv):
     if FLAGS.mode == "train" and config.get("stages"):
       from vlm_jax.train import stages  # pylint: disable=import-outside-toplevel
 
-      results = stages.run(config, workdir, train=trainer.train, log=lambda *a: log(*a, flush=True))
+      train = functools.partial(trainer.train, allow_config_change=FLAGS.allow_config_change)
+      results = stages.run(config, workdir, train=train, log=lambda *a: log(*a, flush=True))
     elif FLAGS.mode == "train":
-      results = trainer.train(config, workdir, log=lambda *a: log(*a, flush=True))
+      results = trainer.train(
+        config,
+        workdir,
+        log=lambda *a: log(*a, flush=True),
+        allow_config_change=FLAGS.allow_config_change,
+      )
     else:
       from vlm_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
 

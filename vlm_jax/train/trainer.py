@@ -7,6 +7,7 @@ finite, so the last checkpoint on disk is always a good one.
 """
 
 import functools
+import json
 import signal
 import sys
 import time
@@ -86,6 +87,30 @@ def _all_agree(ok: bool) -> bool:
   return bool(multihost_utils.process_allgather(np.array(ok)).all())
 
 
+def _resume_changes(config, workdir, allowed: bool) -> dict:
+  """The settings that differ from the workdir's config.json; those that change the training need
+  `allowed` (--allow_config_change)."""
+  stored = storage.join(workdir, config_utils.WORKDIR_CONFIG)
+  if not storage.exists(stored):
+    return {}
+  changes = config_utils.config_changes(storage.read_json(stored), config)
+  training = {k: v for k, v in changes.items() if config_utils.changes_training(k)}
+  if training and not allowed:
+    raise ConfigError(
+      f"resuming {workdir} with settings that change its training: "
+      f"{config_utils.describe_changes(training)}. Pass --allow_config_change to go on (the changes "
+      f"are recorded with the step in {config_utils.CONFIG_HISTORY}), or use a new --workdir"
+    )
+  return changes
+
+
+def _record_config_changes(workdir, step, changes):
+  path = storage.join(workdir, config_utils.CONFIG_HISTORY)
+  before = storage.read_text(path) if storage.exists(path) else ""
+  line = json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}})
+  storage.write_text(path, before + line + "\n")
+
+
 def _check_some_intact(latest, ckpt_dir):
   if latest is None:
     raise checkpoint.CheckpointUnreadable(
@@ -106,8 +131,11 @@ def _mean_metrics(pending):
   return {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[-1]}
 
 
-def train(config, workdir: str, *, log=print) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the final eval metrics."""
+def train(config, workdir: str, *, log=print, allow_config_change: bool = False) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final eval metrics.
+
+  A resume whose config changes the training (config_utils.changes_training) is refused unless
+  `allow_config_change`; the changes are then recorded in config_history.jsonl with the step."""
   workdir = storage.resolve(workdir)
   main = jax.process_index() == 0
   lock, error, created = WorkdirLock(workdir, log=log), None, not storage.exists(workdir)
@@ -120,7 +148,7 @@ def train(config, workdir: str, *, log=print) -> dict:
   if not _all_agree(error is None):
     raise error or ConfigError(f"process 0 could not take {workdir}; see its log")
   try:
-    return _train(config, workdir, main, log)
+    return _train(config, workdir, main, log, allow_config_change)
   finally:
     if main:
       lock.release()
@@ -130,7 +158,7 @@ def train(config, workdir: str, *, log=print) -> dict:
         ).rmdir()  # a run that failed before writing anything leaves no empty folder
 
 
-def _train(config, workdir, main, log):
+def _train(config, workdir, main, log, allow_config_change):
   exp = Experiment(config, log=log)
   ckpt_dir = storage.join(workdir, "checkpoints")
   steps = checkpoint.all_steps(ckpt_dir)
@@ -153,6 +181,9 @@ def _train(config, workdir, main, log):
         "Evaluate it with --mode=eval, train longer with a larger --config.train.duration, or use a new --workdir."
       )
       return {k: v for k, v in storage.read_json(final_path).items() if k != "step"}
+  changes = _resume_changes(config, workdir, allow_config_change) if latest is not None else {}
+  if changes:
+    log(f"Resuming with changed settings: {config_utils.describe_changes(changes)}")
   log(
     f"Data: {exp.data.description}"
     + (" [no dataset configured: using the embedded one]" if config.data.name == "embedded" else "")
@@ -192,6 +223,8 @@ def _train(config, workdir, main, log):
     state, latest = intact([step for step in steps if step <= latest], restore)
     _check_some_intact(latest, ckpt_dir)
   if main:
+    if changes:  # config.json becomes the new config; the history keeps what the earlier steps used
+      _record_config_changes(workdir, latest, changes)
     config_utils.save_workdir_config(config, workdir)
   writer = metrics_lib.MetricWriter(workdir)
   if latest is not None:
