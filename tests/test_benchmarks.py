@@ -435,6 +435,18 @@ def test_suite_on_a_converted_clip_from_the_command_line_equals_an_independent_c
   )
   write_vqav2(tmp_path / "data", rng)  # there, but CLIP does not answer questions: left out
 
+  # A look at the first 5 images first: its own record, which the full evaluation below does not take
+  # for the full one.
+  result = run(
+    "vlm_jax.eval",
+    *("--workdir", "clip", "--tasks", "imagenet_zeroshot", "--data-dir", "data"),
+    *("--templates", "openai_imagenet_7", "--limit", "5"),
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  limited = ("imagenet", "zero_shot_openai_imagenet_7_first5")
+  record = json.load(open(harness.record_path(str(tmp_path / "clip"), 0, *limited)))
+  assert (record["num_examples"], record["limit"]) == (5, 5)
+
   result = run(
     "vlm_jax.eval",
     "--workdir",
@@ -455,7 +467,14 @@ def test_suite_on_a_converted_clip_from_the_command_line_equals_an_independent_c
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {(r["dataset"], r["task"]): r for r in csv.DictReader(io.StringIO(result.stdout))}
   # --templates sets ImageNet's templates (its records are named for them); CIFAR keeps its own.
-  assert set(expected) | {("cifar10", "linear_probe")} == set(rows), rows.keys()
+  assert set(expected) | {("cifar10", "linear_probe"), limited} == set(rows), rows.keys()
+  assert (
+    rows[limited]["examples"],
+    rows[("imagenet", "zero_shot_openai_imagenet_7")]["examples"],
+  ) == (
+    "5",
+    "12",
+  )
   for key, metrics in expected.items():
     for name, value in metrics.items():
       assert float(rows[key][name]) == pytest.approx(value, abs=1e-4), (key, name)

@@ -11,7 +11,7 @@ import pytest
 from tests import helpers
 from vlm_jax import config_utils, storage, tables
 from vlm_jax.errors import ConfigError
-from vlm_jax.eval import harness, linear_probe
+from vlm_jax.eval import harness, linear_probe, suite
 from vlm_jax.train import trainer
 
 
@@ -320,10 +320,37 @@ def test_tables_tell_datasets_apart_and_give_the_benchmark_table(tmp_path, capsy
   assert run["metrics"]["zero_shot/shape_top1"] == -1.0  # one dataset (the run's own) has it
   tables.main([str(tmp_path), "--suite", "standard", "--format", "csv"])
   rows = [line.split(",") for line in capsys.readouterr().out.strip().splitlines()]
-  assert rows[0] == ["run", "step", "dataset", "task", "acc1", "acc5"]
+  assert rows[0] == ["run", "step", "dataset", "task", "examples", "acc1", "acc5"]
   assert sorted(rows[1:]) == [
-    ["clip_a", "100", "cifar10", "zero_shot", "0.9000", "1.0000"],
-    ["clip_a", "100", "imagenet", "zero_shot", "0.3000", "1.0000"],
-    ["clip_b", "100", "cifar10", "zero_shot", "0.9000", "1.0000"],
-    ["clip_b", "100", "imagenet", "zero_shot", "1.3000", "1.0000"],
+    ["clip_a", "100", "cifar10", "zero_shot", "", "0.9000", "1.0000"],
+    ["clip_a", "100", "imagenet", "zero_shot", "", "0.3000", "1.0000"],
+    ["clip_b", "100", "cifar10", "zero_shot", "", "0.9000", "1.0000"],
+    ["clip_b", "100", "imagenet", "zero_shot", "", "1.3000", "1.0000"],
   ]
+
+
+def test_records_of_different_example_counts_never_stand_for_each_other(tmp_path):
+  """A record limited to N examples is its own record: it does not satisfy a full request (nor the full one
+  a limited request), a limited record an older version wrote under the full name is kept under its own,
+  and where the ablation table meets values of different counts each cell says how many."""
+  path = harness.record_path(str(tmp_path), 4, "imagenet", "zero_shot")
+  old = {"task": "zero_shot", "num_examples": 5, "task_config": {"limit": 5}, "metrics": {}}
+  os.makedirs(os.path.dirname(path))
+  json.dump(old, open(path, "w"))
+  assert not harness._has_record(path, {"limit": 0})  # pylint: disable=protected-access
+  kept = json.load(open(path[: -len(".json")] + "_first5.json"))
+  assert (kept["task"], kept["limit"], kept["num_examples"]) == ("zero_shot_first5", 5, 5)
+  assert harness._has_record(path, {"limit": 5})  # pylint: disable=protected-access
+  config = {"name": "zero_shot", "data": {"name": "imagenet"}, "limit": 5}
+  assert suite.record_task(config) == "zero_shot_first5"
+  assert suite.record_task({**config, "limit": 0}) == "zero_shot"
+
+  for name, count, value in (("a", 2000, 0.8), ("b", 64, 0.6)):
+    metrics = {"zero_shot": {"zero_shot/shape_top1": value}}
+    workdir = write_run(tmp_path, name, {"model": {"name": name}}, metrics, 0)
+    record_file = harness.record_path(str(workdir), 100, "embedded_64px", "zero_shot")
+    record = json.load(open(record_file))
+    json.dump({**record, "num_examples": count}, open(record_file, "w"))
+  runs = [tables.load_run(str(tmp_path / name)) for name in ("a", "b")]
+  md = tables.render(tables.build_table(runs, ["zero_shot/shape_top1"]), "md")
+  assert "**0.800 (n=1)** [2000 examples]" in md and "0.600 (n=1) [64 examples]" in md

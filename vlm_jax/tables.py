@@ -56,16 +56,23 @@ def find_runs(paths) -> list:
 def load_run(workdir: str) -> dict:
   """{'name', 'config' (flattened), 'metrics' (latest step per dataset/task), 'axes' (from sweep.json)}."""
   config = harness.flatten(storage.read_json(storage.join(workdir, "config.json")))
-  metrics = {}
+  metrics, examples = {}, {}
   for record in latest_records(workdir):
+    limited = record.get("limit") and record["task"].endswith(f"_first{record['limit']}")
     for name, value in record["metrics"].items():
+      if (
+        limited
+      ):  # zero_shot_first5/label_top1: a limited record's metrics never stand for the full ones
+        name = f"{record['task']}/{name.split('/', 1)[-1]}"
       metrics[f"{record['dataset']}:{name}"] = value
+      examples[f"{record['dataset']}:{name}"] = record.get("num_examples")
   # A metric name alone where one dataset has it (a run's own eval data); two datasets' zero_shot
   # (ImageNet's and CIFAR's) are told apart by their dataset:metric names only.
   datasets = {}
   for key in metrics:
     datasets.setdefault(key.split(":", 1)[1], []).append(key)
   metrics.update({name: metrics[keys[0]] for name, keys in datasets.items() if len(keys) == 1})
+  examples.update({name: examples[keys[0]] for name, keys in datasets.items() if len(keys) == 1})
   final_eval = storage.join(workdir, "final_eval.json")
   if not metrics and storage.exists(final_eval):
     metrics = {
@@ -79,6 +86,7 @@ def load_run(workdir: str) -> dict:
     "workdir": workdir,
     "config": config,
     "metrics": metrics,
+    "examples": examples,  # metric -> the number of examples its record was computed on
     "axes": axes,
   }
 
@@ -126,11 +134,12 @@ def benchmark_table(workdirs: list) -> dict:
           "step": record["step"],
           "dataset": record["dataset"],
           "task": record["task"],
+          "examples": record.get("num_examples"),
           **values,
         }
       )
   used = [c for c in BENCHMARK_COLUMNS if any(r[c] is not None for r in rows)]
-  return {"columns": ["run", "step", "dataset", "task"] + used, "rows": rows}
+  return {"columns": ["run", "step", "dataset", "task", "examples"] + used, "rows": rows}
 
 
 def render_benchmarks(table: dict, fmt: str) -> str:
@@ -197,7 +206,13 @@ def build_table(runs: list, metrics: list) -> dict:
     first = group[0]
     values = {k: (first["axes"] or {}).get(k, first["config"].get(k)) for k in keys}
     stats = {m: summarize([r["metrics"].get(m) for r in group]) for m in metrics}
-    rows.append({"values": values, "stats": stats, "runs": [r["name"] for r in group]})
+    counts = {
+      m: sorted({r.get("examples", {}).get(m) for r in group if m in r["metrics"]} - {None})
+      for m in metrics
+    }
+    rows.append(
+      {"values": values, "stats": stats, "examples": counts, "runs": [r["name"] for r in group]}
+    )
   best = {}
   for m in metrics:
     means = [
@@ -238,13 +253,23 @@ def render(table: dict, fmt: str) -> str:
         ]
       writer.writerow(cells)
     return out.getvalue()
+  # Where a metric's values were computed on different numbers of examples, each cell says on how many.
+  mixed = {
+    m for m in metrics if len({n for row in rows for n in row.get("examples", {}).get(m, [])}) > 1
+  }
+  counted = lambda row, m, text: (
+    f"{text} [{'/'.join(map(str, row['examples'][m]))} examples]"
+    if m in mixed and row["examples"][m]
+    else text
+  )
   mark = {"md": lambda s: f"**{s}**", "latex": lambda s: f"\\textbf{{{s}}}"}[fmt]
   header = keys + metrics
   body = []
   for i, row in enumerate(rows):
     cells = [_value(row["values"][k]) for k in keys]
     cells += [
-      mark(_cell(row["stats"][m])) if best.get(m) == i else _cell(row["stats"][m]) for m in metrics
+      counted(row, m, mark(_cell(row["stats"][m])) if best.get(m) == i else _cell(row["stats"][m]))
+      for m in metrics
     ]
     body.append(cells)
   return _grid(header, body, fmt, left=len(keys))

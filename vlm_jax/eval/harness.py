@@ -175,7 +175,7 @@ def evaluate(
     todo = {
       t: c
       for t, c in task_configs.items()
-      if force or not storage.exists(record_path(workdir, step, dataset[t], name[t]))
+      if force or not _has_record(record_path(workdir, step, dataset[t], name[t]), c)
     }
     if not todo:
       log(f"step {step}: every record exists ({', '.join(task_configs)})")
@@ -204,6 +204,7 @@ def evaluate(
         "metrics": metrics,
         "task_config": todo[task],
         "num_examples": runner.num_examples(task),
+        "limit": todo[task].get("limit", 0),  # 0: every example of the dataset
         "wall_s": seconds,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
       }
@@ -218,6 +219,24 @@ def evaluate(
         + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
       )
   return written
+
+
+def _has_record(path: str, task_config: dict) -> bool:
+  """Whether `path` holds a record made with the same limit. A record written before limited records had
+  their own name (a `--limit` run under the full task's name) does not count; it is kept under its own
+  name, and the full evaluation is made."""
+  if not storage.exists(path):
+    return False
+  record = storage.read_json(path)
+  limit = record.get("limit", record.get("task_config", {}).get("limit", 0))
+  if limit == task_config.get("limit", 0):
+    return True
+  if limit and not task_config.get("limit"):
+    limited = path[: -len(".json")] + f"_first{limit}.json"
+    storage.write_json(
+      limited, {**record, "task": f"{record['task']}_first{limit}", "limit": limit}
+    )
+  return False
 
 
 def read_records(workdir: str) -> list:

@@ -57,7 +57,8 @@ def task_config(task: str, data_dir: str, templates: str = "", limit: int = 0) -
 
 def record_task(config: dict) -> str:
   """The task name a suite task's records carry: its evaluator's, with a template set other than the
-  task's own appended (7- and 80-template ImageNet results are different records)."""
+  task's own appended (7- and 80-template ImageNet results are different records), and `_first<N>` for
+  an evaluation limited to N images."""
   name = config["name"]
   default = next(
     (
@@ -68,8 +69,9 @@ def record_task(config: dict) -> str:
     None,
   )
   if name == "zero_shot" and config.get("templates", default) != default:
-    return f"zero_shot_{config['templates']}"
-  return name
+    name = f"zero_shot_{config['templates']}"
+  # A limited evaluation is another record: it never stands for the full one, nor the full for it.
+  return f"{name}_first{config['limit']}" if config.get("limit") else name
 
 
 def resolve(tasks=(), suite: str = "") -> list:
