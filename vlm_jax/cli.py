@@ -65,13 +65,27 @@ def parse_flags(argv):
       f"config file {spec.partition(':')[0]!r} not found (from {os.getcwd()}); give a path such as "
       "experiments/clip_b32.py:tiny"
     )
+  overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  if spec is None and overrides:
+    fail(
+      f"{overrides[0]} changes a config, but no --config is given; with --mode=eval a workdir's own "
+      "config.json is used as it is: pass --config FILE (e.g. the run's recipe) to override its settings"
+    )
   try:
     return FLAGS(argv)
   except flags.UnrecognizedFlagError as e:
     fail(f"unknown flag --{e.flagname}; see --help for the flags")
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).replace("\\n", "\n")
+    if (
+      "Error whilst parsing config file" in text
+    ):  # the recipe's get_config raised: its last line says why
+      lines = [line.strip() for line in text.splitlines() if line.strip()]
+      fail(f"config {spec}: {lines[-1]}")
     message = " ".join(re.sub(r"\\n|\\|'|\"", " ", str(e)).split())
-    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    # Name the override the message is about, not every override on the line.
+    named = [o for o in overrides if o[len("--config.") :] in message]
+    overrides = named or overrides
     if isinstance(e, (AttributeError, KeyError)):
       message = f"unknown config key {message.split()[0]!r}" + (
         f" ({' '.join(message.split()[1:])})" if len(message.split()) > 1 else ""

@@ -171,6 +171,12 @@ def flat_paths(tree) -> dict:
   return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _first_few(items: list, sep: str, few: int = 4) -> str:
+  """A long list of paths as its first few and a count: a whole model's paths made a 5,000-character line."""
+  shown = sep.join(items[:few])
+  return shown + (f"{sep}... ({len(items) - few} more)" if len(items) > few else "")
+
+
 def check_params_match(saved: dict, expected: dict, where: str, include=None):
   """Raises ConfigError listing missing, unexpected and wrongly shaped parameter paths.
 
@@ -186,9 +192,9 @@ def check_params_match(saved: dict, expected: dict, where: str, include=None):
     if p in saved and tuple(saved[p].shape) != tuple(v.shape)
   )
   problems = [
-    f"{len(missing)} missing: {', '.join(missing)}" if missing else "",
-    f"{len(unexpected)} unexpected: {', '.join(unexpected)}" if unexpected else "",
-    f"{len(shapes)} with other shapes: {'; '.join(shapes)}" if shapes else "",
+    f"{len(missing)} missing: {_first_few(missing, ', ')}" if missing else "",
+    f"{len(unexpected)} unexpected: {_first_few(unexpected, ', ')}" if unexpected else "",
+    f"{len(shapes)} with other shapes: {_first_few(shapes, '; ')}" if shapes else "",
   ]
   problems = [p for p in problems if p]
   if problems:

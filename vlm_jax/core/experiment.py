@@ -20,7 +20,7 @@ from vlm_jax.core.state import TrainState
 from vlm_jax.data import pipeline, tokenizers, transforms
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives import build_objective
-from vlm_jax.registry import DATASETS, EVALUATORS, MODELS, OBJECTIVES
+from vlm_jax.registry import DATASETS, EVALUATORS, OBJECTIVES
 
 # A PRNG key's shape and dtype: tracing init needs no concrete key, and a concrete one cannot be made on the
 # devices of an AOT topology (`--topology`), which hold no data.
@@ -28,11 +28,16 @@ ABSTRACT_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
 def check_config(
-  config, *, num_devices: int | None = None, process_count: int | None = None, weights: bool = True
+  config,
+  *,
+  num_devices: int | None = None,
+  process_count: int | None = None,
+  weights: bool = True,
+  platform: str | None = None,
 ):
   """Raises ConfigError (one line) for anything that would fail later. weights=False (compiling) skips the
-  checks of where a locked tower's weights come from."""
-  MODELS.get(config.model.name)
+  checks of where a locked tower's weights come from; platform: the devices' (default: this backend's)."""
+  models.check_config(config.model, platform)
   DATASETS.get(config.data.name)
   tokenizers.check_tokenizer_name(config.data.tokenizer)
   if not config.objectives:
@@ -84,7 +89,12 @@ def planned_steps(config, dataset_size: int | None = None) -> tuple:
 class Experiment:
   def __init__(self, config, *, devices=None, log=print, weights: bool = True):
     """devices: the mesh's devices (default: all of them); weights=False: for compiling only."""
-    check_config(config, num_devices=None if devices is None else len(devices), weights=weights)
+    check_config(
+      config,
+      num_devices=None if devices is None else len(devices),
+      weights=weights,
+      platform=None if devices is None else devices[0].platform,
+    )
     self.config = config
     self.log = log
     self.mesh = sharding.make_mesh(config.mesh, devices)

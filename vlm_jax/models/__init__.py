@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import coca, flava, fusion, layers, prefix_lm, simvlm, text, two_tower, vit
 from vlm_jax.registry import MODELS
 
@@ -24,6 +25,60 @@ TWO_TOWER_FIELDS = (
   "locked",
   "text_mlm_head",
 )
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+IMAGE_POOLS = ("cls", "gap", "map", "none", "unpooled")
+TEXT_POOLS = ("eot", "argmax", "last", "first", "mean", "none")
+
+
+def _choice(key: str, value, choices, hint: str = ""):
+  if value not in choices:
+    raise ConfigError(
+      f"{key}={value!r} is not one of: {', '.join(map(str, choices))}"
+      + (f" ({hint})" if hint else "")
+    )
+
+
+def check_config(config, platform: str | None = None):
+  """Every enumerated model setting (remat, dtypes, attention, pooling, activations, tower sizes) against
+  its choices, in one line naming the key, the value and the choices: before anything is built.
+  `platform`: where the step will run (cuDNN attention needs a GPU)."""
+  MODELS.get(config.name)
+  _choice("model.remat", config.get("remat", "none"), tuple(layers.REMAT_POLICIES))
+  _choice("model.dtype", config.get("dtype", "float32"), ("auto",) + DTYPES)
+  _choice("model.param_dtype", config.get("param_dtype", "float32"), DTYPES)
+  _choice("model.attention", attention_of(config), layers.ATTENTION_IMPLEMENTATIONS)
+  platform = platform or jax.default_backend()
+  if attention_of(config) == "cudnn" and platform not in ("gpu", "cuda"):
+    raise ConfigError(
+      f"model.attention='cudnn' needs a GPU, and this step runs on {platform}; use auto (cuDNN on "
+      "GPUs, XLA elsewhere)"
+    )
+  _choice(
+    "model.logit_scale_clamp",
+    config.get("logit_scale_clamp", "forward"),
+    two_tower.LOGIT_SCALE_CLAMPS,
+  )
+  _choice("model.head", config.get("head", "tied"), simvlm.HEADS)
+  towers = {name: config.get(name) for name in ("image", "text", "encoder", "decoder")}
+  for name, tower in towers.items():
+    if not tower:
+      continue
+    if "variant" in tower:
+      try:
+        if name == "image":
+          vit.parse_variant(tower.variant)
+        elif name == "text":
+          text.parse_variant(tower.variant)
+        else:
+          _choice(f"model.{name}.variant", tower.variant, tuple(vit.SIZES))
+      except ValueError as e:
+        raise ConfigError(f"model.{name}.variant: {e}") from None
+    if "act" in tower:
+      _choice(f"model.{name}.act", tower.act, tuple(layers.ACTIVATIONS))
+    if "pool" in tower and name in ("image", "text"):
+      _choice(f"model.{name}.pool", tower.pool, IMAGE_POOLS if name == "image" else TEXT_POOLS)
 
 
 def build(config, vocab_size: int, platform: str | None = None):
