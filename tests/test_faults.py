@@ -114,6 +114,9 @@ def test_a_tar_cut_at_a_block_boundary_is_counted_with_the_samples_it_lost(tmp_p
   skips = sources.Skips()
   assert len(list(sources.read_tar(str(path), skips))) == 7
   assert skips.snapshot() == {"truncated_tar": 1, "lost_in_truncated_tar": 43}
+  # Read again (a resampled stream, a second epoch): the same shard's loss is not counted twice.
+  assert len(list(sources.read_tar(str(path), skips))) == 7
+  assert skips.snapshot() == {"truncated_tar": 1, "lost_in_truncated_tar": 43}
   path.write_bytes(whole)
   skips = sources.Skips()
   assert len(list(sources.read_tar(str(path), skips))) == 50 and skips.snapshot() == {}

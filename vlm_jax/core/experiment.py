@@ -48,7 +48,8 @@ def check_config(
     EVALUATORS.get(cfg.get("name", key))
     if cfg.get("data"):
       DATASETS.get(cfg.data.get("name", config.data.name))
-    durations.parse(cfg.every)
+    if cfg.every != "never":  # trainer.NEVER: not even at the end
+      durations.parse(cfg.every)
   config_utils.profile_steps(config.train.get("profile_steps", ()))
   optim.check_config(config.optim)
   augment = config.data.get("augment", {})

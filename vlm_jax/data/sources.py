@@ -42,13 +42,20 @@ class SampleError(Exception):
 
 
 class Skips:
-  """Thread-safe counts of skipped samples per reason; the first sample of each reason is logged."""
+  """Thread-safe counts of skipped samples per reason; the first sample of each reason is logged.
+
+  `once=True` counts an error of a given (reason, key) once however often it is met: a truncated shard
+  that a resampled stream reads again and again loses its samples once, not once per read."""
 
   def __init__(self):
-    self._lock, self._counts = threading.Lock(), collections.Counter()
+    self._lock, self._counts, self._seen = threading.Lock(), collections.Counter(), set()
 
-  def add(self, error: SampleError, count: int = 1):
+  def add(self, error: SampleError, count: int = 1, once: bool = False):
     with self._lock:
+      if once:
+        if (error.reason, error.key) in self._seen:
+          return
+        self._seen.add((error.reason, error.key))
       first = error.reason not in self._counts
       self._counts[error.reason] += count
     if first:
@@ -61,6 +68,7 @@ class Skips:
   def reset(self):
     with self._lock:
       self._counts.clear()
+      self._seen.clear()
 
 
 SKIPS = Skips()
@@ -271,8 +279,9 @@ def read_tar(url: str, skips: Skips | None = None, *, retries: int = 4, backoff_
 
   Samples without an image are skipped and counted in `skips` (default `SKIPS`). A truncated or corrupt
   tar loses its rest: counted as `truncated_tar`, plus `lost_in_truncated_tar` samples when the shard's
-  size is known. A storage error (network, permissions) is retried `retries` times with exponential
-  backoff, resuming at the sample it reached, then raised as StorageError naming the shard."""
+  size is known, once per shard however often it is read. A storage error (network, permissions) is
+  retried `retries` times with exponential backoff, resuming at the sample it reached, then raised as
+  StorageError naming the shard."""
   skips = SKIPS if skips is None else skips
   name = posixpath.basename(url)
 
@@ -312,10 +321,11 @@ def read_tar(url: str, skips: Skips | None = None, *, retries: int = 4, backoff_
             else "the number lost is unknown without "
             "the shard's size, e.g. img2dataset's _stats.json)"
           ),
-        )
+        ),
+        once=True,
       )
       if lost:
-        skips.add(SampleError("lost_in_truncated_tar", url), count=lost)
+        skips.add(SampleError("lost_in_truncated_tar", url), count=lost, once=True)
       return
     except OSError as e:
       if attempt == retries:

@@ -194,7 +194,7 @@ def evaluate(
         "no task has its data: " + "; ".join(f"{t}: {r}" for t, r in runner.skipped.items())
       )
     params, _ = checkpoint.restore_params(ckpt_dir, step, exp.abstract_params_sharded())
-    for task, metrics, seconds in runner.run_each(params):
+    for task, metrics, seconds in runner.run_each(params, log=log):
       path = record_path(workdir, step, dataset[task], name[task])
       record = {
         **common,

@@ -85,12 +85,17 @@ class EvalRunner:
     limit, n = getattr(self.evaluators[key], "limit", None), len(self.data(key).test)
     return n if not limit else min(limit, n)
 
-  def run_each(self, params, keys=None):
-    """Yields (key, metrics, seconds) per evaluator (those in `keys`, default all), in config order."""
+  def run_each(self, params, keys=None, log=None):
+    """Yields (key, metrics, seconds) per evaluator (those in `keys`, default all), in config order.
+    `log` (default: the experiment's) gets a line as each one starts: evaluations can take minutes."""
+    log = self.exp.log if log is None else log
     cache = {}
     for key, evaluator in self.evaluators.items():
       if keys is not None and key not in keys:
         continue
+      log(
+        f"  evaluating {key} on {self.num_examples(key)} examples of {self.data(key).description}"
+      )
       start = time.perf_counter()
       if not getattr(evaluator, "needs_image_emb", True):
         metrics = evaluator.run(params)
