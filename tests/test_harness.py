@@ -354,3 +354,41 @@ def test_records_of_different_example_counts_never_stand_for_each_other(tmp_path
   runs = [tables.load_run(str(tmp_path / name)) for name in ("a", "b")]
   md = tables.render(tables.build_table(runs, ["zero_shot/shape_top1"]), "md")
   assert "**0.800 (n=1)** [2000 examples]" in md and "0.600 (n=1) [64 examples]" in md
+
+
+def test_a_folder_without_train_path_says_how_it_split_as_its_evaluation_starts(
+  micro_run, tmp_path
+):
+  """`python -m vlm_jax.eval` on a run's own folder eval: the progress line names the data and its split
+  (zero-shot on a folder without data.train_path evaluates the hash-chosen test half)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  run = tmp_path / "run"
+  shutil.copytree(micro_run, run)
+  for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+    os.makedirs(tmp_path / "folder" / label)
+    for i in range(8):
+      Image.new("RGB", (16, 16), colour).save(tmp_path / "folder" / label / f"{i}.png")
+  config = json.load(open(run / "config.json"))
+  config["evals"]["colours"] = dict(
+    name="zero_shot", every="0 steps", data=dict(name="folder", path=str(tmp_path / "folder"))
+  )
+  json.dump(config, open(run / "config.json", "w"))
+  result = subprocess.run(
+    [sys.executable, "-m", "vlm_jax.eval", "--workdir", "run", "--tasks", "colours"],
+    env=helpers.subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = json.load(open(harness.record_path(str(run), 6, "folder_folder", "colours")))
+  [line] = [line for line in result.stdout.splitlines() if line.startswith("  evaluating colours")]
+  assert (
+    f"on {record['num_examples']} examples of image folder {tmp_path / 'folder'} (2 classes" in line
+  )
+  assert "split by a hash of the file names into" in line and "data.train_path" in line
