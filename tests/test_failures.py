@@ -87,3 +87,19 @@ def test_a_host_without_a_tpu_prints_no_libtpu_noise():
   assert "(1 devices of cpu)" in result.stdout
   noise = [line for line in result.stderr.splitlines() if "TPU" in line or "libtpu" in line]
   assert not noise, noise
+
+
+def test_a_long_parameter_mismatch_is_summarised_with_a_count():
+  """A whole model's paths made a ~5,000-character line: the first few of each kind, then how many more."""
+  from vlm_jax.core import checkpoint  # pylint: disable=import-outside-toplevel
+
+  shape = lambda *s: type("Shape", (), {"shape": s})()
+  saved = {f"encoder/block_{i}/kernel": shape(4, 4) for i in range(40)}
+  expected = {f"encoder/block_{i}/kernel": shape(4, 8) for i in range(40)}
+  expected["head/kernel"] = shape(8, 2)
+  with pytest.raises(ConfigError) as error:
+    checkpoint.check_params_match(saved, expected, "runs/x (step 4)")
+  message = str(error.value)
+  assert "1 missing: head/kernel" in message
+  assert "40 with other shapes: " in message and "; ... (36 more)" in message
+  assert len(message) < 700 and "\n" not in message
