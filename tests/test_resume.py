@@ -38,6 +38,9 @@ def _start(workdir):
     stderr=subprocess.PIPE,
     text=True,
     cwd=helpers.ROOT,
+    # As from a terminal: pytest-xdist's workers ignore SIGINT, and a child would inherit that (Python
+    # then installs no KeyboardInterrupt handler).
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
 
 
@@ -82,6 +85,9 @@ def test_a_signal_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, refere
 def test_a_second_ctrl_c_stops_at_once():
   """The handler the loop installs, with real signals: the first Ctrl-C asks for a saved stop, the second
   raises KeyboardInterrupt (main.py turns it into one line and exit 130)."""
+  before = signal.getsignal(
+    signal.SIGINT
+  )  # under pytest-xdist a worker's own, not Python's default
   preemption = trainer._Preemption()  # pylint: disable=protected-access
   try:
     signal.raise_signal(signal.SIGINT)
@@ -90,7 +96,7 @@ def test_a_second_ctrl_c_stops_at_once():
       signal.raise_signal(signal.SIGINT)
   finally:
     preemption.restore()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_ctrl_c_before_training_is_one_line_and_keeps_the_checkpoints(tmp_path, reference):
