@@ -63,17 +63,26 @@ def _after_three_steps(workdir, process):
   _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 3, process)
 
 
-# SIGTERM from a scheduler, SIGINT from a person's Ctrl-C: both save and stop cleanly.
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
-def test_a_signal_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, reference, sig):
-  process = _start(tmp_path)
-  _after_three_steps(tmp_path, process)
+def _stop_with(sig, workdir):
+  """Starts the long run, sends `sig` after three steps; returns the step it stopped at with a save."""
+  process = _start(workdir)
+  _after_three_steps(workdir, process)
   process.send_signal(sig)
   out, err = process.communicate(timeout=120)
   assert process.returncode == 0, err[-3000:]
   assert "Stopping at step" in out and "Traceback" not in err
-  stopped_at = helpers.checkpoint_steps(tmp_path)[-1]
-  assert 0 < stopped_at < 120
+  stopped_at = helpers.checkpoint_steps(workdir)[-1]
+  assert 0 < stopped_at < 120 and f"Stopping at step {stopped_at} with a checkpoint saved" in out
+  return stopped_at
+
+
+def test_ctrl_c_saves_and_exits_cleanly_as_sigterm_does(tmp_path):
+  """A person's Ctrl-C: the same saved stop as SIGTERM's (whose resume is checked below)."""
+  _stop_with(signal.SIGINT, tmp_path)
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, reference):
+  stopped_at = _stop_with(signal.SIGTERM, tmp_path)
   result = helpers.run_main(tmp_path, **LONG)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"Resumed from checkpoint at step {stopped_at}" in result.stdout
@@ -85,9 +94,8 @@ def test_a_signal_saves_exits_cleanly_and_resumes_bit_identical(tmp_path, refere
 def test_a_second_ctrl_c_stops_at_once():
   """The handler the loop installs, with real signals: the first Ctrl-C asks for a saved stop, the second
   raises KeyboardInterrupt (main.py turns it into one line and exit 130)."""
-  before = signal.getsignal(
-    signal.SIGINT
-  )  # under pytest-xdist a worker's own, not Python's default
+  # Under pytest-xdist: the worker's own handler, not Python's default.
+  before = signal.getsignal(signal.SIGINT)
   preemption = trainer._Preemption()  # pylint: disable=protected-access
   try:
     signal.raise_signal(signal.SIGINT)
@@ -99,7 +107,7 @@ def test_a_second_ctrl_c_stops_at_once():
   assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_ctrl_c_before_training_is_one_line_and_keeps_the_checkpoints(tmp_path, reference):
+def test_ctrl_c_before_training_is_one_line_and_keeps_the_checkpoints(tmp_path):
   """Ctrl-C while a resumed run compiles (no handler yet): exit 130, one line, checkpoints intact."""
   process = _start(tmp_path)
   _wait_for(lambda: len(helpers.checkpoint_steps(tmp_path)) >= 2, process)
@@ -114,9 +122,6 @@ def test_ctrl_c_before_training_is_one_line_and_keeps_the_checkpoints(tmp_path, 
   assert process.returncode == 130, err[-3000:]
   assert "Stopped by Ctrl-C without saving" in err and "Traceback" not in err, err[-3000:]
   assert helpers.checkpoint_steps(tmp_path) == saved
-  result = helpers.run_main(tmp_path, **LONG)
-  assert result.returncode == 0, result.stderr[-3000:]
-  _assert_identical(helpers.load_params(tmp_path), reference)
 
 
 def test_sigkill_at_any_time_resumes_from_last_complete_checkpoint(tmp_path, reference):
