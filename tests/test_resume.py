@@ -30,17 +30,25 @@ def reference(tmp_path_factory):
   return helpers.load_params(workdir)
 
 
+# As from a terminal: pytest-xdist's workers ignore SIGINT and their children inherit that (Python then
+# installs no KeyboardInterrupt handler), so the child puts Python's handler back before running main.
+# (A preexec_fn would do it in the forked child, which is unsafe in a process with threads.)
+AS_FROM_A_TERMINAL = (
+  "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+  "runpy.run_module('vlm_jax.main', run_name='__main__', alter_sys=True)"
+)
+
+
 def _start(workdir):
+  python, module_flag, module, *args = helpers.main_command(workdir, **LONG)
+  assert (module_flag, module) == ("-m", "vlm_jax.main")
   return subprocess.Popen(
-    helpers.main_command(workdir, **LONG),
+    [python, "-c", AS_FROM_A_TERMINAL, *args],
     env=helpers.subprocess_env(2),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
     cwd=helpers.ROOT,
-    # As from a terminal: pytest-xdist's workers ignore SIGINT, and a child would inherit that (Python
-    # then installs no KeyboardInterrupt handler).
-    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
 
 
