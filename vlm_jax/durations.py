@@ -10,6 +10,8 @@ import re
 
 from vlm_jax.errors import ConfigError
 
+NEVER = "never"  # evals.<name>.every: not during training, nor at its end
+
 _UNITS = {
   "step": "steps",
   "steps": "steps",

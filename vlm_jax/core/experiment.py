@@ -48,7 +48,7 @@ def check_config(
     EVALUATORS.get(cfg.get("name", key))
     if cfg.get("data"):
       DATASETS.get(cfg.data.get("name", config.data.name))
-    if cfg.every != "never":  # trainer.NEVER: not even at the end
+    if cfg.every != durations.NEVER:
       durations.parse(cfg.every)
   config_utils.profile_steps(config.train.get("profile_steps", ()))
   optim.check_config(config.optim)

@@ -26,7 +26,6 @@ from vlm_jax.train.profiler import StepProfiler
 from vlm_jax.train.workdir_lock import WorkdirLock
 
 FINAL_EVAL = "final_eval.json"
-NEVER = "never"  # evals.<name>.every: not during training nor at its end
 
 
 class TrainingDiverged(RuntimeError):
@@ -199,7 +198,7 @@ def _train(config, workdir, main, log, allow_config_change):
     )
   )
   # every: how often during training ("0 steps": at the end only); "never": not even at the end.
-  evals = {k: c for k, c in config.evals.items() if c.every != NEVER}
+  evals = {k: c for k, c in config.evals.items() if c.every != durations.NEVER}
   evaluator = EvalRunner(exp, evals)
   eval_every = {
     k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
