@@ -85,8 +85,12 @@ def test_a_bad_choice_is_one_line_naming_key_value_and_choices(recipe, key):
       ["--config.batch_size=8", "--config.optim.lr=abc"],
       "bad config override --config.optim.lr: ",  # only the bad one is named
     ),
+    (
+      ["--config.batch_size=8", "--config.model.image.num_heads=5"],
+      "bad config override --config.model.image.num_heads: unknown config key 'num_heads'",
+    ),
   ],
-  ids=["remat", "dtype", "cudnn_on_cpu", "vit_variant", "one_of_several_overrides"],
+  ids=["remat", "dtype", "cudnn_on_cpu", "vit_variant", "one_of_several_overrides", "unknown_key"],
 )
 def test_bad_values_on_the_command_line_are_one_line(tmp_path, args, message):
   result = helpers.run_main(tmp_path / "run", *args, num_devices=1)
@@ -116,3 +120,42 @@ def test_a_wrong_recipe_variant_and_eval_overrides_without_config_are_one_line(t
   result = run("--mode=eval", "--workdir", str(tmp_path / "x"), "--config.eval_batch_size=8")
   assert result.returncode == 2
   assert "--config.eval_batch_size changes a config, but no --config is given" in result.stderr
+
+
+# Mistakes only the model's construction finds (sizes that do not fit together, a choice one model
+# family knows): every family's is a one-line ConfigError naming the key, before a step runs.
+BUILD_MISTAKES = [
+  ("clip_b32.py", {"model.image.num_heads": 5}, "num_heads"),
+  ("siglip_b16.py", {"model.image_head": "conv"}, "model.image_head='conv' is not one of"),
+  ("lit_b16.py", {"model.locked": ("vision",)}, "model.locked names 'vision'"),
+  ("coca_b32.py", {"model.text.causal": False}, "model.text.causal must be True"),
+  ("vilt_b32.py", {"model.image.image_size": 50}, "model.image.image_size=50 is not a multiple"),
+  ("flava_b16.py", {"model.text.num_heads": 5}, "num_heads"),
+  ("simvlm_base.py", {"model.image.image_size": 50}, "model.image.image_size=50 is not a multiple"),
+  ("cappa_b16.py", {"model.text.mask_token": False}, "model.text.mask_token=True"),
+  ("prefixlm_b16.py", {"model.projector": "conv"}, "model.projector='conv' is not one of"),
+]
+
+
+@pytest.mark.parametrize(
+  "recipe,overrides,message", BUILD_MISTAKES, ids=[r[:-3] for r, _, _ in BUILD_MISTAKES]
+)
+def test_a_model_that_cannot_be_built_is_a_one_line_config_error(recipe, overrides, message):
+  from vlm_jax.core import experiment  # pylint: disable=import-outside-toplevel
+
+  config = config_utils.load_config(os.path.join(helpers.ROOT, "experiments", recipe) + ":tiny")
+  with config.unlocked():
+    config.update_from_flattened_dict({"init_from.workdir": "", **overrides})
+  with pytest.raises(ConfigError) as error:
+    experiment.Experiment(config, log=lambda *a, **k: None, weights=False)
+  assert "\n" not in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_a_model_that_cannot_be_built_exits_2_with_one_line(tmp_path):
+  result = helpers.run_main(tmp_path / "run", "--config.model.image.image_size=50", num_devices=1)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [line for line in result.stderr.splitlines() if not line.startswith(("W1", "I1"))]
+  assert len(lines) == 1 and lines[0].startswith("error: model.image.image_size=50 is not"), lines
+  assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+    tmp_path / "run" / "checkpoints"
+  )

@@ -212,7 +212,7 @@ def test_projector_kinds():
     "fc1": {"kernel": (24, 32), "bias": (32,)},
     "fc2": {"kernel": (32, 32), "bias": (32,)},
   }
-  with pytest.raises(ValueError, match="unknown projector"):
+  with pytest.raises(ValueError, match="model.projector=.* is not one of"):
     prefix_lm.PrefixLM(
       image=dict(width=24, depth=1, num_heads=2, mlp_dim=48, patch_size=8, image_size=16),
       text=dict(vocab_size=16, width=32, depth=1, num_heads=2, mlp_dim=64, max_len=8),

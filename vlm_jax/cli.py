@@ -84,7 +84,10 @@ def parse_flags(argv):
       fail(f"config {spec}: {lines[-1]}")
     message = " ".join(re.sub(r"\\n|\\|'|\"", " ", str(e)).split())
     # Name the override the message is about, not every override on the line.
-    named = [o for o in overrides if o[len("--config.") :] in message]
+    missing = message.split()[0] if message and isinstance(e, (AttributeError, KeyError)) else None
+    named = [
+      o for o in overrides if o[len("--config.") :] in message or o.rsplit(".", 1)[-1] == missing
+    ]
     overrides = named or overrides
     if isinstance(e, (AttributeError, KeyError)):
       message = f"unknown config key {message.split()[0]!r}" + (

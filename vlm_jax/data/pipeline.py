@@ -45,7 +45,9 @@ def train_iterator(
   so every batch, is the same. A checkpoint's iterator position is only valid with the same setting.
   """
   if global_batch % process_count:
-    raise ValueError(f"global batch {global_batch} does not divide over {process_count} processes")
+    raise ConfigError(
+      f"data.batch_size={global_batch} does not divide over {process_count} processes; make it a multiple"
+    )
   local_batch = global_batch // process_count
   if isinstance(source, streaming.ShardStream):
     if worker_processes:

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from vlm_jax import storage
 from vlm_jax.data import tokenizers
+from vlm_jax.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "hexagon", "ring")
 COLORS = {
@@ -245,7 +246,7 @@ def load(
   data_dir = data_dir or default_data_dir()
   os.makedirs(data_dir, exist_ok=True)
   if not 1 <= max_objects <= len(COUNTS):
-    raise ValueError(f"data.max_objects must be in 1..{len(COUNTS)}, got {max_objects}")
+    raise ConfigError(f"data.max_objects={max_objects} is outside 1..{len(COUNTS)}")
   # Processes sharing a cache directory build it once: the first takes the lock, the rest then find it built.
   # The builder reads the dataset's split info when it is made, so it is made under the lock too (a
   # half-written build has an empty split list).

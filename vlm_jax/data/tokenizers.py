@@ -36,7 +36,9 @@ TEXT_COUNTS = TextCounts()
 class _FixedLength:
   def _frame(self, body: np.ndarray, max_len: int) -> np.ndarray:
     if max_len < 3:
-      raise ValueError(f"max_len {max_len} leaves no room for text between bos and eos")
+      raise ConfigError(
+        f"data.max_len={max_len} leaves no room for text between bos and eos; raise it"
+      )
     TEXT_COUNTS.note(len(body), max_len - 2)
     body = body[: max_len - 2]
     ids = np.full(max_len, self.pad_id, np.int32)

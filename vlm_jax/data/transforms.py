@@ -197,7 +197,7 @@ class Preprocess:
     ]
     ids = question_ids + answer_ids
     if len(ids) > self.max_len or answer_ids[-1:] != [self.tokenizer.eos_id]:
-      raise ValueError(
+      raise ConfigError(
         f"question {_to_text(question)!r} and answer {_to_text(answer)!r} need more than "
         f"{self.max_len} tokens; raise model.text.max_len"
       )

@@ -127,7 +127,7 @@ def tower_fields(config, vocab_size: int):
   txt["vocab_size"] = text.pad_vocab(txt["vocab_used"] + bool(txt.get("mask_token", False)))
   for fields in (image, txt):
     if "locked" in fields:
-      raise ValueError(
+      raise ConfigError(
         "lock a tower with model.locked = ('image',), not inside model.image / model.text"
       )
   return image, txt

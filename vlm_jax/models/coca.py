@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import layers, text, two_tower, vit
 from vlm_jax.models.two_tower import l2_normalize
 
@@ -42,9 +43,9 @@ class CoCa(nn.Module):
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if not self.text.get("causal", True):
-      raise ValueError("CoCa's text tower is a decoder; model.text.causal must be True")
+      raise ConfigError("CoCa's text tower is a decoder; model.text.causal must be True")
     if self.text["width"] != self.embed_dim:
-      raise ValueError(
+      raise ConfigError(
         f"CoCa's decoder reads the pooled image tokens ({self.embed_dim} wide, model.embed_dim) with "
         f"the text tower's width ({self.text['width']}); make them equal, as open_clip's configs do"
       )

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import layers
 from vlm_jax.models.two_tower import l2_normalize
 
@@ -54,6 +55,7 @@ class SingleTower(nn.Module):
       bias_init=layers.partitioned(nn.initializers.zeros, ("embed",)),
       **kw,
     )
+    layers.check_patch_grid(self.image_size, self.patch_size)
     num_patches = (self.image_size // self.patch_size) ** 2
     self.image_cls = self.param("image_cls", normal(("embed",)), (self.width,), self.param_dtype)
     self.image_pos_embed = self.param(
@@ -97,7 +99,10 @@ class SingleTower(nn.Module):
 
   def _text(self, tokens):
     if tokens.shape[1] > self.max_len:
-      raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
+      raise ConfigError(
+        f"text length {tokens.shape[1]} (data.max_len) exceeds the model's max_len {self.max_len}; "
+        "lower data.max_len or raise model.text.max_len"
+      )
     x = self.text_embed(tokens) + self.text_pos_embed[: tokens.shape[1]].astype(self.dtype)[None]
     return self.text_ln(x) + self.modality_embed[0].astype(self.dtype), tokens != self.pad_id
 

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
+
 Dtype = Any
 constrain = nn.with_logical_constraint
 
@@ -186,6 +188,15 @@ class DecodeState(nn.Module):
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "reference")
 
 
+def check_patch_grid(image_size: int, patch_size: int):
+  """An image tower's patches must tile its images (every model that patchifies checks this at setup)."""
+  if image_size % patch_size:
+    raise ConfigError(
+      f"model.image.image_size={image_size} is not a multiple of its patch size {patch_size} "
+      "(model.image.patch_size or the variant's /P); change one of them"
+    )
+
+
 def attention_implementation(name: str, dtype, head_dim: int, dropout_active: bool) -> str:
   """The attention kernel to use: `model.attention` (auto | xla | cudnn | reference), resolved.
 
@@ -194,12 +205,12 @@ def attention_implementation(name: str, dtype, head_dim: int, dropout_active: bo
   active in training every choice but an explicit cudnn falls back to the reference einsum path.
   """
   if name not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(
-      f"unknown model.attention {name!r}; known: {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+    raise ConfigError(
+      f"model.attention={name!r} is not one of: {', '.join(ATTENTION_IMPLEMENTATIONS)}"
     )
   if dropout_active:
     if name == "cudnn":
-      raise ValueError("model.attention='cudnn' has no attention dropout; set model.dropout=0")
+      raise ConfigError("model.attention='cudnn' has no attention dropout; set model.dropout=0")
     return "reference"
   if name == "auto":
     fits_cudnn = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
@@ -245,7 +256,10 @@ class Attention(nn.Module):
   ):
     width = x.shape[-1]
     if width % self.num_heads:
-      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+      raise ConfigError(
+        f"a tower's width {width} is not divisible by its num_heads {self.num_heads}; set "
+        "model.<tower>.num_heads to a divisor of its width"
+      )
     head_dim = width // self.num_heads
     inputs_kv = x if inputs_kv is None else inputs_kv
     kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -521,7 +535,7 @@ class Encoder(nn.Module):
   ):
     """context_mask: [batch, 1, q or 1, context] for cross-attention (None: every context token)."""
     if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy {self.remat!r}; known: {', '.join(REMAT_POLICIES)}")
+      raise ConfigError(f"model.remat={self.remat!r} is not one of: {', '.join(REMAT_POLICIES)}")
     block = LAYERS[self.layer]
     if self.remat != "none":
       block = nn.remat(

@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import layers, text, vit
 
 
@@ -37,7 +38,7 @@ class Projector(nn.Module):
         **kw,
       )(x)
     if self.kind != "mlp":
-      raise ValueError(f"unknown projector {self.kind!r}; known: linear, mlp")
+      raise ConfigError(f"model.projector={self.kind!r} is not one of: linear, mlp")
     x = nn.Dense(
       self.width,
       name="fc1",

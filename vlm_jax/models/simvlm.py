@@ -20,6 +20,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import layers, text
 from vlm_jax.models.two_tower import l2_normalize
 
@@ -84,10 +85,9 @@ class SimVLM(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = self.encoder["width"]
     p, size = self.image["patch_size"], self.image["image_size"]
-    if size % p:
-      raise ValueError(f"image_size {size} is not a multiple of patch_size {p}")
+    layers.check_patch_grid(size, p)
     if self.head not in HEADS:
-      raise ValueError(f"unknown model.head {self.head!r}; known: {', '.join(HEADS)}")
+      raise ConfigError(f"model.head={self.head!r} is not one of: {', '.join(HEADS)}")
     normal = lambda std, axes: layers.partitioned(nn.initializers.normal(std), axes)
     self.image_stem = ConvStem(self.image["stem"], **kw) if self.image.get("stem", 0) else None
     self.image_patch_embed = nn.Dense(

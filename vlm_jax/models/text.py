@@ -5,6 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import layers
 
 # name: (width, depth, heads, mlp_dim)
@@ -21,7 +22,7 @@ SIZES = {
 
 def parse_variant(variant: str) -> dict:
   if variant not in SIZES:
-    raise ValueError(f"unknown text variant {variant!r}; known: {', '.join(SIZES)}")
+    raise ConfigError(f"unknown text variant {variant!r}; known: {', '.join(SIZES)}")
   width, depth, heads, mlp_dim = SIZES[variant]
   return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp_dim)
 
@@ -36,7 +37,7 @@ def mask_token_id(text: dict) -> int:
   """The decoder input of parallel-prediction rows (CapPa): an input embedding row after the output
   vocabulary, as big_vision's mask token (`model.text.mask_token=True` adds it)."""
   if not text.get("mask_token", False):
-    raise ValueError(
+    raise ConfigError(
       "parallel prediction (the cappa objective) feeds the decoder a mask token; set "
       "model.text.mask_token=True (an input row after the output vocabulary, as big_vision's CapPa)"
     )
@@ -97,7 +98,10 @@ class TextTransformer(nn.Module):
     `mask` a `layers.DecodeState` gave for it; returns (None, token outputs).
     """
     if tokens.shape[1] > self.max_len:
-      raise ValueError(f"text length {tokens.shape[1]} exceeds max_len {self.max_len}")
+      raise ConfigError(
+        f"text length {tokens.shape[1]} (data.max_len) exceeds the model's max_len {self.max_len}; "
+        "lower data.max_len or raise model.text.max_len"
+      )
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     valid = tokens != self.pad_id if self.pad_id >= 0 else jnp.ones(tokens.shape, bool)
     embed = nn.Embed(
@@ -180,5 +184,7 @@ class TextTransformer(nn.Module):
     elif self.pool == "none":
       pooled = None
     else:
-      raise ValueError(f"unknown pool {self.pool!r}; known: eot, argmax, last, first, mean, none")
+      raise ConfigError(
+        f"model.text.pool={self.pool!r} is not one of: eot, argmax, last, first, mean, none"
+      )
     return (pooled, x, hidden) if return_hidden else (pooled, x)

@@ -7,13 +7,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import layers, text, vit
 
 
 def check_locked(locked):
   for tower in locked:
     if tower not in ("image", "text"):
-      raise ValueError(f"unknown tower {tower!r} in model.locked; known: image, text")
+      raise ConfigError(f"model.locked names {tower!r}, which is not one of: image, text")
 
 
 def run_tower(locked, name, fn, x, train):
@@ -33,8 +34,8 @@ LOGIT_SCALE_CLAMPS = ("parameter", "forward", "none")
 
 def check_logit_scale_clamp(clamp: str):
   if clamp not in LOGIT_SCALE_CLAMPS:
-    raise ValueError(
-      f"unknown model.logit_scale_clamp {clamp!r}; known: {', '.join(LOGIT_SCALE_CLAMPS)}"
+    raise ConfigError(
+      f"model.logit_scale_clamp={clamp!r} is not one of: {', '.join(LOGIT_SCALE_CLAMPS)}"
     )
 
 
@@ -91,13 +92,13 @@ class TwoTower(nn.Module):
       )
     elif self.image_head == "none":
       if self.image["width"] != self.embed_dim:
-        raise ValueError(
-          f"image_head 'none' needs embed_dim == image width ({self.image['width']}), "
-          f"got {self.embed_dim}"
+        raise ConfigError(
+          f"model.image_head='none' needs model.embed_dim == the image width "
+          f"({self.image['width']}), got {self.embed_dim}; set one to the other or use 'linear'"
         )
       self.image_proj = lambda x: x
     else:
-      raise ValueError(f"unknown image_head {self.image_head!r}; known: linear, none")
+      raise ConfigError(f"model.image_head={self.image_head!r} is not one of: linear, none")
     self.text_proj = nn.Dense(
       self.embed_dim,
       use_bias=self.text_head_bias,
@@ -147,7 +148,7 @@ class TwoTower(nn.Module):
     `positions` [batch, k] only, when given."""
     del images
     if not self.text_mlm_head:
-      raise ValueError(
+      raise ConfigError(
         "set model.text_mlm_head=True to train the text tower with the mlm objective"
       )
     _, hidden = self.text_encoder(tokens, train=train)

@@ -6,6 +6,7 @@ import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vlm_jax.errors import ConfigError
 from vlm_jax.models import layers
 
 # name: (width, depth, heads, mlp_dim). "tiny"/"micro" are for CPU runs and tests.
@@ -25,7 +26,7 @@ def parse_variant(variant: str) -> dict:
   """'B/32' -> width/depth/heads/mlp_dim/patch_size."""
   size, _, patch = variant.partition("/")
   if size not in SIZES or not patch.isdigit():
-    raise ValueError(
+    raise ConfigError(
       f"unknown ViT variant {variant!r}; write SIZE/PATCH with SIZE in {', '.join(SIZES)}, "
       "e.g. 'B/32' or 'tiny/4'"
     )
@@ -67,13 +68,11 @@ class VisionTransformer(nn.Module):
     which FLAVA feeds to its multimodal encoder.
     """
     if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
-      raise ValueError(
-        f"expected {self.image_size}x{self.image_size} images, got {images.shape[1:3]}"
+      raise ConfigError(
+        f"the model expects {self.image_size}x{self.image_size} images (model.image.image_size), "
+        f"the data gives {images.shape[1:3]} (data.image_size); make them equal"
       )
-    if self.image_size % self.patch_size:
-      raise ValueError(
-        f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-      )
+    layers.check_patch_grid(self.image_size, self.patch_size)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
     patches = einops.rearrange(
@@ -99,7 +98,9 @@ class VisionTransformer(nn.Module):
       if patch_mask is not None:
         x = jnp.where(patch_mask[..., None], token.astype(self.dtype), x)
     elif patch_mask is not None:
-      raise ValueError("patch_mask given to a VisionTransformer built without mask_token=True")
+      raise ConfigError(
+        "patch masking (mim, mmm) needs a mask token: set model.image.mask_token=True"
+      )
     if self.pool in ("cls", "unpooled"):
       cls = self.param(
         "cls_token",
@@ -163,5 +164,7 @@ class VisionTransformer(nn.Module):
     elif self.pool == "unpooled":
       out = None, x
     else:
-      raise ValueError(f"unknown pool {self.pool!r}; known: cls, gap, map, none, unpooled")
+      raise ConfigError(
+        f"model.image.pool={self.pool!r} is not one of: cls, gap, map, none, unpooled"
+      )
     return (*out, hidden) if return_hidden else out

@@ -111,7 +111,7 @@ def build_objective(
   names; the total is `loss`.
   """
   if not objectives_config:
-    raise ValueError(
+    raise ConfigError(
       "config.objectives is empty; name at least one objective, e.g. {'clip': {'weight': 1.0}}"
     )
   parts, requests, owners = [], {}, {}
