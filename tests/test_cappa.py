@@ -40,7 +40,7 @@ def test_cappa_loss_matches_a_hand_computed_reference():
   rng = jax.random.PRNGKey(1)
   _, metrics = exp.loss_fn(params, batch, rng, model=exp.model, train=True)
   drawn = exp.loss_fn.model_inputs(batch, jax.random.fold_in(rng, 0))["lm/cappa"]
-  parallel = np.asarray(drawn["parallel"])
+  parallel = np.asarray(drawn.parallel)
   assert (
     0 < parallel.sum() < len(parallel)
   )  # both kinds in the batch (0.75 of 16 expected parallel)

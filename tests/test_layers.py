@@ -12,7 +12,16 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vlm_jax"
 # never import one another. Tools (modules run with `python -m`) sit in the top layer wherever their file is.
 LAYERS = (
   {"errors", "flag_spelling"},
-  {"registry", "storage", "durations", "cli", "config_utils", "defaults", "recipe_card"},
+  {
+    "registry",
+    "requests",
+    "storage",
+    "durations",
+    "cli",
+    "config_utils",
+    "defaults",
+    "recipe_card",
+  },
   {"models", "data", "objectives", "generate"},
   {"core"},
   {"eval"},

@@ -64,25 +64,25 @@ def _old_losses(exp, params, batch, requests, *, family):
       apply(images, tokens)["logit_scale"],
     )[0]
     out["mlm_loss"] = _masked_ce(
-      apply(images, masked["tokens"], method="text_mlm_logits"), tokens, masked["selected"]
+      apply(images, masked.tokens, method="text_mlm_logits"), tokens, masked.selected
     )
     out["mim_loss"] = _mim(
-      apply(images, tokens, requests["patch_mask"], method="image_mim"),
+      apply(images, tokens, requests["patch_mask"].mask, method="image_mim"),
       images,
-      requests["patch_mask"],
+      requests["patch_mask"].mask,
       p,
     )
     text_logits, patch_predictions = apply(
-      images, masked["tokens"], requests["patch_mask"], method="mmm"
+      images, masked.tokens, requests["patch_mask"].mask, method="mmm"
     )
-    out["mmm_loss"] = _masked_ce(text_logits, tokens, masked["selected"]) + _mim(
-      patch_predictions, images, requests["patch_mask"], p
+    out["mmm_loss"] = _masked_ce(text_logits, tokens, masked.selected) + _mim(
+      patch_predictions, images, requests["patch_mask"].mask, p
     )
   else:
     index, negative, _ = requests["itm"](apply(images, tokens, method="match_scores"))
     out["itm_loss"] = _itm(apply(images[index], tokens, method="itm_logits"), negative)
     out["mlm_loss"] = _masked_ce(
-      apply(images, masked["tokens"], method="mlm_logits"), tokens, masked["selected"]
+      apply(images, masked.tokens, method="mlm_logits"), tokens, masked.selected
     )
   return out
 
@@ -98,7 +98,7 @@ def test_every_loss_equals_the_per_objective_implementation(recipe, family, nega
   rng = jax.random.PRNGKey(3)
   _, metrics = exp.loss_fn(params, batch, rng, model=exp.model, train=True)
   requests = exp.loss_fn.model_inputs(batch, jax.random.fold_in(rng, 0))
-  assert int(requests["masked_text"]["selected"].sum()) > 0
+  assert int(requests["masked_text"].selected.sum()) > 0
   assert int(metrics["itm_negatives"]) > 0
   if negatives == "hard":
     assert int(metrics["itm_hard_negatives"]) == int(metrics["itm_negatives"])

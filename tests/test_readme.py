@@ -149,3 +149,42 @@ def test_every_command_in_the_docs_runs_as_typed(tmp_path, gcs):
         f"{block.doc}:{block.line}: {argv[-1]}\n--- stdout\n{result.stdout[-3000:]}"
         f"\n--- stderr\n{result.stderr[-5000:]}"
       )
+
+
+def _sketches():
+  blocks = [b for doc in DOCS for b in code_blocks(doc)]
+  return [b for b in blocks if b.skip is not None and b.lang in ("python", "bash")]
+
+
+@pytest.mark.parametrize("block", _sketches(), ids=lambda b: f"{b.doc}:{b.line}")
+def test_every_sketch_compiles_and_names_what_exists(block):
+  """A block that is not run is still checked: Python compiles, its imports import, and every attribute
+  it reads from an imported name exists (a sketch calling a missing class fails); a shell block's
+  `python -m` modules exist."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  where = f"{block.doc}:{block.line}"
+  if block.lang == "bash":
+    for command in bash_commands(block.body):
+      for module in re.findall(r"python3? -m ([\w.]+)", command):
+        if module.startswith("vlm_jax"):
+          assert importlib.util.find_spec(module) is not None, f"{where}: no module {module}"
+    return
+  tree = ast.parse(block.body, filename=where)
+  namespace = {}
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      exec(compile(ast.Module([node], []), where, "exec"), namespace)  # pylint: disable=exec-used
+  for node in ast.walk(tree):
+    chain = []
+    while isinstance(node, ast.Attribute):
+      chain.append(node.attr)
+      node = node.value
+    if isinstance(node, ast.Name) and node.id in namespace and chain:
+      value = namespace[node.id]
+      for attr in reversed(chain):
+        assert hasattr(value, attr), (
+          f"{where}: {node.id}.{'.'.join(reversed(chain))} does not exist"
+        )
+        value = getattr(value, attr)

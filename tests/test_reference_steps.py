@@ -430,7 +430,7 @@ def cappa_loss(outputs, inputs):
   batch mean (no label smoothing)."""
   request = inputs["lm/cappa"]
   logits = outputs["lm/cappa"][:, :-1]
-  labels = request["tokens"][:, 1:]
+  labels = request.tokens[:, 1:]
   weights = (labels != 0).astype(jnp.float32)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1)[..., 0]
   return jnp.mean((nll * weights).sum(axis=1) / jnp.clip(weights.sum(axis=1), 2e-38))

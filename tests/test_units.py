@@ -216,3 +216,15 @@ def test_attention_mask_shapes():
   mask = layers.attention_mask(valid, valid, causal=True)
   assert mask.shape == (1, 1, 3, 3)
   np.testing.assert_array_equal(mask[0, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_every_objective_module_registers_itself_without_a_list():
+  """A new objective is one file in vlm_jax/objectives/: importing the built-ins imports every module."""
+  import pkgutil  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from vlm_jax import builtins, objectives  # noqa: F401  pylint: disable=import-outside-toplevel
+
+  names = [m.name for m in pkgutil.iter_modules(objectives.__path__)]
+  assert "cappa" in names
+  assert all(f"vlm_jax.objectives.{name}" in sys.modules for name in names)

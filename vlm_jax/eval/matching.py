@@ -171,7 +171,7 @@ class MlmAccuracy:
         }
       )
     drawn = jax.jit(self.request.draw)(jax.random.PRNGKey(0), batch)
-    masked, selected = np.asarray(drawn["tokens"]), np.asarray(drawn["selected"])
+    masked, selected = np.asarray(drawn.tokens), np.asarray(drawn.selected)
     predicted = self.predict(params, n, lambda idx: {"image": images[idx], "text": masked[idx]})
     return {
       "mlm/accuracy": float((predicted == texts)[selected].mean()) if selected.any() else 0.0,

@@ -217,16 +217,16 @@ class Flava(nn.Module):
     )
     at = lambda x, positions: jnp.take_along_axis(x, positions[..., None], axis=1)
     if masked is not None:
-      _, masked_text, masked_text_hidden = self._text(masked["tokens"], train)
-      out["text_mlm_logits"] = self.text_mlm_head(at(masked_text, masked["positions"]))
+      _, masked_text, masked_text_hidden = self._text(masked.tokens, train)
+      out["text_mlm_logits"] = self.text_mlm_head(at(masked_text, masked.positions))
     if patch_mask is not None:
-      _, masked_image, masked_image_hidden = self._image(images, train, patch_mask)
+      _, masked_image, masked_image_hidden = self._image(images, train, patch_mask.mask)
       out["image_mim"] = self.image_mim_head(masked_image[:, 1:])
     if masked is not None and patch_mask is not None:
       _, image_part, text_part = self._multimodal(
-        masked_image_hidden, masked_text_hidden, masked["tokens"], train
+        masked_image_hidden, masked_text_hidden, masked.tokens, train
       )
-      out["mm_mlm_logits"] = self.mm_mlm_head(at(text_part, masked["positions"]))
+      out["mm_mlm_logits"] = self.mm_mlm_head(at(text_part, masked.positions))
       out["mm_mim"] = self.mm_mim_head(image_part[:, 1:])
     if itm is not None:
       index, negative, hard = itm(text_emb @ image_emb.T if itm.needs_scores else None)

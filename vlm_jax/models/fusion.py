@@ -158,9 +158,9 @@ class SingleTower(nn.Module):
     out = {}
     masked, itm = requests.get("masked_text"), requests.get("itm")
     if masked is not None:
-      text = self.features(images, masked["tokens"], train)["text_tokens"]
+      text = self.features(images, masked.tokens, train)["text_tokens"]
       out["mlm_logits"] = self._mlm_head(
-        jnp.take_along_axis(text, masked["positions"][..., None], axis=1)
+        jnp.take_along_axis(text, masked.positions[..., None], axis=1)
       )
     if itm is not None:
       index, negative, hard = itm(self.match_scores(images, tokens) if itm.needs_scores else None)

@@ -12,7 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlm_jax.errors import ConfigError
-from vlm_jax.models import layers, text, vit
+from vlm_jax.models import layers, vit
+from vlm_jax.models.lm import ServesLM
+from vlm_jax.requests import LMRequest, token_valid
 
 
 class Projector(nn.Module):
@@ -53,7 +55,7 @@ class Projector(nn.Module):
     )(layers.ACTIVATIONS["gelu"](x))
 
 
-class PrefixLM(nn.Module):
+class PrefixLM(ServesLM, nn.Module):
   image: dict  # VisionTransformer fields; its patch tokens are used (pool 'cls' keeps a CLIP tower's layout)
   text: dict  # the decoder: vocab_size, width, depth, num_heads, mlp_dim, max_len, pad_id, act, ...
   projector_kind: str = "mlp"
@@ -101,8 +103,7 @@ class PrefixLM(nn.Module):
     self.decode_state = layers.DecodeState()
 
   def _valid(self, tokens):
-    pad_id = self.text.get("pad_id", 0)
-    return tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
+    return token_valid(tokens, self.text.get("pad_id", 0))
 
   def _image_tokens(self, images, train):
     _, tokens = self.image_encoder(images, train=train)
@@ -115,36 +116,19 @@ class PrefixLM(nn.Module):
   def _logits(self, x):
     return layers.mask_padded_vocab(self.lm_head(self.lm_ln(x)), self.text.get("vocab_used"))
 
-  def prefix_lm_logits(
-    self,
-    images,
-    tokens,
-    prefix_len,
-    train: bool = False,
-    text_only: bool = False,
-    inputs=None,
-    parallel=None,
-    image_tokens=None,
-  ):
+  def lm_logits(self, images, request: LMRequest, train: bool = False, image_tokens=None):
     """Logits [batch, length, vocab]; position t predicts tokens[:, t + 1]. The first `prefix_len` text
-    tokens (per row; >= 1) and the image form the bidirectional prefix. text_only: no image tokens.
-
-    inputs: the input tokens, when they differ from `tokens`; parallel: [batch] bool, rows whose text
-    inputs are all the mask token (`text.mask_token_id`) and attend to every text position (one block with
-    the image, all positions valid: CapPa's parallel prediction);
-    image_tokens: the projected image, when the caller has it already."""
-    b, length = tokens.shape
-    valid = self._valid(tokens)
-    inputs = tokens if inputs is None else inputs
-    if parallel is not None:
-      inputs = jnp.where(parallel[:, None], text.mask_token_id(self.text), inputs)
-    x = self._embed(inputs, jnp.broadcast_to(jnp.arange(length), tokens.shape))
-    if parallel is not None:
-      prefix_len = jnp.where(parallel, length, prefix_len)
-      valid = valid | parallel[:, None]
+    tokens (per row; >= 1) and the image form the bidirectional prefix; a parallel row's text is one block
+    with the image. image_tokens: the projected image, when the caller has it already."""
+    b, length = request.tokens.shape
+    inputs = self.decoder_inputs(request)
+    x = self._embed(inputs.tokens, jnp.broadcast_to(jnp.arange(length), (b, length)))
+    valid, prefix_len = inputs.valid, request.prefix_len
+    if inputs.bidirectional is not None:
+      prefix_len = jnp.where(inputs.bidirectional, length, prefix_len)
     blocks = layers.prefix_blocks(length, prefix_len)
     n = 0
-    if not text_only:
+    if not request.text_only:
       image = self._image_tokens(images, train) if image_tokens is None else image_tokens
       n = image.shape[1]
       x = jnp.concatenate([image.astype(x.dtype), x], axis=1)
@@ -152,10 +136,6 @@ class PrefixLM(nn.Module):
       blocks = jnp.concatenate([jnp.zeros((b, n), blocks.dtype), blocks], axis=1)
     x = self.lm_decoder(x, layers.block_mask(blocks, blocks, valid), not train)
     return self._logits(x[:, n:])
-
-  def caption_logits(self, images, tokens, train: bool = False):
-    """Captioning: only the start token joins the image in the prefix."""
-    return self.prefix_lm_logits(images, tokens, jnp.ones(tokens.shape[:1], jnp.int32), train)
 
   # Cached decoding (`vlm_jax.generate`): the projected image tokens are the context; the prefill chunk
   # [image; prompt] is one prefix block, every later token its own.
@@ -180,20 +160,8 @@ class PrefixLM(nn.Module):
     return layers.last_valid(logits, valid[:, n:]) if prefill else logits
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
-    """Captioning logits, plus `lm/<name>` logits for each prefix-LM request (see `objectives.prefix_lm`);
-    the image is encoded once for all of them."""
+    """Captioning logits, plus `lm/<key>` logits for each `LMRequest` (`vlm_jax.requests`); the image is
+    encoded once for all of them."""
     image = self._image_tokens(images, train)
-    lm = lambda tokens, prefix_len, **kw: self.prefix_lm_logits(
-      images, tokens, prefix_len, train, image_tokens=image, **kw
-    )
-    out = {"caption_logits": lm(tokens, jnp.ones(tokens.shape[:1], jnp.int32))}
-    for name, r in (requests or {}).items():
-      if name.startswith("lm/"):
-        out[name] = lm(
-          r["tokens"],
-          r["prefix_len"],
-          text_only=r.get("text_only", False),
-          inputs=r.get("inputs"),
-          parallel=r.get("parallel"),
-        )
-    return out
+    lm = lambda request: self.lm_logits(images, request, train, image_tokens=image)
+    return {"caption_logits": lm(LMRequest.caption(tokens)), **self.lm_outputs(requests, lm)}

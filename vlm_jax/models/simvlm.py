@@ -21,8 +21,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlm_jax.errors import ConfigError
-from vlm_jax.models import layers, text
+from vlm_jax.models import layers
+from vlm_jax.models.lm import ServesLM
 from vlm_jax.models.two_tower import l2_normalize
+from vlm_jax.requests import LMRequest, token_valid
 
 
 class ConvStem(nn.Module):
@@ -62,7 +64,7 @@ class Stash(nn.Module):
 HEADS = ("tied", "untied")
 
 
-class SimVLM(nn.Module):
+class SimVLM(ServesLM, nn.Module):
   image: dict  # patch_size, image_size, stem (conv stem channels; 0 = none)
   text: dict  # vocab_size, vocab_used, max_len, pad_id, mask_token
   encoder: dict  # width, depth, num_heads, mlp_dim
@@ -151,8 +153,7 @@ class SimVLM(nn.Module):
   # --- pieces --------------------------------------------------------------------------------------
 
   def _valid(self, tokens):
-    pad_id = self.text.get("pad_id", 0)
-    return tokens != pad_id if pad_id >= 0 else jnp.ones(tokens.shape, bool)
+    return token_valid(tokens, self.text.get("pad_id", 0))
 
   def _image(self, images, train):
     x = images.astype(self.dtype)
@@ -199,45 +200,34 @@ class SimVLM(nn.Module):
 
   # --- training ------------------------------------------------------------------------------------
 
-  def prefix_lm_logits(
-    self,
-    images,
-    tokens,
-    prefix_len,
-    train: bool = False,
-    text_only: bool = False,
-    inputs=None,
-    parallel=None,
-  ):
-    """Logits [batch, length, vocab] aligned with `tokens` (position t predicts tokens[:, t + 1]) for every
-    t >= prefix_len - 1: the encoder reads the image and tokens[:, :prefix_len], the decoder starts at the
-    last prefix token and continues the text.
-
-    inputs: the decoder's input tokens, when they differ from `tokens`; parallel: [batch] bool, rows whose
-    decoder reads only the mask token (`text.mask_token_id`) and attends to every position instead of causally (all of
-    them valid, so that the caption's length is not given away): CapPa's parallel prediction."""
+  def lm_logits(self, images, request: LMRequest, train: bool = False):
+    """Logits [batch, length, vocab] aligned with the request's tokens (position t predicts
+    tokens[:, t + 1]) for every t >= prefix_len - 1: the encoder reads the image and
+    tokens[:, :prefix_len], the decoder starts at the last prefix token and continues the text; a
+    parallel row's decoder reads the mask token everywhere and attends to every position."""
+    tokens, prefix_len = request.tokens, request.prefix_len
     b, length = tokens.shape
     pos = jnp.arange(length)[None, :]
     image = self._image(images, train)
-    image_valid = jnp.full(image.shape[:2], not text_only)
+    image_valid = jnp.full(image.shape[:2], not request.text_only)
     prefix_valid = (pos < prefix_len[:, None]) & self._valid(tokens)
     encoded, valid = self._encode(image, image_valid, tokens, prefix_valid, train)
     # The decoder reads tokens[p - 1:], each row shifted to start at its last prefix token.
     source = jnp.clip(pos + prefix_len[:, None] - 1, 0, length - 1)
     outside = pos + prefix_len[:, None] - 1 >= length
-    shift = lambda x: jnp.where(
-      outside, self.text.get("pad_id", 0), jnp.take_along_axis(x, source, axis=1)
-    )
-    shifted = shift(tokens)
-    dec_valid = self._valid(shifted)
+    shift = lambda x, fill: jnp.where(outside, fill, jnp.take_along_axis(x, source, axis=1))
+    inputs = self.decoder_inputs(request)
+    dec_valid = shift(inputs.valid, False)
     mask = layers.attention_mask(jnp.ones_like(dec_valid), dec_valid, True)
-    if parallel is not None:
-      mask = jnp.where(parallel[:, None, None, None], True, mask)
-    dec_inputs = shifted if inputs is None else shift(inputs)
-    if parallel is not None:
-      dec_inputs = jnp.where(parallel[:, None], text.mask_token_id(self.text), dec_inputs)
+    if inputs.bidirectional is not None:
+      mask = jnp.where(inputs.bidirectional[:, None, None, None], True, mask)
     logits = self._decode(
-      dec_inputs, jnp.broadcast_to(pos, (b, length)), mask, encoded, valid, train
+      shift(inputs.tokens, self.text.get("pad_id", 0)),
+      jnp.broadcast_to(pos, (b, length)),
+      mask,
+      encoded,
+      valid,
+      train,
     )
     # Back to the positions of `tokens`: t -> decoder step t - p + 1.
     back = jnp.clip(pos - prefix_len[:, None] + 1, 0, length - 1)
@@ -256,9 +246,6 @@ class SimVLM(nn.Module):
       train,
     )
     return l2_normalize(encoded.mean(axis=1))
-
-  def caption_logits(self, images, tokens, train: bool = False):
-    return self.prefix_lm_logits(images, tokens, jnp.ones(tokens.shape[:1], jnp.int32), train)
 
   # --- cached decoding (`vlm_jax.generate`) ----------------------------------------------------------
 
@@ -286,17 +273,6 @@ class SimVLM(nn.Module):
     return logits[:, 0] if prefill else logits
 
   def __call__(self, images, tokens, train: bool = False, requests=None):
-    """Captioning logits, plus `lm/<name>` logits for each prefix-LM request (see `objectives.prefix_lm`)."""
-    out = {"caption_logits": self.caption_logits(images, tokens, train)}
-    for name, r in (requests or {}).items():
-      if name.startswith("lm/"):
-        out[name] = self.prefix_lm_logits(
-          images,
-          r["tokens"],
-          r["prefix_len"],
-          train,
-          r.get("text_only", False),
-          r.get("inputs"),
-          r.get("parallel"),
-        )
-    return out
+    """Captioning logits, plus `lm/<key>` logits for each `LMRequest` (`vlm_jax.requests`)."""
+    lm = lambda request: self.lm_logits(images, request, train)
+    return {"caption_logits": lm(LMRequest.caption(tokens)), **self.lm_outputs(requests, lm)}

@@ -174,6 +174,6 @@ class TwoTower(nn.Module):
       out["text_mlm_logits"] = (
         self.text_mlm_logits(images, tokens, train)
         if masked is None
-        else self.text_mlm_logits(images, masked["tokens"], train, masked["positions"])
+        else self.text_mlm_logits(images, masked.tokens, train, masked.positions)
       )
     return out

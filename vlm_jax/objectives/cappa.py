@@ -41,7 +41,7 @@ def build_cappa_objective(config, context):
   def loss(outputs, inputs):
     drawn = inputs[request]
     logits = need(outputs, request, "cappa", LM_HINT)[:, :-1]
-    tokens, parallel = drawn["tokens"], drawn["parallel"]
+    tokens, parallel = drawn.tokens, drawn.parallel
     targets = tokens[:, 1:]
     counted = targets != pad_id
     value, accuracy, count = token_cross_entropy(logits, targets, counted, normalize)

@@ -19,6 +19,7 @@ from vlm_jax.objectives import masking
 from vlm_jax.objectives.base import Objective, Request, need, token_cross_entropy
 from vlm_jax.objectives.matching import text_masking
 from vlm_jax.registry import OBJECTIVES
+from vlm_jax.requests import PatchMask
 
 
 class MimTargets:
@@ -63,11 +64,11 @@ class MimTargets:
 
 
 def patch_masking(rate: float, patch_size: int):
-  """The `patch_mask` request: round(rate * patches) random patches of each image, [batch, patches] bool."""
+  """The `patch_mask` request: round(rate * patches) random patches of each image (`PatchMask`)."""
 
   def draw(rng, batch):
     b, h, w, _ = batch["image"].shape
-    return masking.mask_patches(rng, b, (h // patch_size) * (w // patch_size), rate)
+    return PatchMask(masking.mask_patches(rng, b, (h // patch_size) * (w // patch_size), rate))
 
   return Request(draw, ("patch_mask", rate))
 
@@ -79,7 +80,7 @@ def build_mim_objective(config, context):
 
   def loss(outputs, inputs):
     predictions = need(outputs, "image_mim", "mim", "use model.name='flava'")
-    value, accuracy = targets.loss(predictions, inputs["image"], inputs["patch_mask"], p)
+    value, accuracy = targets.loss(predictions, inputs["image"], inputs["patch_mask"].mask, p)
     return value, (
       {"mim_loss": value, "mim_acc": accuracy}
       if targets.kind == "codebook"
@@ -100,8 +101,8 @@ def build_mmm_objective(config, context):
   def loss(outputs, inputs):
     masked = inputs["masked_text"]
     logits = need(outputs, "mm_mlm_logits", "mmm", "use model.name='flava'")
-    mlm, accuracy, _ = token_cross_entropy(logits, masked["targets"], masked["weights"])
-    mim, _ = targets.loss(outputs["mm_mim"], inputs["image"], inputs["patch_mask"], p)
+    mlm, accuracy, _ = token_cross_entropy(logits, masked.targets, masked.weights)
+    mim, _ = targets.loss(outputs["mm_mim"], inputs["image"], inputs["patch_mask"].mask, p)
     return mlm + mim, {
       "mmm_loss": mlm + mim,
       "mmm_text_loss": mlm,

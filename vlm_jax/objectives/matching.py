@@ -18,6 +18,7 @@ from vlm_jax.errors import ConfigError
 from vlm_jax.objectives import masking
 from vlm_jax.objectives.base import Objective, Request, need, token_cross_entropy
 from vlm_jax.registry import OBJECTIVES
+from vlm_jax.requests import MaskedText
 
 NEGATIVE_MODES = ("random", "hard", "mixed")
 
@@ -152,13 +153,8 @@ def text_masking(config, tokenizer, max_len: int, *, rate_key: str = "rate"):
       max_predictions=count,
     )
     positions, weights = masking.selected_positions(selected, count)
-    return {
-      "tokens": masked,
-      "selected": selected,
-      "positions": positions,
-      "weights": weights,
-      "targets": jnp.take_along_axis(tokens, positions, axis=-1),
-    }
+    targets = jnp.take_along_axis(tokens, positions, axis=-1)
+    return MaskedText(masked, selected, positions, weights, targets)
 
   fields = {"word_start": ((max_len,), np.bool_)} if whole_word else {}
   return (
@@ -184,7 +180,7 @@ def build_mlm_objective(config, context):
       "a fusion model (vilt: mlm_logits, flava: text_mlm_logits) or a "
       "two-tower model with model.text_mlm_head=True (text_mlm_logits)",
     )
-    value, accuracy, count = token_cross_entropy(logits, masked["targets"], masked["weights"])
+    value, accuracy, count = token_cross_entropy(logits, masked.targets, masked.weights)
     return value, {
       "mlm_loss": value,
       "mlm_acc": accuracy,

@@ -16,6 +16,7 @@ import numpy as np
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives.base import Objective, Request, need, next_token_loss, normalization
 from vlm_jax.registry import OBJECTIVES
+from vlm_jax.requests import LMRequest
 
 
 def sample_prefix_len(rng, tokens, pad_id: int, low: float, high: float):
@@ -35,8 +36,8 @@ LM_HINT = "use a prefix-LM model (model.name 'simvlm' or 'prefix_lm')"
 
 
 def lm_request(key: str, tokens_and_prefix, *, text_only: bool = False, parallel=None):
-  """The `lm/<key>` request: the model returns outputs['lm/<key>'], logits [batch, length, vocab] aligned
-  with the tokens (position t predicts tokens[:, t + 1]).
+  """The `lm/<key>` request (`vlm_jax.requests.LMRequest`): the model returns outputs['lm/<key>'], logits
+  [batch, length, vocab] aligned with the tokens (position t predicts tokens[:, t + 1]).
 
   tokens_and_prefix(rng, batch) -> (tokens, prefix_len); text_only hides the image; parallel(rng, batch)
   -> [batch] bool (optional): rows whose decoder inputs are all masked and attend to one another (CapPa)."""
@@ -44,10 +45,8 @@ def lm_request(key: str, tokens_and_prefix, *, text_only: bool = False, parallel
   def draw(rng, batch):
     split_rng, parallel_rng = jax.random.split(rng)
     tokens, prefix_len = tokens_and_prefix(split_rng, batch)
-    request = {"tokens": tokens, "prefix_len": prefix_len, "text_only": text_only}
-    if parallel is not None:
-      request["parallel"] = parallel(parallel_rng, batch)
-    return request
+    rows = None if parallel is None else parallel(parallel_rng, batch)
+    return LMRequest(tokens, prefix_len, parallel=rows, text_only=text_only)
 
   return Request(draw, ("lm", key))
 
@@ -72,13 +71,13 @@ def build_prefix_lm_objective(config, context):
     drawn = inputs[request]
     logits = need(outputs, request, "prefix_lm", LM_HINT)
     value, accuracy, count = next_token_loss(
-      logits, drawn["tokens"], drawn["prefix_len"], pad_id, normalize
+      logits, drawn.tokens, drawn.prefix_len, pad_id, normalize
     )
     return value, {
       f"{name}_loss": value,
       f"{name}_token_acc": accuracy,
       f"{name}_tokens": count,
-      f"{name}_prefix_len": drawn["prefix_len"].mean().astype(jnp.float32),
+      f"{name}_prefix_len": drawn.prefix_len.mean().astype(jnp.float32),
     }
 
   return Objective(loss, requests={request: lm_request(context.key, split, text_only=text_only)})
