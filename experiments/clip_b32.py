@@ -6,7 +6,7 @@ on biases, norms, the logit scale or 1-d parameters), warmup from lr / 2000 at s
 logit scale clamped to [0, ln 100] after every step, RandomResizedCrop(scale=(0.9, 1.0)) bicubic; the
 numbers of OpenAI CLIP's Tables 19-20 (lr 5e-4, betas (0.9, 0.98), eps 1e-6, batch 32768, 32 epochs).
 With no dataset configured the run uses the embedded synthetic dataset; the default variant uses batch
-64 so that it runs on one CPU host (`python -m vlm_jax.bench --config experiments/clip_b32.py --steps 3`).
+64 so that it runs on one CPU host (`python -m vlm_jax.tools.bench --config experiments/clip_b32.py --steps 3`).
 
 Variants (`clip_b32.py:VARIANT`):
   (none)  the B/32 recipe on the embedded data, batch 64.
@@ -175,7 +175,7 @@ def get_config(arg=None):
     c.evals.zero_shot.every = "200 steps"
     c.evals.retrieval.every = "200 steps"
     # Its evaluators read the embedded data whatever the run trains on (e.g. the same images written as tar
-    # shards by `python -m vlm_jax.data.write_shards`), so that --config.data.name=shards needs nothing else.
+    # shards by `python -m vlm_jax.tools.write_shards`), so that --config.data.name=shards needs nothing else.
     for evaluator in c.evals.values():
       evaluator.data = ml_collections.ConfigDict(dict(name="embedded"))
   return c.lock()

@@ -6,7 +6,7 @@ As FLAVA (Singh et al. 2022): B/16 image and 768-wide text encoders, a 6-layer m
 768-d contrastive embeddings. MIM targets: normalised pixels (`target="pixel"`, default) or visual tokens
 from a k-means patch codebook (`target="codebook"`, with `model.mim_codes` = its size); no pretrained
 dVAE can be downloaded here. Fit a codebook with:
-  python -m vlm_jax.data.codebook --config experiments/flava_b16.py:tiny --size 256 --output runs/codebook.npy
+  python -m vlm_jax.tools.codebook --config experiments/flava_b16.py:tiny --size 256 --output runs/codebook.npy
 
 Trained as facebookresearch/multimodal's FLAVA example trains it (the card below): PyTorch AdamW on every
 parameter (lr 2e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01 times lr), warmup from 0 over 2000

@@ -438,7 +438,7 @@ def test_suite_on_a_converted_clip_from_the_command_line_equals_an_independent_c
   # A look at the first 5 images first: its own record, which the full evaluation below does not take
   # for the full one.
   result = run(
-    "vlm_jax.eval",
+    "vlm_jax.evaluate",
     *("--workdir", "clip", "--tasks", "imagenet_zeroshot", "--data-dir", "data"),
     *("--templates", "openai_imagenet_7", "--limit", "5"),
   )
@@ -448,7 +448,7 @@ def test_suite_on_a_converted_clip_from_the_command_line_equals_an_independent_c
   assert (record["num_examples"], record["limit"]) == (5, 5)
 
   result = run(
-    "vlm_jax.eval",
+    "vlm_jax.evaluate",
     "--workdir",
     "clip",
     "--suite",
@@ -493,7 +493,7 @@ def test_suite_on_a_converted_clip_from_the_command_line_equals_an_independent_c
   local = {key: json.load(open(path(key))) for key in keys}
   fs().put(str(tmp_path / "data"), f"{BUCKET}/data", recursive=True)
   result = run(
-    "vlm_jax.eval",
+    "vlm_jax.evaluate",
     "--workdir",
     "clip",
     "--tasks",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.data import transforms
 from vlm_jax.train import trainer
 
@@ -38,7 +38,7 @@ def test_cappa_loss_matches_a_hand_computed_reference():
   examples = [exp.train_preprocess(exp.data.train[i], np.random.default_rng(i)) for i in range(16)]
   batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
   rng = jax.random.PRNGKey(1)
-  _, metrics = exp.loss_fn(params, batch, rng, model=exp.model, train=True)
+  _, metrics = exp.loss(params, batch, rng)
   drawn = exp.loss_fn.model_inputs(batch, jax.random.fold_in(rng, 0))["lm/cappa"]
   parallel = np.asarray(drawn.parallel)
   assert (
@@ -49,9 +49,7 @@ def test_cappa_loss_matches_a_hand_computed_reference():
   # that attends to all positions, so its logits do not depend on the caption: give it other captions.
   apply = lambda *args, **kw: exp.model.apply({"params": params}, *args, **kw)
   tokens = np.asarray(batch["text"])
-  images = transforms.normalise_on_device(
-    batch["image"], *exp.loss_fn.pixel_stats
-  )  # as the step does
+  images = transforms.normalise_on_device(batch["image"], *exp.pixel_stats)  # as the step does
   ar_logits = np.asarray(apply(images, batch["text"], method="caption_logits"))
   other = jnp.asarray(np.roll(tokens, 1, axis=0))
   ones = jnp.ones(len(tokens), jnp.int32)

@@ -4,7 +4,7 @@ import numpy as np
 
 from tests import helpers
 import vlm_jax
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.eval import zero_shot
 from vlm_jax.eval.captioning import first_mention
 from vlm_jax.objectives.base import next_token_loss as caption_loss

@@ -4,8 +4,8 @@ import jax
 import pytest
 
 from tests import helpers
-from vlm_jax.core import flops
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly import flops
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.errors import ConfigError
 from vlm_jax.train import compile_check
 
@@ -57,7 +57,7 @@ def test_a_step_that_does_not_fit_the_device_is_an_error(monkeypatch):
 )
 def test_bench_times_recipes_whose_objectives_prepare_fields_on_the_host(recipe):
   """Whole-word MLM needs word boundaries and VQA question/answer pairs: the bench's batch has them."""
-  from vlm_jax import bench  # pylint: disable=import-outside-toplevel
+  from vlm_jax.tools import bench  # pylint: disable=import-outside-toplevel
 
   result = bench.benchmark(helpers.micro_config(recipe, batch_size=8), steps=1, warmup=0)
   assert (

@@ -10,7 +10,7 @@ import pytest
 
 from tests import helpers
 from vlm_jax import config_utils
-from vlm_jax.core.experiment import check_config
+from vlm_jax.assembly.experiment import check_config
 from vlm_jax.errors import ConfigError
 
 CHOICE_KEYS = (
@@ -141,7 +141,7 @@ BUILD_MISTAKES = [
   "recipe,overrides,message", BUILD_MISTAKES, ids=[r[:-3] for r, _, _ in BUILD_MISTAKES]
 )
 def test_a_model_that_cannot_be_built_is_a_one_line_config_error(recipe, overrides, message):
-  from vlm_jax.core import experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.assembly import experiment  # pylint: disable=import-outside-toplevel
 
   config = config_utils.load_config(os.path.join(helpers.ROOT, "experiments", recipe) + ":tiny")
   with config.unlocked():

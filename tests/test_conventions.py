@@ -13,8 +13,8 @@ import pytest
 
 from tests import helpers
 from vlm_jax import models
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.core import optim
-from vlm_jax.core.experiment import Experiment
 from vlm_jax.data import tokenizers, transforms
 from vlm_jax.errors import ConfigError
 from vlm_jax.objectives.base import token_cross_entropy
@@ -251,7 +251,7 @@ def test_crop_settings_from_the_command_line(monkeypatch):
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
-  from vlm_jax.core import experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.assembly import experiment  # pylint: disable=import-outside-toplevel
 
   def parsed(value):
     argv = ["main", "--config", helpers.TINY, f"--config.data.augment.crop_scale={value}"]

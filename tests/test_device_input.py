@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.data import pipeline, sources, transforms
 
 
@@ -18,13 +18,11 @@ def test_training_pixels_cross_as_uint8_and_the_loss_equals_host_normalisation()
   # The reference: the evaluation preprocessing, normalised on the host in NumPy.
   host = np.stack([exp.eval_preprocess(exp.data.train[i], None)["image"] for i in range(16)])
   assert host.dtype == np.float32
-  on_device = transforms.normalise_on_device(
-    jax.numpy.asarray(batch["image"]), *exp.loss_fn.pixel_stats
-  )
+  on_device = transforms.normalise_on_device(jax.numpy.asarray(batch["image"]), *exp.pixel_stats)
   np.testing.assert_allclose(np.asarray(on_device), host, rtol=0, atol=1e-6)
 
   params, key = exp.init_state().params, jax.random.PRNGKey(1)
-  loss = lambda b: exp.loss_fn(params, b, key, model=exp.model, train=True)[0]
+  loss = lambda b: exp.loss(params, b, key)[0]
   np.testing.assert_allclose(float(loss(batch)), float(loss({**batch, "image": host})), rtol=1e-6)
   assert float(loss({**batch, "image": batch["image"].astype(np.float32)})) != float(loss(batch))
 

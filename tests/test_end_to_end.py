@@ -78,7 +78,10 @@ def test_eval_mode_reproduces_final_eval(tmp_path):
   assert (tmp_path / "config.json").exists() and list((tmp_path / "tensorboard").iterdir())
   _run_tiny(tmp_path, "--mode=eval", *quick)
   final = json.loads((tmp_path / "final_eval.json").read_text())
-  again = json.loads((tmp_path / "eval" / "step_4.json").read_text())
+  records = [
+    json.loads(p.read_text()) for p in (tmp_path / "eval_records" / "step_4").rglob("*.json")
+  ]
+  again = {f"eval/{k}": v for r in records for k, v in r["metrics"].items()}
   for name, value in final.items():
     if name not in ("step", "eval/wall_s"):
       assert again[name] == pytest.approx(value, abs=1e-6), name

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests import helpers
-from vlm_jax.core.experiment import check_config
+from vlm_jax.assembly.experiment import check_config
 from vlm_jax.errors import ConfigError
 
 

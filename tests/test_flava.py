@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax.data import codebook
 from vlm_jax.models import vit
 from vlm_jax.objectives import masking
+from vlm_jax.tools import codebook
 from vlm_jax.train import metrics as metrics_lib
 from vlm_jax.train import trainer
 
@@ -58,7 +58,7 @@ def test_codebook_command_and_a_short_flava_run_with_codebook_targets(tmp_path):
     [
       sys.executable,
       "-m",
-      "vlm_jax.data.codebook",
+      "vlm_jax.tools.codebook",
       "--config",
       config_arg,
       "--config.model.image.variant=micro/8",

@@ -5,8 +5,8 @@ import jax
 import pytest
 
 from tests import helpers
-from vlm_jax.core import flops
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly import flops
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.train import metrics
 
 

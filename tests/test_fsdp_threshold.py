@@ -7,7 +7,7 @@ import jax
 
 from tests import helpers
 from vlm_jax import config_utils
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.core.optim import path_str
 
 SIGLIP_B16 = os.path.join(helpers.ROOT, "experiments", "siglip_b16.py")

@@ -83,7 +83,7 @@ def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_a
   assert not os.path.exists(tmp_path / "gs:")  # nothing went to a local folder named after the URL
 
   harness = subprocess.run(
-    [sys.executable, "-m", "vlm_jax.eval", "--workdir", workdir, "--tasks", "zero_shot"],
+    [sys.executable, "-m", "vlm_jax.evaluate", "--workdir", workdir, "--tasks", "zero_shot"],
     env=_env(gcs),
     capture_output=True,
     text=True,

@@ -59,15 +59,25 @@ def test_a_suite_says_once_which_datasets_are_missing(micro_run, tmp_path):
 
 
 def test_records_per_step_and_task_match_the_training_eval_and_are_written_once(micro_run):
+  # Training wrote its final evaluation as records; tables read them.
+  final = json.load(open(micro_run / "final_eval.json"))
+  trained = {(r["step"], r["task"]): r["metrics"] for r in harness.read_records(str(micro_run))}
+  assert {(6, "zero_shot"), (6, "retrieval"), (6, "linear_probe")} <= set(trained)
+  for (step, _), metrics in trained.items():
+    for name, value in metrics.items():
+      assert step != 6 or value == final[f"eval/{name}"], name
+  assert tables.load_run(str(micro_run))["metrics"]["zero_shot/shape_top1"] == pytest.approx(
+    final["eval/zero_shot/shape_top1"]
+  )
   written = harness.evaluate(
     str(micro_run),
     all_checkpoints=True,
     tasks=["zero_shot", "retrieval", "linear_probe"],
+    force=True,  # computed again by the harness from the checkpoints
     log=lambda *a: None,
   )
   assert len(written) == 2 * 3  # checkpoints at steps 3 and 6
   record = json.load(open(harness.record_path(str(micro_run), 6, "embedded_64px", "zero_shot")))
-  final = json.load(open(micro_run / "final_eval.json"))
   for name, value in record["metrics"].items():
     assert value == pytest.approx(final[f"eval/{name}"]), name
   config = config_utils.load_workdir_config(str(micro_run))
@@ -132,7 +142,7 @@ def test_tasks_must_fit_the_model(micro_run):
   with pytest.raises(ConfigError, match="no checkpoint at step"):
     harness.evaluate(str(micro_run), steps=[5], log=lambda *a: None)
   config = config_utils.load_workdir_config(str(micro_run))
-  from vlm_jax.core.experiment import Experiment
+  from vlm_jax.assembly.experiment import Experiment
 
   model = Experiment(config, log=lambda *a: None).model
   assert set(harness.fitting_tasks(config, model)) == {"zero_shot", "retrieval", "linear_probe"}
@@ -163,7 +173,7 @@ def test_the_runs_own_evals_are_tasks_by_their_key(micro_run, tmp_path):
   }
   assert record["num_examples"] == 12 and record["task"] == "cifar_probe"
   loaded = config_utils.load_workdir_config(str(run))
-  from vlm_jax.core.experiment import Experiment
+  from vlm_jax.assembly.experiment import Experiment
 
   model = Experiment(loaded, log=lambda *a: None).model
   assert "cifar_probe" in harness.fitting_tasks(loaded, model)
@@ -359,7 +369,7 @@ def test_records_of_different_example_counts_never_stand_for_each_other(tmp_path
 def test_a_folder_without_train_path_says_how_it_split_as_its_evaluation_starts(
   micro_run, tmp_path
 ):
-  """`python -m vlm_jax.eval` on a run's own folder eval: the progress line names the data and its split
+  """`python -m vlm_jax.evaluate` on a run's own folder eval: the progress line names the data and its split
   (zero-shot on a folder without data.train_path evaluates the hash-chosen test half)."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
@@ -378,7 +388,7 @@ def test_a_folder_without_train_path_says_how_it_split_as_its_evaluation_starts(
   )
   json.dump(config, open(run / "config.json", "w"))
   result = subprocess.run(
-    [sys.executable, "-m", "vlm_jax.eval", "--workdir", "run", "--tasks", "colours"],
+    [sys.executable, "-m", "vlm_jax.evaluate", "--workdir", "run", "--tasks", "colours"],
     env=helpers.subprocess_env(1),
     capture_output=True,
     text=True,

@@ -7,8 +7,8 @@ import pytest
 
 from tests import helpers
 from vlm_jax import convert
+from vlm_jax.assembly.experiment import Experiment, check_config
 from vlm_jax.core import optim
-from vlm_jax.core.experiment import Experiment, check_config
 from vlm_jax.errors import ConfigError
 from vlm_jax.models import two_tower
 from vlm_jax.train import trainer

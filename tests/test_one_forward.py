@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from tests import helpers
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.data import transforms
 from vlm_jax.objectives import contrastive, masking
 
@@ -49,7 +49,7 @@ def _old_losses(exp, params, batch, requests, *, family):
   model, p = exp.model, exp.config.model.image.variant.split("/")[1]
   apply = lambda *args, **kw: model.apply({"params": params}, *args, **kw)
   # The batch's uint8 pixels, normalised as the composite does on device.
-  images = transforms.normalise_on_device(batch["image"], *exp.loss_fn.pixel_stats)
+  images = transforms.normalise_on_device(batch["image"], *exp.pixel_stats)
   tokens = batch["text"]
   masked = requests["masked_text"]
   out = {}
@@ -96,7 +96,7 @@ def test_every_loss_equals_the_per_objective_implementation(recipe, family, nega
   params = exp.init_state().params
   batch = _batch(exp)
   rng = jax.random.PRNGKey(3)
-  _, metrics = exp.loss_fn(params, batch, rng, model=exp.model, train=True)
+  _, metrics = exp.loss(params, batch, rng)
   requests = exp.loss_fn.model_inputs(batch, jax.random.fold_in(rng, 0))
   assert int(requests["masked_text"].selected.sum()) > 0
   assert int(metrics["itm_negatives"]) > 0
@@ -126,7 +126,7 @@ def test_one_forward_costs_fewer_flops_than_a_forward_per_objective():
   rng = jax.random.PRNGKey(0)
 
   def new(params):
-    return exp.loss_fn(params, batch, rng, model=exp.model, train=True)[0]
+    return exp.loss(params, batch, rng)[0]
 
   def old(params):
     requests = exp.loss_fn.model_inputs(batch, jax.random.fold_in(rng, 0))

@@ -1,4 +1,4 @@
-"""`python -m vlm_jax.bench --against open_clip`: open_clip's own CLIP, built from the same config, timed in
+"""`python -m vlm_jax.tools.bench --against open_clip`: open_clip's own CLIP, built from the same config, timed in
 turns with vlm_jax's step (the benchmark itself and its figures are in docs/scaling.md)."""
 
 import importlib.util
@@ -21,7 +21,16 @@ pytestmark = [
 
 def _bench(config, *extra):
   return subprocess.run(
-    [sys.executable, "-m", "vlm_jax.bench", "--config", config, "--against", "open_clip", *extra],
+    [
+      sys.executable,
+      "-m",
+      "vlm_jax.tools.bench",
+      "--config",
+      config,
+      "--against",
+      "open_clip",
+      *extra,
+    ],
     env=helpers.subprocess_env(1),
     capture_output=True,
     text=True,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.models import text
 
 pytestmark = (
@@ -62,7 +62,7 @@ def test_padded_vocabulary_columns_change_no_loss(recipe):
   assert count > 0
   examples = [exp.train_preprocess(exp.data.train[i], np.random.default_rng(i)) for i in range(8)]
   batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
-  losses = lambda p: exp.loss_fn(p, batch, jax.random.PRNGKey(0), model=exp.model, train=True)[1]
+  losses = lambda p: exp.loss(p, batch, jax.random.PRNGKey(0))[1]
   before, after = losses(params), losses(scrambled)
   vocab_losses = [k for k in before if k.endswith("_loss") and "clip" not in k and "itm" not in k]
   assert vocab_losses, sorted(before)

@@ -9,7 +9,7 @@ import pytest
 
 from tests import helpers
 import vlm_jax
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.data import transforms
 from vlm_jax.eval import text_metrics
 from vlm_jax.models import prefix_lm

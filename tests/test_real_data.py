@@ -13,8 +13,9 @@ from PIL import Image
 import pytest
 
 from tests import helpers
-from vlm_jax.data import pipeline, prepare, sources
+from vlm_jax.data import pipeline, sources
 from vlm_jax.errors import ConfigError
+from vlm_jax.tools import prepare
 from vlm_jax.train import trainer
 
 MPL = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data")
@@ -294,7 +295,7 @@ def test_a_mixture_config_combines_datasets_by_weight():
 
 
 def test_data_bench_reports_throughput():
-  from vlm_jax.data import bench
+  from vlm_jax.tools import input_bench as bench
 
   result = bench.measure(helpers.micro_config(), batches=2, warmup=1)
   assert result["images_per_s"] > 0 and result["batch_size"] == 16 and result["skipped"] == {}

@@ -54,7 +54,7 @@ def test_docs_show_every_card_as_the_recipes_define_it():
     text = f.read()
   shown = text.split(recipe_card.BEGIN)[1].split(recipe_card.END)[0].strip()
   assert shown == recipe_card.render(EXPERIMENTS), (
-    "docs/recipes.md's cards are out of date: python -m vlm_jax.recipe_card --write docs/recipes.md"
+    "docs/recipes.md's cards are out of date: python -m vlm_jax.tools.recipe_cards --write docs/recipes.md"
   )
 
 

@@ -26,9 +26,9 @@ import numpy as np
 import optax
 
 from tests import helpers
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.convert import openclip as openclip_convert
 from vlm_jax.core import optim, sharding
-from vlm_jax.core.experiment import Experiment
 
 EXPERIMENTS = os.path.join(helpers.ROOT, "experiments")
 STEPS = 40
@@ -209,7 +209,7 @@ def test_clip_steps_equal_open_clip_training(tmp_path):
   """clip_b32.py's conventions train as open_clip_train does. Fails with optax-style warmup (step 0 does
   nothing), with biases decayed, or with the logit scale capped in the forward pass instead of clamped
   after the step."""
-  from vlm_jax import open_clip_step  # pylint: disable=import-outside-toplevel
+  from vlm_jax.tools import open_clip_step  # pylint: disable=import-outside-toplevel
 
   _, model_lib, loss_lib = open_clip_step._load_open_clip()
   infonce = loss_lib.ClipLoss()
@@ -229,7 +229,7 @@ def test_coca_steps_equal_open_clip_training(tmp_path):
   same optimizer conventions."""
   import torch  # pylint: disable=import-outside-toplevel
 
-  from vlm_jax import open_clip_step  # pylint: disable=import-outside-toplevel
+  from vlm_jax.tools import open_clip_step  # pylint: disable=import-outside-toplevel
 
   _, _, loss_lib = open_clip_step._load_open_clip()
   from open_clip import coca_model  # pylint: disable=import-outside-toplevel
@@ -335,7 +335,7 @@ def _run_reference(exp, params, batches, loss_of_outputs, tx):
 
   def loss_fn(p, batch, step):
     rng = jax.random.fold_in(root, step)
-    inputs = exp.loss_fn.inputs(batch, rng)
+    inputs = exp.loss_fn.inputs(exp.model_batch(batch), rng)
     outputs = exp.loss_fn.outputs(p, inputs, rng, model=exp.model, train=True)
     return loss_of_outputs(outputs, inputs)
 

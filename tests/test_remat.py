@@ -14,8 +14,8 @@ import pytest
 
 from tests import helpers
 from vlm_jax import config_utils
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.core import sharding
-from vlm_jax.core.experiment import Experiment
 
 FAMILIES = [
   helpers.TINY,
@@ -45,7 +45,7 @@ def _batch(exp, n=8):
 
 def _compiled_grad(exp, params, batch):
   def loss(p):
-    return exp.loss_fn(p, batch, jax.random.PRNGKey(0), model=exp.model, train=True)[0]
+    return exp.loss(p, batch, jax.random.PRNGKey(0))[0]
 
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
     return jax.jit(jax.grad(loss)).lower(params).compile()
@@ -96,9 +96,9 @@ def test_scan_and_remat_reach_every_encoder(recipe):
   unstacked = [p for p in paths if re.search(r"block_\d", p)]
   assert not unstacked, unstacked[:5]
   batch = _batch(exp)
-  jaxpr = jax.make_jaxpr(
-    lambda p: exp.loss_fn(p, batch, jax.random.PRNGKey(0), model=exp.model, train=True)[0]
-  )(exp.abstract_params).jaxpr
+  jaxpr = jax.make_jaxpr(lambda p: exp.loss(p, batch, jax.random.PRNGKey(0))[0])(
+    exp.abstract_params
+  ).jaxpr
   scans = [inner for _, name, inner in _primitives(jaxpr) if name == "scan"]
   assert scans
   for inner in scans:

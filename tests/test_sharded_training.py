@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 
 
 def _run_steps(config, devices, steps=3):

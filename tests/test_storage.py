@@ -17,8 +17,9 @@ WORKDIR_MODULES = [
   "vlm_jax/inference.py",
   "vlm_jax/tables.py",
   "vlm_jax/convert/__init__.py",
-  "vlm_jax/data/codebook.py",
-  "vlm_jax/data/prepare.py",
+  "vlm_jax/tools/codebook.py",
+  "vlm_jax/tools/prepare.py",
+  "vlm_jax/evaluate.py",
 ] + [
   os.path.join(folder, f)
   for folder in ("vlm_jax/train", "vlm_jax/eval", "vlm_jax/launch")

@@ -5,7 +5,7 @@ import pytest
 
 from tests import helpers
 from tests.test_user_paths import run
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.errors import ConfigError
 from vlm_jax.train import compile_check
 

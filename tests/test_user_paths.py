@@ -56,7 +56,8 @@ def test_relative_workdir_from_training_to_eval_harness_and_load(cwd):
   assert "Compiled" not in again.stdout
   evaluated = run(cwd, "--workdir", "runs/clip", "--mode=eval")
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert json.loads((cwd / "runs/clip/eval/step_6.json").read_text())["step"] == 6
+  record = cwd / "runs/clip/eval_records/step_6/embedded_64px/zero_shot.json"
+  assert json.loads(record.read_text())["step"] == 6
   harness = run(
     cwd,
     "--workdir",
@@ -64,7 +65,7 @@ def test_relative_workdir_from_training_to_eval_harness_and_load(cwd):
     "--all-checkpoints",
     "--tasks",
     "zero_shot",
-    module="vlm_jax.eval",
+    module="vlm_jax.evaluate",
   )
   assert harness.returncode == 0, harness.stderr[-3000:]
   assert sorted(os.listdir(cwd / "runs/clip/eval_records")) == [

@@ -1,7 +1,7 @@
 """Registers every built-in model, objective, dataset and evaluator with `vlm_jax.registry`.
 
 The registry itself imports nothing of the project, so this one explicit import is what fills it; every
-entry point (`main`, `python -m vlm_jax.eval`, `vlm_jax.load`, the tools) imports it first.
+entry point (`main`, `python -m vlm_jax.evaluate`, `vlm_jax.load`, the tools) imports it first.
 """
 
 from vlm_jax import data, eval, models, objectives  # noqa: F401  pylint: disable=redefined-builtin,unused-import

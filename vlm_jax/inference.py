@@ -10,8 +10,9 @@
   m.caption(pixels)                              # models with a text decoder (CoCa, prefix-LMs)
   m.answer(pixels, ["what color is the shape?"])  # prefix-LMs: the question is the prefix
 
-Preprocessing is the run's eval preprocessing (resize, normalisation, tokenizer, lower-casing), so
-embeddings match what the evaluators saw.
+Preprocessing is the run's eval preprocessing (resize, normalisation, tokenizer, lower-casing), built by
+the same assembly as training (`vlm_jax.assembly.experiment`), so embeddings match what the evaluators
+saw.
 """
 
 import jax
@@ -25,10 +26,10 @@ from vlm_jax import (
   models,
   storage,
 )
+from vlm_jax.assembly import experiment
 from vlm_jax.core import checkpoint
-from vlm_jax.data import tokenizers, transforms
+from vlm_jax.data import transforms
 from vlm_jax.errors import ConfigError
-from vlm_jax.registry import DATASETS
 
 MASK = "[MASK]"  # marks the words `fill_mask` fills
 
@@ -39,7 +40,7 @@ class Pretrained:
     self.config, self.params, self.step, self.batch_size = config, params, step, batch_size
     self._no_vocabulary = None
     try:
-      self._tokenizer = _tokenizer(config)
+      self._tokenizer = experiment.build_tokenizer(config)
       vocab_size = self._tokenizer.vocab_size
     except ConfigError as e:
       # A converted model whose vocabulary was not found still encodes images; text calls say why not.
@@ -269,14 +270,6 @@ def _body_ids(tokenizer, text: str) -> list:
   ids = tokenizer.encode(text, 4 * len(text.encode("utf-8")) + 8)
   end = int(np.flatnonzero(ids == tokenizer.eos_id)[0])
   return [int(i) for i in ids[1:end]]
-
-
-def _tokenizer(config):
-  path = config.data.get("tokenizer_path", "")
-  dataset_tokenizer = None
-  if config.data.tokenizer == "sentencepiece" and not path:
-    dataset_tokenizer = DATASETS.get(config.data.name)(config.data).tokenizer_path
-  return tokenizers.get_tokenizer(config.data.tokenizer, path, dataset_tokenizer)
 
 
 def load(workdir: str, step: int | None = None, *, batch_size: int = 256) -> Pretrained:

@@ -71,7 +71,7 @@ def _topology_devices(name: str):
 
 def _compile(config, log):
   from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
-  from vlm_jax.core import experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.assembly import experiment  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import compile_check  # pylint: disable=import-outside-toplevel
 
   devices = _topology_devices(FLAGS.topology) if FLAGS.topology else None
@@ -128,7 +128,8 @@ def main(argv):
     config_utils,
     storage,
   )
-  from vlm_jax.core import checkpoint, experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.assembly import experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.core import checkpoint  # pylint: disable=import-outside-toplevel
   from vlm_jax.errors import ConfigError, StorageError  # pylint: disable=import-outside-toplevel
   from vlm_jax.train import trainer  # pylint: disable=import-outside-toplevel
 

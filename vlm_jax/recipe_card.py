@@ -6,7 +6,7 @@ comes from. `reference_variant` is the variant that is the reference's training;
 lists what it changes and why (e.g. the embedded-data `tiny` variants). `tests/test_recipe_cards.py`
 builds every variant and compares it with its card, so a setting that drifts from the card fails.
 
-  python -m vlm_jax.recipe_card --write docs/recipes.md
+  python -m vlm_jax.tools.recipe_cards --write docs/recipes.md
 
 renders every card into docs/recipes.md, between its `recipe-cards` markers.
 """
@@ -16,7 +16,6 @@ import importlib.util
 import math
 import os
 import re
-import sys
 
 BEGIN, END = "<!-- recipe-cards: begin -->", "<!-- recipe-cards: end -->"
 RECIPES = (
@@ -144,11 +143,3 @@ def write_docs(doc_path: str, experiments_dir: str) -> bool:
     with open(doc_path, "w") as f:  # local path: a file of this repository
       f.write(new)
   return new != text
-
-
-if __name__ == "__main__":
-  if len(sys.argv) != 3 or sys.argv[1] != "--write":
-    raise SystemExit("usage: python -m vlm_jax.recipe_card --write docs/recipes.md")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  changed = write_docs(sys.argv[2], os.path.join(root, "experiments"))
-  print(f"{sys.argv[2]}: {'updated' if changed else 'already up to date'}")

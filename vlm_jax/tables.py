@@ -5,7 +5,7 @@ r"""Ablation tables and plots from runs' eval records.
   python -m vlm_jax.tables runs/clip_b16 runs/siglip_b16 --suite standard --format csv
 
 RUNS are run workdirs, or folders of them. Each run contributes its latest record per (dataset, task)
-(`python -m vlm_jax.eval`; a run without records falls back to its final_eval.json). Runs whose configs
+(written by the evaluations during training, `main --mode=eval` and `python -m vlm_jax.evaluate`). Runs whose configs
 differ only by `seed` form one row, shown as mean ± std (sample std) with n. The columns are the config
 keys that vary across rows (a sweep's axes when every run has a sweep.json) and the chosen metrics; the
 best value per metric column is marked (higher is better, except for losses and wall times).
@@ -13,7 +13,7 @@ Plots: training loss and the chosen metrics against step, one line per row (mean
 A metric's name alone picks it where one of a run's datasets has it; `dataset:metric` (e.g.
 imagenet:zero_shot/label_top1) where several do.
 
---suite standard: the standard benchmarks' records (`python -m vlm_jax.eval --suite standard`) in
+--suite standard: the standard benchmarks' records (`python -m vlm_jax.evaluate --suite standard`) in
 CLIP_benchmark's long format: one row per run, dataset and task at its latest step, with acc1 / acc5 /
 mean_per_class_recall, i2t_r1..t2i_r10, bleu4 / cider / rouge_l and vqa_acc where the task has them.
 """
@@ -73,12 +73,6 @@ def load_run(workdir: str) -> dict:
     datasets.setdefault(key.split(":", 1)[1], []).append(key)
   metrics.update({name: metrics[keys[0]] for name, keys in datasets.items() if len(keys) == 1})
   examples.update({name: examples[keys[0]] for name, keys in datasets.items() if len(keys) == 1})
-  final_eval = storage.join(workdir, "final_eval.json")
-  if not metrics and storage.exists(final_eval):
-    metrics = {
-      k[len("eval/") :] if k.startswith("eval/") else k: v
-      for k, v in storage.read_json(final_eval).items()
-    }
   sweep_json = storage.join(workdir, "sweep.json")
   axes = storage.read_json(sweep_json).get("axes") if storage.exists(sweep_json) else None
   return {
@@ -115,7 +109,7 @@ BENCHMARK_COLUMNS = {
 
 
 def benchmark_table(workdirs: list) -> dict:
-  """One row per (run, dataset, task) of the standard benchmarks (`python -m vlm_jax.eval --suite
+  """One row per (run, dataset, task) of the standard benchmarks (`python -m vlm_jax.evaluate --suite
   standard`), its latest step, in the columns of BENCHMARK_COLUMNS (blank where a task has none)."""
   datasets = {t["data"] for t in suite.TASKS.values()}
   rows = []
@@ -382,7 +376,7 @@ def main(argv=None):
     table = benchmark_table([r["workdir"] for r in runs])
     if not table["rows"]:
       sys.exit(
-        "error: no benchmark records in these runs; write them with python -m vlm_jax.eval "
+        "error: no benchmark records in these runs; write them with python -m vlm_jax.evaluate "
         "--workdir RUN --suite standard --data_dir DIR"
       )
     _emit(render_benchmarks(table, args.format), args.out)

@@ -63,7 +63,7 @@ def build_embedded(config) -> ImageTextData:
 
 @DATASETS.register("prepared")
 def build_prepared(config) -> ImageTextData:
-  """ArrayRecord files written by `python -m vlm_jax.data.prepare` in `data.path` (train / test splits;
+  """ArrayRecord files written by `python -m vlm_jax.tools.prepare` in `data.path` (train / test splits;
   an image folder's classes become the label key `label`)."""
   path = config.get("path", "")
   if storage.is_remote(path):  # ArrayRecord's reader opens local files (random access)
@@ -74,7 +74,7 @@ def build_prepared(config) -> ImageTextData:
   if not path or not storage.exists(storage.join(path, "info.json")):
     raise ConfigError(
       f"data.path {path!r} is not a prepared dataset (no info.json); write one with "
-      "python -m vlm_jax.data.prepare --kind table|folder|shards --input ... --output DIR"
+      "python -m vlm_jax.tools.prepare --kind table|folder|shards --input ... --output DIR"
     )
   info = storage.read_json(storage.join(path, "info.json"))
   names = info.get("class_names")
@@ -324,7 +324,7 @@ def build_mixture(config) -> ImageTextData:
   if streamed:
     raise ConfigError(
       f"a mixture draws by random access, which streamed shards do not have ({streamed[0]}); "
-      "convert them first: python -m vlm_jax.data.prepare --kind shards --input ... --output DIR, "
+      "convert them first: python -m vlm_jax.tools.prepare --kind shards --input ... --output DIR, "
       "then use dict(name='prepared', path=DIR, weight=...)"
     )
   first = built[int(config.get("eval_source", 0))][0]

@@ -175,7 +175,7 @@ def _data_dir(config, name: str) -> str:
   if not data_dir:
     raise ConfigError(
       f"data.name={name} reads a standard dataset from a local or gs:// folder: set data.data_dir "
-      "(`python -m vlm_jax.eval ... --data_dir DIR`)"
+      "(`python -m vlm_jax.evaluate ... --data_dir DIR`)"
     )
   return storage.resolve(data_dir)
 

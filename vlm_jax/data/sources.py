@@ -1,5 +1,5 @@
 """Real image-text data: tables (CSV / TSV / JSONL), image folders, webdataset tar shards, and the
-ArrayRecord files `python -m vlm_jax.data.prepare` writes from any of them.
+ArrayRecord files `python -m vlm_jax.tools.prepare` writes from any of them.
 
 Paths may be local or URLs that fsspec opens (gs:// needs `pip install gcsfs`); shard lists use brace
 ranges, `/data/laion/{00000..09999}.tar`. A missing file or shard fails at start with its name. Bad

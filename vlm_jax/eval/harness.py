@@ -1,4 +1,4 @@
-"""The eval harness: `python -m vlm_jax.eval --workdir RUN [--step N | --all-checkpoints] [--tasks ...]`.
+"""The eval harness: `python -m vlm_jax.evaluate --workdir RUN [--step N | --all-checkpoints] [--tasks ...]`.
 
 Runs every evaluator that fits the run's model (or the `--tasks` asked for) on the chosen checkpoints and
 writes one JSON record per (run, checkpoint step, dataset, task):
@@ -17,8 +17,8 @@ import json
 import jax
 
 from vlm_jax import config_utils, storage
+from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.core import checkpoint
-from vlm_jax.core.experiment import Experiment
 from vlm_jax.errors import ConfigError
 from vlm_jax.eval import suite
 from vlm_jax.eval.runner import EvalRunner
@@ -92,25 +92,79 @@ def fitting_tasks(config, model, requested=None, *, optional=(), benchmark=None)
       own = benchmark(task)
       defaults = EVALUATORS.get(own["name"]).defaults
       return {**{k: v for k, v in defaults.items() if k != "label_keys"}, **own}
-    own = {k: v for k, v in (evals.get(task) or {}).items() if k != "every"}
-    # The default label keys are the embedded data's; a task on its own data classifies that data's labels.
-    defaults = {
-      k: v
-      for k, v in EVALUATORS.get(evaluator(task)).defaults.items()
-      if not (own.get("data") and k == "label_keys")
-    }
-    return {**defaults, **own}
+    return task_settings(config, task)
 
   return {t: settings(t) for t in chosen}
+
+
+def task_settings(config, task: str) -> dict:
+  """The settings of one of the run's own tasks (an evaluator on its data, or a key of its `evals`): the
+  evaluator's defaults under the config's, without the training cadence."""
+  own = {k: v for k, v in ((config.get("evals", {}) or {}).get(task) or {}).items() if k != "every"}
+  # The default label keys are the embedded data's; a task on its own data classifies that data's labels.
+  defaults = {
+    k: v
+    for k, v in EVALUATORS.get(own.get("name", task)).defaults.items()
+    if not (own.get("data") and k == "label_keys")
+  }
+  return {**defaults, **own}
 
 
 def record_path(workdir: str, step: int, dataset: str, task: str) -> str:
   return storage.join(workdir, RECORDS, f"step_{step}", dataset, f"{task}.json")
 
 
+class Records:
+  """Writes one run's records, the one format of evaluation results: the harness, `main --mode=eval` and
+  the evaluations during training all write them, and `vlm_jax.tables` reads them."""
+
+  def __init__(self, workdir: str, config):
+    self.workdir = workdir
+    self.config = config
+    self.common = {
+      "run": storage.basename(workdir),
+      "workdir": workdir,
+      "config_hash": config_hash(config),
+      "config": flatten(config.to_dict()),
+      "preprocessing": {
+        "image_size": config.model.image.image_size,
+        "max_len": config.model.text.get("max_len"),
+        "mean": list(config.data.mean),
+        "std": list(config.data.std),
+        "tokenizer": config.data.tokenizer,
+        "lowercase": config.data.get("lowercase", False),
+      },
+    }
+
+  def write(self, step, runner, key, task_config, metrics, seconds, *, name=None) -> str:
+    """Writes the record of evaluator `key` of `runner` (task `name`, default the key) at `step`
+    (process 0 writes; every process gets the path)."""
+    dataset, name = dataset_name(self.config, task_config), name or key
+    path = record_path(self.workdir, step, dataset, name)
+    record = {
+      **self.common,
+      "dataset": dataset,
+      "step": step,
+      "task": name,
+      "metrics": metrics,
+      "task_config": task_config,
+      "num_examples": runner.num_examples(key),
+      "limit": task_config.get("limit", 0),  # 0: every example of the dataset
+      "wall_s": seconds,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    per_image = getattr(runner.evaluators[key], "per_image", None)
+    if per_image is not None:  # an evaluator that scores each image (captioning) keeps the scores
+      record["per_image"] = per_image
+    if jax.process_index() == 0:
+      storage.write_json(path, record, sort_keys=True, default=str)
+    return path
+
+
 def evaluate(
   workdir: str,
   *,
+  config=None,
   steps=None,
   all_checkpoints: bool = False,
   tasks=None,
@@ -126,9 +180,10 @@ def evaluate(
   tasks: evaluators on the run's data and/or standard benchmark tasks (`suite.TASKS`, read from
   `data_dir`); suite_name adds a suite's tasks, of which those that do not fit the model or whose data is
   not in data_dir are left out (logged with where the data was looked for). limit / templates override
-  the benchmark tasks' image count (0: all) and zero-shot template set."""
+  the benchmark tasks' image count (0: all) and zero-shot template set. config: the run's config with
+  overrides (`main --mode=eval --config ...`; default: the workdir's config.json)."""
   workdir = storage.resolve(workdir)
-  run_config = config_utils.load_workdir_config(workdir)
+  run_config = config if config is not None else config_utils.load_workdir_config(workdir)
   config = copy.deepcopy(run_config)  # a copy the experiment builds no evaluators from
   ckpt_dir = storage.join(workdir, "checkpoints")
   available = checkpoint.all_steps(ckpt_dir)
@@ -155,20 +210,7 @@ def evaluate(
     log(f"left out (they do not fit model {config.model.name!r}): {', '.join(left_out)}")
   dataset = {t: dataset_name(config, c) for t, c in task_configs.items()}
   name = {t: suite.record_task(c) if t in suite.TASKS else t for t, c in task_configs.items()}
-  common = {
-    "run": storage.basename(workdir),
-    "workdir": workdir,
-    "config_hash": config_hash(run_config),
-    "config": flatten(run_config.to_dict()),
-    "preprocessing": {
-      "image_size": config.model.image.image_size,
-      "max_len": config.model.text.get("max_len"),
-      "mean": list(config.data.mean),
-      "std": list(config.data.std),
-      "tokenizer": config.data.tokenizer,
-      "lowercase": config.data.get("lowercase", False),
-    },
-  }
+  records = Records(workdir, run_config)
   written, reported = [], set()
   runner = None
   for step in steps:
@@ -195,25 +237,9 @@ def evaluate(
       )
     params, _ = checkpoint.restore_params(ckpt_dir, step, exp.abstract_params_sharded())
     for task, metrics, seconds in runner.run_each(params, log=log):
-      path = record_path(workdir, step, dataset[task], name[task])
-      record = {
-        **common,
-        "dataset": dataset[task],
-        "step": step,
-        "task": name[task],
-        "metrics": metrics,
-        "task_config": todo[task],
-        "num_examples": runner.num_examples(task),
-        "limit": todo[task].get("limit", 0),  # 0: every example of the dataset
-        "wall_s": seconds,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      }
-      per_image = getattr(runner.evaluators[task], "per_image", None)
-      if per_image is not None:  # an evaluator that scores each image (captioning) keeps the scores
-        record["per_image"] = per_image
-      if jax.process_index() == 0:
-        storage.write_json(path, record, sort_keys=True, default=str)
-      written.append(path)
+      written.append(
+        records.write(step, runner, task, todo[task], metrics, seconds, name=name[task])
+      )
       log(
         f"step {step} {dataset[task]} {name[task]}: "
         + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))

@@ -108,11 +108,14 @@ class EvalRunner:
         metrics = evaluator.run(params, image_emb=cache[id(data), n])
       yield key, metrics, time.perf_counter() - start
 
-  def run(self, params) -> dict:
-    """{'eval/<metric>': value} for every evaluator, plus the wall time."""
+  def run(self, params, on_each=None) -> dict:
+    """{'eval/<metric>': value} for every evaluator, plus the wall time; on_each(key, metrics, seconds)
+    as each evaluator finishes (the trainer writes its record)."""
     start = time.perf_counter()
     out = {}
-    for _, metrics, _ in self.run_each(params):
+    for key, metrics, seconds in self.run_each(params):
+      if on_each is not None:
+        on_each(key, metrics, seconds)
       out.update({f"eval/{k}": v for k, v in metrics.items()})
     if out:
       out["eval/wall_s"] = time.perf_counter() - start

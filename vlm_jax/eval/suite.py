@@ -1,8 +1,8 @@
 """The standard benchmark suite: named tasks, each an evaluator on a standard dataset
 (`vlm_jax.data.benchmarks`) with the conventions the papers use.
 
-  python -m vlm_jax.eval --workdir RUN --suite standard --data_dir DIR
-  python -m vlm_jax.eval --workdir RUN --tasks imagenet_zeroshot,coco_retrieval --data_dir DIR
+  python -m vlm_jax.evaluate --workdir RUN --suite standard --data_dir DIR
+  python -m vlm_jax.evaluate --workdir RUN --tasks imagenet_zeroshot,coco_retrieval --data_dir DIR
 
 ImageNet-1k and its variants (V2, Sketch; A and R among their 200 classes): zero-shot top-1/top-5
 with CLIP's curated class names and its 80 prompt templates (`--templates openai_imagenet_7` or

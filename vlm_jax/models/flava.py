@@ -4,7 +4,7 @@ encoder), masked language modeling (on the text encoder), masked multimodal mode
 positions of the multimodal encoder) and image-text matching (on the multimodal [CLS]).
 
 MIM heads predict either normalised pixels of each patch (`mim_codes=0`, MAE-style regression) or one of
-`mim_codes` visual tokens from a k-means patch codebook (`python -m vlm_jax.data.codebook`).
+`mim_codes` visual tokens from a k-means patch codebook (`python -m vlm_jax.tools.codebook`).
 """
 
 import math

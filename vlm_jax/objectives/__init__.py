@@ -44,10 +44,6 @@ class CompositeObjective:
   parts: list  # (key, weight, Objective)
   requests: dict  # name -> Request (merged)
   prepare: Callable | None = None  # host side: (example, out, preprocess, rng) -> fields
-  pixel_stats: tuple | None = None  # (mean, std) the images are normalised with
-  # uint8 training images -> the model's input, inside the step (the Experiment gives the data's
-  # normalisation; objectives sit below the data layer). None: images arrive as the model reads them.
-  normalise_images: Callable | None = None
 
   @property
   def batch_fields(self) -> dict:
@@ -61,9 +57,8 @@ class CompositeObjective:
     }
 
   def inputs(self, batch, rng) -> dict:
-    """The batch as the objectives read it: uint8 images normalised on device, every request drawn."""
-    if self.normalise_images is not None:
-      batch = {**batch, "image": self.normalise_images(batch["image"])}
+    """The batch as the objectives read it: the model's images (the train step normalises them) and
+    every request drawn."""
     return {**batch, **self.model_inputs(batch, jax.random.fold_in(rng, 0))}
 
   def outputs(self, params, inputs, rng, *, model, train) -> dict:
@@ -100,8 +95,6 @@ def build_objective(
   tokenizer=None,
   max_len: int = 0,
   patch_size: int = 0,
-  pixel_stats: tuple | None = None,
-  normalise_images: Callable | None = None,
 ) -> CompositeObjective:
   """The weighted sum of the configured objectives.
 
@@ -135,6 +128,4 @@ def build_objective(
       fields.update(fn(example, out, preprocess, rng))
     return fields
 
-  return CompositeObjective(
-    parts, requests, prepare if preparers else None, pixel_stats, normalise_images
-  )
+  return CompositeObjective(parts, requests, prepare if preparers else None)

@@ -2,7 +2,7 @@
 
 MIM masks a fraction of each image's patches (replaced by a learned mask token) and predicts, at the
 masked patches, either their normalised pixels (MSE, as MAE) or their visual token: the index of the
-nearest entry of a k-means patch codebook fitted on the training data (`python -m vlm_jax.data.codebook`),
+nearest entry of a k-means patch codebook fitted on the training data (`python -m vlm_jax.tools.codebook`),
 trained with cross-entropy, as BEiT/FLAVA do with a dVAE tokenizer that cannot be downloaded here.
 MMM masks text tokens and image patches together and predicts both from the multimodal encoder.
 """
@@ -33,7 +33,7 @@ class MimTargets:
       if not path or not storage.exists(path):
         raise ConfigError(
           f"MIM target 'codebook' needs codebook_path (got {path!r}); fit one with "
-          "`python -m vlm_jax.data.codebook --config CONFIG --output codebook.npy`"
+          "`python -m vlm_jax.tools.codebook --config CONFIG --output codebook.npy`"
         )
       self.codebook = jnp.asarray(np.load(io.BytesIO(storage.read_bytes(path))), jnp.float32)
     elif self.kind != "pixel":

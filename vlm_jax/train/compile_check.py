@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.core import flops as flops_lib
+from vlm_jax.assembly import flops as flops_lib
 from vlm_jax.core import sharding
 from vlm_jax.errors import ConfigError
 
@@ -64,7 +64,7 @@ def objectives_temp_bytes(exp, abstract_params, abstract_batch) -> int | None:
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=whole)
   outputs = jax.eval_shape(
     lambda params, batch, rng: loss_fn.outputs(
-      params, loss_fn.inputs(batch, rng), rng, model=exp.model, train=True
+      params, loss_fn.inputs(exp.model_batch(batch), rng), rng, model=exp.model, train=True
     ),
     abstract_params,
     abstract_batch,
@@ -76,7 +76,9 @@ def objectives_temp_bytes(exp, abstract_params, abstract_batch) -> int | None:
     ),
     outputs,
   )
-  total_loss = lambda outputs, batch, rng: loss_fn.losses(outputs, loss_fn.inputs(batch, rng))[0]
+  total_loss = lambda outputs, batch, rng: loss_fn.losses(
+    outputs, loss_fn.inputs(exp.model_batch(batch), rng)
+  )[0]
   # allow_int: outputs may hold integers (indices, masks), whose gradient is empty.
   step = jax.value_and_grad(total_loss, allow_int=True)
   compiled = jax.jit(step).lower(outputs, abstract_batch, rng).compile()

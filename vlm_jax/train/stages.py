@@ -21,7 +21,7 @@ import jax
 import ml_collections
 
 from vlm_jax import config_utils, storage
-from vlm_jax.core.experiment import planned_steps
+from vlm_jax.assembly.experiment import planned_steps
 from vlm_jax.errors import ConfigError
 from vlm_jax.registry import DATASETS
 

@@ -16,10 +16,12 @@ import jax
 import numpy as np
 
 from vlm_jax import config_utils, durations, storage
-from vlm_jax.core import checkpoint, flops
-from vlm_jax.core.experiment import Experiment
+from vlm_jax.assembly import flops
+from vlm_jax.assembly.experiment import Experiment
+from vlm_jax.core import checkpoint
 from vlm_jax.data import pipeline, sources, tokenizers
 from vlm_jax.errors import ConfigError
+from vlm_jax.eval import harness
 from vlm_jax.eval.runner import EvalRunner
 from vlm_jax.train import metrics as metrics_lib
 from vlm_jax.train.profiler import StepProfiler
@@ -200,6 +202,9 @@ def _train(config, workdir, main, log, allow_config_change):
   # every: how often during training ("0 steps": at the end only); "never": not even at the end.
   evals = {k: c for k, c in config.evals.items() if c.every != durations.NEVER}
   evaluator = EvalRunner(exp, evals)
+  # Each evaluation is also written as the harness's records (eval_records/), which tables read.
+  records = harness.Records(workdir, config)
+  task_configs = {k: harness.task_settings(config, k) for k in evals}
   eval_every = {
     k: durations.to_steps(c.every, batch_size=exp.batch_size, dataset_size=len(exp.data.train))
     for k, c in evals.items()
@@ -294,7 +299,17 @@ def _train(config, workdir, main, log, allow_config_change):
         ckpt.save(step, state, data_iter)
         last_good = step
       if evaluate:
-        final_eval = evaluator.run(state.params)
+        final_eval = evaluator.run(
+          state.params,
+          on_each=lambda key, metrics, seconds: records.write(
+            step,  # noqa: B023  (called within this iteration)
+            evaluator,
+            key,
+            task_configs[key],
+            metrics,
+            seconds,
+          ),
+        )
         if final_eval:
           writer.write(step, final_eval)
           log(

@@ -1,9 +1,9 @@
 r"""Convert image-text data into ArrayRecord files for fast random access (`data.name=prepared`).
 
-  python -m vlm_jax.data.prepare --kind table --input data/cc3m.csv --output data/cc3m_prepared \
+  python -m vlm_jax.tools.prepare --kind table --input data/cc3m.csv --output data/cc3m_prepared \
       [--image_key filepath --caption_key title] [--test_fraction 0.01]
-  python -m vlm_jax.data.prepare --kind shards --input '/data/laion/{00000..00099}.tar' --output data/laion100
-  python -m vlm_jax.data.prepare --kind folder --input data/imagenette/train --output data/imagenette \
+  python -m vlm_jax.tools.prepare --kind shards --input '/data/laion/{00000..00099}.tar' --output data/laion100
+  python -m vlm_jax.tools.prepare --kind folder --input data/imagenette/train --output data/imagenette \
       [--classnames names.txt]
 
 Writes OUTPUT/train.array_record, OUTPUT/test.array_record (a --test_fraction of the samples, chosen by

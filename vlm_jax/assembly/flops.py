@@ -94,7 +94,7 @@ def model_flops(exp) -> float:
   model = models.build(config, exp.tokenizer.vocab_size, exp.platform)
 
   def loss_and_grads(params, batch, key):
-    loss = lambda p: exp.loss_fn(p, batch, key, model=model, train=True)[0]
+    loss = lambda p: exp.loss(p, batch, key, model=model)[0]
     return jax.value_and_grad(loss)(params)
 
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):

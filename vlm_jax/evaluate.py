@@ -1,10 +1,10 @@
 r"""Evaluate a run's checkpoints and write one JSON record per (run, step, dataset, task).
 
-python -m vlm_jax.eval --workdir runs/clip_tiny                       # latest checkpoint, every fitting task
-python -m vlm_jax.eval --workdir runs/clip_tiny --all-checkpoints --tasks zero_shot,linear_probe
-python -m vlm_jax.eval --workdir runs/clip_tiny --step 200 --force     # recompute existing records
-python -m vlm_jax.eval --workdir RUN --suite standard --data_dir DIR    # the standard benchmarks in DIR
-python -m vlm_jax.eval --workdir RUN --tasks imagenet_zeroshot,coco_retrieval --data_dir DIR
+python -m vlm_jax.evaluate --workdir runs/clip_tiny                       # latest checkpoint, every fitting task
+python -m vlm_jax.evaluate --workdir runs/clip_tiny --all-checkpoints --tasks zero_shot,linear_probe
+python -m vlm_jax.evaluate --workdir runs/clip_tiny --step 200 --force     # recompute existing records
+python -m vlm_jax.evaluate --workdir RUN --suite standard --data_dir DIR    # the standard benchmarks in DIR
+python -m vlm_jax.evaluate --workdir RUN --tasks imagenet_zeroshot,coco_retrieval --data_dir DIR
 """
 
 from absl import app, flags, logging

@@ -1,6 +1,6 @@
 r"""Write the embedded data as webdataset tar shards of JPEGs, to try the streaming path on real decoding:
 
-  python -m vlm_jax.data.write_shards --output /tmp/shapes_shards [--count 10000 --per_shard 1000 --image_size 256]
+  python -m vlm_jax.tools.write_shards --output /tmp/shapes_shards [--count 10000 --per_shard 1000 --image_size 256]
 
 The shards hold KEY.jpg, KEY.txt (the caption) and KEY.json (the labels); the data's SentencePiece model is
 copied next to them (give it as data.tokenizer_path). (A module of its own: running synthetic.py as a

@@ -1,9 +1,9 @@
 r"""Input pipeline throughput: decoded + augmented examples per second with the configured threads.
 
-  python -m vlm_jax.data.bench --config experiments/clip_b32.py:tiny [--batches 20] [--config.data.num_threads=4]
+  python -m vlm_jax.tools.input_bench --config experiments/clip_b32.py:tiny [--batches 20] [--config.data.num_threads=4]
 
 Prints one JSON line: images/s over the timed batches (after `--warmup` batches), the batch size, the
-thread count and the skipped samples. Compare it with the train step's images/s (`vlm_jax.bench`): when the
+thread count and the skipped samples. Compare it with the train step's images/s (`vlm_jax.tools.bench`): when the
 pipeline is faster, the prefetching pipeline keeps the step fed.
 """
 

@@ -1,6 +1,6 @@
 r"""Benchmark the train step of any config: one JSON line with compile time, step time, images/s, MFU.
 
-  python -m vlm_jax.bench --config experiments/clip_b32.py:tiny [--steps 10] [--config.batch_size=64]
+  python -m vlm_jax.tools.bench --config experiments/clip_b32.py:tiny [--steps 10] [--config.batch_size=64]
 
 The step runs on one batch of the run's own data over and over, so this measures the step, not the input
 pipeline.
@@ -14,7 +14,7 @@ next to the same loop on one fixed batch, alternating rounds so that machine noi
 `data_slowdown` near 1 means the pipeline keeps the step fed.
 
 `--against open_clip` (CLIP recipes) also times open_clip's train step for the same config in turns with
-vlm_jax's (vlm_jax/open_clip_step.py): `vs_open_clip` is vlm_jax's step time over open_clip's; `phases`
+vlm_jax's (vlm_jax/tools/open_clip_step.py): `vs_open_clip` is vlm_jax's step time over open_clip's; `phases`
 gives both sides' forward (the loss) and forward+backward times (medians of the rounds;
 `phases_fastest_round` the fastest), so the optimizer is the difference.
 """
@@ -106,7 +106,7 @@ def _phase_fns(exp, state, batch):
   from vlm_jax.core import sharding  # pylint: disable=import-outside-toplevel
 
   rng = jax.random.fold_in(state.rng, state.step)
-  loss = lambda params, batch: exp.loss_fn(params, batch, rng, model=exp.model, train=True)[0]
+  loss = lambda params, batch: exp.loss(params, batch, rng)[0]
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
     forward = jax.jit(loss).lower(state.params, batch).compile()
     backward = jax.jit(jax.value_and_grad(loss)).lower(state.params, batch).compile()
@@ -128,7 +128,7 @@ def against_open_clip(exp, step, state, batch, steps: int, rounds: int) -> dict:
   same for the step's phases: forward (the loss) and forward+backward (no optimizer)."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from vlm_jax import open_clip_step  # pylint: disable=import-outside-toplevel
+  from vlm_jax.tools import open_clip_step  # pylint: disable=import-outside-toplevel
 
   torch_step = open_clip_step.build_step(exp, jax.device_get(batch))
   torch_step()  # warm-up: allocations, oneDNN primitive creation
@@ -178,8 +178,8 @@ def benchmark(
   import jax  # pylint: disable=import-outside-toplevel
 
   from vlm_jax import builtins  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers the built-ins)
-  from vlm_jax.core import flops  # pylint: disable=import-outside-toplevel
-  from vlm_jax.core.experiment import Experiment  # pylint: disable=import-outside-toplevel
+  from vlm_jax.assembly import flops  # pylint: disable=import-outside-toplevel
+  from vlm_jax.assembly.experiment import Experiment  # pylint: disable=import-outside-toplevel
 
   exp = Experiment(config, log=lambda *a: None)
   state = exp.init_state()

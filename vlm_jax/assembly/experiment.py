@@ -87,6 +87,18 @@ def planned_steps(config, dataset_size: int | None = None) -> tuple:
   return total, (min(total, max_steps) if max_steps > 0 else total)
 
 
+def build_tokenizer(config, data=None):
+  """The run's tokenizer: `data.tokenizer` read from `data.tokenizer_path`, or the dataset's own
+  SentencePiece model (the dataset, when `data` is not given, is built only for that). Training,
+  evaluation and `vlm_jax.load` all tokenize through this."""
+  path = config.data.get("tokenizer_path", "")
+  dataset_path = None
+  if config.data.tokenizer == "sentencepiece" and not path:
+    data = data if data is not None else DATASETS.get(config.data.name)(config.data)
+    dataset_path = data.tokenizer_path
+  return tokenizers.get_tokenizer(config.data.tokenizer, path, dataset_path)
+
+
 class Experiment:
   def __init__(self, config, *, devices=None, log=print, weights: bool = True):
     """devices: the mesh's devices (default: all of them); weights=False: for compiling only."""
@@ -100,26 +112,24 @@ class Experiment:
     self.log = log
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.data = DATASETS.get(config.data.name)(config.data)
-    self.tokenizer = tokenizers.get_tokenizer(
-      config.data.tokenizer, config.data.get("tokenizer_path", ""), self.data.tokenizer_path
-    )
+    self.tokenizer = build_tokenizer(config, self.data)
     self._check_padding_is_not_a_token()
     self.platform = self.mesh.devices.flat[0].platform
     if self.platform == "cpu":
       host_memory.keep_freed_buffers()  # the step's buffers are host memory: no page faults per step
     self.model = models.build(config.model, self.tokenizer.vocab_size, self.platform)
     self.after_update = models.after_update(self.model)  # e.g. open_clip's logit-scale clamp
-    mean = tuple(config.data.get("mean", transforms.CLIP_MEAN))
-    std = tuple(config.data.get("std", transforms.CLIP_STD))
-    pixel_stats = (mean, std)
+    # The data's normalisation, applied to the uint8 training images inside the step (`model_batch`).
+    self.pixel_stats = (
+      tuple(config.data.get("mean", transforms.CLIP_MEAN)),
+      tuple(config.data.get("std", transforms.CLIP_STD)),
+    )
     self.loss_fn = build_objective(
       config.objectives,
       mesh=self.mesh,
       tokenizer=self.tokenizer,
       max_len=config.model.text.max_len,
       patch_size=models.patch_size(config.model),
-      pixel_stats=pixel_stats,
-      normalise_images=functools.partial(transforms.normalise_on_device, mean=mean, std=std),
     )
     self.batch_size = config.batch_size
     to_steps = functools.partial(
@@ -193,7 +203,7 @@ class Experiment:
     give) is a config error now, not after the first step's compile."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
       jax.eval_shape(
-        lambda p, b, k: self.loss_fn(p, b, k, model=self.model, train=True),
+        self.loss,
         self.abstract_params,
         self.abstract_batch(sharding.data_parallel_size(self.mesh)),
         ABSTRACT_KEY,
@@ -292,6 +302,17 @@ class Experiment:
 
   # --- step ----------------------------------------------------------------------------------------
 
+  def model_batch(self, batch):
+    """The batch as the model reads it: uint8 images normalised on device (float images, already
+    normalised on the host, pass as they are)."""
+    return {**batch, "image": transforms.normalise_on_device(batch["image"], *self.pixel_stats)}
+
+  def loss(self, params, batch, rng, *, train: bool = True, model=None):
+    """(loss, metrics) of the objectives on one forward pass of `model` (default: this experiment's)."""
+    return self.loss_fn(
+      params, self.model_batch(batch), rng, model=model or self.model, train=train
+    )
+
   def train_step_fn(self):
     """(state, batch) -> (state, metrics). Pure; `jit_train_step` adds the shardings."""
     nan_step = self.config.get("debug", {}).get("nan_at_step", -1)
@@ -300,7 +321,7 @@ class Experiment:
       rng = jax.random.fold_in(state.rng, state.step)
 
       def loss_fn(params):
-        loss, metrics = self.loss_fn(params, batch, rng, model=self.model, train=True)
+        loss, metrics = self.loss(params, batch, rng)
         if nan_step >= 0:  # fault injection, to test the divergence guard
           loss = jnp.where(state.step + 1 == nan_step, jnp.nan, loss)
         return loss, metrics

@@ -1,6 +1,6 @@
 r"""Fit a k-means codebook of image patches: the visual tokens that masked image modeling predicts.
 
-  python -m vlm_jax.data.codebook --config experiments/flava_b16.py:tiny --size 256 --output runs/codebook.npy
+  python -m vlm_jax.tools.codebook --config experiments/flava_b16.py:tiny --size 256 --output runs/codebook.npy
 
 Patches come from the config's training images at the model's input size, normalised per patch as MIM
 targets are, so a patch's code is the nearest centroid of exactly what the objective sees. Deterministic

@@ -1,5 +1,5 @@
 """open_clip's train step for the CLIP a vlm_jax config describes: the PyTorch reference that
-`python -m vlm_jax.bench --against open_clip` times in turns with vlm_jax's step on the same machine.
+`python -m vlm_jax.tools.bench --against open_clip` times in turns with vlm_jax's step on the same machine.
 
 The model is open_clip's own `CLIP` (its model.py, transformer.py and loss.py), built with the config's
 sizes, activation, pooling and optimizer. open_clip's package `__init__` imports torchvision, which has no
@@ -88,7 +88,7 @@ def build_step(exp, batch: dict):
     weight_decay=optim.get("weight_decay", 0.0),
   )
   infonce = loss_lib.ClipLoss()
-  pixels = transforms.normalise_on_host(batch["image"], *exp.loss_fn.pixel_stats)
+  pixels = transforms.normalise_on_host(batch["image"], *exp.pixel_stats)
   images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
   tokens = torch.from_numpy(np.array(batch["text"])).long()
 
