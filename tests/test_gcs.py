@@ -83,7 +83,17 @@ def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_a
   assert not os.path.exists(tmp_path / "gs:")  # nothing went to a local folder named after the URL
 
   harness = subprocess.run(
-    [sys.executable, "-m", "vlm_jax.evaluate", "--workdir", workdir, "--tasks", "zero_shot"],
+    # --force: training wrote its final evaluation's records; the harness computes them again here.
+    [
+      sys.executable,
+      "-m",
+      "vlm_jax.evaluate",
+      "--workdir",
+      workdir,
+      "--tasks",
+      "zero_shot",
+      "--force",
+    ],
     env=_env(gcs),
     capture_output=True,
     text=True,
@@ -91,9 +101,11 @@ def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_a
     cwd=tmp_path,
   )
   assert harness.returncode == 0, harness.stderr[-3000:]
+  assert "step 16 embedded_64px zero_shot: " in harness.stdout  # computed, not found
   records = storage.find_files(f"{workdir}/eval_records", ".json")
   assert [r.split("/eval_records/")[1] for r in records] == [
-    "step_16/embedded_64px/zero_shot.json"
+    "step_16/embedded_64px/retrieval.json",
+    "step_16/embedded_64px/zero_shot.json",
   ], records
   table = subprocess.run(
     [sys.executable, "-m", "vlm_jax.tables", root, "--metrics", "zero_shot/shape_top1"],
@@ -104,7 +116,7 @@ def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_a
     cwd=tmp_path,
   )
   assert table.returncode == 0, table.stderr[-3000:]
-  record = storage.read_json(records[0])
+  record = storage.read_json(records[1])
   assert (
     f"{record['metrics']['zero_shot/shape_top1']:.3f} (n=1)" in table.stdout
   )  # the record, read from the bucket
