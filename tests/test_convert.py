@@ -80,7 +80,8 @@ def test_hf_clip_parity_and_eval_of_the_converted_workdir(hf_clip, tmp_path):
     cwd=helpers.ROOT,
   )
   assert result.returncode == 0, result.stderr
-  assert (tmp_path / "w" / "eval" / "step_0.json").exists()
+  records = list((tmp_path / "w" / "eval_records" / "step_0").rglob("*.json"))
+  assert "zero_shot.json" in [r.name for r in records], records
   assert "eval/zero_shot/shape_top1" in result.stdout
 
 
