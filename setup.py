@@ -35,6 +35,8 @@ setup(
   packages=find_packages(include=["vlm_jax", "vlm_jax.*"]),
   python_requires=">=3.10",
   install_requires=INSTALL_REQUIRES,
+  # CLIP's BPE vocabulary (public data, MIT; vlm_jax/data/vocab/README.md gives its source and checksum).
+  package_data={"vlm_jax.data": ["vocab/*.gz", "vocab/README.md"]},
   extras_require={
     # gs:// workdirs and data (etils epath and fsspec use gcsfs when TensorFlow is absent).
     "gcs": [GCSFS],

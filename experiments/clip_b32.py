@@ -50,6 +50,18 @@ CARD = Card(
     "model.image.variant": ("B/32", f"{CLIP_PAPER}, Table 20"),
     "model.image.image_size": (224, f"{CLIP_PAPER}, Table 20"),
     "model.text.max_len": (77, "CLIP's context length"),
+    "data.tokenizer": (
+      "clip_bpe",
+      "OpenAI CLIP's BPE, open_clip's `SimpleTokenizer` (the vocabulary ships in vlm_jax/data/vocab)",
+    ),
+    "model.text.pad_id": (
+      -1,
+      "open_clip's causal text tower masks no padding (0 is the token '!')",
+    ),
+    "model.text.pool": (
+      "argmax",
+      "open_clip `text_global_pool(pool_type='argmax')`: the end-of-text token",
+    ),
     "optim.name": ("adamw", "`torch.optim.AdamW` (open_clip_train/main.py)"),
     "optim.lr": (5e-4, f"{CLIP_PAPER}, Table 20 (ViT-B/32)"),
     "optim.b1": (0.9, f"{CLIP_PAPER}, Table 19"),
@@ -88,6 +100,9 @@ CARD = Card(
       "model.image.variant": ("tiny/8", TINY),
       "model.image.image_size": (48, TINY),
       "model.text.max_len": (16, "the embedded captions are short"),
+      "data.tokenizer": ("sentencepiece", "the embedded data's own model: every word one piece"),
+      "model.text.pad_id": (0, "the SentencePiece model's padding is no token"),
+      "model.text.pool": ("eot", "the end-of-text token, found from the padding"),
       "optim.lr": (2e-3, "a small model and batch learn in 400 steps at this rate"),
       "optim.weight_decay": (
         0.1,
@@ -106,9 +121,9 @@ CARD = Card(
   notes=(
     "The paper's data (400M pairs) is not the embedded data; the recipe's conventions are the same "
     "wherever it runs.",
-    "Text padding: with `data.tokenizer=clip_bpe` (whose pad id 0 is the token '!'), set "
-    "`model.text.pad_id=-1` and `model.text.pool=argmax` as `:small` does; a run that masks id 0 is "
-    "refused.",
+    "Text padding: with `data.tokenizer=clip_bpe` (whose pad id 0 is the token '!') the text tower "
+    "masks nothing and pools at the end-of-text token (`model.text.pad_id=-1`, `pool=argmax`), as "
+    "open_clip's; a run that masks id 0 is refused.",
   ),
 )
 
@@ -133,8 +148,9 @@ def get_config(arg=None):
     dict(variant="B/32", image_size=224, act="quick_gelu", pool="cls")
   )
   c.model.text = ml_collections.ConfigDict(
-    dict(variant="B", max_len=77, act="quick_gelu", causal=True, pool="eot")
+    dict(variant="B", max_len=77, act="quick_gelu", causal=True, pool="argmax", pad_id=-1)
   )
+  c.data.tokenizer = "clip_bpe"  # no path: the vocabulary shipped with vlm_jax
   c.objectives = ml_collections.ConfigDict(
     {"clip": dict(weight=1.0, impl="global")}
   )  # impl: global | local
@@ -162,13 +178,12 @@ def get_config(arg=None):
     c.model.image.update(variant="B/16", image_size=64, **tower)
     # As open_clip's text tower: no padding mask (causal), pooled at the largest id (CLIP BPE's
     # end-of-text), so that the same token ids give the same embedding ("!" is id 0 in CLIP's BPE).
-    c.model.text.update(
-      variant="B", max_len=32, vocab_size=49408, pad_id=-1, pool="argmax", **tower
-    )
+    c.model.text.update(variant="B", max_len=32, vocab_size=49408, **tower)
   if variant == "tiny":
     c.model.embed_dim = 128
     c.model.image.update(variant="tiny/8", image_size=48)  # 36 patches: the 64px data, resized
-    c.model.text.update(variant="tiny", max_len=16)
+    c.model.text.update(variant="tiny", max_len=16, pad_id=0, pool="eot")
+    c.data.tokenizer = "sentencepiece"
     c.optim.update(lr=2e-3, warmup="100 steps", weight_decay=0.1)
     c.data.augment.crop_scale = None  # CROP_DISTORTS_SHAPES
     c.train.update(duration="400 steps", log_every="50 steps", checkpoint_every="200 steps")

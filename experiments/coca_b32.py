@@ -91,6 +91,10 @@ def get_config(arg=None):
     # open_clip's coca_ViT-B-32.json: GELU (not QuickGELU), a 12-layer text tower of context 76.
     c.model.image.act = "gelu"
     c.model.text.update(depth=12, max_len=76, act="gelu")
+    # open_clip's CoCa masks its pad id 0 in the text tower (`_build_additive_mask`), which in CLIP's BPE
+    # is also '!'; until a recipe can declare that, CoCa keeps the SentencePiece tokenizer and its padding.
+    c.data.tokenizer = "sentencepiece"
+    c.model.text.update(pad_id=0, pool="eot")
     c.model.decoder = ml_collections.ConfigDict(dict(depth=12, num_heads=8, mlp_dim=2048))
     c.objectives = {
       "coca": dict(

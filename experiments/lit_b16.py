@@ -76,6 +76,8 @@ CARD = Card(
     "lit_coco.py's `randaug(2, 10)` is not implemented in vlm_jax.",
     "big_vision's LiT text tower is a pretrained BERT; here the text tower is CLIP's, trained from "
     "scratch, and the locked image tower comes from `init_from` (a vlm_jax run or converted model).",
+    "The text is tokenized as clip_b32.py's: CLIP's BPE, shipped with vlm_jax (the tiny variant: the "
+    "embedded data's SentencePiece model).",
   ),
 )
 

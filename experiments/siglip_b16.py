@@ -124,6 +124,9 @@ def get_config(arg=None):
       grad_clip_norm=1.0,
     )
     c.data.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # SigLIP normalises to [-1, 1]
+    # Not CLIP's BPE: SigLIP's own SentencePiece model (data.tokenizer=siglip with the released
+    # checkpoint's spiece.model as data.tokenizer_path), or the data's own (the embedded data ships one).
+    c.data.tokenizer = "sentencepiece"
     c.data.augment.update(crop_scale=None, flip=False)
     if variant == "tiny":
       c.model.embed_dim = 128

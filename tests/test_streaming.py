@@ -13,6 +13,7 @@ import pytest
 
 from tests import helpers
 from tests.test_real_data import REAL_IMAGES, png, real_image_samples, write_tar
+from vlm_jax.assembly import experiment
 from vlm_jax.core import checkpoint
 from vlm_jax.data import DATASETS, sources, streaming, tokenizers, transforms
 from vlm_jax.errors import ConfigError
@@ -255,3 +256,35 @@ def test_eval_records_are_filed_under_the_evaluators_own_dataset():
   assert (
     "label_keys" not in settings["zero_shot"]
   )  # the folder's own labels, not the embedded data's
+
+
+def test_clip_recipe_trains_on_user_shards_with_clips_tokenizer_and_no_tokenizer_flag(tmp_path):
+  """`clip_b32.py` (not :tiny) on the user's own shards needs no tokenizer path: CLIP's BPE ships with
+  vlm_jax, and the captions it trains on are tokenized as open_clip tokenizes them."""
+  from tests.test_tokenizers import _open_clip_tokenizer_module  # pylint: disable=import-outside-toplevel
+
+  samples = real_image_samples()
+  write_tar(tmp_path / "shard-0.tar", samples[::2])
+  write_tar(tmp_path / "shard-1.tar", samples[1::2])
+  config = helpers.micro_config(
+    os.path.join(helpers.ROOT, "experiments", "clip_b32.py"),
+    **{
+      "data.name": "shards",
+      "data.shards": str(tmp_path / "shard-{0..1}.tar"),
+      "data.augment.crop_scale": None,
+      "train.duration": "2 steps",
+      "evals": {},
+    },
+  )
+  exp = experiment.Experiment(config, log=lambda *a: None)
+  assert (
+    isinstance(exp.tokenizer, tokenizers.ClipBpeTokenizer) and exp.tokenizer.vocab_size == 49408
+  )
+  open_clip_tokenizer, vocab = _open_clip_tokenizer_module()
+  captions = [fields["txt"].decode() for _, fields in samples[:4]]
+  np.testing.assert_array_equal(
+    exp.tokenizer.encode_batch(captions, 16),
+    open_clip_tokenizer.SimpleTokenizer(vocab)(captions, context_length=16).numpy(),
+  )
+  trainer.train(config, str(tmp_path / "run"), log=lambda *a: None)
+  assert helpers.checkpoint_steps(tmp_path / "run") == [2]

@@ -196,3 +196,30 @@ def test_wordpiece_matches_transformers(tmp_path):
   assert [ours.inverse[int(i)] for i, s in zip(ids, starts) if not s] == [
     t for t in (ours.inverse[int(i)] for i in ids) if t.startswith("##")
   ]
+
+
+TRICKY_CAPTIONS = [
+  "A dog's   ball &amp; a CAT!!",
+  "Café crème, naïve résumé — 3½ cups",
+  "emoji 🐶🐱 and 日本語のテキスト",
+  "it's   don't they'll we've I'M",
+  "<html>tags</html> &lt;b&gt; x&#39;s",
+  "a " + "very " * 100 + "long caption",
+  "",
+  "!!! ??? 1234567890 3.14",
+]
+
+
+def test_the_shipped_clip_vocabulary_is_openais_and_tokenizes_as_open_clip():
+  """No path: clip_bpe reads the vocabulary shipped in the package (source and checksum in
+  vlm_jax/data/vocab/README.md), and tokenizes as open_clip's SimpleTokenizer with its own copy."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+
+  with open(tokenizers.CLIP_BPE_VOCAB, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  readme = os.path.join(os.path.dirname(tokenizers.CLIP_BPE_VOCAB), "README.md")
+  assert digest in open(readme).read()
+  open_clip_tokenizer, vocab = _open_clip_tokenizer_module()
+  ours = tokenizers.get_tokenizer("clip_bpe")
+  expected = open_clip_tokenizer.SimpleTokenizer(vocab)(TRICKY_CAPTIONS, context_length=77).numpy()
+  np.testing.assert_array_equal(ours.encode_batch(TRICKY_CAPTIONS, 77), expected)

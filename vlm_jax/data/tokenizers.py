@@ -437,6 +437,9 @@ class WordPieceTokenizer(_FixedLength):
 
 
 TOKENIZERS = ("bytes", "sentencepiece", "siglip", "clip_bpe", "wordpiece")
+# OpenAI CLIP's BPE merges, shipped with the package (vocab/README.md: source, license, checksum): what
+# `clip_bpe` reads when no path is given.
+CLIP_BPE_VOCAB = os.path.join(os.path.dirname(__file__), "vocab", "bpe_simple_vocab_16e6.txt.gz")
 
 
 def check_tokenizer_name(name: str):
@@ -445,19 +448,21 @@ def check_tokenizer_name(name: str):
 
 
 def get_tokenizer(name: str, path: str = "", dataset_tokenizer: str | None = None):
-  """name 'bytes'; 'sentencepiece' with a model path (empty: the dataset's own model); 'siglip',
-  'clip_bpe' or 'wordpiece' with the path of the imported model's vocabulary."""
+  """name 'bytes'; 'sentencepiece' with a model path (empty: the dataset's own model); 'clip_bpe' with a
+  vocabulary path (empty: CLIP's, shipped with vlm_jax); 'siglip' or 'wordpiece' with the path of the
+  imported model's vocabulary."""
   check_tokenizer_name(name)
   if name == "bytes":
     return ByteTokenizer()
-  if name in ("siglip", "clip_bpe", "wordpiece"):
+  if name == "clip_bpe":
+    return ClipBpeTokenizer(path or CLIP_BPE_VOCAB)
+  if name in ("siglip", "wordpiece"):
     if not path:
       raise ConfigError(
         f"data.tokenizer {name!r} needs data.tokenizer_path (the model's vocabulary file)"
       )
     return {
       "siglip": SiglipTokenizer,
-      "clip_bpe": ClipBpeTokenizer,
       "wordpiece": WordPieceTokenizer,
     }[name](path)
   path = path or dataset_tokenizer
