@@ -54,8 +54,12 @@ setup(
       GCSFS,
       "gcp-storage-emulator==2026.7.19",
       "jax[tpu]==0.10.2",
+      "wandb==0.31.0",
     ],
-    "convert": ["torch==2.13.0"],  # reading .pt/.bin checkpoints (.safetensors needs no torch)
+    "convert": ["torch==2.13.0"],
+    "wandb": [
+      "wandb==0.31.0"
+    ],  # train.wandb=True  # reading .pt/.bin checkpoints (.safetensors needs no torch)
     "tf": ["tensorflow"],
   },
 )

@@ -104,6 +104,13 @@ def base_config() -> ml_collections.ConfigDict:
       mfu=True,
       max_steps=0,
       profile_steps=(),  # (a, b): an XProf trace of steps a+1..b in workdir/profile (train/profiler.py)
+      # Weights & Biases (pip install -e ".[wandb]"): the scalars TensorBoard gets, and the config.
+      # WANDB_MODE=offline writes the run locally; name: default the workdir's name.
+      wandb=False,
+      wandb_project="vlm_jax",
+      wandb_entity="",
+      wandb_name="",
+      wandb_tags=(),
     )
   )  # > 0: stop after this many steps (a smoke test), on the schedule of the full duration
   c.evals = ml_collections.ConfigDict(

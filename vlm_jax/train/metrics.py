@@ -1,5 +1,6 @@
 """Metrics as JSON lines and TensorBoard events in the workdir (process 0 only), and the progress line."""
 
+import hashlib
 import json
 import math
 import time
@@ -7,6 +8,7 @@ import time
 import jax
 
 from vlm_jax import storage
+from vlm_jax.errors import ConfigError
 
 
 def _scalar(value):
@@ -46,18 +48,49 @@ def _register_bucket_writers():
     record_writer.register_writer_factory(scheme, _ObjectRecordWriterFactory())
 
 
+def _wandb_run(workdir: str, config):
+  """A W&B run for `config.train.wandb`, resumed across restarts of the same workdir (its id is derived
+  from the workdir, so a resumed run continues the same W&B run)."""
+  try:
+    import wandb  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConfigError(
+      'train.wandb=True needs the wandb package: pip install -e ".[wandb]"'
+    ) from None
+  train = config.train
+  name = train.get("wandb_name") or storage.basename(workdir)
+  run_id = hashlib.sha256(workdir.encode()).hexdigest()[:16]
+  local = None if storage.is_remote(workdir) else storage.join(workdir, "wandb_files")
+  if local:
+    storage.makedirs(local)
+  return wandb.init(
+    project=train.get("wandb_project") or "vlm_jax",
+    entity=train.get("wandb_entity") or None,
+    name=name,
+    id=run_id,
+    resume="allow",
+    tags=list(train.get("wandb_tags") or ()),
+    config=json.loads(config.to_json_best_effort()),
+    dir=local,  # a bucket workdir: W&B's own local folder (WANDB_DIR), then its servers
+  )
+
+
 class MetricWriter:
-  """Appends {"step": N, name: value, ...} lines to workdir/metrics.jsonl and writes TensorBoard scalars.
+  """Appends {"step": N, name: value, ...} lines to workdir/metrics.jsonl and writes TensorBoard scalars
+  (and W&B's, with `train.wandb`).
 
   Local files are appended to; in a bucket the file is rewritten whole at each write (an object cannot be
   appended to), so it is complete in the bucket after every log point."""
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, enabled: bool | None = None, config=None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = storage.join(workdir, "metrics.jsonl")
     self._remote = storage.is_remote(workdir)
     self._lines = None  # a bucket file's content, kept to rewrite it
     self._tb = None
+    self._wandb = None
+    if self.enabled and config is not None and config.train.get("wandb", False):
+      self._wandb = _wandb_run(workdir, config)
     if self.enabled:
       storage.makedirs(workdir)
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -94,10 +127,15 @@ class MetricWriter:
     for name, value in metrics.items():
       self._tb.add_scalar(name, float(value), int(step))
     self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log({k: float(v) for k, v in metrics.items()}, step=int(step))
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
 
 
 def read_metrics(workdir: str):

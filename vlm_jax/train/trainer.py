@@ -233,7 +233,7 @@ def _train(config, workdir, main, log, allow_config_change):
     if changes:  # config.json becomes the new config; the history keeps what the earlier steps used
       _record_config_changes(workdir, latest, changes)
     config_utils.save_workdir_config(config, workdir)
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, config=config)
   if latest is not None:
     writer.drop_after(latest)
     log(f"Resumed from checkpoint at step {latest} in {ckpt.directory}")
