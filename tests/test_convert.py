@@ -375,3 +375,109 @@ def test_hf_flava_parity(tmp_path):
   np.testing.assert_array_equal(params["itm_head"]["kernel"], 0)
   image = np.asarray(m.model.apply({"params": params}, pixels, method="encode_image"))
   np.testing.assert_allclose(image, ref["image"], atol=1e-4)
+
+
+def big_vision_npz(model, path):
+  """A big_vision SigLIP checkpoint of transformers' `model`: transformers' own conversion
+  (src/transformers/models/siglip/convert_siglip_to_hf.py: `create_rename_keys`, `rename_key`,
+  `read_in_q_k_v_head`) run backwards, restated here from that script."""
+  config = model.config
+  vd, td = config.vision_config.hidden_size, config.text_config.hidden_size
+  vh, th = config.vision_config.num_attention_heads, config.text_config.num_attention_heads
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  keys = [
+    ("img/embedding/kernel", "vision_model.embeddings.patch_embedding.weight"),
+    ("img/embedding/bias", "vision_model.embeddings.patch_embedding.bias"),
+    ("img/pos_embedding", "vision_model.embeddings.position_embedding.weight"),
+    ("img/Transformer/encoder_norm/scale", "vision_model.post_layernorm.weight"),
+    ("img/Transformer/encoder_norm/bias", "vision_model.post_layernorm.bias"),
+    ("img/MAPHead_0/probe", "vision_model.head.probe"),
+    ("img/MAPHead_0/LayerNorm_0/scale", "vision_model.head.layernorm.weight"),
+    ("img/MAPHead_0/LayerNorm_0/bias", "vision_model.head.layernorm.bias"),
+    ("img/MAPHead_0/MlpBlock_0/Dense_0/kernel", "vision_model.head.mlp.fc1.weight"),
+    ("img/MAPHead_0/MlpBlock_0/Dense_0/bias", "vision_model.head.mlp.fc1.bias"),
+    ("img/MAPHead_0/MlpBlock_0/Dense_1/kernel", "vision_model.head.mlp.fc2.weight"),
+    ("img/MAPHead_0/MlpBlock_0/Dense_1/bias", "vision_model.head.mlp.fc2.bias"),
+    (
+      "img/MAPHead_0/MultiHeadDotProductAttention_0/out/kernel",
+      "vision_model.head.attention.out_proj.weight",
+    ),
+    (
+      "img/MAPHead_0/MultiHeadDotProductAttention_0/out/bias",
+      "vision_model.head.attention.out_proj.bias",
+    ),
+    ("txt/Embed_0/embedding", "text_model.embeddings.token_embedding.weight"),
+    ("txt/pos_embedding", "text_model.embeddings.position_embedding.weight"),
+    ("txt/Encoder_0/encoder_norm/scale", "text_model.final_layer_norm.weight"),
+    ("txt/Encoder_0/encoder_norm/bias", "text_model.final_layer_norm.bias"),
+    ("txt/head/kernel", "text_model.head.weight"),
+    ("txt/head/bias", "text_model.head.bias"),
+  ]
+  block = {
+    "LayerNorm_0/scale": "layer_norm1.weight", "LayerNorm_0/bias": "layer_norm1.bias",
+    "LayerNorm_1/scale": "layer_norm2.weight", "LayerNorm_1/bias": "layer_norm2.bias",
+    "MlpBlock_0/Dense_0/kernel": "mlp.fc1.weight", "MlpBlock_0/Dense_0/bias": "mlp.fc1.bias",
+    "MlpBlock_0/Dense_1/kernel": "mlp.fc2.weight", "MlpBlock_0/Dense_1/bias": "mlp.fc2.bias",
+  }  # fmt: skip
+  for a, p in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "out")):
+    for kind, suffix in (("kernel", "weight"), ("bias", "bias")):
+      block[f"MultiHeadDotProductAttention_0/{a}/{kind}"] = f"self_attn.{p}_proj.{suffix}"
+  for stack, prefix, layers in (
+    ("img/Transformer", "vision_model.encoder.layers", config.vision_config.num_hidden_layers),
+    ("txt/Encoder_0", "text_model.encoder.layers", config.text_config.num_hidden_layers),
+  ):
+    keys += [
+      (f"{stack}/encoderblock_{i}/{bv}", f"{prefix}.{i}.{hf}")
+      for i in range(layers)
+      for bv, hf in block.items()
+    ]
+  out = {}
+  for bv, name in keys:
+    value = state.pop(name)
+    width, heads = (vd, vh) if name.startswith("vision") else (td, th)
+    if name.endswith("patch_embedding.weight"):
+      value = value.transpose(2, 3, 1, 0)  # rename_key: transpose(3, 2, 0, 1)
+    elif name.endswith("weight") and "embedding" not in name and value.ndim == 2:
+      value = value.T
+    if any(p in name for p in ("q_proj", "k_proj", "v_proj")):  # [in, heads, head_dim]
+      value = value.reshape(width, heads, -1) if value.ndim == 2 else value.reshape(heads, -1)
+    elif "out_proj.weight" in name:  # [heads, head_dim, out]
+      value = value.reshape(heads, -1, width)
+    elif "position_embedding" in name:
+      value = value[None]
+    out[bv] = value
+  head = "img/MAPHead_0/MultiHeadDotProductAttention_0"
+  in_w = state.pop("vision_model.head.attention.in_proj_weight")
+  in_b = state.pop("vision_model.head.attention.in_proj_bias")
+  for i, p in enumerate(("query", "key", "value")):
+    out[f"{head}/{p}/kernel"] = in_w[i * vd : (i + 1) * vd].T.reshape(vd, vh, -1)
+    out[f"{head}/{p}/bias"] = in_b[i * vd : (i + 1) * vd].reshape(vh, -1)
+  out["t"], out["b"] = state.pop("logit_scale").reshape(1), state.pop("logit_bias").reshape(1)
+  assert not [k for k in state if not k.endswith("position_ids")], sorted(state)
+  np.savez(path, **{f"params/{k}": v for k, v in out.items()})
+
+
+def test_big_vision_siglip_npz_imports_with_transformers_parity(tmp_path):
+  folder = tmp_path / "hf_siglip"
+  model = make_hf_siglip(str(folder))
+  big_vision_npz(model, tmp_path / "siglip.npz")
+  result = subprocess.run(
+    [
+      sys.executable, "-m", "vlm_jax.convert", "--from", "big_vision_siglip",
+      "--input", "siglip.npz", "--tokenizer", "hf_siglip/spiece.model", "--output", "w",
+    ],
+    env=helpers.subprocess_env(1), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr
+  m = check_parity(tmp_path / "w", model, bias=True)
+  pixels = np.random.default_rng(1).normal(size=(3, 32, 32, 3)).astype(np.float32)
+  ids = m.tokenize(SENTENCES[:3])
+  image_ref, text_ref, _ = reference_outputs(model, pixels, ids)
+  np.testing.assert_allclose(m.encode_image(pixels), image_ref, atol=1e-5)
+  np.testing.assert_allclose(m.encode_text(ids), text_ref, atol=1e-5)
+  # The same parameters, bit for bit, as importing transformers' folder of the same model.
+  convert.convert("hf_siglip", str(folder), str(tmp_path / "from_hf"), log=lambda *a: None)
+  got, want = helpers.load_params(tmp_path / "w"), helpers.load_params(tmp_path / "from_hf")
+  assert got.keys() == want.keys()
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=path)

@@ -196,3 +196,29 @@ def test_a_damaged_checkpoint_in_a_bucket_is_set_aside_and_the_run_resumes_from_
   got, want = helpers.load_params(workdir), helpers.load_params(reference)
   for path in want:
     np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+
+
+def test_a_big_vision_checkpoint_converts_from_a_bucket(gcs, tmp_path):
+  from tests.hf_models import make_hf_siglip  # pylint: disable=import-outside-toplevel
+  from tests.test_convert import big_vision_npz  # pylint: disable=import-outside-toplevel
+  from vlm_jax import convert  # pylint: disable=import-outside-toplevel
+
+  model = make_hf_siglip(str(tmp_path / "hf_siglip"))
+  big_vision_npz(model, tmp_path / "siglip.npz")
+  root = f"gs://{gcs_lib.BUCKET}/{uuid.uuid4().hex[:8]}"
+  storage.write_bytes(f"{root}/siglip.npz", (tmp_path / "siglip.npz").read_bytes())
+  convert.convert(
+    "big_vision_siglip",
+    f"{root}/siglip.npz",
+    str(tmp_path / "from_bucket"),
+    tokenizer_path=str(tmp_path / "hf_siglip" / "spiece.model"),
+    log=lambda *a: None,
+  )
+  convert.convert("hf_siglip", str(tmp_path / "hf_siglip"), str(tmp_path / "from_hf"), log=print)
+  got, want = (
+    helpers.load_params(tmp_path / "from_bucket"),
+    helpers.load_params(tmp_path / "from_hf"),
+  )
+  assert got.keys() == want.keys()
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=path)

@@ -8,8 +8,8 @@ changes, and nothing else:
     run, cut after 4 steps on its own schedule), and `launch/sweep.py ... --backend local` gets
     `--only clip_b32-tiny__seed0 --set train.max_steps=4`;
   * `gs://BUCKET` is bucket `bucket` of a GCS emulator on 127.0.0.1 (tests/gcs.py);
-  * the HF model folders and the OpenAI checkpoint the convert commands read are small random models
-    (tests/hf_models.py), made where the commands look for them.
+  * the HF model folders, the OpenAI checkpoint and the big_vision .npz the convert commands read are
+    small random models (tests/hf_models.py), made where the commands look for them.
 Run it with `python -m pytest -m ci` (CI's second tier, after the fast one).
 """
 
@@ -118,7 +118,10 @@ def _make_inputs(cwd):
   from tests import hf_models  # pylint: disable=import-outside-toplevel
 
   clip = hf_models.make_hf_clip(cwd / "models" / "clip-vit-base-patch32")
-  hf_models.make_hf_siglip(cwd / "models" / "siglip-base-patch16-224")
+  siglip = hf_models.make_hf_siglip(cwd / "models" / "siglip-base-patch16-224")
+  from tests.test_convert import big_vision_npz  # pylint: disable=import-outside-toplevel
+
+  big_vision_npz(siglip, cwd / "webli_en_b16_224.npz")
   torch.save({"state_dict": hf_models.openai_state_dict(clip)}, cwd / "ViT-B-32.pt")
   hf_models.make_hf_vilt(cwd / "models" / "vilt-b32-mlm")
   hf_models.make_hf_flava(cwd / "models" / "flava-full")

@@ -22,11 +22,11 @@ from vlm_jax import (
   models,
   storage,
 )
-from vlm_jax.convert import hf, openclip
+from vlm_jax.convert import big_vision, hf, openclip
 from vlm_jax.core import checkpoint
 from vlm_jax.errors import ConfigError
 
-KINDS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava")
+KINDS = ("hf_clip", "hf_siglip", "big_vision_siglip", "openclip", "hf_vilt", "hf_flava")
 FUSION_OBJECTIVES = {
   "mlm": dict(weight=1.0, rate=0.15, whole_word=True),
   "itm": dict(weight=1.0, negative_rate=0.5, negatives="mixed", hard_fraction=0.5),
@@ -79,7 +79,7 @@ def _normalisation(kind: str, path: str):
       pre = json.load(f)
     if "image_mean" in pre and "image_std" in pre:
       return tuple(pre["image_mean"]), tuple(pre["image_std"])
-  if kind in ("hf_siglip", "hf_vilt"):
+  if kind in ("hf_siglip", "big_vision_siglip", "hf_vilt"):
     return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
   return defaults.base_config().data.mean, defaults.base_config().data.std
 
@@ -87,7 +87,8 @@ def _normalisation(kind: str, path: str):
 def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print, **options):
   """(vlm_jax config, params as NumPy arrays) of a public checkpoint.
 
-  kind: 'hf_clip', 'hf_siglip', 'hf_vilt' or 'hf_flava' (path: an HF model folder) or 'openclip' (path: a
+  kind: 'hf_clip', 'hf_siglip', 'hf_vilt' or 'hf_flava' (path: an HF model folder), 'big_vision_siglip'
+  (path: a big_vision SigLIP .npz, local or gs://) or 'openclip' (path: a
   .pt/.bin/.safetensors state dict of a CLIP or CoCa; options: act='quick_gelu'|'gelu', image_heads,
   text_heads, and for CoCa pool_heads, decoder_heads). The params
   fit the model that `config.model` builds; a mismatch fails with the offending parameter paths.
@@ -97,6 +98,8 @@ def load_pretrained(path: str, kind: str, *, tokenizer_path: str = "", log=print
     model, params, objective, (tok_name, tok_files) = hf.convert_clip(path)
   elif kind == "hf_siglip":
     model, params, objective, (tok_name, tok_files) = hf.convert_siglip(path)
+  elif kind == "big_vision_siglip":
+    model, params, objective, (tok_name, tok_files) = big_vision.convert_siglip(path)
   elif kind == "openclip":
     model, params, objective, (tok_name, tok_files) = openclip.convert(path, **options)
   elif kind == "hf_vilt":

@@ -2,6 +2,8 @@ r"""Convert a public checkpoint into a vlm_jax workdir.
 
 python -m vlm_jax.convert --from hf_clip --input /models/clip-vit-base-patch32 --output runs/clip_b32_openai
 python -m vlm_jax.convert --from hf_siglip --input /models/siglip-base-patch16-224 --output runs/siglip_b16
+python -m vlm_jax.convert --from big_vision_siglip --input webli_en_b16_224_63724782.npz --tokenizer c4_en.model \
+    --output runs/siglip_b16_bv
 python -m vlm_jax.convert --from openclip --input ViT-B-32.pt --output runs/openai_b32 [--act gelu]
 python -m vlm_jax.convert --from openclip --input coca_ViT-B-32.bin --output runs/coca_b32 --act gelu
 python -m vlm_jax.convert --from hf_vilt --input /models/vilt-b32-mlm --output runs/vilt_b32_mlm
@@ -13,10 +15,15 @@ from absl import app, flags, logging
 from vlm_jax.cli import fail
 
 flags.DEFINE_enum(
-  "from", None, ["hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava"], "Checkpoint kind."
+  "from",
+  None,
+  ["hf_clip", "hf_siglip", "big_vision_siglip", "openclip", "hf_vilt", "hf_flava"],
+  "Checkpoint kind.",
 )
 flags.DEFINE_string(
-  "input", None, "HF model folder, or an OpenAI/open_clip .pt/.bin/.safetensors file."
+  "input",
+  None,
+  "HF model folder, an OpenAI/open_clip .pt/.bin/.safetensors file, or a big_vision .npz (or gs://).",
 )
 flags.DEFINE_string("output", None, "The workdir to write (config.json, checkpoints/, tokenizer/).")
 flags.DEFINE_string(

@@ -188,6 +188,12 @@ def convert_clip(path: str):
 
 def convert_siglip(path: str):
   config, state = read_folder(path)
+  return siglip_from_state(config, state)
+
+
+def siglip_from_state(config: dict, state):
+  """An HF-layout SigLIP (its config dict and state) -> (model config dict, params, objective,
+  tokenizer); big_vision's checkpoints arrive here renamed (`convert/big_vision.py`)."""
   _check_kind(config, "siglip")
   tc, vc = config["text_config"], config["vision_config"]
   image, image_params = _vision(state, vc)
