@@ -33,6 +33,7 @@ LAYERS = (
     "inference",
     "main",
     "evaluate",
+    "export",
     "tables",
     "convert",
     "launch",

@@ -1,0 +1,124 @@
+"""Export to transformers: a trained micro CLIP and SigLIP load with `CLIPModel` / `SiglipModel` and give
+vlm_jax's embeddings and logits; importing the export gives back the run's parameters bit for bit; what
+transformers cannot express is a one-line error."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import helpers
+from vlm_jax import convert
+from vlm_jax.convert import export
+from vlm_jax.errors import ConfigError
+from vlm_jax.train import trainer
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+CAPTIONS = ["a red circle", "a small blue square in the top left", "green!", "a yellow triangle"]
+
+
+def _train(workdir, base=helpers.TINY, **overrides):
+  config = helpers.micro_config(base, **{"train.duration": "3 steps", "evals": {}, **overrides})
+  trainer.train(config, str(workdir), log=lambda *a: None)
+
+
+def _export_cli(cwd, workdir, target, output):
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "vlm_jax.export",
+      "--workdir",
+      workdir,
+      "--to",
+      target,
+      "--output",
+      output,
+    ],
+    env=helpers.subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=cwd,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _check_parity(m, hf, pixels, ids):
+  with torch.no_grad():
+    out = hf(
+      input_ids=torch.from_numpy(ids).long(),
+      pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2),
+    )
+  np.testing.assert_allclose(out.image_embeds.numpy(), m.encode_image(pixels), atol=1e-5)
+  np.testing.assert_allclose(out.text_embeds.numpy(), m.encode_text(ids), atol=1e-5)
+  logits = m.similarity(pixels, ids)
+  np.testing.assert_allclose(
+    out.logits_per_image.numpy(), logits, atol=1e-5 * max(1.0, np.abs(logits).max())
+  )
+
+
+def _same_params(imported, run, vocab: int):
+  """Bit for bit, but the embedding rows past the tokenizer's vocabulary: padding for sharding, never an
+  input (an import fills them with zeros)."""
+  got, want = helpers.load_params(imported), helpers.load_params(run)
+  assert got.keys() == want.keys()
+  for path in want:
+    g, w = (
+      (got[path][:vocab], want[path][:vocab]) if "token_embed" in path else (got[path], want[path])
+    )
+    np.testing.assert_array_equal(g, w, err_msg=path)
+
+
+def test_a_trained_clip_loads_in_transformers_with_its_tokenizer_and_imports_back(tmp_path):
+  import vlm_jax  # pylint: disable=import-outside-toplevel
+
+  overrides = {"data.tokenizer": "clip_bpe", "model.text.pad_id": -1, "model.text.pool": "argmax"}
+  _train(tmp_path / "runs" / "clip", **overrides)
+  result = _export_cli(tmp_path, "runs/clip", "hf_clip", "exported/clip")
+  assert "vocab.json, merges.txt" in result.stdout
+  m = vlm_jax.load(str(tmp_path / "runs" / "clip"))
+  hf = transformers.CLIPModel.from_pretrained(str(tmp_path / "exported" / "clip")).eval()
+  processor = transformers.CLIPProcessor.from_pretrained(str(tmp_path / "exported" / "clip"))
+  ids = m.tokenize(CAPTIONS)
+  hf_ids = np.asarray(processor.tokenizer(CAPTIONS, padding="max_length", max_length=16).input_ids)
+  # The same ids up to the end-of-text token; transformers pads with it where open_clip pads with 0.
+  text = np.cumsum(ids == m.tokenizer.eos_id, axis=1) - (ids == m.tokenizer.eos_id) == 0
+  np.testing.assert_array_equal(np.where(text, hf_ids, 0), np.where(text, ids, 0))
+  with torch.no_grad():
+    hf_text = hf.get_text_features(input_ids=torch.from_numpy(hf_ids).long())
+  hf_text = getattr(hf_text, "pooler_output", hf_text).numpy()
+  hf_text /= np.linalg.norm(hf_text, axis=-1, keepdims=True)
+  np.testing.assert_allclose(hf_text, m.encode_text(ids), atol=1e-5)
+  pixels = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  _check_parity(m, hf, pixels, ids)
+  convert.convert("hf_clip", str(tmp_path / "exported" / "clip"), str(tmp_path / "back"), log=print)
+  _same_params(tmp_path / "back", tmp_path / "runs" / "clip", m.tokenizer.vocab_size)
+
+
+def test_a_trained_siglip_loads_in_transformers_and_imports_back(tmp_path):
+  import vlm_jax  # pylint: disable=import-outside-toplevel
+
+  _train(tmp_path / "siglip", helpers.SIGLIP_TINY, **{"model.text.pad_id": -1})
+  logs = []
+  export.export(str(tmp_path / "siglip"), "hf_siglip", str(tmp_path / "out"), log=logs.append)
+  assert any("no tokenizer class for this run's SentencePieceTokenizer" in line for line in logs)
+  m = vlm_jax.load(str(tmp_path / "siglip"))
+  hf = transformers.SiglipModel.from_pretrained(str(tmp_path / "out")).eval()
+  pixels = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  _check_parity(m, hf, pixels, m.tokenize(CAPTIONS))
+  convert.convert("hf_siglip", str(tmp_path / "out"), str(tmp_path / "back"), log=print)
+  _same_params(tmp_path / "back", tmp_path / "siglip", m.tokenizer.vocab_size)
+
+
+def test_what_transformers_cannot_express_is_one_line(tmp_path):
+  _train(tmp_path / "siglip", helpers.SIGLIP_TINY)  # the tiny recipe masks its padding
+  with pytest.raises(ConfigError) as error:
+    export.export(str(tmp_path / "siglip"), "hf_siglip", str(tmp_path / "out"), log=print)
+  assert "\n" not in str(error.value) and "masks padding" in str(error.value)
+  with pytest.raises(ConfigError, match="holds a 'siglip' model; --to hf_clip exports 'clip'"):
+    export.export(str(tmp_path / "siglip"), "hf_clip", str(tmp_path / "out"), log=print)

@@ -1,0 +1,358 @@
+"""Export a vlm_jax CLIP or SigLIP to a transformers folder: the inverse of `convert/hf.py`.
+
+`export(workdir, "hf_clip" | "hf_siglip", output)` writes config.json and model.safetensors that
+`transformers.CLIPModel` / `SiglipModel.from_pretrained(output)` load as they are, the image processor's
+preprocessor_config.json (the run's size and normalisation), and the run's tokenizer where transformers
+has a class that reads it (CLIP's BPE: vocab.json and merges.txt); otherwise it says so. Every parameter
+must find a place: a model the target cannot express (another pooling, a padding mask transformers does
+not apply, extra heads) is a one-line error naming what differs, never a silently different model.
+`import(export(run))` gives back the same parameters bit for bit (tests/test_export.py).
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from vlm_jax import models, storage
+from vlm_jax.data import tokenizers
+from vlm_jax.errors import ConfigError
+from vlm_jax.models import text as text_lib
+from vlm_jax.models import vit
+
+TARGETS = ("hf_clip", "hf_siglip")
+HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+
+class _Params:
+  """A run's parameters by '/'-joined path, remembering which were taken: one left over is an error."""
+
+  def __init__(self, params):
+    self.flat = {
+      "/".join(p.key for p in path): np.asarray(v, np.float32)
+      for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
+    self.used = set()
+
+  def __call__(self, path):
+    if path not in self.flat:
+      raise ConfigError(f"the model has no parameter {path!r}, which the export target needs")
+    self.used.add(path)
+    return self.flat[path]
+
+  def check_all_used(self, target):
+    left = sorted(set(self.flat) - self.used)
+    if left:
+      raise ConfigError(
+        f"{target} has no place for {len(left)} parameters of this model: {', '.join(left[:6])}"
+        + (" ..." if len(left) > 6 else "")
+      )
+
+
+def _differs(target: str, what: str, fix: str):
+  raise ConfigError(f"{target} cannot express this model: {what}; {fix}")
+
+
+def _blocks(p, src, dst, depth, out):
+  """vlm_jax encoder blocks -> HF CLIP/SigLIP encoder layers (torch [out, in] weights)."""
+  if f"{src}/block_0/ln_1/scale" not in p.flat:
+    _differs(
+      "transformers",
+      "its layers are scanned (stacked)",
+      "export a run with model.scan_layers=False",
+    )
+  for i in range(depth):
+    b, h = f"{src}/block_{i}/", f"{dst}.layers.{i}."
+    out[h + "layer_norm1.weight"], out[h + "layer_norm1.bias"] = (
+      p(b + "ln_1/scale"),
+      p(b + "ln_1/bias"),
+    )
+    out[h + "layer_norm2.weight"], out[h + "layer_norm2.bias"] = (
+      p(b + "ln_2/scale"),
+      p(b + "ln_2/bias"),
+    )
+    for name, hf in (("query", "q"), ("key", "k"), ("value", "v")):
+      kernel = p(b + f"attn/{name}/kernel")
+      out[h + f"self_attn.{hf}_proj.weight"] = kernel.reshape(kernel.shape[0], -1).T
+      out[h + f"self_attn.{hf}_proj.bias"] = p(b + f"attn/{name}/bias").reshape(-1)
+    kernel = p(b + "attn/out/kernel")
+    out[h + "self_attn.out_proj.weight"] = kernel.reshape(-1, kernel.shape[-1]).T
+    out[h + "self_attn.out_proj.bias"] = p(b + "attn/out/bias")
+    for fc in ("fc1", "fc2"):
+      out[h + f"mlp.{fc}.weight"] = p(b + f"mlp/{fc}/kernel").T
+      out[h + f"mlp.{fc}.bias"] = p(b + f"mlp/{fc}/bias")
+
+
+def _patch_weight(kernel, patch: int):
+  """Dense kernel over (row, column, channel) patches -> the patchify convolution [width, 3, p, p]."""
+  return kernel.reshape(patch, patch, -1, kernel.shape[-1]).transpose(3, 2, 0, 1)
+
+
+def _towers(config, vocab_size):
+  image, txt = models.tower_fields(config.model, vocab_size)
+  image.setdefault("ln_eps", vit.VisionTransformer.ln_eps)
+  txt.setdefault("ln_eps", text_lib.TextTransformer.ln_eps)
+  for name, tower in (("image", image), ("text", txt)):
+    if tower.get("scan"):
+      _differs(
+        "transformers",
+        f"its {name} layers are scanned",
+        "export a run with model.scan_layers=False",
+      )
+    if tower["act"] not in HF_ACT:
+      _differs(
+        "transformers",
+        f"the {name} tower's activation {tower['act']!r}",
+        "use one of " + ", ".join(HF_ACT),
+      )
+  return image, txt
+
+
+def _encoder_config(tower, **extra):
+  return dict(
+    hidden_size=tower["width"],
+    intermediate_size=tower["mlp_dim"],
+    num_hidden_layers=tower["depth"],
+    num_attention_heads=tower["num_heads"],
+    hidden_act=HF_ACT[tower["act"]],
+    layer_norm_eps=tower["ln_eps"],
+    **extra,
+  )
+
+
+def _clip(p, config, tokenizer):
+  image, txt = _towers(config, tokenizer.vocab_size)
+  m = config.model
+  if not txt.get("causal") or txt["pool"] not in ("eot", "argmax"):
+    _differs(
+      "hf_clip",
+      f"text pool {txt['pool']!r} (causal={txt.get('causal')})",
+      "CLIP's text tower is causal and pools at its end-of-text token",
+    )
+  if image["pool"] != "cls" or not image.get("ln_pre", True) or image.get("patch_bias"):
+    _differs(
+      "hf_clip",
+      "the image tower is not CLIP's (class-token pooling, ln_pre, no patch bias)",
+      "export as the family it is",
+    )
+  eos = tokenizer.eos_id
+  if txt["pool"] == "eot" and txt.get("eos_id", -1) not in (-1, eos):
+    _differs(
+      "hf_clip",
+      f"text pooled at id {txt['eos_id']}, not the tokenizer's end {eos}",
+      "pool at the end-of-text token",
+    )
+  vocab = txt["vocab_used"]
+  out = {
+    "text_model.embeddings.token_embedding.weight": p("text_encoder/token_embed/embedding")[:vocab],
+    "text_model.embeddings.position_embedding.weight": p("text_encoder/pos_embed"),
+    "text_model.final_layer_norm.weight": p("text_encoder/ln_final/scale"),
+    "text_model.final_layer_norm.bias": p("text_encoder/ln_final/bias"),
+    "vision_model.embeddings.class_embedding": p("image_encoder/cls_token"),
+    "vision_model.embeddings.patch_embedding.weight": _patch_weight(
+      p("image_encoder/patch_embed/kernel"), image["patch_size"]
+    ),
+    "vision_model.embeddings.position_embedding.weight": p("image_encoder/pos_embed"),
+    "vision_model.pre_layrnorm.weight": p("image_encoder/ln_pre/scale"),
+    "vision_model.pre_layrnorm.bias": p("image_encoder/ln_pre/bias"),
+    "vision_model.post_layernorm.weight": p("image_encoder/ln_post/scale"),
+    "vision_model.post_layernorm.bias": p("image_encoder/ln_post/bias"),
+    "visual_projection.weight": p("image_proj/kernel").T,
+    "text_projection.weight": p("text_proj/kernel").T,
+    "logit_scale": p("logit_scale").reshape(()),
+  }
+  _blocks(p, "text_encoder/encoder", "text_model.encoder", txt["depth"], out)
+  _blocks(p, "image_encoder/encoder", "vision_model.encoder", image["depth"], out)
+  hf_config = dict(
+    architectures=["CLIPModel"],
+    model_type="clip",
+    projection_dim=m.embed_dim,
+    logit_scale_init_value=float(m.get("logit_scale_init", 2.6592)),
+    text_config=_encoder_config(
+      txt,
+      vocab_size=vocab,
+      max_position_embeddings=txt["max_len"],
+      # transformers pools at the first eos_token_id (argmax of the ids when it is 2, its legacy value).
+      eos_token_id=eos,
+      bos_token_id=tokenizer.bos_id,
+      pad_token_id=max(tokenizer.pad_id, 0),
+      projection_dim=m.embed_dim,
+    ),
+    vision_config=_encoder_config(
+      image,
+      image_size=image["image_size"],
+      patch_size=image["patch_size"],
+      projection_dim=m.embed_dim,
+    ),
+  )
+  return out, hf_config
+
+
+def _siglip(p, config, tokenizer):
+  image, txt = _towers(config, tokenizer.vocab_size)
+  if txt.get("causal") or txt["pool"] != "last":
+    _differs(
+      "hf_siglip",
+      f"text pool {txt['pool']!r} (causal={txt.get('causal')})",
+      "SigLIP's text tower is bidirectional and reads its last position",
+    )
+  if txt.get("pad_id", 0) >= 0:
+    _differs(
+      "hf_siglip",
+      f"the text tower masks padding (model.text.pad_id={txt.get('pad_id', 0)}), which SiglipModel does not",
+      "train with --config.model.text.pad_id=-1",
+    )
+  if image["pool"] != "map" or image.get("ln_pre", True) or not image.get("patch_bias"):
+    _differs(
+      "hf_siglip",
+      "the image tower is not SigLIP's (MAP head, no ln_pre, patch bias)",
+      "export as the family it is",
+    )
+  d = image["width"]
+  vocab = txt["vocab_used"]
+  h = "vision_model.head."
+  mh = "image_encoder/map_head/"
+  out = {
+    "text_model.embeddings.token_embedding.weight": p("text_encoder/token_embed/embedding")[:vocab],
+    "text_model.embeddings.position_embedding.weight": p("text_encoder/pos_embed"),
+    "text_model.final_layer_norm.weight": p("text_encoder/ln_final/scale"),
+    "text_model.final_layer_norm.bias": p("text_encoder/ln_final/bias"),
+    "text_model.head.weight": p("text_proj/kernel").T,
+    "text_model.head.bias": p("text_proj/bias"),
+    "vision_model.embeddings.patch_embedding.weight": _patch_weight(
+      p("image_encoder/patch_embed/kernel"), image["patch_size"]
+    ),
+    "vision_model.embeddings.patch_embedding.bias": p("image_encoder/patch_embed/bias"),
+    "vision_model.embeddings.position_embedding.weight": p("image_encoder/pos_embed"),
+    "vision_model.post_layernorm.weight": p("image_encoder/ln_post/scale"),
+    "vision_model.post_layernorm.bias": p("image_encoder/ln_post/bias"),
+    h + "probe": p(mh + "probe").reshape(1, 1, d),
+    h + "attention.in_proj_weight": np.concatenate(
+      [p(mh + f"attn/{n}/kernel").reshape(d, -1).T for n in ("query", "key", "value")]
+    ),
+    h + "attention.in_proj_bias": np.concatenate(
+      [p(mh + f"attn/{n}/bias").reshape(-1) for n in ("query", "key", "value")]
+    ),
+    h + "attention.out_proj.weight": p(mh + "attn/out/kernel").reshape(-1, d).T,
+    h + "attention.out_proj.bias": p(mh + "attn/out/bias"),
+    h + "layernorm.weight": p(mh + "ln/scale"),
+    h + "layernorm.bias": p(mh + "ln/bias"),
+    h + "mlp.fc1.weight": p(mh + "mlp/fc1/kernel").T,
+    h + "mlp.fc1.bias": p(mh + "mlp/fc1/bias"),
+    h + "mlp.fc2.weight": p(mh + "mlp/fc2/kernel").T,
+    h + "mlp.fc2.bias": p(mh + "mlp/fc2/bias"),
+    "logit_scale": p("logit_scale").reshape(1),
+    "logit_bias": p("logit_bias").reshape(1),
+  }
+  _blocks(p, "text_encoder/encoder", "text_model.encoder", txt["depth"], out)
+  _blocks(p, "image_encoder/encoder", "vision_model.encoder", image["depth"], out)
+  hf_config = dict(
+    architectures=["SiglipModel"],
+    model_type="siglip",
+    text_config=_encoder_config(
+      txt,
+      vocab_size=vocab,
+      max_position_embeddings=txt["max_len"],
+      projection_size=config.model.embed_dim,
+      pad_token_id=max(tokenizer.pad_id, 0),
+      eos_token_id=tokenizer.eos_id,
+      bos_token_id=tokenizer.bos_id
+      if tokenizer.bos_id is not None and tokenizer.bos_id >= 0
+      else None,
+    ),
+    vision_config=_encoder_config(
+      image, image_size=image["image_size"], patch_size=image["patch_size"]
+    ),
+  )
+  return out, hf_config
+
+
+def _tokenizer_files(tokenizer, output: str, max_len: int, log) -> list:
+  """The run's tokenizer in a form transformers reads, where it has a class for it."""
+  if isinstance(tokenizer, tokenizers.ClipBpeTokenizer):
+    merges = sorted(tokenizer.ranks, key=tokenizer.ranks.get)
+    storage.write_json(storage.join(output, "vocab.json"), tokenizer.encoder)
+    storage.write_text(
+      storage.join(output, "merges.txt"),
+      "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+    )
+    storage.write_json(
+      storage.join(output, "tokenizer_config.json"),
+      # transformers pads with the end-of-text token where open_clip pads with id 0 ('!'): the text
+      # tower is causal and pools at the first end-of-text token, so the embeddings are the same.
+      {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": max_len,
+        "pad_token": "<|endoftext|>",
+      },
+    )
+    return ["vocab.json", "merges.txt", "tokenizer_config.json"]
+  log(
+    f"note: transformers has no tokenizer class for this run's {type(tokenizer).__name__}; the model is "
+    "exported without one (tokenize with vlm_jax, or train with data.tokenizer=clip_bpe)"
+  )
+  return []
+
+
+def export(workdir: str, target: str, output: str, *, step: int | None = None, log=print) -> dict:
+  """Writes the run's checkpoint (default: the latest) to `output` in `target`'s format; returns the
+  transformers config written."""
+  from vlm_jax import inference  # pylint: disable=import-outside-toplevel
+
+  if target not in TARGETS:
+    raise ConfigError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
+  m = inference.load(workdir, step)
+  family = {"hf_clip": "clip", "hf_siglip": "siglip"}[target]
+  if m.config.model.name != family:
+    raise ConfigError(
+      f"{workdir} holds a {m.config.model.name!r} model; --to {target} exports {family!r} models"
+    )
+  p = _Params(m.params)
+  state, hf_config = (_clip if target == "hf_clip" else _siglip)(p, m.config, m.tokenizer)
+  p.check_all_used(target)
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  output = storage.resolve(output)
+  storage.makedirs(output)
+  local = not storage.is_remote(output)
+  tensors = {k: np.array(v, np.float32, order="C") for k, v in state.items()}  # 0-d stays 0-d
+  if local:
+    save_file(tensors, os.path.join(output, "model.safetensors"), metadata={"format": "pt"})
+  else:
+    from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
+
+    storage.write_bytes(
+      storage.join(output, "model.safetensors"), save(tensors, metadata={"format": "pt"})
+    )
+  storage.write_json(storage.join(output, "config.json"), hf_config)
+  size = m.config.model.image.image_size
+  mean, std = list(m.config.data.mean), list(m.config.data.std)
+  processor = (
+    {
+      "image_processor_type": "CLIPImageProcessor",
+      "size": {"shortest_edge": size},
+      "crop_size": {"height": size, "width": size},
+      "do_center_crop": True,
+    }
+    if target == "hf_clip"
+    else {"image_processor_type": "SiglipImageProcessor", "size": {"height": size, "width": size}}
+  )
+  storage.write_json(
+    storage.join(output, "preprocessor_config.json"),
+    {
+      **processor,
+      "do_resize": True,
+      "resample": 3,
+      "do_rescale": True,
+      "rescale_factor": 1 / 255,
+      "do_normalize": True,
+      "image_mean": mean,
+      "image_std": std,
+    },
+  )
+  files = _tokenizer_files(m.tokenizer, output, m.max_len, log)
+  log(
+    f"Wrote step {m.step} of {workdir} as {target} to {output}: config.json, model.safetensors, "
+    f"preprocessor_config.json{', ' + ', '.join(files) if files else ''}"
+  )
+  return hf_config
