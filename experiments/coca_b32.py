@@ -40,6 +40,14 @@ CARD = Card(
     "model.text.max_len": (76, "coca_ViT-B-32.json `context_length`"),
     "model.decoder.depth": (12, "coca_ViT-B-32.json `multimodal_cfg.layers`"),
     "model.image.act": ("gelu", "coca_ViT-B-32.json: no `quick_gelu`"),
+    "data.tokenizer": (
+      "clip_bpe",
+      "open_clip's default tokenizer (CLIP's BPE, shipped with vlm_jax)",
+    ),
+    "model.text.pad_id": (
+      0,
+      "coca_model.py / transformer.py `_build_additive_mask`: `text != pad_id` (0, also '!')",
+    ),
     "optim.name": ("adamw", "`torch.optim.AdamW` (open_clip_train/main.py)"),
     "optim.lr": (5e-4, "open_clip_train/params.py `get_default_params` (ViT)"),
     "optim.b1": (0.9, "`get_default_params`"),
@@ -66,6 +74,7 @@ CARD = Card(
       "model.pool_heads": (4, TINY),
       "model.text.depth": (2, TINY),
       "model.text.max_len": (16, "the embedded captions are short"),
+      "data.tokenizer": ("sentencepiece", "the embedded data's own model, as CLIP tiny"),
       "model.decoder.depth": (2, TINY),
       "optim.lr": (2e-3, "as CLIP tiny"),
       "optim.weight_decay": (0.1, "as CLIP tiny"),
@@ -92,8 +101,7 @@ def get_config(arg=None):
     c.model.image.act = "gelu"
     c.model.text.update(depth=12, max_len=76, act="gelu")
     # open_clip's CoCa masks its pad id 0 in the text tower (`_build_additive_mask`), which in CLIP's BPE
-    # is also '!'; until a recipe can declare that, CoCa keeps the SentencePiece tokenizer and its padding.
-    c.data.tokenizer = "sentencepiece"
+    # is also '!'; its caption loss ignores id 0 too (`CoCaLoss`, ignore_index=pad_id).
     c.model.text.update(pad_id=0, pool="eot")
     c.model.decoder = ml_collections.ConfigDict(dict(depth=12, num_heads=8, mlp_dim=2048))
     c.objectives = {

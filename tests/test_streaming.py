@@ -258,17 +258,36 @@ def test_eval_records_are_filed_under_the_evaluators_own_dataset():
   )  # the folder's own labels, not the embedded data's
 
 
-def test_clip_recipe_trains_on_user_shards_with_clips_tokenizer_and_no_tokenizer_flag(tmp_path):
-  """`clip_b32.py` (not :tiny) on the user's own shards needs no tokenizer path: CLIP's BPE ships with
-  vlm_jax, and the captions it trains on are tokenized as open_clip tokenizes them."""
+@pytest.mark.parametrize(
+  "recipe,extra",
+  [
+    ("clip_b32.py", {}),
+    pytest.param(
+      "coca_b32.py",  # micro: the text tower's width, a one-layer decoder, few queries
+      {
+        "model.embed_dim": 64,
+        "model.caption_queries": 4,
+        "model.pool_heads": 2,
+        "model.decoder": {"depth": 1, "num_heads": 2, "mlp_dim": 128},
+      },
+      marks=pytest.mark.ci,  # CoCa's 49408-way caption head: a minute on 2 cores
+    ),
+  ],
+)
+def test_clip_recipes_train_on_user_shards_with_clips_tokenizer_and_no_tokenizer_flag(
+  tmp_path, recipe, extra
+):
+  """The CLIP-family recipes (not :tiny) on the user's own shards need no tokenizer path: CLIP's BPE ships
+  with vlm_jax, and the captions they train on are tokenized as open_clip tokenizes them."""
   from tests.test_tokenizers import _open_clip_tokenizer_module  # pylint: disable=import-outside-toplevel
 
   samples = real_image_samples()
   write_tar(tmp_path / "shard-0.tar", samples[::2])
   write_tar(tmp_path / "shard-1.tar", samples[1::2])
   config = helpers.micro_config(
-    os.path.join(helpers.ROOT, "experiments", "clip_b32.py"),
+    os.path.join(helpers.ROOT, "experiments", recipe),
     **{
+      **extra,
       "data.name": "shards",
       "data.shards": str(tmp_path / "shard-{0..1}.tar"),
       "data.augment.crop_scale": None,

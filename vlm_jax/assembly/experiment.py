@@ -151,10 +151,12 @@ class Experiment:
   def _check_padding_is_not_a_token(self):
     """CLIP's BPE pads with id 0, which is also the token "!": a text tower that masks id 0 as padding
     would drop every "!" of a caption (open_clip masks nothing: its causal tower never looks past the
-    end-of-text token, where it pools)."""
+    end-of-text token, where it pools). CoCa is the exception its reference makes: open_clip's CoCa masks
+    pad id 0 in its text tower (`TextTransformer._build_additive_mask`), '!' included."""
     pad = self.tokenizer.pad_id
     if (
       getattr(self.tokenizer, "pad_is_token", False)
+      and self.config.model.name != "coca"
       and self.config.model.text.get("pad_id", 0) == pad
     ):
       raise ConfigError(
