@@ -2,6 +2,7 @@
 vlm_jax's embeddings and logits; importing the export gives back the run's parameters bit for bit; what
 transformers cannot express is a one-line error."""
 
+import json
 import subprocess
 import sys
 
@@ -122,3 +123,46 @@ def test_what_transformers_cannot_express_is_one_line(tmp_path):
   assert "\n" not in str(error.value) and "masks padding" in str(error.value)
   with pytest.raises(ConfigError, match="holds a 'siglip' model; --to hf_clip exports 'clip'"):
     export.export(str(tmp_path / "siglip"), "hf_clip", str(tmp_path / "out"), log=print)
+
+
+def test_a_trained_clip_loads_in_open_clip_and_imports_back(tmp_path):
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+  import vlm_jax  # pylint: disable=import-outside-toplevel
+  from vlm_jax.tools import open_clip_step  # pylint: disable=import-outside-toplevel
+
+  overrides = {"data.tokenizer": "clip_bpe", "model.text.pad_id": -1, "model.text.pool": "argmax"}
+  _train(tmp_path / "clip", **overrides)
+  export.export(str(tmp_path / "clip"), "openclip", str(tmp_path / "oc"), log=print)
+  # open_clip without torchvision (not installed here): its `create_model("local-dir:...")` is
+  # `CLIP(**model_cfg)` then `load_state_dict` of the weights, done here the same way.
+  _, model_lib, _ = open_clip_step._load_open_clip()  # pylint: disable=protected-access
+  from open_clip import tokenizer  # pylint: disable=import-outside-toplevel
+
+  saved = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())
+  model = model_lib.CLIP(**saved["model_cfg"]).eval()
+  weights = load_file(str(tmp_path / "oc" / "open_clip_model.safetensors"))
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+  m = vlm_jax.load(str(tmp_path / "clip"))
+  ids = m.tokenize(CAPTIONS)
+  np.testing.assert_array_equal(
+    tokenizer.SimpleTokenizer()(CAPTIONS, context_length=16).numpy(), ids
+  )
+  pixels = np.random.default_rng(2).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    image = model.encode_image(torch.from_numpy(pixels).permute(0, 3, 1, 2), normalize=True)
+    text = model.encode_text(torch.from_numpy(ids).long(), normalize=True)
+  np.testing.assert_allclose(image.numpy(), m.encode_image(pixels), atol=1e-5)
+  np.testing.assert_allclose(text.numpy(), m.encode_text(ids), atol=1e-5)
+  # convert's open_clip import reads the same state dict back (QuickGELU, as the run).
+  torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, tmp_path / "oc.pt")
+  vision, txt = saved["model_cfg"]["vision_cfg"], saved["model_cfg"]["text_cfg"]
+  convert.convert(
+    "openclip",
+    str(tmp_path / "oc.pt"),
+    str(tmp_path / "back"),
+    log=print,
+    image_heads=vision["width"] // vision["head_width"],  # a state dict does not fix the heads
+    text_heads=txt["heads"],
+  )
+  _same_params(tmp_path / "back", tmp_path / "clip", m.tokenizer.vocab_size)

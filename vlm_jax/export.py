@@ -3,7 +3,10 @@ r"""Export a run's CLIP or SigLIP to a folder transformers loads as it is.
 python -m vlm_jax.export --workdir runs/clip_tiny --to hf_clip --output exported/clip_tiny
 python -m vlm_jax.export --workdir runs/siglip_b16 --step 2000 --to hf_siglip --output exported/siglip
 
-Then `transformers.CLIPModel.from_pretrained("exported/clip_tiny")` (or SiglipModel) and its processor.
+python -m vlm_jax.export --workdir runs/clip --to openclip --output exported/clip_openclip
+
+Then `transformers.CLIPModel.from_pretrained("exported/clip_tiny")` (or SiglipModel) and its processor, or
+`open_clip.create_model("local-dir:exported/clip_openclip")`.
 """
 
 from absl import app, flags, logging
@@ -12,7 +15,7 @@ from vlm_jax.cli import fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "The run (or converted model) to export.")
 flags.DEFINE_integer("step", None, "The checkpoint step (default: the latest).")
-flags.DEFINE_enum("to", None, ["hf_clip", "hf_siglip"], "The format to write.")
+flags.DEFINE_enum("to", None, ["hf_clip", "hf_siglip", "openclip"], "The format to write.")
 flags.DEFINE_string("output", None, "The folder to write (local or gs://).")
 FLAGS = flags.FLAGS
 

@@ -1,4 +1,5 @@
-"""Export a vlm_jax CLIP or SigLIP to a transformers folder: the inverse of `convert/hf.py`.
+"""Export a vlm_jax CLIP or SigLIP to a transformers folder (the inverse of `convert/hf.py`), or a CLIP to
+open_clip's (the inverse of `convert/openclip.py`).
 
 `export(workdir, "hf_clip" | "hf_siglip", output)` writes config.json and model.safetensors that
 `transformers.CLIPModel` / `SiglipModel.from_pretrained(output)` load as they are, the image processor's
@@ -6,10 +7,10 @@ preprocessor_config.json (the run's size and normalisation), and the run's token
 has a class that reads it (CLIP's BPE: vocab.json and merges.txt); otherwise it says so. Every parameter
 must find a place: a model the target cannot express (another pooling, a padding mask transformers does
 not apply, extra heads) is a one-line error naming what differs, never a silently different model.
+`openclip` writes open_clip_config.json and open_clip_model.safetensors, which
+`open_clip.create_model("local-dir:DIR")` loads (its tokenizer is CLIP's BPE, so the run must use it).
 `import(export(run))` gives back the same parameters bit for bit (tests/test_export.py).
 """
-
-import os
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from vlm_jax.errors import ConfigError
 from vlm_jax.models import text as text_lib
 from vlm_jax.models import vit
 
-TARGETS = ("hf_clip", "hf_siglip")
+TARGETS = ("hf_clip", "hf_siglip", "openclip")
 HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
@@ -294,39 +295,113 @@ def _tokenizer_files(tokenizer, output: str, max_len: int, log) -> list:
   return []
 
 
-def export(workdir: str, target: str, output: str, *, step: int | None = None, log=print) -> dict:
-  """Writes the run's checkpoint (default: the latest) to `output` in `target`'s format; returns the
-  transformers config written."""
-  from vlm_jax import inference  # pylint: disable=import-outside-toplevel
-
-  if target not in TARGETS:
-    raise ConfigError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
-  m = inference.load(workdir, step)
-  family = {"hf_clip": "clip", "hf_siglip": "siglip"}[target]
-  if m.config.model.name != family:
-    raise ConfigError(
-      f"{workdir} holds a {m.config.model.name!r} model; --to {target} exports {family!r} models"
+def _openclip(p, config, tokenizer):
+  """open_clip's CLIP (OpenAI's state-dict layout) and its `open_clip_config.json`."""
+  image, txt = _towers(config, tokenizer.vocab_size)
+  if not txt.get("causal") or txt["pool"] not in ("eot", "argmax"):
+    _differs(
+      "openclip",
+      f"text pool {txt['pool']!r} (causal={txt.get('causal')})",
+      "CLIP's text tower is causal and pools at its end-of-text token",
     )
-  p = _Params(m.params)
-  state, hf_config = (_clip if target == "hf_clip" else _siglip)(p, m.config, m.tokenizer)
-  p.check_all_used(target)
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-
-  output = storage.resolve(output)
-  storage.makedirs(output)
-  local = not storage.is_remote(output)
-  tensors = {k: np.array(v, np.float32, order="C") for k, v in state.items()}  # 0-d stays 0-d
-  if local:
-    save_file(tensors, os.path.join(output, "model.safetensors"), metadata={"format": "pt"})
-  else:
-    from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
-
-    storage.write_bytes(
-      storage.join(output, "model.safetensors"), save(tensors, metadata={"format": "pt"})
+  if tokenizer.eos_id != txt["vocab_used"] - 1:
+    _differs(
+      "openclip",
+      f"open_clip pools at the largest token id, and this run's end-of-text id {tokenizer.eos_id} "
+      f"is not its largest ({txt['vocab_used'] - 1})",
+      "train with data.tokenizer=clip_bpe",
     )
-  storage.write_json(storage.join(output, "config.json"), hf_config)
-  size = m.config.model.image.image_size
-  mean, std = list(m.config.data.mean), list(m.config.data.std)
+  if image["pool"] != "cls" or not image.get("ln_pre", True) or image.get("patch_bias"):
+    _differs(
+      "openclip",
+      "the image tower is not CLIP's (class-token pooling, ln_pre, no patch bias)",
+      "export as the family it is",
+    )
+  if image["act"] != txt["act"] or image["act"] not in ("gelu", "quick_gelu"):
+    _differs(
+      "openclip",
+      f"activations {image['act']!r} / {txt['act']!r}",
+      "open_clip's towers share gelu or quick_gelu",
+    )
+  out = {
+    "token_embedding.weight": p("text_encoder/token_embed/embedding")[: txt["vocab_used"]],
+    "positional_embedding": p("text_encoder/pos_embed"),
+    "ln_final.weight": p("text_encoder/ln_final/scale"),
+    "ln_final.bias": p("text_encoder/ln_final/bias"),
+    "text_projection": p("text_proj/kernel"),
+    "logit_scale": p("logit_scale").reshape(()),
+    "visual.conv1.weight": _patch_weight(
+      p("image_encoder/patch_embed/kernel"), image["patch_size"]
+    ),
+    "visual.class_embedding": p("image_encoder/cls_token"),
+    "visual.positional_embedding": p("image_encoder/pos_embed"),
+    "visual.ln_pre.weight": p("image_encoder/ln_pre/scale"),
+    "visual.ln_pre.bias": p("image_encoder/ln_pre/bias"),
+    "visual.ln_post.weight": p("image_encoder/ln_post/scale"),
+    "visual.ln_post.bias": p("image_encoder/ln_post/bias"),
+    "visual.proj": p("image_proj/kernel"),
+  }
+  for src, dst, depth in (
+    ("text_encoder/encoder", "transformer.resblocks", txt["depth"]),
+    ("image_encoder/encoder", "visual.transformer.resblocks", image["depth"]),
+  ):
+    hf = {}
+    _blocks(p, src, "x", depth, hf)
+    for i in range(depth):
+      g = lambda name: hf[f"x.layers.{i}.{name}"]  # noqa: B023  (called within this iteration)
+      b = f"{dst}.{i}."
+      out[b + "ln_1.weight"], out[b + "ln_1.bias"] = g("layer_norm1.weight"), g("layer_norm1.bias")
+      out[b + "ln_2.weight"], out[b + "ln_2.bias"] = g("layer_norm2.weight"), g("layer_norm2.bias")
+      out[b + "attn.in_proj_weight"] = np.concatenate(
+        [g(f"self_attn.{n}_proj.weight") for n in "qkv"]
+      )
+      out[b + "attn.in_proj_bias"] = np.concatenate([g(f"self_attn.{n}_proj.bias") for n in "qkv"])
+      out[b + "attn.out_proj.weight"] = g("self_attn.out_proj.weight")
+      out[b + "attn.out_proj.bias"] = g("self_attn.out_proj.bias")
+      out[b + "mlp.c_fc.weight"], out[b + "mlp.c_fc.bias"] = g("mlp.fc1.weight"), g("mlp.fc1.bias")
+      out[b + "mlp.c_proj.weight"], out[b + "mlp.c_proj.bias"] = (
+        g("mlp.fc2.weight"),
+        g("mlp.fc2.bias"),
+      )
+  model_cfg = dict(
+    embed_dim=config.model.embed_dim,
+    quick_gelu=image["act"] == "quick_gelu",
+    vision_cfg=dict(
+      image_size=image["image_size"],
+      layers=image["depth"],
+      width=image["width"],
+      head_width=image["width"] // image["num_heads"],
+      mlp_ratio=image["mlp_dim"] / image["width"],
+      patch_size=image["patch_size"],
+    ),
+    text_cfg=dict(
+      context_length=txt["max_len"],
+      vocab_size=txt["vocab_used"],
+      width=txt["width"],
+      heads=txt["num_heads"],
+      layers=txt["depth"],
+      mlp_ratio=txt["mlp_dim"] / txt["width"],
+    ),
+  )
+  preprocess_cfg = dict(
+    size=image["image_size"],
+    mean=list(config.data.mean),
+    std=list(config.data.std),
+    interpolation="bicubic",
+    resize_mode="shortest",
+  )
+  return out, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+
+
+def _save(tensors: dict, path: str):
+  from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
+
+  tensors = {k: np.array(v, np.float32, order="C") for k, v in tensors.items()}  # 0-d stays 0-d
+  storage.write_bytes(path, save(tensors, metadata={"format": "pt"}))
+
+
+def _hf_processor(target, config):
+  size = config.model.image.image_size
   processor = (
     {
       "image_processor_type": "CLIPImageProcessor",
@@ -337,22 +412,46 @@ def export(workdir: str, target: str, output: str, *, step: int | None = None, l
     if target == "hf_clip"
     else {"image_processor_type": "SiglipImageProcessor", "size": {"height": size, "width": size}}
   )
-  storage.write_json(
-    storage.join(output, "preprocessor_config.json"),
-    {
-      **processor,
-      "do_resize": True,
-      "resample": 3,
-      "do_rescale": True,
-      "rescale_factor": 1 / 255,
-      "do_normalize": True,
-      "image_mean": mean,
-      "image_std": std,
-    },
-  )
-  files = _tokenizer_files(m.tokenizer, output, m.max_len, log)
-  log(
-    f"Wrote step {m.step} of {workdir} as {target} to {output}: config.json, model.safetensors, "
-    f"preprocessor_config.json{', ' + ', '.join(files) if files else ''}"
-  )
-  return hf_config
+  return {
+    **processor,
+    "do_resize": True,
+    "resample": 3,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": list(config.data.mean),
+    "image_std": list(config.data.std),
+  }
+
+
+def export(workdir: str, target: str, output: str, *, step: int | None = None, log=print) -> dict:
+  """Writes the run's checkpoint (default: the latest) to `output` in `target`'s format; returns the
+  config written (transformers' config.json, or open_clip's open_clip_config.json)."""
+  from vlm_jax import inference  # pylint: disable=import-outside-toplevel
+
+  if target not in TARGETS:
+    raise ConfigError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
+  m = inference.load(workdir, step)
+  family = {"hf_clip": "clip", "hf_siglip": "siglip", "openclip": "clip"}[target]
+  if m.config.model.name != family:
+    raise ConfigError(
+      f"{workdir} holds a {m.config.model.name!r} model; --to {target} exports {family!r} models"
+    )
+  p = _Params(m.params)
+  build = {"hf_clip": _clip, "hf_siglip": _siglip, "openclip": _openclip}[target]
+  state, written_config = build(p, m.config, m.tokenizer)
+  p.check_all_used(target)
+  output = storage.resolve(output)
+  storage.makedirs(output)
+  if target == "openclip":
+    files = ["open_clip_config.json", "open_clip_model.safetensors"]
+    _save(state, storage.join(output, files[1]))
+    storage.write_json(storage.join(output, files[0]), written_config)
+  else:
+    files = ["config.json", "model.safetensors", "preprocessor_config.json"]
+    _save(state, storage.join(output, files[1]))
+    storage.write_json(storage.join(output, files[0]), written_config)
+    storage.write_json(storage.join(output, files[2]), _hf_processor(target, m.config))
+    files += _tokenizer_files(m.tokenizer, output, m.max_len, log)
+  log(f"Wrote step {m.step} of {workdir} as {target} to {output}: {', '.join(files)}")
+  return written_config
