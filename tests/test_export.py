@@ -109,6 +109,12 @@ def test_a_trained_siglip_loads_in_transformers_and_imports_back(tmp_path):
   export.export(str(tmp_path / "siglip"), "hf_siglip", str(tmp_path / "out"), log=logs.append)
   assert any("no tokenizer class for this run's SentencePieceTokenizer" in line for line in logs)
   m = vlm_jax.load(str(tmp_path / "siglip"))
+  # The same from Python, on the loaded model: the same files.
+  export.export(m, "hf_siglip", str(tmp_path / "out_from_python"), log=logs.append)
+  for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+    assert (tmp_path / "out" / name).read_bytes() == (
+      tmp_path / "out_from_python" / name
+    ).read_bytes()
   hf = transformers.SiglipModel.from_pretrained(str(tmp_path / "out")).eval()
   pixels = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
   _check_parity(m, hf, pixels, m.tokenize(CAPTIONS))

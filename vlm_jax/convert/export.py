@@ -424,14 +424,16 @@ def _hf_processor(target, config):
   }
 
 
-def export(workdir: str, target: str, output: str, *, step: int | None = None, log=print) -> dict:
-  """Writes the run's checkpoint (default: the latest) to `output` in `target`'s format; returns the
-  config written (transformers' config.json, or open_clip's open_clip_config.json)."""
+def export(workdir, target: str, output: str, *, step: int | None = None, log=print) -> dict:
+  """Writes a run's checkpoint (default: the latest) to `output` in `target`'s format; returns the
+  config written (transformers' config.json, or open_clip's open_clip_config.json). `workdir`: a run's
+  (or converted model's) workdir, or a model `vlm_jax.load` gave."""
   from vlm_jax import inference  # pylint: disable=import-outside-toplevel
 
   if target not in TARGETS:
     raise ConfigError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
-  m = inference.load(workdir, step)
+  m = workdir if isinstance(workdir, inference.Pretrained) else inference.load(workdir, step)
+  workdir = workdir if isinstance(workdir, str) else "the loaded model"
   family = {"hf_clip": "clip", "hf_siglip": "siglip", "openclip": "clip"}[target]
   if m.config.model.name != family:
     raise ConfigError(
