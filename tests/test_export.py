@@ -172,3 +172,34 @@ def test_a_trained_clip_loads_in_open_clip_and_imports_back(tmp_path):
     text_heads=txt["heads"],
   )
   _same_params(tmp_path / "back", tmp_path / "clip", m.tokenizer.vocab_size)
+
+
+def test_a_trained_vilt_loads_in_transformers_for_mlm_and_retrieval(tmp_path):
+  from tests.test_convert import _vilt_inputs  # pylint: disable=import-outside-toplevel
+  import vlm_jax  # pylint: disable=import-outside-toplevel
+
+  _train(tmp_path / "vilt", helpers.VILT_TINY)
+  export.export(str(tmp_path / "vilt"), "hf_vilt", str(tmp_path / "out"), log=print)
+  m = vlm_jax.load(str(tmp_path / "vilt"))
+  vocab = m.tokenizer.vocab_size
+  pixels = np.random.default_rng(3).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  ids = m.tokenize(CAPTIONS)
+  mlm = transformers.ViltForMaskedLM.from_pretrained(str(tmp_path / "out")).eval()
+  retrieval = transformers.ViltForImageAndTextRetrieval.from_pretrained(
+    str(tmp_path / "out")
+  ).eval()
+  with torch.no_grad():
+    logits_ref = mlm(**_vilt_inputs(ids, pixels)).logits.numpy()
+    rank = retrieval(**_vilt_inputs(ids, pixels)).logits.numpy()[:, 0]
+  variables = {"params": m.params}
+  logits = np.asarray(m.model.apply(variables, pixels, ids, method="mlm_logits"))[..., :vocab]
+  valid = ids != 0  # transformers also computes the padding positions, from masked attention rows
+  np.testing.assert_allclose(
+    logits[valid], logits_ref[valid], atol=1e-4 * max(1.0, np.abs(logits).max())
+  )
+  itm = np.asarray(m.model.apply(variables, pixels, ids, method="itm_logits"))
+  np.testing.assert_allclose(itm[:, 1] - itm[:, 0], rank, atol=1e-4)
+  # Re-imported: the same model (the ITM head as (0, r), the same matching probabilities).
+  convert.convert("hf_vilt", str(tmp_path / "out"), str(tmp_path / "back"), log=print)
+  back = vlm_jax.load(str(tmp_path / "back"))
+  np.testing.assert_allclose(back.match(pixels, ids), m.match(pixels, ids), atol=1e-6)

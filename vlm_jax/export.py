@@ -1,4 +1,4 @@
-r"""Export a run's CLIP or SigLIP to a folder transformers loads as it is.
+r"""Export a run's CLIP, SigLIP or ViLT to a folder transformers (or open_clip) loads as it is.
 
 python -m vlm_jax.export --workdir runs/clip_tiny --to hf_clip --output exported/clip_tiny
 python -m vlm_jax.export --workdir runs/siglip_b16 --step 2000 --to hf_siglip --output exported/siglip
@@ -15,7 +15,9 @@ from vlm_jax.cli import fail, parse_flags
 
 flags.DEFINE_string("workdir", None, "The run (or converted model) to export.")
 flags.DEFINE_integer("step", None, "The checkpoint step (default: the latest).")
-flags.DEFINE_enum("to", None, ["hf_clip", "hf_siglip", "openclip"], "The format to write.")
+flags.DEFINE_enum(
+  "to", None, ["hf_clip", "hf_siglip", "openclip", "hf_vilt"], "The format to write."
+)
 flags.DEFINE_string("output", None, "The folder to write (local or gs://).")
 FLAGS = flags.FLAGS
 

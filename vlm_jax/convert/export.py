@@ -1,5 +1,5 @@
-"""Export a vlm_jax CLIP or SigLIP to a transformers folder (the inverse of `convert/hf.py`), or a CLIP to
-open_clip's (the inverse of `convert/openclip.py`).
+"""Export a vlm_jax CLIP, SigLIP or ViLT to a transformers folder (the inverse of `convert/hf.py`), or a
+CLIP to open_clip's (the inverse of `convert/openclip.py`).
 
 `export(workdir, "hf_clip" | "hf_siglip", output)` writes config.json and model.safetensors that
 `transformers.CLIPModel` / `SiglipModel.from_pretrained(output)` load as they are, the image processor's
@@ -21,7 +21,7 @@ from vlm_jax.errors import ConfigError
 from vlm_jax.models import text as text_lib
 from vlm_jax.models import vit
 
-TARGETS = ("hf_clip", "hf_siglip", "openclip")
+TARGETS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt")
 HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
@@ -393,6 +393,86 @@ def _openclip(p, config, tokenizer):
   return out, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
 
 
+def _vilt(p, model, tokenizer):
+  """vlm_jax's ViLT (models/fusion.py, HF's layout) -> HF ViLT: `vilt.*`, the MLM head (`mlm_score`, whose
+  decoder is the word embeddings) and the retrieval head (`rank_output`), so that the folder loads as
+  `ViltForMaskedLM` and as `ViltForImageAndTextRetrieval`. The 2-way ITM head (not matching, matching)
+  becomes the one logit r = l1 - l0 that gives the same matching probability; the text position table
+  already holds HF's token-type row 0, which is exported as zeros."""
+  if model.act not in HF_ACT:
+    _differs("hf_vilt", f"activation {model.act!r}", "use one of " + ", ".join(HF_ACT))
+  d, vocab = model.width, model.vocab_used or tokenizer.vocab_size
+  words = p("text_embed/embedding")[:vocab]
+  v, t = "vilt.embeddings.", "vilt.embeddings.text_embeddings."
+  out = {
+    t + "word_embeddings.weight": words,
+    t + "position_embeddings.weight": p("text_pos_embed"),
+    t + "token_type_embeddings.weight": np.zeros((2, d), np.float32),
+    t + "LayerNorm.weight": p("text_ln/scale"),
+    t + "LayerNorm.bias": p("text_ln/bias"),
+    v + "patch_embeddings.projection.weight": _patch_weight(
+      p("patch_embed/kernel"), model.patch_size
+    ),
+    v + "patch_embeddings.projection.bias": p("patch_embed/bias"),
+    v + "cls_token": p("image_cls").reshape(1, 1, d),
+    v + "position_embeddings": p("image_pos_embed")[None],
+    v + "token_type_embeddings.weight": p("modality_embed"),
+    "vilt.layernorm.weight": p("final_ln/scale"),
+    "vilt.layernorm.bias": p("final_ln/bias"),
+    "vilt.pooler.dense.weight": p("pooler/kernel").T,
+    "vilt.pooler.dense.bias": p("pooler/bias"),
+    "mlm_score.transform.dense.weight": p("mlm_transform/kernel").T,
+    "mlm_score.transform.dense.bias": p("mlm_transform/bias"),
+    "mlm_score.transform.LayerNorm.weight": p("mlm_ln/scale"),
+    "mlm_score.transform.LayerNorm.bias": p("mlm_ln/bias"),
+    "mlm_score.decoder.weight": words,
+    "mlm_score.decoder.bias": p("mlm_bias")[:vocab],
+  }
+  kernel, bias = p("itm_head/kernel"), p("itm_head/bias")
+  out["rank_output.weight"] = (kernel[:, 1] - kernel[:, 0])[None]
+  out["rank_output.bias"] = (bias[1] - bias[0]).reshape(1)
+  hf = {}
+  _blocks(p, "encoder", "x", model.depth, hf)
+  for i in range(model.depth):
+    g = lambda name: hf[f"x.layers.{i}.{name}"]  # noqa: B023  (called within this iteration)
+    b = f"vilt.encoder.layer.{i}."
+    for ours, theirs in (
+      ("layer_norm1", "layernorm_before"),
+      ("layer_norm2", "layernorm_after"),
+      ("self_attn.q_proj", "attention.attention.query"),
+      ("self_attn.k_proj", "attention.attention.key"),
+      ("self_attn.v_proj", "attention.attention.value"),
+      ("self_attn.out_proj", "attention.output.dense"),
+      ("mlp.fc1", "intermediate.dense"),
+      ("mlp.fc2", "output.dense"),
+    ):
+      out[b + theirs + ".weight"], out[b + theirs + ".bias"] = (
+        g(ours + ".weight"),
+        g(ours + ".bias"),
+      )
+  config = dict(
+    architectures=["ViltForMaskedLM"],
+    model_type="vilt",
+    vocab_size=vocab,
+    type_vocab_size=2,
+    modality_type_vocab_size=2,
+    max_position_embeddings=model.max_len,
+    hidden_size=d,
+    num_hidden_layers=model.depth,
+    num_attention_heads=model.num_heads,
+    intermediate_size=model.mlp_dim,
+    hidden_act=HF_ACT[model.act],
+    layer_norm_eps=model.ln_eps,
+    image_size=model.image_size,
+    patch_size=model.patch_size,
+    num_channels=3,
+    qkv_bias=True,
+    max_image_length=-1,
+    pad_token_id=max(tokenizer.pad_id, 0),
+  )
+  return out, config
+
+
 def _save(tensors: dict, path: str):
   from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
 
@@ -434,14 +514,17 @@ def export(workdir, target: str, output: str, *, step: int | None = None, log=pr
     raise ConfigError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
   m = workdir if isinstance(workdir, inference.Pretrained) else inference.load(workdir, step)
   workdir = workdir if isinstance(workdir, str) else "the loaded model"
-  family = {"hf_clip": "clip", "hf_siglip": "siglip", "openclip": "clip"}[target]
+  family = {"hf_clip": "clip", "hf_siglip": "siglip", "openclip": "clip", "hf_vilt": "vilt"}[target]
   if m.config.model.name != family:
     raise ConfigError(
       f"{workdir} holds a {m.config.model.name!r} model; --to {target} exports {family!r} models"
     )
   p = _Params(m.params)
-  build = {"hf_clip": _clip, "hf_siglip": _siglip, "openclip": _openclip}[target]
-  state, written_config = build(p, m.config, m.tokenizer)
+  if target == "hf_vilt":
+    state, written_config = _vilt(p, m.model, m.tokenizer)
+  else:
+    build = {"hf_clip": _clip, "hf_siglip": _siglip, "openclip": _openclip}[target]
+    state, written_config = build(p, m.config, m.tokenizer)
   p.check_all_used(target)
   output = storage.resolve(output)
   storage.makedirs(output)
@@ -453,7 +536,10 @@ def export(workdir, target: str, output: str, *, step: int | None = None, log=pr
     files = ["config.json", "model.safetensors", "preprocessor_config.json"]
     _save(state, storage.join(output, files[1]))
     storage.write_json(storage.join(output, files[0]), written_config)
-    storage.write_json(storage.join(output, files[2]), _hf_processor(target, m.config))
+    if target != "hf_vilt":  # ViLT's processor resizes to its own sizes; vlm_jax's are the model's
+      storage.write_json(storage.join(output, files[2]), _hf_processor(target, m.config))
+    else:
+      files.pop()
     files += _tokenizer_files(m.tokenizer, output, m.max_len, log)
   log(f"Wrote step {m.step} of {workdir} as {target} to {output}: {', '.join(files)}")
   return written_config
