@@ -42,6 +42,14 @@ class Pretrained:
     try:
       self._tokenizer = experiment.build_tokenizer(config)
       vocab_size = self._tokenizer.vocab_size
+      # A converted checkpoint fixes its vocabulary (model.text.vocab_size): a tokenizer with more ids
+      # (e.g. CLIP's shipped BPE for a model with another vocabulary) is not its tokenizer.
+      fixed = config.model.get("text", {}).get("vocab_size")
+      if fixed and vocab_size > fixed:
+        raise ConfigError(
+          f"the {config.data.tokenizer} tokenizer has {vocab_size} ids, more than the model's "
+          f"vocabulary of {fixed} (model.text.vocab_size); set data.tokenizer_path to its own"
+        )
     except ConfigError as e:
       # A converted model whose vocabulary was not found still encodes images; text calls say why not.
       vocab_size = config.model.get("text", {}).get("vocab_size")

@@ -96,17 +96,7 @@ def build_tokenizer(config, data=None):
   if config.data.tokenizer == "sentencepiece" and not path:
     data = data if data is not None else DATASETS.get(config.data.name)(config.data)
     dataset_path = data.tokenizer_path
-  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer, path, dataset_path)
-  # A converted checkpoint fixes its vocabulary (model.text.vocab_size): a tokenizer with more ids than
-  # its table (e.g. CLIP's shipped BPE for a model with another vocabulary) is not its tokenizer.
-  fixed = (config.model.get("text") or {}).get("vocab_size")
-  if fixed and tokenizer.vocab_size > fixed:
-    raise ConfigError(
-      f"the {config.data.tokenizer} tokenizer has {tokenizer.vocab_size} ids, more than the model's "
-      f"vocabulary of {fixed} (model.text.vocab_size); set data.tokenizer_path to the model's own "
-      "vocabulary file"
-    )
-  return tokenizer
+  return tokenizers.get_tokenizer(config.data.tokenizer, path, dataset_path)
 
 
 class Experiment:
