@@ -281,6 +281,60 @@ def test_hf_vilt_parity(tmp_path):
   np.testing.assert_allclose(itm[:, 1] - itm[:, 0], rank, atol=1e-4)
 
 
+def flava_outputs(model, m, pixels, ids, patch_mask, heads=("mim", "mmm_image")):
+  """(transformers' FlavaForPreTraining `model`, vlm_jax's FLAVA `m`) outputs on the same inputs:
+  contrastive embeddings, ITM, MLM and MMM-text logits over the vocabulary, and the image heads named in
+  `heads` (MIM and MMM-image, with `patch_mask`ed patches)."""
+  vocab = model.config.text_config.vocab_size
+  t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
+  with torch.no_grad():
+    inputs = dict(
+      input_ids=t(ids.astype(np.int64)),
+      attention_mask=t((ids != 0) * 1),
+      pixel_values=t(pixels.transpose(0, 3, 1, 2)),
+    )
+    out = model.flava(**inputs)
+    masked = model.flava(**inputs, bool_masked_pos=t(patch_mask))
+    norm = torch.nn.functional.normalize
+    patches = patch_mask.shape[1]
+    ref = {
+      "image": norm(model.flava.image_projection(out.image_embeddings[:, 0]), dim=-1),
+      "text": norm(model.flava.text_projection(out.text_embeddings[:, 0]), dim=-1),
+      "itm": model.itm_head(out.multimodal_embeddings),
+      "mlm": model.mlm_head(out.text_embeddings),
+      "mim": model.mim_head(masked.image_embeddings[:, 1:]),
+      "mmm_text": model.mmm_text_head(masked.multimodal_embeddings[:, -ids.shape[1] :]),
+      "mmm_image": model.mmm_image_head(masked.multimodal_embeddings[:, 2 : 2 + patches]),
+    }
+    ref = {k: v.numpy() for k, v in ref.items() if k in heads or k not in ("mim", "mmm_image")}
+  apply = lambda method, *args: jax.tree.map(
+    np.asarray, m.model.apply({"params": m.params}, *args, method=method)
+  )
+  mmm_text, mmm_image = apply("mmm", pixels, ids, patch_mask)
+  ours = {
+    "image": apply("encode_image", pixels),
+    "text": m.encode_text(ids),
+    "itm": apply("itm_logits", pixels, ids),
+    "mlm": apply("text_mlm_logits", pixels, ids)[..., :vocab],
+    "mim": apply("image_mim", pixels, ids, patch_mask),
+    "mmm_text": mmm_text[..., :vocab],
+    "mmm_image": mmm_image,
+  }
+  return ref, {k: ours[k] for k in ref}
+
+
+def check_flava(ref, ours, valid):
+  """Every output within 1e-4 of the largest (text heads at the valid positions: transformers also
+  computes the padding positions, from masked attention rows)."""
+  for name in ref:
+    a, b = (
+      (ours[name][valid], ref[name][valid])
+      if name in ("mlm", "mmm_text")
+      else (ours[name], ref[name])
+    )
+    np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=name)
+
+
 def test_hf_flava_parity(tmp_path):
   """FlavaForPreTraining: contrastive embeddings, ITM, MLM, MIM and both MMM heads (with masked patches)
   within 1e-4; FlavaModel (no heads) converts with zero heads and says so."""
@@ -297,45 +351,8 @@ def test_hf_flava_parity(tmp_path):
   ids = m.tokenize(SENTENCES)
   valid = ids != 0
   t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
-  with torch.no_grad():
-    inputs = dict(
-      input_ids=t(ids.astype(np.int64)),
-      attention_mask=t(valid * 1),
-      pixel_values=t(pixels.transpose(0, 3, 1, 2)),
-    )
-    out = model.flava(**inputs)
-    masked = model.flava(**inputs, bool_masked_pos=t(patch_mask))
-    norm = torch.nn.functional.normalize
-    ref = {
-      "image": norm(model.flava.image_projection(out.image_embeddings[:, 0]), dim=-1),
-      "text": norm(model.flava.text_projection(out.text_embeddings[:, 0]), dim=-1),
-      "itm": model.itm_head(out.multimodal_embeddings),
-      "mlm": model.mlm_head(out.text_embeddings),
-      "mim": model.mim_head(masked.image_embeddings[:, 1:]),
-      "mmm_text": model.mmm_text_head(masked.multimodal_embeddings[:, -ids.shape[1] :]),
-      "mmm_image": model.mmm_image_head(masked.multimodal_embeddings[:, 2 : 2 + 16]),
-    }
-    ref = {k: v.numpy() for k, v in ref.items()}
-  apply = lambda method, *args: jax.tree.map(
-    np.asarray, m.model.apply({"params": m.params}, *args, method=method)
-  )
-  mmm_text, mmm_image = apply("mmm", pixels, ids, patch_mask)
-  ours = {
-    "image": apply("encode_image", pixels),
-    "text": m.encode_text(ids),
-    "itm": apply("itm_logits", pixels, ids),
-    "mlm": apply("text_mlm_logits", pixels, ids)[..., :vocab],
-    "mim": apply("image_mim", pixels, ids, patch_mask),
-    "mmm_text": mmm_text[..., :vocab],
-    "mmm_image": mmm_image,
-  }
-  for name in ref:
-    a, b = (
-      (ours[name][valid], ref[name][valid])
-      if name in ("mlm", "mmm_text")
-      else (ours[name], ref[name])
-    )
-    np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=name)
+  ref, ours = flava_outputs(model, m, pixels, ids, patch_mask)
+  check_flava(ref, ours, valid)
   assert float(m.params["logit_scale"]) == pytest.approx(model.flava.logit_scale.item())
   # The inference API: m.match is the ITM head's probability of a match; m.fill_mask reads the multimodal
   # MLM head over the image and the text with its [MASK]s (no patch masked).
@@ -354,7 +371,11 @@ def test_hf_flava_parity(tmp_path):
   _check_fill_mask(m, pixels[:2], texts, masked_ids, mm_probs)
   # MLM and MMM text losses over our padded vocabulary equal transformers' cross-entropy over the real one.
   labels = np.where(valid & (np.arange(ids.shape[1]) % 3 == 1), ids, -100)
-  for name, full in (("mlm", apply("text_mlm_logits", pixels, ids)), ("mmm_text", mmm_text)):
+  apply = lambda method, *args: m.model.apply({"params": m.params}, *args, method=method)
+  for name, full in (
+    ("mlm", apply("text_mlm_logits", pixels, ids)),
+    ("mmm_text", apply("mmm", pixels, ids, patch_mask)[0]),
+  ):
     assert full.shape[-1] > vocab, name
     ref_loss = torch.nn.functional.cross_entropy(
       torch.from_numpy(ref[name]).reshape(-1, vocab), t(labels.astype(np.int64)).reshape(-1)

@@ -1,6 +1,6 @@
-"""Export to transformers: a trained micro CLIP and SigLIP load with `CLIPModel` / `SiglipModel` and give
-vlm_jax's embeddings and logits; importing the export gives back the run's parameters bit for bit; what
-transformers cannot express is a one-line error."""
+"""Export to transformers and open_clip: trained micro CLIP, SigLIP, ViLT and FLAVA runs load with
+transformers' classes (CLIP also with open_clip) and give vlm_jax's embeddings and logits; importing the
+export gives back the run's parameters bit for bit; what the target cannot express is a one-line error."""
 
 import json
 import subprocess
@@ -26,7 +26,7 @@ def _train(workdir, base=helpers.TINY, **overrides):
   trainer.train(config, str(workdir), log=lambda *a: None)
 
 
-def _export_cli(cwd, workdir, target, output):
+def _export_cli(cwd, workdir, target, output, *extra, code=0):
   result = subprocess.run(
     [
       sys.executable,
@@ -38,6 +38,7 @@ def _export_cli(cwd, workdir, target, output):
       target,
       "--output",
       output,
+      *extra,
     ],
     env=helpers.subprocess_env(1),
     capture_output=True,
@@ -45,7 +46,7 @@ def _export_cli(cwd, workdir, target, output):
     timeout=300,
     cwd=cwd,
   )
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.returncode == code, result.stderr[-3000:]
   return result
 
 
@@ -120,6 +121,30 @@ def test_a_trained_siglip_loads_in_transformers_and_imports_back(tmp_path):
   _check_parity(m, hf, pixels, m.tokenize(CAPTIONS))
   convert.convert("hf_siglip", str(tmp_path / "out"), str(tmp_path / "back"), log=print)
   _same_params(tmp_path / "back", tmp_path / "siglip", m.tokenizer.vocab_size)
+
+
+def test_a_converted_siglip_exports_back_to_its_weights_and_tokenizer(tmp_path):
+  """HF SigLIP -> vlm_jax -> HF: the same weights bit for bit, and SigLIP's SentencePiece model, which
+  transformers' SiglipTokenizer reads to vlm_jax's ids."""
+  from tests.hf_models import make_hf_siglip  # pylint: disable=import-outside-toplevel
+  import vlm_jax  # pylint: disable=import-outside-toplevel
+
+  original = make_hf_siglip(tmp_path / "hf")
+  convert.convert("hf_siglip", str(tmp_path / "hf"), str(tmp_path / "w"), log=print)
+  logs = []
+  export.export(str(tmp_path / "w"), "hf_siglip", str(tmp_path / "out"), log=logs.append)
+  assert "spiece.model" in logs[-1], logs
+  hf = transformers.SiglipModel.from_pretrained(str(tmp_path / "out"))
+  want = {k: v.numpy() for k, v in original.state_dict().items()}
+  got = {k: v.numpy() for k, v in hf.state_dict().items()}
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  m = vlm_jax.load(str(tmp_path / "w"))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  ids = m.tokenize(CAPTIONS)
+  hf_ids = tokenizer(CAPTIONS, padding="max_length", truncation=True, max_length=ids.shape[1])
+  np.testing.assert_array_equal(np.asarray(hf_ids.input_ids), ids)
 
 
 def test_what_transformers_cannot_express_is_one_line(tmp_path):
@@ -203,3 +228,105 @@ def test_a_trained_vilt_loads_in_transformers_for_mlm_and_retrieval(tmp_path):
   convert.convert("hf_vilt", str(tmp_path / "out"), str(tmp_path / "back"), log=print)
   back = vlm_jax.load(str(tmp_path / "back"))
   np.testing.assert_allclose(back.match(pixels, ids), m.match(pixels, ids), atol=1e-6)
+
+
+def _flava_inputs(m, seed=4):
+  rng = np.random.default_rng(seed)
+  size, patch = m.model.image["image_size"], m.model.image["patch_size"]
+  pixels = rng.normal(size=(4, size, size, 3)).astype(np.float32)
+  return pixels, m.tokenize(CAPTIONS), rng.random((4, (size // patch) ** 2)) < 0.4
+
+
+def test_a_trained_flava_loads_in_transformers_and_imports_back(tmp_path):
+  """Pixel-regression MIM heads have no place in transformers' FLAVA: a one-line error until the user drops
+  them; then FlavaForPreTraining (and FlavaModel) load the rest and give vlm_jax's outputs."""
+  from tests.test_convert import check_flava, flava_outputs  # pylint: disable=import-outside-toplevel
+  import vlm_jax  # pylint: disable=import-outside-toplevel
+
+  _train(tmp_path / "runs" / "flava", helpers.FLAVA_TINY)
+  refused = _export_cli(tmp_path, "runs/flava", "hf_flava", "exported/flava", code=2)
+  assert (
+    "regress pixels" in refused.stderr and "--drop image_mim_head,mm_mim_head" in refused.stderr
+  )
+  result = _export_cli(
+    tmp_path, "runs/flava", "hf_flava", "exported/flava", "--drop=image_mim_head,mm_mim_head"
+  )
+  assert "exported without mim_head, mmm_image_head" in result.stdout, result.stdout
+  folder = str(tmp_path / "exported" / "flava")
+  hf, info = transformers.FlavaForPreTraining.from_pretrained(folder, output_loading_info=True)
+  assert not info["unexpected_keys"], info
+  assert {k.split(".")[0] for k in info["missing_keys"]} == {"mim_head", "mmm_image_head"}, info
+  _, info = transformers.FlavaModel.from_pretrained(folder, output_loading_info=True)
+  assert not info["missing_keys"], info  # the heads are FlavaForPreTraining's
+  assert {k.split(".")[0] for k in info["unexpected_keys"]} == {
+    "itm_head",
+    "mlm_head",
+    "mmm_text_head",
+  }
+  m = vlm_jax.load(str(tmp_path / "runs" / "flava"))
+  pixels, ids, patch_mask = _flava_inputs(m)
+  ref, ours = flava_outputs(hf.eval(), m, pixels, ids, patch_mask, heads=())
+  assert set(ref) == {"image", "text", "itm", "mlm", "mmm_text"}
+  check_flava(ref, ours, ids != 0)
+  convert.convert("hf_flava", folder, str(tmp_path / "back"), log=print)
+  got, want = (
+    helpers.load_params(tmp_path / "back"),
+    helpers.load_params(tmp_path / "runs" / "flava"),
+  )
+  assert got.keys() == want.keys()
+  vocab = m.tokenizer.vocab_size
+  for path in want:
+    if "mim_head" in path:  # dropped: the import starts them at zero
+      np.testing.assert_array_equal(got[path], np.zeros_like(want[path]) + ("ln/scale" in path))
+    elif "token_embed" in path:  # rows past the vocabulary pad it
+      np.testing.assert_array_equal(got[path][:vocab], want[path][:vocab], err_msg=path)
+    elif "mlm_head/decoder" in path:  # and columns of the word heads
+      np.testing.assert_array_equal(got[path][..., :vocab], want[path][..., :vocab], err_msg=path)
+    else:
+      np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+
+
+def test_a_converted_flava_exports_back_to_its_transformers_weights(tmp_path):
+  """HF FLAVA -> vlm_jax -> HF: every head (MIM over visual codes included) and the WordPiece vocabulary
+  come back; the outputs equal vlm_jax's. What differs is what the import folds or leaves out (the
+  token-type row in the positions, the unread unimodal poolers, the DALL-E codebook)."""
+  from tests.hf_models import make_hf_flava  # pylint: disable=import-outside-toplevel
+  from tests.test_convert import check_flava, flava_outputs  # pylint: disable=import-outside-toplevel
+  import vlm_jax  # pylint: disable=import-outside-toplevel
+
+  original = make_hf_flava(tmp_path / "hf")
+  convert.convert("hf_flava", str(tmp_path / "hf"), str(tmp_path / "w"), log=print)
+  export.export(str(tmp_path / "w"), "hf_flava", str(tmp_path / "out"), log=print)
+  hf = transformers.FlavaForPreTraining.from_pretrained(str(tmp_path / "out")).eval()
+  m = vlm_jax.load(str(tmp_path / "w"))
+  pixels, ids, patch_mask = _flava_inputs(m)
+  ref, ours = flava_outputs(hf, m, pixels, ids, patch_mask)
+  assert {"mim", "mmm_image"} <= set(ref)
+  check_flava(ref, ours, ids != 0)
+  want = {k: v.numpy() for k, v in original.state_dict().items()}
+  got = {k: v.numpy() for k, v in hf.state_dict().items()}
+  t = "flava.text_model.embeddings."
+  np.testing.assert_array_equal(
+    got[t + "position_embeddings.weight"],
+    want[t + "position_embeddings.weight"] + want[t + "token_type_embeddings.weight"][0],
+  )
+  folded = (t + "position_embeddings", t + "token_type_embeddings", "image_codebook.")
+  poolers = (
+    "flava.image_model.pooler.",
+    "flava.text_model.pooler.",
+    "flava.multimodal_model.pooler.",
+  )
+  for key in want:
+    if key.startswith(folded + poolers) or key.endswith(("position_ids", "token_type_ids")):
+      continue
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  # The multimodal pooler is the ITM head's (vlm_jax has one); the unimodal ones are zeros.
+  np.testing.assert_array_equal(
+    got["flava.multimodal_model.pooler.dense.weight"], want["itm_head.pooler.dense.weight"]
+  )
+  np.testing.assert_array_equal(got["flava.text_model.pooler.dense.weight"], 0)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+  hf_ids = tokenizer(
+    CAPTIONS, padding="max_length", truncation=True, max_length=ids.shape[1]
+  ).input_ids
+  np.testing.assert_array_equal(np.asarray(hf_ids), ids)

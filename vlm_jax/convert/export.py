@@ -1,5 +1,5 @@
-"""Export a vlm_jax CLIP, SigLIP or ViLT to a transformers folder (the inverse of `convert/hf.py`), or a
-CLIP to open_clip's (the inverse of `convert/openclip.py`).
+"""Export a vlm_jax CLIP, SigLIP, ViLT or FLAVA to a transformers folder (the inverse of `convert/hf.py`), or
+a CLIP to open_clip's (the inverse of `convert/openclip.py`).
 
 `export(workdir, "hf_clip" | "hf_siglip", output)` writes config.json and model.safetensors that
 `transformers.CLIPModel` / `SiglipModel.from_pretrained(output)` load as they are, the image processor's
@@ -9,7 +9,9 @@ must find a place: a model the target cannot express (another pooling, a padding
 not apply, extra heads) is a one-line error naming what differs, never a silently different model.
 `openclip` writes open_clip_config.json and open_clip_model.safetensors, which
 `open_clip.create_model("local-dir:DIR")` loads (its tokenizer is CLIP's BPE, so the run must use it).
-`import(export(run))` gives back the same parameters bit for bit (tests/test_export.py).
+`import(export(run))` gives back the same parameters bit for bit (tests/test_export.py). `drop` names
+parameter groups the user chooses to leave behind (FLAVA's pixel-regression MIM heads, which transformers'
+FLAVA, a codebook classifier, cannot express): never done unasked.
 """
 
 import jax
@@ -21,7 +23,14 @@ from vlm_jax.errors import ConfigError
 from vlm_jax.models import text as text_lib
 from vlm_jax.models import vit
 
-TARGETS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt")
+TARGETS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava")
+FAMILY = {
+  "hf_clip": "clip",
+  "hf_siglip": "siglip",
+  "openclip": "clip",
+  "hf_vilt": "vilt",
+  "hf_flava": "flava",
+}
 HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
@@ -40,6 +49,17 @@ class _Params:
       raise ConfigError(f"the model has no parameter {path!r}, which the export target needs")
     self.used.add(path)
     return self.flat[path]
+
+  def drop(self, group: str):
+    """Leaves a top-level parameter group (e.g. 'image_mim_head') out of the export."""
+    paths = [k for k in self.flat if k.split("/")[0] == group]
+    if not paths:
+      raise ConfigError(
+        f"--drop {group!r}: the model has no such parameter group; it has "
+        + ", ".join(sorted({k.split("/")[0] for k in self.flat}))
+      )
+    for path in paths:
+      del self.flat[path]
 
   def check_all_used(self, target):
     left = sorted(set(self.flat) - self.used)
@@ -288,6 +308,21 @@ def _tokenizer_files(tokenizer, output: str, max_len: int, log) -> list:
       },
     )
     return ["vocab.json", "merges.txt", "tokenizer_config.json"]
+  if isinstance(tokenizer, tokenizers.SiglipTokenizer):  # SigLIP's SentencePiece model, as it is
+    storage.write_bytes(storage.join(output, "spiece.model"), storage.read_bytes(tokenizer.path))
+    storage.write_json(
+      storage.join(output, "tokenizer_config.json"),
+      {"tokenizer_class": "SiglipTokenizer", "do_lower_case": True, "model_max_length": max_len},
+    )
+    return ["spiece.model", "tokenizer_config.json"]
+  if isinstance(tokenizer, tokenizers.WordPieceTokenizer):  # BERT's uncased WordPiece (ViLT, FLAVA)
+    lines = [tokenizer.inverse.get(i, f"[unused_{i}]") for i in range(tokenizer.vocab_size)]
+    storage.write_text(storage.join(output, "vocab.txt"), "".join(f"{t}\n" for t in lines))
+    storage.write_json(
+      storage.join(output, "tokenizer_config.json"),
+      {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": max_len},
+    )
+    return ["vocab.txt", "tokenizer_config.json"]
   log(
     f"note: transformers has no tokenizer class for this run's {type(tokenizer).__name__}; the model is "
     "exported without one (tokenize with vlm_jax, or train with data.tokenizer=clip_bpe)"
@@ -393,6 +428,26 @@ def _openclip(p, config, tokenizer):
   return out, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
 
 
+def _bert_layers(p, src, dst, depth, out):
+  """vlm_jax encoder blocks -> HF's ViT/BERT-style layers (`{dst}.{i}.attention.attention.query`, ...), as
+  ViLT and FLAVA name them."""
+  hf = {}
+  _blocks(p, src, "x", depth, hf)
+  for i in range(depth):
+    for ours, theirs in (
+      ("layer_norm1", "layernorm_before"),
+      ("layer_norm2", "layernorm_after"),
+      ("self_attn.q_proj", "attention.attention.query"),
+      ("self_attn.k_proj", "attention.attention.key"),
+      ("self_attn.v_proj", "attention.attention.value"),
+      ("self_attn.out_proj", "attention.output.dense"),
+      ("mlp.fc1", "intermediate.dense"),
+      ("mlp.fc2", "output.dense"),
+    ):
+      for kind in ("weight", "bias"):
+        out[f"{dst}.{i}.{theirs}.{kind}"] = hf[f"x.layers.{i}.{ours}.{kind}"]
+
+
 def _vilt(p, model, tokenizer):
   """vlm_jax's ViLT (models/fusion.py, HF's layout) -> HF ViLT: `vilt.*`, the MLM head (`mlm_score`, whose
   decoder is the word embeddings) and the retrieval head (`rank_output`), so that the folder loads as
@@ -431,25 +486,7 @@ def _vilt(p, model, tokenizer):
   kernel, bias = p("itm_head/kernel"), p("itm_head/bias")
   out["rank_output.weight"] = (kernel[:, 1] - kernel[:, 0])[None]
   out["rank_output.bias"] = (bias[1] - bias[0]).reshape(1)
-  hf = {}
-  _blocks(p, "encoder", "x", model.depth, hf)
-  for i in range(model.depth):
-    g = lambda name: hf[f"x.layers.{i}.{name}"]  # noqa: B023  (called within this iteration)
-    b = f"vilt.encoder.layer.{i}."
-    for ours, theirs in (
-      ("layer_norm1", "layernorm_before"),
-      ("layer_norm2", "layernorm_after"),
-      ("self_attn.q_proj", "attention.attention.query"),
-      ("self_attn.k_proj", "attention.attention.key"),
-      ("self_attn.v_proj", "attention.attention.value"),
-      ("self_attn.out_proj", "attention.output.dense"),
-      ("mlp.fc1", "intermediate.dense"),
-      ("mlp.fc2", "output.dense"),
-    ):
-      out[b + theirs + ".weight"], out[b + theirs + ".bias"] = (
-        g(ours + ".weight"),
-        g(ours + ".bias"),
-      )
+  _bert_layers(p, "encoder", "vilt.encoder.layer", model.depth, out)
   config = dict(
     architectures=["ViltForMaskedLM"],
     model_type="vilt",
@@ -473,6 +510,155 @@ def _vilt(p, model, tokenizer):
   return out, config
 
 
+def _flava_head(p, src, dst, outputs, out) -> bool:
+  """A FLAVA prediction head {transform, ln, decoder} -> HF's (`bias` is tied to `decoder.bias`); its first
+  `outputs` columns (the rest pad the vocabulary). False when the head was dropped."""
+  if f"{src}/decoder/kernel" not in p.flat:
+    return False
+  out[dst + "transform.dense.weight"] = p(src + "/transform/kernel").T
+  out[dst + "transform.dense.bias"] = p(src + "/transform/bias")
+  out[dst + "transform.LayerNorm.weight"] = p(src + "/ln/scale")
+  out[dst + "transform.LayerNorm.bias"] = p(src + "/ln/bias")
+  out[dst + "decoder.weight"] = p(src + "/decoder/kernel")[:, :outputs].T
+  out[dst + "decoder.bias"] = out[dst + "bias"] = p(src + "/decoder/bias")[:outputs]
+  return True
+
+
+def _flava(p, model, tokenizer, log):
+  """vlm_jax's FLAVA (models/flava.py) -> HF's `FlavaForPreTraining` (loads as `FlavaModel` too): the
+  encoders, projections, multimodal encoder, ITM head and the masked-prediction heads. transformers' FLAVA
+  has unimodal poolers no FLAVA output reads (its contrastive embeddings project [CLS] tokens): they are
+  written as zeros. The text position table already holds HF's token-type row 0 (convert/hf.py folds it
+  in), so the token-type rows are zeros. No DALL-E codebook is written (`init_codebook=False`): transformers'
+  MIM loss then needs its labels passed."""
+  image, txt, mm = model.image, model.text, dict(model.multimodal)
+  mm.setdefault("act", txt.get("act", "gelu"))
+  towers = {"image": image, "text": txt, "multimodal": mm}
+  for name, tower in towers.items():
+    if tower.get("scan"):
+      _differs(
+        "hf_flava", f"its {name} layers are scanned", "export a run with model.scan_layers=False"
+      )
+    if tower.get("act", "gelu") not in HF_ACT:
+      _differs(
+        "hf_flava", f"the {name} activation {tower['act']!r}", "use one of " + ", ".join(HF_ACT)
+      )
+  if image.get("ln_pre") or not image.get("patch_bias", True) or not txt.get("embed_ln", True):
+    _differs(
+      "hf_flava",
+      "the towers are not FLAVA's (an image ln_pre, no patch bias, or no text embedding LayerNorm)",
+      "keep FLAVA's model.image / model.text defaults",
+    )
+  if txt.get("pad_id", 0) < 0:
+    _differs(
+      "hf_flava",
+      "the text tower does not mask padding (model.text.pad_id=-1), which transformers' FLAVA does",
+      "train with the tokenizer's pad id",
+    )
+  codes = model.mim_codes
+  if not codes and any(f"{h}/decoder/kernel" in p.flat for h in ("image_mim_head", "mm_mim_head")):
+    _differs(
+      "hf_flava",
+      "its MIM heads regress pixels (model.mim_codes=0), where transformers' heads classify visual codes",
+      "train with a codebook (model.mim_codes=K), or export without them: "
+      "--drop image_mim_head,mm_mim_head",
+    )
+  d_mm = mm["width"]
+  for head, tower in (("mm_mlm_head", "text"), ("mm_mim_head", "image")):
+    if f"{head}/decoder/kernel" in p.flat and towers[tower]["width"] != d_mm:
+      _differs(
+        "hf_flava",
+        f"transformers builds {head} at the {tower} width ({towers[tower]['width']}), "
+        f"and this multimodal encoder's is {d_mm}",
+        f"use equal widths, or export without it: --drop {head}",
+      )
+  vocab = txt["vocab_used"]
+  f, e, t = "flava.", "flava.image_model.embeddings.", "flava.text_model.embeddings."
+  lin = lambda src, dst: {dst + ".weight": p(src + "/kernel").T, dst + ".bias": p(src + "/bias")}
+  ln = lambda src, dst: {dst + ".weight": p(src + "/scale"), dst + ".bias": p(src + "/bias")}
+  zeros_pooler = lambda d, dst: {
+    dst + ".weight": np.zeros((d, d), np.float32),
+    dst + ".bias": np.zeros(d, np.float32),
+  }
+  out = {
+    e + "cls_token": p("image_encoder/cls_token").reshape(1, 1, -1),
+    e + "mask_token": p("image_encoder/mask_token").reshape(1, 1, -1),
+    e + "position_embeddings": p("image_encoder/pos_embed")[None],
+    e + "patch_embeddings.projection.weight": _patch_weight(
+      p("image_encoder/patch_embed/kernel"), image["patch_size"]
+    ),
+    e + "patch_embeddings.projection.bias": p("image_encoder/patch_embed/bias"),
+    **ln("image_encoder/ln_post", f + "image_model.layernorm"),
+    **zeros_pooler(image["width"], f + "image_model.pooler.dense"),
+    t + "word_embeddings.weight": p("text_encoder/token_embed/embedding")[:vocab],
+    t + "position_embeddings.weight": p("text_encoder/pos_embed"),
+    t + "token_type_embeddings.weight": np.zeros((2, txt["width"]), np.float32),
+    **ln("text_encoder/ln_embed", t + "LayerNorm"),
+    **ln("text_encoder/ln_final", f + "text_model.layernorm"),
+    **zeros_pooler(txt["width"], f + "text_model.pooler.dense"),
+    **lin("image_proj", f + "image_projection"),
+    **lin("text_proj", f + "text_projection"),
+    f + "logit_scale": p("logit_scale").reshape(()),
+    **lin("image_to_mm", f + "image_to_mm_projection"),
+    **lin("text_to_mm", f + "text_to_mm_projection"),
+    f + "multimodal_model.cls_token": p("mm_cls").reshape(1, 1, -1),
+    **ln("mm_ln", f + "multimodal_model.layernorm"),
+    # vlm_jax's one multimodal pooler is both FlavaModel's and the ITM head's.
+    **lin("mm_pooler", f + "multimodal_model.pooler.dense"),
+  }
+  if "itm_head/kernel" in p.flat:
+    out.update(lin("mm_pooler", "itm_head.pooler.dense"))
+    out.update(lin("itm_head", "itm_head.seq_relationship"))
+  _bert_layers(p, "image_encoder/encoder", f + "image_model.encoder.layer", image["depth"], out)
+  _bert_layers(p, "text_encoder/encoder", f + "text_model.encoder.layer", txt["depth"], out)
+  _bert_layers(p, "mm_encoder", f + "multimodal_model.encoder.layer", mm["depth"], out)
+  written = [
+    name
+    for name, src, n in (
+      ("mlm_head", "text_mlm_head", vocab),
+      ("mmm_text_head", "mm_mlm_head", vocab),
+      ("mim_head", "image_mim_head", codes),
+      ("mmm_image_head", "mm_mim_head", codes),
+    )
+    if _flava_head(p, src, name + ".", n, out)
+  ]
+  left = sorted({"mlm_head", "mmm_text_head", "mim_head", "mmm_image_head"} - set(written))
+  if left or "itm_head/kernel" not in p.flat:
+    log(
+      "note: exported without "
+      + ", ".join(left + ([] if "itm_head/kernel" in p.flat else ["itm_head"]))
+      + "; FlavaForPreTraining initialises them anew (FlavaModel has none)"
+    )
+  tower = lambda c, **extra: _encoder_config(
+    {"ln_eps": 1e-5, "act": txt.get("act", "gelu"), **c}, qkv_bias=True, **extra
+  )
+  config = dict(
+    architectures=["FlavaForPreTraining"],
+    model_type="flava",
+    hidden_size=d_mm,
+    projection_dim=model.embed_dim,
+    logit_scale_init_value=float(model.logit_scale_init),
+    init_codebook=False,
+    image_config=tower(
+      image,
+      image_size=image["image_size"],
+      patch_size=image["patch_size"],
+      num_channels=3,
+      mask_token=True,
+      vocab_size=codes or 8192,  # transformers' default; unused when the MIM heads are dropped
+    ),
+    text_config=tower(
+      txt,
+      vocab_size=vocab,
+      type_vocab_size=2,
+      max_position_embeddings=txt["max_len"],
+      pad_token_id=max(tokenizer.pad_id, 0),
+    ),
+    multimodal_config=tower(mm, use_cls_token=True),
+  )
+  return out, config
+
+
 def _save(tensors: dict, path: str):
   from safetensors.numpy import save  # pylint: disable=import-outside-toplevel
 
@@ -483,14 +669,16 @@ def _save(tensors: dict, path: str):
 def _hf_processor(target, config):
   size = config.model.image.image_size
   processor = (
-    {
-      "image_processor_type": "CLIPImageProcessor",
+    {"image_processor_type": "SiglipImageProcessor", "size": {"height": size, "width": size}}
+    if target == "hf_siglip"
+    else {  # vlm_jax's evaluation preprocessing: the shorter side to `size`, then a centre crop
+      "image_processor_type": {"hf_clip": "CLIPImageProcessor", "hf_flava": "FlavaImageProcessor"}[
+        target
+      ],
       "size": {"shortest_edge": size},
       "crop_size": {"height": size, "width": size},
       "do_center_crop": True,
     }
-    if target == "hf_clip"
-    else {"image_processor_type": "SiglipImageProcessor", "size": {"height": size, "width": size}}
   )
   return {
     **processor,
@@ -504,24 +692,31 @@ def _hf_processor(target, config):
   }
 
 
-def export(workdir, target: str, output: str, *, step: int | None = None, log=print) -> dict:
+def export(
+  workdir, target: str, output: str, *, step: int | None = None, drop=(), log=print
+) -> dict:
   """Writes a run's checkpoint (default: the latest) to `output` in `target`'s format; returns the
   config written (transformers' config.json, or open_clip's open_clip_config.json). `workdir`: a run's
-  (or converted model's) workdir, or a model `vlm_jax.load` gave."""
+  (or converted model's) workdir, or a model `vlm_jax.load` gave. `drop`: top-level parameter groups to
+  leave out (e.g. FLAVA's pixel MIM heads), each said in the log."""
   from vlm_jax import inference  # pylint: disable=import-outside-toplevel
 
   if target not in TARGETS:
     raise ConfigError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
   m = workdir if isinstance(workdir, inference.Pretrained) else inference.load(workdir, step)
   workdir = workdir if isinstance(workdir, str) else "the loaded model"
-  family = {"hf_clip": "clip", "hf_siglip": "siglip", "openclip": "clip", "hf_vilt": "vilt"}[target]
-  if m.config.model.name != family:
+  if m.config.model.name != FAMILY[target]:
     raise ConfigError(
-      f"{workdir} holds a {m.config.model.name!r} model; --to {target} exports {family!r} models"
+      f"{workdir} holds a {m.config.model.name!r} model; --to {target} exports "
+      f"{FAMILY[target]!r} models"
     )
   p = _Params(m.params)
+  for group in drop:
+    p.drop(group)
   if target == "hf_vilt":
     state, written_config = _vilt(p, m.model, m.tokenizer)
+  elif target == "hf_flava":
+    state, written_config = _flava(p, m.model, m.tokenizer, log)
   else:
     build = {"hf_clip": _clip, "hf_siglip": _siglip, "openclip": _openclip}[target]
     state, written_config = build(p, m.config, m.tokenizer)
