@@ -237,6 +237,7 @@ def _flava_inputs(m, seed=4):
   return pixels, m.tokenize(CAPTIONS), rng.random((4, (size // patch) ** 2)) < 0.4
 
 
+@pytest.mark.ci  # two CLI runs and a FLAVA's training: the fast tier's converted FLAVA covers the layout
 def test_a_trained_flava_loads_in_transformers_and_imports_back(tmp_path):
   """Pixel-regression MIM heads have no place in transformers' FLAVA: a one-line error until the user drops
   them; then FlavaForPreTraining (and FlavaModel) load the rest and give vlm_jax's outputs."""
