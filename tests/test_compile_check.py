@@ -81,3 +81,97 @@ def test_the_report_separates_the_objectives_memory_where_sigmoid_ring_and_globa
   assert 0 < 3 * ring < whole, (ring, whole)
   # Every family's objectives compile apart from the model, requests (masks, ITM pairing) included.
   assert _objectives_temp(helpers.FLAVA_TINY, 1) > 0
+
+
+def test_the_chip_table_tells_chips_apart():
+  assert flops.chip("TPU v5 lite").peak_16bit == 197e12  # v5e, not v5p
+  assert flops.chip("TPU v5").peak_16bit == 459e12 and flops.chip("TPU v5p").hbm_bytes == 95 * 2**30
+  assert flops.chip("NVIDIA H200").hbm_bandwidth == 4.8e12  # not the H20
+  assert flops.chip("NVIDIA H100 PCIe").peak_16bit == 756e12  # not the SXM part
+  assert flops.chip("cpu") is None
+
+
+def test_the_roofline_is_the_slower_of_compute_and_memory():
+  class Device:  # a chip listed as one device (no TensorCores apart)
+    device_kind = "TPU v5 lite"
+
+  report = {
+    "device_kind": "TPU v5 lite",
+    "dtype": "bfloat16",
+    "devices": 4,
+    "flops_per_step_per_device": 197e12 * 0.010,  # 10 ms of compute at v5e's peak
+    "bytes_accessed_per_device": 819e9 * 0.025,  # 25 ms of HBM traffic at its bandwidth
+    "model_flops_per_step": 4 * 197e12 * 0.008,
+  }
+  out = compile_check.roofline(report, [Device()] * 4)
+  assert out["roofline_bound"] == "memory"
+  assert out["roofline_step_s"] == pytest.approx(0.025)
+  assert out["roofline_compute_s"] == pytest.approx(0.010)
+  assert out["mfu_bound"] == pytest.approx(0.008 / 0.025)
+  assert out["recompute_ratio"] == pytest.approx(10 / 8)
+  # float32 on a chip whose float32 peak is its bfloat16 one; a CPU has no roofline, only the ratio.
+  assert (
+    compile_check.roofline({**report, "dtype": "float32"}, [Device()] * 4)["roofline_step_s"] > 0
+  )
+  cpu = compile_check.roofline({**report, "device_kind": "cpu"}, [Device()] * 4)
+  assert set(cpu) == {"recompute_ratio"}
+
+
+def test_full_remat_recomputes_the_forward_pass():
+  """XLA's FLOPs over the model's: the backward pass of a rematerialised block runs its forward again,
+  so full remat adds about a third (4/3 when the blocks are all the work)."""
+  ratios = {}
+  for remat in ("none", "full"):
+    exp = Experiment(
+      helpers.micro_config(**{"model.remat": remat}), devices=jax.devices()[:1], log=lambda *a: None
+    )
+    ratios[remat] = compile_check.measure(exp)["recompute_ratio"]
+  assert 1.0 <= ratios["none"] < 1.1, ratios
+  assert 1.15 < ratios["full"] / ratios["none"] < 4 / 3 + 0.02, ratios
+
+
+@pytest.mark.ci  # about eight compiles
+def test_find_max_batch_bisects_to_the_largest_batch_that_fits(monkeypatch):
+  def at_batch(global_batch):
+    config = helpers.micro_config(**{"batch_size": global_batch, "eval_batch_size": global_batch})
+    return Experiment(config, devices=jax.devices()[:2], log=lambda *a: None)
+
+  base = compile_check.measure(at_batch(16), memory_only=True)["total_bytes_per_device"]
+  limit = {"bytes_limit": int(base * 1.3)}
+  device = jax.devices()[0]
+  monkeypatch.setattr(type(device), "memory_stats", lambda self: limit)
+  logs = []
+  best, report = compile_check.find_max_batch(at_batch, 2, start=4, log=logs.append)
+  assert report["total_bytes_per_device"] <= limit["bytes_limit"] and best >= 8, logs
+  # The next batch does not fit, measured apart from the search.
+  assert (
+    compile_check.measure(at_batch(2 * (best + 1)))["total_bytes_per_device"] > limit["bytes_limit"]
+  )
+  limit["bytes_limit"] = 1024
+  with pytest.raises(ConfigError, match="does not fit a device even at batch 1"):
+    compile_check.find_max_batch(at_batch, 2, start=4, log=logs.append)
+
+
+def test_find_max_batch_from_the_command_line_needs_a_known_capacity(tmp_path):
+  """This CPU reports no memory capacity: the search says what it needs in one line (a --topology or an
+  accelerator gives it) after the step's report."""
+  result = helpers.subprocess.run(
+    [
+      helpers.sys.executable,
+      "-m",
+      "vlm_jax.main",
+      "--mode=compile",
+      "--find_max_batch",
+      "--config",
+      helpers.TINY,
+      *helpers.cli_overrides(**{**helpers.MICRO, "mesh": "data:2"}),
+    ],
+    env=helpers.subprocess_env(2),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=tmp_path,
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "recomputation ratio" in result.stdout and "(2 shards)" in result.stdout
+  assert "--find_max_batch needs the devices' memory capacity" in result.stderr.splitlines()[-1]

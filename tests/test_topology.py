@@ -1,10 +1,13 @@
 """Compiling for a TPU pod on a CPU-only host: libtpu describes the topology's chips, XLA's TPU compiler
 compiles the train step for them and reports one chip's memory, checked against its HBM."""
 
+import dataclasses
+
 import pytest
 
 from tests import helpers
 from tests.test_user_paths import run
+from vlm_jax.assembly import flops
 from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.errors import ConfigError
 from vlm_jax.train import compile_check
@@ -52,7 +55,8 @@ def test_a_step_that_does_not_fit_a_chip_is_an_error(monkeypatch):
   exp = Experiment(
     helpers.micro_config(), devices=devices("v5e:2x2"), log=lambda *a: None, weights=False
   )
-  monkeypatch.setitem(compile_check.TPU_HBM_GIB, "TPU v5 lite", 2**-20)  # a 1 KiB chip
+  v5e = flops.chip("TPU v5 lite")
+  monkeypatch.setattr(flops, "CHIPS", (dataclasses.replace(v5e, hbm_bytes=1024),))  # a 1 KiB chip
   with pytest.raises(ConfigError, match="per device but a device has 0.0 MiB"):
     compile_check.compile_report(exp, log=lambda *a: None, topology="v5e:2x2")
 

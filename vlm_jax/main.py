@@ -38,6 +38,12 @@ flags.DEFINE_string(
   "--mode=compile: compile for this TPU topology (e.g. v5e:16x16, v4:2x2x2, v5p:4x4x4, v6e:8x8) "
   "instead of this machine's devices; needs libtpu (pip install -e '.[tpu]'), no TPU.",
 )
+flags.DEFINE_bool(
+  "find_max_batch",
+  False,
+  "--mode=compile: bisect the largest batch per data shard whose train step fits a device's memory "
+  "(compiling each candidate); the configured batch is where the search starts.",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
 flags.DEFINE_integer("process_id", None, "This process's index, for multi-host runs.")
@@ -88,17 +94,33 @@ def _compile(config, log):
       log(f"Stage {i}: {config.stages[i]['name']}")
     with c.unlocked():  # compiling needs no weights
       c.init_from.workdir = ""
-    compile_check.compile_report(
-      experiment.Experiment(c, devices=devices, log=log, weights=False),
-      log=log,
-      topology=FLAGS.topology,
-    )
+    exp = experiment.Experiment(c, devices=devices, log=log, weights=False)
+    compile_check.compile_report(exp, log=log, topology=FLAGS.topology)
+    if FLAGS.find_max_batch:
+      shards = exp.mesh.shape["data"] * exp.mesh.shape["fsdp"]
+
+      def at_batch(global_batch, c=c):
+        c = c.copy_and_resolve_references()
+        with c.unlocked():
+          c.batch_size = c.eval_batch_size = global_batch
+        return experiment.Experiment(c, devices=devices, log=lambda *a: None, weights=False)
+
+      log(f"Searching the largest batch per data shard ({shards} shards) that fits:")
+      best, report = compile_check.find_max_batch(
+        at_batch, shards, exp.batch_size // shards, log=log
+      )
+      log(
+        f"Largest batch that fits: {best} per shard, global {best * shards} "
+        f"({report['total_bytes_per_device'] / 2**20:,.1f} MiB per device)"
+      )
 
 
 def main(argv):
   del argv
   if FLAGS.mode == "compile" and FLAGS.config is None:
     fail("--mode=compile needs --config")
+  if FLAGS.find_max_batch and FLAGS.mode != "compile":
+    fail("--find_max_batch is for --mode=compile")
   if FLAGS.topology and FLAGS.mode != "compile":
     fail("--topology is for --mode=compile (training runs on the devices it finds)")
   if (not FLAGS.workdir and FLAGS.mode != "compile") or (

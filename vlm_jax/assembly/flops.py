@@ -6,7 +6,7 @@
   (it has no backward), recomputation under remat never counts, elementwise work never counts.
 * Hardware FLOPs (HFU's numerator): XLA's count of the compiled step, which includes remat's recompute,
   elementwise ops and the optimizer.
-* Peak: per chip from `PEAK_FLOPS` by `device_kind` for the compute dtype; on CPUs (and chips not in the
+* Peak: per chip from the chip table `CHIPS` by `device_kind` for the compute dtype; on CPUs (and chips not in the
   table) a matmul large enough to saturate the device, timed on a local device.
 """
 
@@ -24,33 +24,73 @@ import jax.numpy as jnp
 from vlm_jax import models
 from vlm_jax.core import sharding
 
-# Dense peak FLOP/s per chip (per device as JAX lists them) as (16-bit, float32). float32 matmuls at JAX's
-# default precision run as TF32 on NVIDIA GPUs and as one bfloat16 pass on TPUs. First match wins.
-PEAK_FLOPS = (
-  ("H100 PCIe", (756e12, 378e12)),
-  ("H100", (989e12, 495e12)),  # SXM
-  ("H200", (989e12, 495e12)),
-  ("H20", (148e12, 74e12)),
-  ("A100", (312e12, 156e12)),
-  ("L4", (121e12, 60e12)),
-  ("TPU v4", (275e12, 275e12)),
-  ("TPU v5 lite", (197e12, 197e12)),  # v5e
-  ("TPU v5e", (197e12, 197e12)),
-  ("TPU v5", (459e12, 459e12)),  # v5p
-  ("TPU v6 lite", (918e12, 918e12)),  # v6e (Trillium)
-  ("TPU v6e", (918e12, 918e12)),
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One accelerator chip's published figures: dense peak FLOP/s for 16-bit and float32 matmuls (float32 at
+  JAX's default precision runs as TF32 on NVIDIA GPUs and as one bfloat16 pass on TPUs; None: not
+  published), HBM capacity in bytes and HBM bandwidth in bytes/s, and where they come from."""
+
+  kinds: tuple  # substrings of JAX's `device_kind` that name this chip
+  peak_16bit: float | None
+  peak_32bit: float | None
+  hbm_bytes: float
+  hbm_bandwidth: float | None
+  source: str
+
+
+_GCP = "cloud.google.com/tpu/docs/"
+# First match wins (so "TPU v5 lite", v5e, comes before "TPU v5", v5p). A TPU v2/v3 (and a v4 topology as
+# libtpu describes it) lists one device per TensorCore, each with its share of the chip.
+CHIPS = (
+  Chip(("H100 PCIe",), 756e12, 378e12, 80e9, 2.0e12, "NVIDIA H100 datasheet (PCIe)"),
+  Chip(("H100",), 989e12, 495e12, 80e9, 3.35e12, "NVIDIA H100 datasheet (SXM)"),
+  Chip(("H200",), 989e12, 495e12, 141e9, 4.8e12, "NVIDIA H200 datasheet (SXM)"),
+  Chip(("H20",), 148e12, 74e12, 96e9, 4.0e12, "NVIDIA H20 datasheet"),
+  Chip(("A100",), 312e12, 156e12, 80e9, 2.039e12, "NVIDIA A100 datasheet (80GB SXM)"),
+  Chip(("L4",), 121e12, 60e12, 24e9, 300e9, "NVIDIA L4 datasheet"),
+  Chip(("TPU v2",), 45e12, 45e12, 16 * GIB, 600e9, _GCP + "system-architecture-tpu-vm"),
+  Chip(("TPU v3",), 123e12, 123e12, 32 * GIB, 900e9, _GCP + "system-architecture-tpu-vm"),
+  Chip(("TPU v4 lite",), None, None, 8 * GIB, None, "inference chip: capacity only"),
+  Chip(("TPU v4",), 275e12, 275e12, 32 * GIB, 1200e9, _GCP + "v4"),
+  Chip(("TPU v5 lite", "TPU v5e"), 197e12, 197e12, 16 * GIB, 819e9, _GCP + "v5e"),
+  Chip(("TPU v5p", "TPU v5"), 459e12, 459e12, 95 * GIB, 2765e9, _GCP + "v5p"),
+  Chip(("TPU v6 lite", "TPU v6e"), 918e12, 918e12, 32 * GIB, 1638e9, _GCP + "v6e"),
 )
+
+
+def chip(device_kind: str) -> Chip | None:
+  """The chip table's entry for a JAX `device_kind` (None for CPUs and chips not in it)."""
+  for entry in CHIPS:
+    if any(kind.lower() in device_kind.lower() for kind in entry.kinds):
+      return entry
+  return None
+
+
+def devices_per_chip(devices) -> int:
+  """How many of `devices` share the first one's chip (its TensorCores listed apart): 1 on most chips."""
+  coords = getattr(devices[0], "coords", None)
+  if coords is None:
+    return 1
+  return sum(1 for d in devices if tuple(getattr(d, "coords", ())) == tuple(coords))
+
+
+def cost_analysis(compiled) -> dict:
+  """XLA's cost analysis of one execution of a compiled step, per device ({} if the backend gives none)."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (some backends do not implement it)
+    return {}
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return dict(analysis or {})
 
 
 def compiled_flops(compiled) -> float | None:
   """FLOPs of one execution of a compiled step, per device, from XLA's cost analysis (None if unknown)."""
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except  (some backends do not implement it)
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  flops = (analysis or {}).get("flops")
+  flops = cost_analysis(compiled).get("flops")
   return float(flops) if flops and flops > 0 else None
 
 
@@ -110,10 +150,10 @@ def model_flops(exp) -> float:
 
 def peak_flops(device_kind: str, dtype) -> tuple[float, str]:
   """(peak FLOP/s of one device for matmuls in `dtype`, where the figure comes from)."""
-  sixteen_bit = jnp.dtype(dtype).itemsize == 2
-  for kind, (half, single) in PEAK_FLOPS:
-    if kind.lower() in device_kind.lower():
-      return (half if sixteen_bit else single), f"table: {kind}"
+  entry = chip(device_kind)
+  peak = entry and (entry.peak_16bit if jnp.dtype(dtype).itemsize == 2 else entry.peak_32bit)
+  if peak:
+    return peak, f"table: {entry.kinds[0]}"
   return measure_matmul_peak(jnp.dtype(dtype).name), "measured: a 2048^2 matmul on a local device"
 
 

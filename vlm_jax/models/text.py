@@ -16,7 +16,8 @@ SIZES = {
   "B": (512, 12, 8, 2048),  # CLIP ViT-B text tower
   "M": (640, 12, 10, 2560),
   "L": (768, 12, 12, 3072),  # CLIP ViT-L/14 text tower
-  "H": (1024, 24, 16, 4096),
+  "So400m": (1152, 27, 16, 4304),  # SigLIP So400m/14's text tower (big_vision, open_clip)
+  "H": (1024, 24, 16, 4096),  # open_clip's ViT-H-14 and ViT-g-14 text towers
 }
 
 

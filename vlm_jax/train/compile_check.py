@@ -6,8 +6,10 @@ then reports the memory of one chip.
 
 The state and batch are abstract (shapes, dtypes and shardings only); one example is preprocessed to get
 the batch's shapes. Memory is XLA's per-device estimate of the compiled step: arguments (state + batch),
-outputs, temporaries and generated code; when the device reports its capacity, an estimate above it is
-an error.
+outputs, temporaries and generated code; when the device reports its capacity (or the chip table has it),
+an estimate above it is an error. The efficiency report adds XLA's bytes accessed, the recomputation ratio
+and a roofline bound on step time and MFU from the chip table (`assembly/flops.py`); `--find_max_batch`
+bisects the largest batch that fits.
 """
 
 import flax.linen as nn
@@ -18,28 +20,14 @@ from vlm_jax.assembly import flops as flops_lib
 from vlm_jax.core import sharding
 from vlm_jax.errors import ConfigError
 
-GIB = 2**30
-# HBM per TPU chip (GiB), keyed by `device_kind`. v2/v3 (and v4 without megacore, as AOT topologies describe
-# it) expose one device per TensorCore, which then has its share of the chip.
-TPU_HBM_GIB = {
-  "TPU v2": 16,
-  "TPU v3": 32,
-  "TPU v4": 32,
-  "TPU v4 lite": 8,
-  "TPU v5 lite": 16,
-  "TPU v5": 95,
-  "TPU v5p": 95,
-  "TPU v6 lite": 32,
-  "TPU v6e": 32,
-}
-
 
 def _mib(n) -> str:
   return f"{n / 2**20:,.1f} MiB"
 
 
 def device_capacity(devices) -> int | None:
-  """Bytes of memory one device of `devices` has: the runtime's figure for local devices, else the TPU table."""
+  """Bytes of memory one device of `devices` has: the runtime's figure for local devices, else the chip
+  table's, shared by the TensorCores listed as devices of one chip."""
   device = devices[0]
   try:
     stats = device.memory_stats() or {}
@@ -47,10 +35,8 @@ def device_capacity(devices) -> int | None:
       return int(stats["bytes_limit"])
   except Exception:  # pylint: disable=broad-except  (topology devices hold no data and have no stats)
     pass
-  if device.device_kind not in TPU_HBM_GIB:
-    return None
-  cores_per_chip = sum(1 for d in devices if tuple(d.coords) == tuple(device.coords))
-  return TPU_HBM_GIB[device.device_kind] * GIB // cores_per_chip
+  entry = flops_lib.chip(device.device_kind)
+  return None if entry is None else int(entry.hbm_bytes) // flops_lib.devices_per_chip(devices)
 
 
 def objectives_temp_bytes(exp, abstract_params, abstract_batch) -> int | None:
@@ -86,8 +72,10 @@ def objectives_temp_bytes(exp, abstract_params, abstract_batch) -> int | None:
   return None if memory is None else int(memory.temp_size_in_bytes)
 
 
-def compile_report(exp, log=print, topology: str | None = None) -> dict:
-  """Compiles `exp`'s train step on abstract inputs; returns {flops_per_step, *_bytes, params, ...}."""
+def measure(exp, memory_only: bool = False) -> dict:
+  """Compiles `exp`'s train step on abstract inputs; returns what XLA reports per device (FLOPs, bytes
+  accessed, memory), the model FLOPs, and the roofline figures where the chip table knows the device.
+  memory_only: the memory figures alone (no second trace for the model FLOPs or the objectives)."""
   abstract_state = exp.abstract_state()
   example = exp.train_preprocess(exp.data.train[0], None)
   batch_sharding = sharding.batch_sharding(exp.mesh)
@@ -97,8 +85,11 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   }
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
     compiled = exp.jit_train_step().lower(abstract_state, abstract_batch).compile()
-    objectives_temp = objectives_temp_bytes(exp, abstract_state.params, abstract_batch)
+    objectives_temp = (
+      None if memory_only else objectives_temp_bytes(exp, abstract_state.params, abstract_batch)
+    )
   devices = list(exp.mesh.devices.flat)
+  cost = flops_lib.cost_analysis(compiled)
   report = {
     "devices": len(devices),
     "device_kind": devices[0].device_kind,
@@ -107,8 +98,10 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
     "dtype": jnp.dtype(exp.model.dtype).name,
     "params": sum(x.size for x in jax.tree.leaves(exp.abstract_params)),
     "flops_per_step_per_device": flops_lib.compiled_flops(compiled),
-    "model_flops_per_step": flops_lib.model_flops(exp),
+    "model_flops_per_step": None if memory_only else flops_lib.model_flops(exp),
   }
+  if cost.get("bytes accessed"):
+    report["bytes_accessed_per_device"] = float(cost["bytes accessed"])
   memory = compiled.memory_analysis()
   for name in (
     "argument_size_in_bytes",
@@ -123,10 +116,62 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   if objectives_temp is not None:
     report["objectives_temp_bytes"] = objectives_temp
   # Donated state buffers are reused for the outputs (aliased), so they are not counted twice.
-  keys = ("argument_bytes", "output_bytes", "temp_bytes", "generated_code_bytes")
-  if all(k in report for k in keys):
-    report["total_bytes_per_device"] = sum(report[k] for k in keys) - report.get("alias_bytes", 0)
+  if all(k in report for k in MEMORY_KEYS):
+    report["total_bytes_per_device"] = sum(report[k] for k in MEMORY_KEYS) - report.get(
+      "alias_bytes", 0
+    )
   capacity = device_capacity(devices)
+  if capacity:
+    report["device_capacity_bytes"] = int(capacity)
+  if not memory_only:
+    report.update(roofline(report, devices))
+  return report
+
+
+MEMORY_KEYS = ("argument_bytes", "output_bytes", "temp_bytes", "generated_code_bytes")
+
+
+def roofline(report: dict, devices) -> dict:
+  """Per device: the step's recomputation ratio (XLA's FLOPs over the model's: ~1 without remat, ~4/3
+  with full remat, as the backward pass recomputes the forward) and a roofline bound on its time, the
+  larger of FLOPs / peak and bytes accessed / HBM bandwidth, with the MFU that bound allows. Collectives
+  over the interconnect are not in it: a lower bound on step time, an upper bound on MFU."""
+  flops, model = report.get("flops_per_step_per_device"), report["model_flops_per_step"]
+  model_per_device = model / report["devices"]
+  out = {"recompute_ratio": flops / model_per_device} if flops and model_per_device else {}
+  entry = flops_lib.chip(report["device_kind"])
+  peak = entry and (
+    entry.peak_16bit if report["dtype"] in ("bfloat16", "float16") else entry.peak_32bit
+  )
+  if not (flops and peak and entry.hbm_bandwidth and report.get("bytes_accessed_per_device")):
+    return out
+  share = flops_lib.devices_per_chip(devices)
+  compute_s = flops / (peak / share)
+  memory_s = report["bytes_accessed_per_device"] / (entry.hbm_bandwidth / share)
+  step_s = max(compute_s, memory_s)
+  return {
+    **out,
+    "peak_flops_per_device": peak / share,
+    "hbm_bandwidth_per_device": entry.hbm_bandwidth / share,
+    "chip_source": entry.source,
+    "roofline_compute_s": compute_s,
+    "roofline_memory_s": memory_s,
+    "roofline_step_s": step_s,
+    "roofline_bound": "compute" if compute_s >= memory_s else "memory",
+    "mfu_bound": model_per_device / (peak / share) / step_s,
+  }
+
+
+def fits(report: dict) -> bool:
+  capacity = report.get("device_capacity_bytes")
+  return not capacity or report.get("total_bytes_per_device", 0) <= capacity
+
+
+def compile_report(exp, log=print, topology: str | None = None) -> dict:
+  """Compiles `exp`'s train step on abstract inputs, logs the per-device efficiency report and returns
+  it; a step that does not fit a device is an error."""
+  report = measure(exp)
+  devices = list(exp.mesh.devices.flat)
   where = (
     f"TPU topology {topology} ({devices[0].device_kind})" if topology else devices[0].device_kind
   )
@@ -144,7 +189,11 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
     f"  model FLOPs per step per device: {report['model_flops_per_step'] / len(devices) / 1e9:,.2f} "
     "GFLOP (matmuls without remat, MFU's numerator)"
   )
-  for key in keys + ("alias_bytes", "total_bytes_per_device"):
+  if "recompute_ratio" in report:
+    log(f"  recomputation ratio (XLA's FLOPs / model FLOPs): {report['recompute_ratio']:.3f}")
+  if "bytes_accessed_per_device" in report:
+    log(f"  bytes accessed per step per device: {_mib(report['bytes_accessed_per_device'])}")
+  for key in MEMORY_KEYS + ("alias_bytes", "total_bytes_per_device"):
     if key in report:
       log(f"  {key.replace('_', ' ')}: {_mib(report[key])}")
   if "objectives_temp_bytes" in report:
@@ -152,12 +201,68 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
       f"  objectives' temp bytes (losses and their gradients, compiled apart from the model): "
       f"{_mib(report['objectives_temp_bytes'])}"
     )
-  if capacity and report.get("total_bytes_per_device", 0) > capacity:
+  if "device_capacity_bytes" in report:
+    log(f"  device capacity: {_mib(report['device_capacity_bytes'])}")
+  if "roofline_step_s" in report:
+    ms = lambda seconds: f"{seconds * 1e3:.3g} ms"
+    log(
+      f"  roofline: at least {ms(report['roofline_step_s'])} per step, {report['roofline_bound']}-bound "
+      f"(FLOPs: {ms(report['roofline_compute_s'])} at {report['peak_flops_per_device'] / 1e12:,.0f} "
+      f"TFLOP/s; bytes: {ms(report['roofline_memory_s'])} at "
+      f"{report['hbm_bandwidth_per_device'] / 1e9:,.0f} GB/s; collectives not counted), so MFU at most "
+      f"{report['mfu_bound']:.1%} (chip figures: {report['chip_source']})"
+    )
+  if not fits(report):
     raise ConfigError(
       f"the train step needs about {_mib(report['total_bytes_per_device'])} per device but a "
-      f"device has {_mib(capacity)}; use a larger mesh (fsdp/tensor), remat, or a smaller batch"
+      f"device has {_mib(report['device_capacity_bytes'])}; use a larger mesh (fsdp/tensor), remat, or "
+      "a smaller batch"
     )
-  if capacity:
-    report["device_capacity_bytes"] = int(capacity)
-    log(f"  device capacity: {_mib(capacity)}")
   return report
+
+
+def find_max_batch(make_experiment, batch_shards: int, start: int, log=print, limit: int = 1 << 16):
+  """The largest per-shard batch b (global batch b * batch_shards) whose train step fits a device, by
+  compiling: doubling from `start` until one does not fit (or halving until one does), then bisecting.
+  `make_experiment(global_batch)` builds the Experiment. Returns (b, its report)."""
+
+  def probe(b):
+    report = measure(make_experiment(b * batch_shards), memory_only=True)
+    if not report.get("device_capacity_bytes"):
+      raise ConfigError(
+        "--find_max_batch needs the devices' memory capacity: compile for a --topology, or run on an "
+        "accelerator that reports it"
+      )
+    log(
+      f"  batch {b} per shard (global {b * batch_shards}): {_mib(report['total_bytes_per_device'])} of "
+      f"{_mib(report['device_capacity_bytes'])} per device: {'fits' if fits(report) else 'does not fit'}"
+    )
+    return report
+
+  reports = {}
+  b = max(1, start)
+  reports[b] = probe(b)
+  if fits(reports[b]):
+    lo, hi = b, None
+    while hi is None and lo < limit:
+      b = min(lo * 2, limit)
+      reports[b] = probe(b)
+      lo, hi = (b, None) if fits(reports[b]) else (lo, b)
+    if hi is None:
+      return lo, reports[lo]
+  else:
+    hi, lo = b, None
+    while lo is None:
+      if hi == 1:
+        raise ConfigError(
+          "the train step does not fit a device even at batch 1 per shard; use a larger mesh "
+          "(fsdp/tensor) or remat"
+        )
+      b = hi // 2
+      reports[b] = probe(b)
+      lo, hi = (b, hi) if fits(reports[b]) else (None, b)
+  while hi - lo > 1:
+    b = (lo + hi) // 2
+    reports[b] = probe(b)
+    lo, hi = (b, hi) if fits(reports[b]) else (lo, b)
+  return lo, reports[lo]
