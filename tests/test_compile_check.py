@@ -102,32 +102,48 @@ def test_the_roofline_is_the_slower_of_compute_and_memory():
     "flops_per_step_per_device": 197e12 * 0.010,  # 10 ms of compute at v5e's peak
     "bytes_accessed_per_device": 819e9 * 0.025,  # 25 ms of HBM traffic at its bandwidth
     "model_flops_per_step": 4 * 197e12 * 0.008,
+    "executed_matmul_flops_per_step": 4 * 197e12 * 0.010,  # remat recomputes a quarter more
   }
   out = compile_check.roofline(report, [Device()] * 4)
-  assert out["roofline_bound"] == "memory"
+  assert out["roofline_bound"] == "memory" and not out["bytes_estimated"]
   assert out["roofline_step_s"] == pytest.approx(0.025)
   assert out["roofline_compute_s"] == pytest.approx(0.010)
   assert out["mfu_bound"] == pytest.approx(0.008 / 0.025)
   assert out["recompute_ratio"] == pytest.approx(10 / 8)
-  # float32 on a chip whose float32 peak is its bfloat16 one; a CPU has no roofline, only the ratio.
+  # Scanned layers: XLA counted the loop bodies once, half of the matmuls here; the missing trips' FLOPs
+  # come from the jaxpr's count and the bytes are scaled by the same factor.
+  scanned = compile_check.roofline(
+    {**report, "flops_per_step_per_device": 197e12 * 0.006, "scan_undercount": 2.0},
+    [Device()] * 4,
+  )
+  assert scanned["flops_per_device"] == pytest.approx(197e12 * (0.006 + 0.005))
+  assert scanned["bytes_per_device"] == pytest.approx(819e9 * 0.050) and scanned["bytes_estimated"]
+  assert scanned["roofline_step_s"] == pytest.approx(0.050)
+  # float32 on a chip whose float32 peak is its bfloat16 one; a CPU has no roofline, only the counts.
   assert (
     compile_check.roofline({**report, "dtype": "float32"}, [Device()] * 4)["roofline_step_s"] > 0
   )
   cpu = compile_check.roofline({**report, "device_kind": "cpu"}, [Device()] * 4)
-  assert set(cpu) == {"recompute_ratio"}
+  assert "roofline_step_s" not in cpu and cpu["recompute_ratio"] == pytest.approx(10 / 8)
 
 
 def test_full_remat_recomputes_the_forward_pass():
   """XLA's FLOPs over the model's: the backward pass of a rematerialised block runs its forward again,
   so full remat adds about a third (4/3 when the blocks are all the work)."""
-  ratios = {}
-  for remat in ("none", "full"):
+  ratios, xla = {}, {}
+  for remat, scan in (("none", False), ("full", False), ("full", True)):
+    overrides = {"model.remat": remat, "model.scan_layers": scan}
     exp = Experiment(
-      helpers.micro_config(**{"model.remat": remat}), devices=jax.devices()[:1], log=lambda *a: None
+      helpers.micro_config(**overrides), devices=[jax.devices()[0]], log=lambda *a: None
     )
-    ratios[remat] = compile_check.measure(exp)["recompute_ratio"]
-  assert 1.0 <= ratios["none"] < 1.1, ratios
-  assert 1.15 < ratios["full"] / ratios["none"] < 4 / 3 + 0.02, ratios
+    report = compile_check.measure(exp)
+    ratios[remat, scan] = report["recompute_ratio"]
+    xla[remat, scan] = report["flops_per_step_per_device"]
+  assert ratios["none", False] == 1.0, ratios
+  assert 1.15 < ratios["full", False] < 4 / 3, ratios
+  assert ratios["full", True] == pytest.approx(ratios["full", False]), ratios  # through the scans
+  # XLA's own count agrees where it sees every layer (unscanned): the same increase, within 3%.
+  assert xla["full", False] / xla["none", False] == pytest.approx(ratios["full", False], rel=0.03)
 
 
 @pytest.mark.ci  # about eight compiles
@@ -175,3 +191,27 @@ def test_find_max_batch_from_the_command_line_needs_a_known_capacity(tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   assert "recomputation ratio" in result.stdout and "(2 shards)" in result.stdout
   assert "--find_max_batch needs the devices' memory capacity" in result.stderr.splitlines()[-1]
+
+
+def test_a_step_the_compiler_refuses_for_memory_is_one_line_and_a_bisection_probe(monkeypatch):
+  """XLA's TPU compiler refuses a program larger than HBM (RESOURCE_EXHAUSTED) before any estimate is
+  made: a one-line error naming the fix, and for --find_max_batch a batch that does not fit."""
+  exp = Experiment(helpers.micro_config(), devices=jax.devices()[:1], log=lambda *a: None)
+
+  class Refused:
+    def lower(self, *args):
+      return self
+
+    def compile(self):
+      raise jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (93.24G) exceeds available HBM (15.75G).\nmore lines"
+      )
+
+  monkeypatch.setattr(exp, "jit_train_step", Refused)
+  with pytest.raises(compile_check.DoesNotFit) as error:
+    compile_check.compile_report(exp, log=lambda *a: None)
+  assert "\n" not in str(error.value) and "(93.24G) exceeds" in str(error.value)
+  assert "fsdp" in str(error.value)
+  with pytest.raises(ConfigError, match="even at batch 1"):
+    compile_check.find_max_batch(lambda batch: exp, 1, start=2, log=lambda *a: None)

@@ -94,9 +94,10 @@ def compiled_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def matmul_flops(jaxpr) -> float:
-  """2*m*n*k summed over the dot_generals and convolutions of a jaxpr, through scans (times their length),
-  shard_maps (times their shards), conds (the costliest branch) and every other nested jaxpr (once)."""
+def matmul_flops(jaxpr, scan_trips: bool = True) -> float:
+  """2*m*n*k summed over the dot_generals and convolutions of a jaxpr, through scans (times their length;
+  once with scan_trips=False, as XLA's cost analysis counts a loop's body), shard_maps (times their
+  shards), conds (the costliest branch) and every other nested jaxpr (once)."""
   total = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
@@ -110,13 +111,13 @@ def matmul_flops(jaxpr) -> float:
       out, kernel = eqn.outvars[0].aval, eqn.invars[1].aval
       out_features = kernel.shape[eqn.params["dimension_numbers"].rhs_spec[0]]
       total += 2.0 * out.size * kernel.size / out_features
-    subs = [matmul_flops(sub) for sub in jax_core.jaxprs_in_params(eqn.params)]
+    subs = [matmul_flops(sub, scan_trips) for sub in jax_core.jaxprs_in_params(eqn.params)]
     if not subs:
       continue
     if name == "cond":
       total += max(subs)
     elif name == "scan":
-      total += eqn.params["length"] * sum(subs)
+      total += (eqn.params["length"] if scan_trips else 1) * sum(subs)
     elif name == "shard_map":
       mesh = eqn.params["mesh"]
       manual = eqn.params.get("newly_manual_axes") or eqn.params.get("manual_axes") or mesh.shape
@@ -126,12 +127,8 @@ def matmul_flops(jaxpr) -> float:
   return total
 
 
-def model_flops(exp) -> float:
-  """Model FLOPs of one train step of Experiment `exp` over the global batch (see the module docstring)."""
-  config = exp.config.model.copy_and_resolve_references()
-  with config.unlocked():
-    config.remat = "none"
-  model = models.build(config, exp.tokenizer.vocab_size, exp.platform)
+def _step_jaxpr(exp, model):
+  """The live jaxpr of one train step's loss and gradients over the global batch, with `model`."""
 
   def loss_and_grads(params, batch, key):
     loss = lambda p: exp.loss(p, batch, key, model=model)[0]
@@ -145,7 +142,24 @@ def model_flops(exp) -> float:
     )
   # Dead code out first: a model may compute outputs no objective of this run reads (jit prunes them too).
   live, _ = partial_eval.dce_jaxpr(jaxpr.jaxpr, [True] * len(jaxpr.jaxpr.outvars))
-  return matmul_flops(live)
+  return live
+
+
+def model_flops(exp) -> float:
+  """Model FLOPs of one train step of Experiment `exp` over the global batch (see the module docstring)."""
+  config = exp.config.model.copy_and_resolve_references()
+  with config.unlocked():
+    config.remat = "none"
+  return matmul_flops(
+    _step_jaxpr(exp, models.build(config, exp.tokenizer.vocab_size, exp.platform))
+  )
+
+
+def executed_matmul_flops(exp) -> tuple[float, float]:
+  """(matmul FLOPs the step as configured executes, remat's recomputation included; the same counting each
+  scanned loop's body once, as XLA's cost analysis does), over the global batch."""
+  live = _step_jaxpr(exp, exp.model)
+  return matmul_flops(live), matmul_flops(live, scan_trips=False)
 
 
 def peak_flops(device_kind: str, dtype) -> tuple[float, str]:

@@ -20,6 +20,12 @@ from vlm_jax.assembly import flops as flops_lib
 from vlm_jax.core import sharding
 from vlm_jax.errors import ConfigError
 
+FIT_FIX = "use a larger mesh (fsdp/tensor), remat, or a smaller batch"
+
+
+class DoesNotFit(ConfigError):
+  """The train step needs more memory than a device has."""
+
 
 def _mib(n) -> str:
   return f"{n / 2**20:,.1f} MiB"
@@ -84,7 +90,14 @@ def measure(exp, memory_only: bool = False) -> dict:
     for k, v in example.items()
   }
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(sharding.RULES):
-    compiled = exp.jit_train_step().lower(abstract_state, abstract_batch).compile()
+    try:
+      compiled = exp.jit_train_step().lower(abstract_state, abstract_batch).compile()
+    except jax.errors.JaxRuntimeError as e:  # XLA's TPU compiler refuses a program larger than HBM
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      raise DoesNotFit(
+        f"the train step does not fit a device ({str(e).splitlines()[0]}); {FIT_FIX}"
+      ) from None
     objectives_temp = (
       None if memory_only else objectives_temp_bytes(exp, abstract_state.params, abstract_batch)
     )
@@ -102,6 +115,12 @@ def measure(exp, memory_only: bool = False) -> dict:
   }
   if cost.get("bytes accessed"):
     report["bytes_accessed_per_device"] = float(cost["bytes accessed"])
+  if not memory_only:
+    # XLA's cost analysis counts a loop's body once: with scanned layers it misses all trips but one.
+    # The jaxpr's matmuls, counted through the scans, give what it misses.
+    executed, once = flops_lib.executed_matmul_flops(exp)
+    report["executed_matmul_flops_per_step"] = executed
+    report["scan_undercount"] = executed / once if once else 1.0
   memory = compiled.memory_analysis()
   for name in (
     "argument_size_in_bytes",
@@ -132,22 +151,31 @@ MEMORY_KEYS = ("argument_bytes", "output_bytes", "temp_bytes", "generated_code_b
 
 
 def roofline(report: dict, devices) -> dict:
-  """Per device: the step's recomputation ratio (XLA's FLOPs over the model's: ~1 without remat, ~4/3
-  with full remat, as the backward pass recomputes the forward) and a roofline bound on its time, the
-  larger of FLOPs / peak and bytes accessed / HBM bandwidth, with the MFU that bound allows. Collectives
-  over the interconnect are not in it: a lower bound on step time, an upper bound on MFU."""
-  flops, model = report.get("flops_per_step_per_device"), report["model_flops_per_step"]
-  model_per_device = model / report["devices"]
-  out = {"recompute_ratio": flops / model_per_device} if flops and model_per_device else {}
+  """Per device: the step's recomputation ratio (the matmul FLOPs it executes over the model's: 1 without
+  remat, up to 4/3 with full remat, as the backward pass runs each block's forward again) and a roofline
+  bound on its time, the larger of FLOPs / peak and bytes accessed / HBM bandwidth, with the MFU that
+  bound allows. Collectives over the interconnect are not in it: a lower bound on step time, an upper
+  bound on MFU. With scanned layers XLA counts each loop's body once: the FLOPs get the missing trips'
+  matmuls from the jaxpr (exact), the bytes are scaled by the same factor (an estimate)."""
+  n = report["devices"]
+  flops, model = report.get("flops_per_step_per_device"), report["model_flops_per_step"] / n
+  executed = report.get("executed_matmul_flops_per_step", model * n) / n
+  undercount = report.get("scan_undercount", 1.0)
+  out = {"recompute_ratio": executed / model} if model else {}
+  if flops:
+    out["flops_per_device"] = flops + executed * (1 - 1 / undercount)  # the loops' missing trips
+  if report.get("bytes_accessed_per_device"):
+    out["bytes_per_device"] = report["bytes_accessed_per_device"] * undercount
+    out["bytes_estimated"] = undercount > 1
   entry = flops_lib.chip(report["device_kind"])
   peak = entry and (
     entry.peak_16bit if report["dtype"] in ("bfloat16", "float16") else entry.peak_32bit
   )
-  if not (flops and peak and entry.hbm_bandwidth and report.get("bytes_accessed_per_device")):
+  if not (flops and peak and entry.hbm_bandwidth and "bytes_per_device" in out):
     return out
   share = flops_lib.devices_per_chip(devices)
-  compute_s = flops / (peak / share)
-  memory_s = report["bytes_accessed_per_device"] / (entry.hbm_bandwidth / share)
+  compute_s = out["flops_per_device"] / (peak / share)
+  memory_s = out["bytes_per_device"] / (entry.hbm_bandwidth / share)
   step_s = max(compute_s, memory_s)
   return {
     **out,
@@ -158,11 +186,13 @@ def roofline(report: dict, devices) -> dict:
     "roofline_memory_s": memory_s,
     "roofline_step_s": step_s,
     "roofline_bound": "compute" if compute_s >= memory_s else "memory",
-    "mfu_bound": model_per_device / (peak / share) / step_s,
+    "mfu_bound": model / (peak / share) / step_s,
   }
 
 
 def fits(report: dict) -> bool:
+  if "fits" in report:
+    return report["fits"]
   capacity = report.get("device_capacity_bytes")
   return not capacity or report.get("total_bytes_per_device", 0) <= capacity
 
@@ -189,10 +219,20 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
     f"  model FLOPs per step per device: {report['model_flops_per_step'] / len(devices) / 1e9:,.2f} "
     "GFLOP (matmuls without remat, MFU's numerator)"
   )
+  if report.get("scan_undercount", 1.0) > 1:
+    log(
+      f"  with its scanned layers: {report['flops_per_device'] / 1e9:,.2f} GFLOP per device (XLA counts "
+      f"a loop's body once; the jaxpr's matmuls count it {report['scan_undercount']:.2f}x)"
+    )
   if "recompute_ratio" in report:
-    log(f"  recomputation ratio (XLA's FLOPs / model FLOPs): {report['recompute_ratio']:.3f}")
-  if "bytes_accessed_per_device" in report:
-    log(f"  bytes accessed per step per device: {_mib(report['bytes_accessed_per_device'])}")
+    log(
+      f"  recomputation ratio (matmul FLOPs executed / model FLOPs): {report['recompute_ratio']:.3f}"
+    )
+  if "bytes_per_device" in report:
+    log(
+      f"  bytes accessed per step per device: {_mib(report['bytes_per_device'])}"
+      + (" (estimated: XLA's count scaled as the FLOPs)" if report["bytes_estimated"] else "")
+    )
   for key in MEMORY_KEYS + ("alias_bytes", "total_bytes_per_device"):
     if key in report:
       log(f"  {key.replace('_', ' ')}: {_mib(report[key])}")
@@ -204,7 +244,9 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   if "device_capacity_bytes" in report:
     log(f"  device capacity: {_mib(report['device_capacity_bytes'])}")
   if "roofline_step_s" in report:
-    ms = lambda seconds: f"{seconds * 1e3:.3g} ms"
+    ms = lambda seconds: (
+      f"{seconds * 1e3:,.1f} ms" if seconds >= 0.01 else f"{seconds * 1e3:.3g} ms"
+    )
     log(
       f"  roofline: at least {ms(report['roofline_step_s'])} per step, {report['roofline_bound']}-bound "
       f"(FLOPs: {ms(report['roofline_compute_s'])} at {report['peak_flops_per_device'] / 1e12:,.0f} "
@@ -213,10 +255,9 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
       f"{report['mfu_bound']:.1%} (chip figures: {report['chip_source']})"
     )
   if not fits(report):
-    raise ConfigError(
+    raise DoesNotFit(
       f"the train step needs about {_mib(report['total_bytes_per_device'])} per device but a "
-      f"device has {_mib(report['device_capacity_bytes'])}; use a larger mesh (fsdp/tensor), remat, or "
-      "a smaller batch"
+      f"device has {_mib(report['device_capacity_bytes'])}; {FIT_FIX}"
     )
   return report
 
@@ -227,7 +268,11 @@ def find_max_batch(make_experiment, batch_shards: int, start: int, log=print, li
   `make_experiment(global_batch)` builds the Experiment. Returns (b, its report)."""
 
   def probe(b):
-    report = measure(make_experiment(b * batch_shards), memory_only=True)
+    try:
+      report = measure(make_experiment(b * batch_shards), memory_only=True)
+    except DoesNotFit as e:  # the compiler itself refused it
+      log(f"  batch {b} per shard (global {b * batch_shards}): does not fit ({e})")
+      return {"fits": False}
     if not report.get("device_capacity_bytes"):
       raise ConfigError(
         "--find_max_batch needs the devices' memory capacity: compile for a --topology, or run on an "
