@@ -51,3 +51,21 @@ def test_only_parameters_of_4_mib_and_more_are_split_over_fsdp():
     if path_str(path).endswith("block_0/mlp/fc1/kernel")
   ]
   assert moments and all("fsdp" in str(s.spec) for s in moments)
+
+
+def test_a_dimension_the_mesh_does_not_divide_stays_whole():
+  """So400m's width 1152 over 256 fsdp devices does not divide: that dimension stays whole (the step
+  compiles) while the others are still split; here 768 over fsdp:5."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from vlm_jax.core import sharding  # pylint: disable=import-outside-toplevel
+
+  box = lambda shape: nn.LogicallyPartitioned(
+    jax.ShapeDtypeStruct(shape, jnp.float32), ("embed", "mlp")
+  )
+  boxed = {"wide": box((768, 3000)), "even": box((770, 3000))}
+  mesh = sharding.make_mesh("data:1,fsdp:5", jax.devices()[:5])
+  placed = sharding.logical_shardings(boxed, mesh)
+  assert tuple(placed["wide"].spec)[0] is None  # 768 % 5 != 0
+  assert tuple(placed["even"].spec)[0] == "fsdp"  # 770 % 5 == 0

@@ -46,17 +46,24 @@ def logical_shardings(boxed_tree, mesh, rules=RULES, fsdp_min_bytes: int = 0):
   """NamedShardings for a tree of flax LogicallyPartitioned boxes (e.g. from `jax.eval_shape(init)`).
 
   Parameters smaller than `fsdp_min_bytes` are not split over `fsdp` (big_vision's threshold): gathering
-  a LayerNorm scale or a bias costs a collective's latency and saves almost no memory.
+  a LayerNorm scale or a bias costs a collective's latency and saves almost no memory. A dimension the
+  mesh axes do not divide (So400m's 1152 over 256 devices) stays whole rather than failing.
   """
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, rules)
   values = nn.unbox(boxed_tree)
 
-  def small_ones_whole(value, named):
-    if value.size * value.dtype.itemsize >= fsdp_min_bytes:
-      return named
-    return NamedSharding(mesh, P(*(_without(axes, "fsdp") for axes in named.spec)))
+  def divisible(dim, axes):
+    names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+    return dim % int(np.prod([mesh.shape[a] for a in names])) == 0
 
-  return jax.tree.map(small_ones_whole, values, shardings)
+  def place(value, named):
+    spec = named.spec
+    if value.size * value.dtype.itemsize < fsdp_min_bytes:
+      spec = tuple(_without(axes, "fsdp") for axes in spec)
+    spec = tuple(axes if divisible(dim, axes) else None for dim, axes in zip(value.shape, spec))
+    return NamedSharding(mesh, P(*spec))
+
+  return jax.tree.map(place, values, shardings)
 
 
 def _without(axes, name):
