@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests import helpers
-from vlm_jax import config_utils
+from vlm_jax import config_utils, recipe_card
 from vlm_jax.assembly.experiment import check_config
 from vlm_jax.errors import ConfigError
 
@@ -47,9 +47,15 @@ def _get(config, key):
   return node
 
 
+def _spec(recipe):
+  """The recipe's :tiny variant, or its default where it has none (the larger towers)."""
+  path = os.path.join(helpers.ROOT, "experiments", recipe)
+  return path + (":tiny" if "tiny" in recipe_card.load_recipe(path).VARIANTS else "")
+
+
 def _cases():
   for recipe in RECIPES:
-    config = config_utils.load_config(os.path.join(helpers.ROOT, "experiments", recipe) + ":tiny")
+    config = config_utils.load_config(_spec(recipe))
     for key in CHOICE_KEYS:
       if _get(config, key) is not None:
         yield pytest.param(recipe, key, id=f"{recipe[:-3]}-{key}")
@@ -57,7 +63,7 @@ def _cases():
 
 @pytest.mark.parametrize("recipe,key", list(_cases()))
 def test_a_bad_choice_is_one_line_naming_key_value_and_choices(recipe, key):
-  config = config_utils.load_config(os.path.join(helpers.ROOT, "experiments", recipe) + ":tiny")
+  config = config_utils.load_config(_spec(recipe))
   *parents, leaf = key.split(".")
   with config.unlocked():
     node = config

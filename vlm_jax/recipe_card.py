@@ -20,7 +20,9 @@ import re
 BEGIN, END = "<!-- recipe-cards: begin -->", "<!-- recipe-cards: end -->"
 RECIPES = (
   "clip_b32",
+  "clip_l14",
   "siglip_b16",
+  "siglip_so400m",
   "lit_b16",
   "coca_b32",
   "vilt_b32",
