@@ -23,13 +23,15 @@ def test_compile_report_matches_the_compiled_training_step():
   assert report["total_bytes_per_device"] > report["argument_bytes"] > 0
 
 
-def test_compile_mode_from_the_command_line_needs_no_workdir():
-  result = helpers.subprocess.run(
+def _compile_cli(cwd, *flags):
+  """`python -m vlm_jax.main --mode=compile` on the micro CLIP over 2 CPU devices, from `cwd`."""
+  return helpers.subprocess.run(
     [
       helpers.sys.executable,
       "-m",
       "vlm_jax.main",
       "--mode=compile",
+      *flags,
       "--config",
       helpers.TINY,
       *helpers.cli_overrides(**{**helpers.MICRO, "mesh": "data:2"}),
@@ -38,8 +40,12 @@ def test_compile_mode_from_the_command_line_needs_no_workdir():
     capture_output=True,
     text=True,
     timeout=300,
-    cwd=helpers.ROOT,
+    cwd=cwd,
   )
+
+
+def test_compile_mode_from_the_command_line_needs_no_workdir():
+  result = _compile_cli(helpers.ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "FLOPs per step per device" in result.stdout and "total bytes per device" in result.stdout
 
@@ -171,23 +177,7 @@ def test_find_max_batch_bisects_to_the_largest_batch_that_fits(monkeypatch):
 def test_find_max_batch_from_the_command_line_needs_a_known_capacity(tmp_path):
   """This CPU reports no memory capacity: the search says what it needs in one line (a --topology or an
   accelerator gives it) after the step's report."""
-  result = helpers.subprocess.run(
-    [
-      helpers.sys.executable,
-      "-m",
-      "vlm_jax.main",
-      "--mode=compile",
-      "--find_max_batch",
-      "--config",
-      helpers.TINY,
-      *helpers.cli_overrides(**{**helpers.MICRO, "mesh": "data:2"}),
-    ],
-    env=helpers.subprocess_env(2),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=tmp_path,
-  )
+  result = _compile_cli(tmp_path, "--find_max_batch")
   assert result.returncode == 2, result.stderr[-2000:]
   assert "recomputation ratio" in result.stdout and "(2 shards)" in result.stdout
   assert "--find_max_batch needs the devices' memory capacity" in result.stderr.splitlines()[-1]
