@@ -1,6 +1,7 @@
 """CoCa: caption loss and a short run whose captions name what the images show."""
 
 import numpy as np
+import pytest
 
 from tests import helpers
 import vlm_jax
@@ -41,6 +42,7 @@ def test_first_mention():
   assert first_mention("in the top left corner", positions) == 1  # the longer name wins a tie
 
 
+@pytest.mark.ci  # a minute of training: the fast tier keeps CoCa's parity and loss checks
 def test_short_coca_run_learns_to_name_colours(tmp_path):
   config = helpers.micro_config(
     helpers.COCA_TINY,

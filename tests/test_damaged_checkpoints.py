@@ -60,7 +60,12 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize(
   "damage",
-  [_truncate, _corrupt, _delete_arrays, _delete_metadata, _corrupt_data_position],
+  # One kind of damage in the fast tier, the others in CI's second (each resumes a run).
+  [_truncate]
+  + [
+    pytest.param(damage, marks=pytest.mark.ci)
+    for damage in (_corrupt, _delete_arrays, _delete_metadata, _corrupt_data_position)
+  ],
   ids=[
     "truncated",
     "corrupted",

@@ -51,6 +51,7 @@ def test_kmeans_recovers_separated_clusters():
     assert np.min(np.linalg.norm(found - c, axis=1)) < 0.1
 
 
+@pytest.mark.ci  # the codebook command and a run: subprocess-heavy
 def test_codebook_command_and_a_short_flava_run_with_codebook_targets(tmp_path):
   config_arg = helpers.FLAVA_TINY
   out = tmp_path / "codebook.npy"

@@ -61,6 +61,7 @@ def micro_sweep_file(tmp_path, seeds=(0, 1), **overrides):
   return path
 
 
+@pytest.mark.ci  # a sweep of CLI runs
 def test_local_backend_runs_a_sweep_skips_finished_runs_and_the_table_groups_seeds(tmp_path):
   path = micro_sweep_file(tmp_path)
   env = helpers.subprocess_env(1)

@@ -5,10 +5,13 @@ import glob
 import gzip
 import json
 
+import pytest
+
 from tests import helpers
 from tests.test_user_paths import run
 
 
+@pytest.mark.ci  # a CLI run with the profiler
 def test_profile_steps_write_an_xprof_trace_into_a_relative_workdir(cwd):
   result = run(
     cwd,
