@@ -23,14 +23,14 @@ from vlm_jax.errors import ConfigError
 from vlm_jax.models import text as text_lib
 from vlm_jax.models import vit
 
-TARGETS = ("hf_clip", "hf_siglip", "openclip", "hf_vilt", "hf_flava")
-FAMILY = {
+FAMILY = {  # export target -> the model family it writes
   "hf_clip": "clip",
   "hf_siglip": "siglip",
   "openclip": "clip",
   "hf_vilt": "vilt",
   "hf_flava": "flava",
 }
+TARGETS = tuple(FAMILY)
 HF_ACT = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
 
 
