@@ -81,3 +81,64 @@ def test_locking_needs_a_checkpoint_and_a_real_workdir(tmp_path):
     check_config(helpers.micro_config(helpers.LIT_TINY))
   with pytest.raises(ConfigError, match="has no checkpoints/ folder"):
     check_config(helpers.micro_config(helpers.LIT_TINY, **{"init_from.workdir": str(tmp_path)}))
+
+
+def test_scanned_and_unrolled_runs_start_from_each_others_checkpoints(tmp_path):
+  """A converted checkpoint's layers are unrolled (`block_i`); a recipe that scans them (`blocks`, with a
+  layer axis) reads it laid out as its own, and the reverse: the same numbers and the same embeddings."""
+  from tests.test_convert import make_hf_clip
+
+  (tmp_path / "hf").mkdir()
+  make_hf_clip(str(tmp_path / "hf"))
+  convert.convert(
+    "hf_clip", str(tmp_path / "hf"), str(tmp_path / "pretrained"), log=lambda *a: None
+  )
+  source = helpers.load_params(tmp_path / "pretrained")
+  images = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
+
+  def lit(scan, init_from):
+    config = helpers.micro_config(
+      helpers.LIT_TINY,
+      **{
+        "init_from.workdir": str(init_from),
+        "model.scan_layers": scan,
+        "train.duration": "2 steps",
+      },
+    )
+    exp = Experiment(config, log=lambda *a: None)
+    params = exp.init_state().params
+    emb = exp.model.apply({"params": params}, images, method="encode_image")
+    return (
+      config,
+      {optim.path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)},
+      emb,
+    )
+
+  config, scanned, scanned_emb = lit(True, tmp_path / "pretrained")
+  stacked = [p for p in scanned if p.startswith("image_") and "/blocks/" in p]
+  assert stacked
+  for path in stacked:
+    layers = sorted(
+      (
+        p
+        for p in source
+        if p.startswith(path.split("/blocks/")[0] + "/block_")
+        and p.endswith("/" + path.split("/blocks/")[1])
+      ),
+      key=lambda p: int(p.split("/block_")[1].split("/")[0]),
+    )
+    np.testing.assert_array_equal(
+      scanned[path], np.stack([source[p] for p in layers]), err_msg=path
+    )
+  # The reverse: a scanned run's checkpoint read by an unrolled one.
+  trainer.train(config, str(tmp_path / "scanned"), log=lambda *a: None)
+  trained = helpers.load_params(tmp_path / "scanned")
+  _, unrolled, unrolled_emb = lit(False, tmp_path / "scanned")
+  for path in [p for p in trained if p.startswith("image_") and "/blocks/" in p]:
+    head, tail = path.split("/blocks/")
+    for i, layer in enumerate(trained[path]):
+      np.testing.assert_array_equal(unrolled[f"{head}/block_{i}/{tail}"], layer)
+  # The locked image tower went through both layouts: the converted model's embeddings, either way.
+  _, _, source_emb = lit(False, tmp_path / "pretrained")
+  np.testing.assert_allclose(scanned_emb, source_emb, atol=1e-5)
+  np.testing.assert_allclose(unrolled_emb, source_emb, atol=1e-5)

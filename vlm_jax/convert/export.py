@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vlm_jax import models, storage
+from vlm_jax.core import checkpoint
 from vlm_jax.data import tokenizers
 from vlm_jax.errors import ConfigError
 from vlm_jax.models import text as text_lib
@@ -38,10 +39,13 @@ class _Params:
   """A run's parameters by '/'-joined path, remembering which were taken: one left over is an error."""
 
   def __init__(self, params):
-    self.flat = {
-      "/".join(p.key for p in path): np.asarray(v, np.float32)
-      for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
-    }
+    # Scanned layers (`blocks`, a leading layer axis) are read as the unrolled ones they are.
+    self.flat = checkpoint.unstack_layers(
+      {
+        "/".join(p.key for p in path): np.asarray(v, np.float32)
+        for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+      }
+    )
     self.used = set()
 
   def __call__(self, path):
@@ -76,12 +80,6 @@ def _differs(target: str, what: str, fix: str):
 
 def _blocks(p, src, dst, depth, out):
   """vlm_jax encoder blocks -> HF CLIP/SigLIP encoder layers (torch [out, in] weights)."""
-  if f"{src}/block_0/ln_1/scale" not in p.flat:
-    _differs(
-      "transformers",
-      "its layers are scanned (stacked)",
-      "export a run with model.scan_layers=False",
-    )
   for i in range(depth):
     b, h = f"{src}/block_{i}/", f"{dst}.layers.{i}."
     out[h + "layer_norm1.weight"], out[h + "layer_norm1.bias"] = (
@@ -114,12 +112,6 @@ def _towers(config, vocab_size):
   image.setdefault("ln_eps", vit.VisionTransformer.ln_eps)
   txt.setdefault("ln_eps", text_lib.TextTransformer.ln_eps)
   for name, tower in (("image", image), ("text", txt)):
-    if tower.get("scan"):
-      _differs(
-        "transformers",
-        f"its {name} layers are scanned",
-        "export a run with model.scan_layers=False",
-      )
     if tower["act"] not in HF_ACT:
       _differs(
         "transformers",
@@ -535,10 +527,6 @@ def _flava(p, model, tokenizer, log):
   mm.setdefault("act", txt.get("act", "gelu"))
   towers = {"image": image, "text": txt, "multimodal": mm}
   for name, tower in towers.items():
-    if tower.get("scan"):
-      _differs(
-        "hf_flava", f"its {name} layers are scanned", "export a run with model.scan_layers=False"
-      )
     if tower.get("act", "gelu") not in HF_ACT:
       _differs(
         "hf_flava", f"the {name} activation {tower['act']!r}", "use one of " + ", ".join(HF_ACT)

@@ -6,10 +6,12 @@ mid-save leaves the previous checkpoints intact and the partial one is ignored o
 
 import json
 import logging
+import re
 
 from flax import traverse_util
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vlm_jax import storage
@@ -206,6 +208,48 @@ def check_params_match(saved: dict, expected: dict, where: str, include=None):
     )
 
 
+# How models.layers.Encoder names its layers: unrolled, `block_0` .. `block_{depth-1}`; scanned, one `blocks`
+# whose parameters carry a leading layer axis. The two layouts hold the same numbers.
+_UNROLLED = re.compile(r"block_(\d+)")
+
+
+def unstack_layers(flat: dict, take=lambda x, i: x[i]) -> dict:
+  """{path: leaf} of scanned layers as unrolled ones (`.../blocks/w` [depth, ...] -> `.../block_i/w`);
+  other paths unchanged. take(leaf, i): the i-th layer of a stacked leaf (metadata needs its own)."""
+  out = {}
+  for path, x in flat.items():
+    parts = path.split("/")
+    if "blocks" not in parts:
+      out[path] = x
+      continue
+    k = parts.index("blocks")
+    for i in range(x.shape[0]):
+      out["/".join(parts[:k] + [f"block_{i}"] + parts[k + 1 :])] = take(x, i)
+  return out
+
+
+def stack_layers(flat: dict, stacked: set, join=np.stack) -> dict:
+  """The inverse of `unstack_layers` for the stacked paths `stacked` names (others stay unrolled);
+  join(leaves) stacks one parameter's layers in order."""
+  out, layers = {}, {}
+  for path, x in flat.items():
+    parts = path.split("/")
+    k = next((j for j, s in enumerate(parts) if _UNROLLED.fullmatch(s)), None)
+    name = None if k is None else "/".join(parts[:k] + ["blocks"] + parts[k + 1 :])
+    if name in stacked:
+      layers.setdefault(name, {})[int(parts[k][len("block_") :])] = x
+    else:
+      out[path] = x
+  for path, by_layer in layers.items():
+    out[path] = join([by_layer[i] for i in range(len(by_layer))])
+  return out
+
+
+def _layer_metadata(x, i):
+  del i
+  return jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype)
+
+
 def all_steps(directory: str) -> list:
   """The sorted steps of the complete checkpoints in `directory` ([] if there are none)."""
   directory = storage.resolve(directory)
@@ -250,9 +294,16 @@ def restore_params(directory: str, step: int | None, abstract_params, *, include
     raise ConfigError(f"no checkpoint at step {step} in {directory}; available: {sorted(steps)}")
   path = state_path(directory, step)
   expected = flat_paths(abstract_params)
-  check_params_match(
-    saved_param_shapes(directory, step), expected, f"{directory} (step {step})", include
-  )
+  saved = saved_param_shapes(directory, step)
+  if set(saved) != set(expected) and any("blocks" in p.split("/") for p in {*saved, *expected}):
+    # One side's layers are scanned, the other's unrolled (a scanned run starting from a converted
+    # checkpoint, or the reverse): compare them unrolled, read them as saved, lay them out as expected.
+    unrolled = unstack_layers(expected, _layer_metadata)
+    check_params_match(
+      unstack_layers(saved, _layer_metadata), unrolled, f"{directory} (step {step})", include
+    )
+    return _restore_relaid(path, saved, expected, include), step
+  check_params_match(saved, expected, f"{directory} (step {step})", include)
   checkpointer = ocp.PyTreeCheckpointer()
   target = traverse_util.unflatten_dict(
     {p: x for p, x in expected.items() if include is None or include(p)}, sep="/"
@@ -267,6 +318,36 @@ def restore_params(directory: str, step: int | None, abstract_params, *, include
     ),
   )
   return restored["params"], step
+
+
+def _restore_relaid(path: str, saved: dict, expected: dict, include) -> dict:
+  """Parameters saved in the other layer layout, read on the host and laid out (and sharded) as expected."""
+  wanted = {p for p in unstack_layers(expected, _layer_metadata) if include is None or include(p)}
+  read = {
+    p: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
+    for p, x in saved.items()
+    if wanted & set(unstack_layers({p: x}, _layer_metadata))
+  }
+  host = ocp.PyTreeCheckpointer().restore(
+    path,
+    args=ocp.args.PyTreeRestore(
+      item={"params": traverse_util.unflatten_dict(read, sep="/")},
+      restore_args={
+        "params": jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+          traverse_util.unflatten_dict(read, sep="/"),
+        )
+      },
+      partial_restore=True,
+    ),
+  )["params"]
+  unrolled = unstack_layers(traverse_util.flatten_dict(host, sep="/"))
+  laid = stack_layers({p: x for p, x in unrolled.items() if p in wanted}, set(expected))
+  out = {}
+  for p, x in laid.items():
+    x = x.astype(expected[p].dtype)
+    out[p] = jax.make_array_from_callback(x.shape, expected[p].sharding, lambda i, x=x: x[i])
+  return traverse_util.unflatten_dict(out, sep="/")
 
 
 def merge_params(params, loaded):
