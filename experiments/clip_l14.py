@@ -17,13 +17,13 @@ import dataclasses
 import os
 
 from vlm_jax import config_utils
-from vlm_jax.recipe_card import load_recipe
+from vlm_jax.recipe_card import at_scale, load_recipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 B32 = load_recipe(os.path.join(HERE, "clip_b32.py"))
 VARIANTS = ("base", "paper")
 TABLE_20 = f"{B32.CLIP_PAPER}, Table 20 (ViT-L/14)"
-# Measured 2026-12-03 (docs/benchmarks.md, "Per-chip efficiency on a TPU v5e pod"): at batch 32768 on
+# Measured 2026-12-03 (docs/benchmarks.md, "Per-chip efficiency on TPU pods"): at batch 32768 on
 # v5e:16x16 (data:256), XLA's TPU compiler refuses remat none (93.2 GiB of temporaries for a 15.75 GiB chip)
 # and dots_no_batch (23.3 GiB); full remat fits in 14.1 GiB a chip, recomputing 22.6% more matmul FLOPs.
 MEASURED = (
@@ -39,11 +39,7 @@ CARD = dataclasses.replace(
     "model.text.variant": ("L", f"{TABLE_20}: a 768-wide 12-layer text tower with 12 heads"),
     "model.embed_dim": (768, TABLE_20),
     "optim.lr": (4e-4, TABLE_20),
-    "model.scan_layers": (
-      True,
-      "one compiled block per tower: compile time that does not grow with depth",
-    ),
-    "model.remat": ("full", MEASURED),
+    **at_scale("full", MEASURED),
   },
   variants={"base": {"batch_size": (64, "one CPU host")}},
   notes=B32.CARD.notes,

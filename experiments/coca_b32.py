@@ -8,8 +8,14 @@ layer). Loss = 1 x CLIP + 2 x caption cross-entropy (padding ignored), trained w
 conventions (the card below; tests/test_reference_steps.py trains it beside open_clip's own CoCa).
 Evaluated by zero-shot, retrieval and greedy captions that must name the image's shape and colour.
 
+Variants (`coca_b32.py:VARIANT`):
+  (none)  open_clip's coca_ViT-B-32 on the embedded data, batch 64 (one CPU host).
+  paper   CoCa-Base at the CoCa paper's batch 65536, 288 px, 500k steps (for pods, with real data).
+  tiny    the embedded data on 2 CPU cores.
+
 COMMAND:
   python -m vlm_jax.main --config experiments/coca_b32.py:tiny --workdir runs/coca_tiny
+  python -m vlm_jax.main --mode=compile --topology=v5e:16x16 --config experiments/coca_b32.py:paper
 """
 
 import os
@@ -19,8 +25,10 @@ import ml_collections
 from vlm_jax import config_utils
 from vlm_jax.recipe_card import Card
 
-VARIANTS = ("base", "tiny")
+VARIANTS = ("base", "paper", "tiny")
 OPEN_CLIP = "open_clip 3.3.0 (mlfoundations/open_clip)"
+COCA = "CoCa paper (Yu et al. 2022, arXiv:2205.01917)"
+COCA_BASE = f"{COCA}, Table 1: CoCa-Base"
 TINY = "the embedded data on 2 CPU cores"
 
 CARD = Card(
@@ -69,6 +77,23 @@ CARD = Card(
     "data.augment.crop_scale": ((0.9, 1.0), "open_clip/transform.py `RandomResizedCrop`"),
   },
   variants={
+    "paper": {
+      "batch_size": (65536, f"{COCA}, section 4.1"),
+      "train.duration": ("500000 steps", f"{COCA}, section 4.1"),
+      "model.image.variant": (
+        "B/18",
+        f"{COCA_BASE} (12 layers, 768 wide, MLP 3072, 12 heads), 18x18 patches",
+      ),
+      "model.image.image_size": (288, f"{COCA}, section 4.1: pretraining at 288x288"),
+      "model.embed_dim": (768, f"{COCA_BASE}: 768-wide"),
+      "model.text.variant": (
+        "L",
+        f"{COCA_BASE}: a 12-layer 768-wide unimodal text decoder, 12 heads",
+      ),
+      "model.decoder.depth": (12, f"{COCA_BASE}: 12 multimodal decoder layers"),
+      "model.decoder.num_heads": (12, COCA_BASE),
+      "model.decoder.mlp_dim": (3072, COCA_BASE),
+    },
     "tiny": {
       "model.caption_queries": (16, TINY),
       "model.pool_heads": (4, TINY),
@@ -85,6 +110,11 @@ CARD = Card(
   notes=(
     "open_clip does not fix a batch size or duration for CoCa (they are per-run flags); the base "
     "variant keeps clip_b32's (batch 64 on one CPU host, 32 epochs).",
+    "`:paper` takes the CoCa paper's model size, batch, resolution and length and keeps open_clip's "
+    "model and training otherwise: one attentional pooler of 256 queries whose first output is the "
+    "contrastive embedding (the paper has a second, 1-query pooler), CLIP's BPE over 76 tokens (the "
+    "paper trains a 64k SentencePiece model on its data), AdamW as above (the paper trains with "
+    "Adafactor, decoupled weight decay, a linear decay: not reproduced here).",
   ),
 )
 
@@ -113,10 +143,17 @@ def get_config(arg=None):
         normalize="per_token",
       )
     }
-    c.optim.warmup = "10000 steps" if variant == "base" else "100 steps"
+    c.optim.warmup = "100 steps" if variant == "tiny" else "10000 steps"
     c.evals.captioning = dict(
       every=c.evals.zero_shot.every, label_keys=("shape", "color"), limit=256
     )
+    if variant == "paper":  # CoCa-Base
+      c.update(batch_size=65536)
+      c.train.duration = "500000 steps"
+      c.model.embed_dim = 768
+      c.model.image.update(variant="B/18", image_size=288)
+      c.model.text.variant = "L"
+      c.model.decoder.update(num_heads=12, mlp_dim=3072)
     if variant == "tiny":
       c.model.update(caption_queries=16, pool_heads=4)
       c.model.text.update(depth=2, max_len=16)

@@ -18,13 +18,13 @@ import dataclasses
 import os
 
 from vlm_jax import config_utils
-from vlm_jax.recipe_card import load_recipe
+from vlm_jax.recipe_card import at_scale, load_recipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 B16 = load_recipe(os.path.join(HERE, "siglip_b16.py"))
 VARIANTS = ("base", "paper")
 RELEASED = "the released So400m/14 (open_clip `model_configs/ViT-SO400M-14-SigLIP.json`)"
-# Measured 2026-12-03 (docs/benchmarks.md, "Per-chip efficiency on a TPU v5e pod"): at batch 32768 on
+# Measured 2026-12-03 (docs/benchmarks.md, "Per-chip efficiency on TPU pods"): at batch 32768 on
 # v5e:16x16, XLA's TPU compiler refuses data:256 with full remat (16.2 GiB of temporaries for a 15.75 GiB
 # chip), fsdp:256 likewise (1152 does not divide over 256, so the kernels stay whole) and data:16,fsdp:16
 # with dots_no_batch (19.8 GiB); data:16,fsdp:16 with full remat fits in 7.2 GiB a chip.
@@ -45,11 +45,7 @@ CARD = dataclasses.replace(
     "model.text.variant": ("So400m", RELEASED),
     "model.text.max_len": (16, f"{RELEASED}: `context_length` 16"),
     "model.embed_dim": (1152, f"{RELEASED}: the MAP head's width"),
-    "model.scan_layers": (
-      True,
-      "one compiled block per tower: compile time that does not grow with depth",
-    ),
-    "model.remat": ("full", MEASURED),
+    **at_scale("full", MEASURED),
     "mesh": ("data:-1,fsdp:16", MEASURED),
   },
   variants={"base": {"batch_size": (64, "one CPU host"), "mesh": ("data:-1", "one host")}},

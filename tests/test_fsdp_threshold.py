@@ -17,6 +17,9 @@ def _placements(min_mib):
   config = config_utils.load_config(SIGLIP_B16)
   with config.unlocked():
     config.mesh, config.batch_size, config.fsdp_min_mib = "fsdp:8", 8, min_mib
+    # Unrolled, to place each layer's tensors; scanned, a stack is measured with all its layers, as
+    # big_vision's `fsdp` measures its stacked arrays.
+    config.model.scan_layers = False
   exp = Experiment(config, log=lambda *a: None, weights=False)
   sizes, split = {}, {}
   for (path, leaf), named in zip(

@@ -103,6 +103,7 @@ def test_scanned_and_unrolled_runs_start_from_each_others_checkpoints(tmp_path):
         "init_from.workdir": str(init_from),
         "model.scan_layers": scan,
         "train.duration": "2 steps",
+        "evals": {},
       },
     )
     exp = Experiment(config, log=lambda *a: None)

@@ -18,6 +18,7 @@ through `Experiment.train_step_fn`, the step the training loop runs.
 import math
 import os
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ import optax
 from tests import helpers
 from vlm_jax.assembly.experiment import Experiment
 from vlm_jax.convert import openclip as openclip_convert
-from vlm_jax.core import optim, sharding
+from vlm_jax.core import checkpoint, optim, sharding
 
 EXPERIMENTS = os.path.join(helpers.ROOT, "experiments")
 STEPS = 40
@@ -51,15 +52,26 @@ def _experiment(recipe: str, **overrides):
 
 
 def _run_vlm_jax(exp, params, batches, steps=STEPS):
-  """Losses and final parameters of `steps` steps of the training loop's step from `params`."""
+  """Losses and final parameters of `steps` steps of the training loop's step from `params`. Both are
+  unrolled (`block_i`); a recipe that scans its layers trains them stacked, as it ships."""
   state = exp.init_state()
+  laid = checkpoint.stack_layers(
+    checkpoint.flat_paths(params), set(checkpoint.flat_paths(state.params))
+  )
+  params = traverse_util.unflatten_dict(laid, sep="/")
   state = state.replace(params=jax.device_put(params, exp.param_shardings))
   step = exp.compile_train_step(state, batches[0])
   losses = []
   for i in range(steps):
     state, metrics = step(state, batches[i % len(batches)])
     losses.append(float(metrics["loss"]))
-  return np.array(losses), jax.device_get(state.params)
+  return np.array(losses), _unrolled(jax.device_get(state.params))
+
+
+def _unrolled(params):
+  return traverse_util.unflatten_dict(
+    checkpoint.unstack_layers(checkpoint.flat_paths(params)), sep="/"
+  )
 
 
 def _assert_close(got, want, start, *, moved_rtol, param_rtol=None):
@@ -364,8 +376,11 @@ def _compare_with_big_vision(exp, loss_of_outputs, tx):
   reference_losses, reference = _run_reference(exp, start, batches, loss_of_outputs, tx)
   losses, params = _run_vlm_jax(exp, start, batches)
   assert reference_losses[-1] < 0.8 * reference_losses[0], reference_losses  # the loss moves
-  np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
-  _assert_close(params, reference, start, moved_rtol=1e-4, param_rtol=1e-5)
+  # 3e-5 (losses and parameters): the recipes' scanned layers sum in another order in the two programs
+  # (1.2e-5 seen for LiT after 32 steps); a wrong convention (decay 1000x weaker, decay on biases) moves
+  # them by far more.
+  np.testing.assert_allclose(losses, reference_losses, rtol=3e-5)
+  _assert_close(params, _unrolled(reference), _unrolled(start), moved_rtol=1e-4, param_rtol=3e-5)
 
 
 def siglip_loss(outputs, inputs):
@@ -471,7 +486,8 @@ def test_cappa_steps_equal_big_vision():
 def test_adafactor_momentum_is_bfloat16():
   """The recipe keeps Adafactor's momentum in bfloat16 (big_vision's `dtype_momentum`), the second moment
   factored into row and column statistics for matrices of 32 and more rows and columns."""
-  exp = _experiment("cappa_b16.py:paper", **CAPPA_MICRO)
+  # Unrolled, to read one layer's matrix: a scanned stack adds a layer axis to every statistic.
+  exp = _experiment("cappa_b16.py:paper", **CAPPA_MICRO, **{"model.scan_layers": False})
   state = jax.eval_shape(exp.tx.init, exp.abstract_params)
   emas = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.EmaState))]
   emas = [s for s in emas if isinstance(s, optax.EmaState)]

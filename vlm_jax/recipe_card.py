@@ -34,6 +34,23 @@ RECIPES = (
 )
 
 
+SCANNED = (
+  "one compiled block per stack, as big_vision's and maxtext's large configs: compile time that does "
+  "not grow with depth"
+)
+UNROLLED = (
+  "the embedded data on 2 CPU cores: 2 to 4 layers compile in seconds unrolled, and the recipe's "
+  "measured results were trained so"
+)
+ON_CPU = {"model.scan_layers": (False, UNROLLED), "model.remat": ("none", UNROLLED)}
+
+
+def at_scale(remat: str, measured: str) -> dict:
+  """Card settings of scanned layers rematerialised with `remat`, the policy `measured` chose (the
+  compile at the reference's batch on a TPU pod: docs/benchmarks.md)."""
+  return {"model.scan_layers": (True, SCANNED), "model.remat": (remat, measured)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Card:
   reference: str  # the repository, file and commit (or the paper's table) the recipe reproduces
