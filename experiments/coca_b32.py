@@ -23,12 +23,19 @@ import os
 import ml_collections
 
 from vlm_jax import config_utils
-from vlm_jax.recipe_card import Card
+from vlm_jax.recipe_card import ON_CPU, Card, at_scale
 
 VARIANTS = ("base", "paper", "tiny")
 OPEN_CLIP = "open_clip 3.3.0 (mlfoundations/open_clip)"
 COCA = "CoCa paper (Yu et al. 2022, arXiv:2205.01917)"
 COCA_BASE = f"{COCA}, Table 1: CoCa-Base"
+# Measured 2026-12-04 (docs/benchmarks.md, "Per-chip efficiency on TPU pods").
+MEASURED = (
+  "v5e:16x16 at batch 65536: on data:256, remat none needs 116.3 GiB of temporaries a chip and "
+  "dots_no_batch 31.0 GiB (XLA refuses both), full 16.3 GiB (over the chip's 16: every chip holds "
+  "4.8 GiB of parameters and Adam moments); on data:16,fsdp:16 full fits in 11.4 GiB at "
+  "1.230x the model's FLOPs"
+)
 TINY = "the embedded data on 2 CPU cores"
 
 CARD = Card(
@@ -75,6 +82,9 @@ CARD = Card(
     "objectives.coca.caption_weight": (2.0, "params.py `--coca-caption-loss-weight`"),
     "objectives.coca.normalize": ("per_token", "`CoCaLoss`: CrossEntropyLoss(ignore_index=pad)"),
     "data.augment.crop_scale": ((0.9, 1.0), "open_clip/transform.py `RandomResizedCrop`"),
+    **at_scale(
+      "dots_no_batch", "as clip_b32.py's (open_clip fixes no batch for this model to measure at)"
+    ),
   },
   variants={
     "paper": {
@@ -93,8 +103,11 @@ CARD = Card(
       "model.decoder.depth": (12, f"{COCA_BASE}: 12 multimodal decoder layers"),
       "model.decoder.num_heads": (12, COCA_BASE),
       "model.decoder.mlp_dim": (3072, COCA_BASE),
+      "model.remat": ("full", MEASURED),
+      "mesh": ("data:-1,fsdp:16", MEASURED),
     },
     "tiny": {
+      **ON_CPU,
       "model.caption_queries": (16, TINY),
       "model.pool_heads": (4, TINY),
       "model.text.depth": (2, TINY),
@@ -154,6 +167,8 @@ def get_config(arg=None):
       c.model.image.update(variant="B/18", image_size=288)
       c.model.text.variant = "L"
       c.model.decoder.update(num_heads=12, mlp_dim=3072)
+      c.model.remat = "full"  # MEASURED
+      c.mesh = "data:-1,fsdp:16"  # MEASURED
     if variant == "tiny":
       c.model.update(caption_queries=16, pool_heads=4)
       c.model.text.update(depth=2, max_len=16)
