@@ -9,6 +9,7 @@ from tests import helpers
 from tests.test_user_paths import run
 from vlm_jax.assembly import flops
 from vlm_jax.assembly.experiment import Experiment
+from vlm_jax.core import sharding
 from vlm_jax.errors import ConfigError
 from vlm_jax.train import compile_check
 
@@ -68,3 +69,12 @@ def test_an_unknown_topology_is_one_line(cwd):
   )
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "cannot describe TPU topology 'v9z:2x2'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_mesh_axis_that_is_no_product_of_the_pods_axes_splits_one():
+  """fsdp:16 on a v5p 8x8x8 (physical axes of 8): jax.make_mesh refuses it; the mesh splits a physical axis
+  between data and fsdp instead, every chip once, as So400m's and CoCa's pod recipes need."""
+  chips = devices("v5p:8x8x8")
+  mesh = sharding.make_mesh("data:-1,fsdp:16", chips)
+  assert dict(mesh.shape) == {"data": 32, "fsdp": 16, "tensor": 1}
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in chips)

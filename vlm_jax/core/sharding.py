@@ -7,6 +7,7 @@ axes. FSDP is `fsdp > 1` (parameters sharded over `embed`, batch over data x fsd
 
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -37,9 +38,14 @@ def make_mesh(spec, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   sizes = config_utils.resolve_mesh(spec, len(devices))
   shape = tuple(sizes[a] for a in config_utils.MESH_AXES)
-  return jax.make_mesh(
-    shape, config_utils.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape), devices=devices
-  )
+  axis_types = (AxisType.Auto,) * len(shape)
+  try:
+    return jax.make_mesh(shape, config_utils.MESH_AXES, axis_types=axis_types, devices=devices)
+  except NotImplementedError:
+    # A logical axis that is no product of the pod's physical axes (fsdp:16 on a v5p 8x8x8): split a
+    # physical axis between two logical ones rather than refuse the mesh.
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, config_utils.MESH_AXES, axis_types=axis_types)
 
 
 def logical_shardings(boxed_tree, mesh, rules=RULES, fsdp_min_bytes: int = 0):
