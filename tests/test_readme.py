@@ -6,7 +6,8 @@ with python. A block right after `<!-- not run: REASON -->` is skipped and must 
 changes, and nothing else:
   * training commands (`python -m vlm_jax.main` without --mode) get `--config.train.max_steps=4` (the same
     run, cut after 4 steps on its own schedule), and `launch/sweep.py ... --backend local` gets
-    `--only clip_b32-tiny__seed0 --set train.max_steps=4`;
+    `--only clip_b32-tiny__seed0 --set train.max_steps=4`; the speed tools time 2 steps or batches after 1
+    of warm-up (`tools.bench --steps 2 --warmup 1`, `tools.input_bench --batches 2 --warmup 1`);
   * `gs://BUCKET` is bucket `bucket` of a GCS emulator on 127.0.0.1 (tests/gcs.py);
   * the HF model folders, the OpenAI checkpoint and the big_vision .npz the convert commands read are
     small random models (tests/hf_models.py), made where the commands look for them.
@@ -41,6 +42,10 @@ DOCS = ["README.md"] + [
 ]
 SHORT_TRAINING = ["--config.train.max_steps=4"]
 SHORT_SWEEP = ["--only", "clip_b32-tiny__seed0", "--set", "train.max_steps=4"]
+SHORT_TIMING = {  # the same measurement, over fewer steps (flags given last win)
+  ("python", "-m", "vlm_jax.tools.bench"): ["--steps", "2", "--warmup", "1"],
+  ("python", "-m", "vlm_jax.tools.input_bench"): ["--batches", "2", "--warmup", "1"],
+}
 CHECKOUT = ("experiments", "launch", "docs")  # what the commands read from the working directory
 
 
@@ -92,6 +97,7 @@ def as_run(command: str) -> str:
     words += SHORT_TRAINING
   if words[:2] == ["python", "launch/sweep.py"] and "local" in words and "--dry-run" not in words:
     words += SHORT_SWEEP
+  words += SHORT_TIMING.get(tuple(words[:3]), [])
   return shlex.join(words)
 
 
