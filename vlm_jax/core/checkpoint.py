@@ -328,17 +328,12 @@ def _restore_relaid(path: str, saved: dict, expected: dict, include) -> dict:
     for p, x in saved.items()
     if wanted & set(unstack_layers({p: x}, _layer_metadata))
   }
+  target = traverse_util.unflatten_dict(read, sep="/")
+  on_host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
   host = ocp.PyTreeCheckpointer().restore(
     path,
     args=ocp.args.PyTreeRestore(
-      item={"params": traverse_util.unflatten_dict(read, sep="/")},
-      restore_args={
-        "params": jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-          traverse_util.unflatten_dict(read, sep="/"),
-        )
-      },
-      partial_restore=True,
+      item={"params": target}, restore_args={"params": on_host}, partial_restore=True
     ),
   )["params"]
   unrolled = unstack_layers(traverse_util.flatten_dict(host, sep="/"))
