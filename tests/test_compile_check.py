@@ -205,3 +205,38 @@ def test_a_step_the_compiler_refuses_for_memory_is_one_line_and_a_bisection_prob
   assert "fsdp" in str(error.value)
   with pytest.raises(ConfigError, match="even at batch 1"):
     compile_check.find_max_batch(lambda batch: exp, 1, start=2, log=lambda *a: None)
+
+
+def test_find_max_batch_follows_the_memory_line_in_a_few_probes(monkeypatch):
+  """Against memory models that are affine with a kink (steeper past 150 a shard) or concave, refused by
+  the compiler far above the capacity, the search returns the largest batch that fits, from above or
+  below, in fewer probes than doubling and bisecting (9 to 16 here); a start measured already is not
+  measured again."""
+  capacity = 16 * 2**30
+  probes = []
+  for total in (
+    lambda b: 2e9 + 7.3e7 * b + (3e7 * (b - 150) if b > 150 else 0),
+    lambda b: 1e9 + 2e9 * b**0.5,
+  ):
+    largest = max(b for b in range(1, 1 << 12) if total(b) <= capacity)
+
+    def measure(batch, memory_only=False, total=total):
+      probes.append(batch)
+      if total(batch) > 2 * capacity:
+        raise compile_check.DoesNotFit("the compiler refused it")
+      return {"total_bytes_per_device": int(total(batch)), "device_capacity_bytes": capacity}
+
+    monkeypatch.setattr(compile_check, "measure", measure)
+    for start in (1, 16, 128, 1000):
+      probes.clear()
+      best, report = compile_check.find_max_batch(
+        lambda batch: batch // 4, 4, start, log=lambda *a: None
+      )
+      assert (best, report["total_bytes_per_device"]) == (largest, int(total(largest))), start
+      assert len(probes) <= 8, (start, probes)
+  probes.clear()
+  start_report = measure(128)
+  best, _ = compile_check.find_max_batch(
+    lambda batch: batch // 4, 4, 128, log=lambda *a: None, start_report=start_report
+  )
+  assert best == largest and 128 not in probes[1:]

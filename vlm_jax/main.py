@@ -95,7 +95,13 @@ def _compile(config, log):
     with c.unlocked():  # compiling needs no weights
       c.init_from.workdir = ""
     exp = experiment.Experiment(c, devices=devices, log=log, weights=False)
-    compile_check.compile_report(exp, log=log, topology=FLAGS.topology)
+    try:
+      report = compile_check.compile_report(exp, log=log, topology=FLAGS.topology)
+    except compile_check.DoesNotFit as e:
+      if not FLAGS.find_max_batch:
+        raise
+      log(f"  {e}")  # the search goes down from here
+      report = {"fits": False}
     if FLAGS.find_max_batch:
       shards = exp.mesh.shape["data"] * exp.mesh.shape["fsdp"]
 
@@ -107,7 +113,7 @@ def _compile(config, log):
 
       log(f"Searching the largest batch per data shard ({shards} shards) that fits:")
       best, report = compile_check.find_max_batch(
-        at_batch, shards, exp.batch_size // shards, log=log
+        at_batch, shards, exp.batch_size // shards, log=log, start_report=report
       )
       log(
         f"Largest batch that fits: {best} per shard, global {best * shards} "

@@ -9,7 +9,7 @@ the batch's shapes. Memory is XLA's per-device estimate of the compiled step: ar
 outputs, temporaries and generated code; when the device reports its capacity (or the chip table has it),
 an estimate above it is an error. The efficiency report adds XLA's bytes accessed, the recomputation ratio
 and a roofline bound on step time and MFU from the chip table (`assembly/flops.py`); `--find_max_batch`
-bisects the largest batch that fits.
+searches the largest batch that fits.
 """
 
 import flax.linen as nn
@@ -262,10 +262,16 @@ def compile_report(exp, log=print, topology: str | None = None) -> dict:
   return report
 
 
-def find_max_batch(make_experiment, batch_shards: int, start: int, log=print, limit: int = 1 << 16):
+def find_max_batch(
+  make_experiment, batch_shards: int, start: int, log=print, limit: int = 1 << 16, start_report=None
+):
   """The largest per-shard batch b (global batch b * batch_shards) whose train step fits a device, by
-  compiling: doubling from `start` until one does not fit (or halving until one does), then bisecting.
-  `make_experiment(global_batch)` builds the Experiment. Returns (b, its report)."""
+  compiling. A step's memory is about affine in its batch (the state once, activations per example), so
+  each probe is the batch where the line through the two measured probes nearest the boundary meets the
+  capacity (about four compiles for a pod recipe); without two measurements, or when the line would not
+  halve the bracket, it doubles from `start` (or halves) and bisects. The answer is a batch that fits whose
+  next batch does not. `make_experiment(global_batch)` builds the Experiment; `start_report`, the start's
+  report if it was measured already. Returns (b, its report)."""
 
   def probe(b):
     try:
@@ -273,41 +279,62 @@ def find_max_batch(make_experiment, batch_shards: int, start: int, log=print, li
     except DoesNotFit as e:  # the compiler itself refused it
       log(f"  batch {b} per shard (global {b * batch_shards}): does not fit ({e})")
       return {"fits": False}
-    if not report.get("device_capacity_bytes"):
-      raise ConfigError(
-        "--find_max_batch needs the devices' memory capacity: compile for a --topology, or run on an "
-        "accelerator that reports it"
-      )
+    needs_capacity(report)
     log(
       f"  batch {b} per shard (global {b * batch_shards}): {_mib(report['total_bytes_per_device'])} of "
       f"{_mib(report['device_capacity_bytes'])} per device: {'fits' if fits(report) else 'does not fit'}"
     )
     return report
 
-  reports = {}
-  b = max(1, start)
-  reports[b] = probe(b)
-  if fits(reports[b]):
-    lo, hi = b, None
-    while hi is None and lo < limit:
-      b = min(lo * 2, limit)
-      reports[b] = probe(b)
-      lo, hi = (b, None) if fits(reports[b]) else (lo, b)
-    if hi is None:
-      return lo, reports[lo]
-  else:
-    hi, lo = b, None
-    while lo is None:
-      if hi == 1:
-        raise ConfigError(
-          "the train step does not fit a device even at batch 1 per shard; use a larger mesh "
-          "(fsdp/tensor) or remat"
-        )
-      b = hi // 2
-      reports[b] = probe(b)
-      lo, hi = (b, hi) if fits(reports[b]) else (None, b)
-  while hi - lo > 1:
-    b = (lo + hi) // 2
+  def needs_capacity(report):
+    if "fits" not in report and not report.get("device_capacity_bytes"):
+      raise ConfigError(
+        "--find_max_batch needs the devices' memory capacity: compile for a --topology, or run on an "
+        "accelerator that reports it"
+      )
+
+  def on_the_line(lo, hi):
+    """The largest batch the line through the two measured probes nearest the bracket says fits."""
+    measured = [b for b, r in reports.items() if "total_bytes_per_device" in r]
+    if len(measured) < 2:
+      return None
+    a, b = sorted(measured, key=lambda b: (abs(b - lo) + (abs(b - hi) if hi else 0), b))[:2]
+    (ta, tb), capacity = (
+      (reports[x]["total_bytes_per_device"] for x in (a, b)),
+      reports[a]["device_capacity_bytes"],
+    )
+    if tb == ta or (tb - ta) / (b - a) <= 0:
+      return None
+    return int(a + (capacity - ta) * (b - a) // (tb - ta))
+
+  b = max(1, min(start, limit))
+  reports = {b: start_report if start_report is not None else probe(b)}
+  needs_capacity(reports[b])
+  lo, hi = (b, None) if fits(reports[b]) else (None, b)
+  while lo is None:  # down from the start until one fits
+    if hi == 1:
+      raise ConfigError(
+        "the train step does not fit a device even at batch 1 per shard; use a larger mesh "
+        "(fsdp/tensor) or remat"
+      )
+    guess = on_the_line(1, hi)
+    b = guess if guess is not None and 1 <= guess < hi else hi // 2
+    reports[b] = probe(b)
+    lo, hi = (b, hi) if fits(reports[b]) else (None, b)
+  misses = 0  # probes on the line in a row that did not halve the search; after two, a plain one
+  while (hi or limit + 1) - lo > 1:
+    was = lo, hi
+    guess = on_the_line(lo, hi) if misses < 2 else None
+    if guess is None:  # doubling while nothing bounds it, then bisecting
+      b = min(2 * lo, limit) if hi is None else (lo + hi) // 2
+    elif hi is None:  # the first batch the line says does not fit: a bound, if the line is right
+      b = min(max(guess + 1, lo + 1), limit)
+    else:  # at least one past what fits, below what does not
+      b = min(max(guess, lo + 1), hi - 1)
     reports[b] = probe(b)
     lo, hi = (b, hi) if fits(reports[b]) else (lo, b)
+    halved = (
+      hi is not None or lo >= 2 * was[0] if was[1] is None else 2 * (hi - lo) <= was[1] - was[0]
+    )
+    misses = 0 if guess is None or halved else misses + 1
   return lo, reports[lo]
