@@ -11,7 +11,7 @@ changes, and nothing else:
   * `gs://BUCKET` is bucket `bucket` of a GCS emulator on 127.0.0.1 (tests/gcs.py);
   * the HF model folders, the OpenAI checkpoint and the big_vision .npz the convert commands read are
     small random models (tests/hf_models.py), made where the commands look for them.
-Run it with `python -m pytest -m ci` (CI's second tier, after the fast one).
+Run it with `python -m pytest -m ci` (in CI's second run, after the fast tier).
 """
 
 import dataclasses
