@@ -28,13 +28,18 @@ def _env(gcs):
   return {**helpers.subprocess_env(2), **gcs}
 
 
-def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_and_loaded_from_the_bucket(
-  gcs, tmp_path
-):
-  reference = tmp_path / "reference"
-  result = helpers.run_main(reference, **STEPS)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted local run of STEPS: what every interrupted bucket run must end at."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  result = helpers.run_main(workdir, **STEPS)
   assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
 
+
+def test_a_bucket_run_stops_resumes_bit_identically_and_is_evaluated_tabulated_and_loaded_from_the_bucket(
+  gcs, tmp_path, reference
+):
   root = f"gs://{gcs_lib.BUCKET}/{uuid.uuid4().hex[:8]}"
   workdir = f"{root}/clip_micro"
   log = open(tmp_path / "first.log", "w+")  # not a pipe: nobody reads it while the run goes on
@@ -160,20 +165,16 @@ def test_training_streams_tar_shards_from_a_bucket(gcs, tmp_path):
 
 
 def test_a_damaged_checkpoint_in_a_bucket_is_set_aside_and_the_run_resumes_from_the_one_before(
-  gcs, tmp_path
+  gcs, tmp_path, reference
 ):
   """As tests/test_damaged_checkpoints.py, in a bucket: a copy to the bucket cut short (an object holding
   half its bytes) is moved aside there (server-side copy and delete), and the resume equals an uninterrupted
   run."""
-  steps = {"train.duration": "8 steps", "train.checkpoint_every": "2 steps"}
-  reference = tmp_path / "reference"
-  result = helpers.run_main(reference, **steps)
-  assert result.returncode == 0, result.stderr[-3000:]
   workdir = f"gs://{gcs_lib.BUCKET}/{uuid.uuid4().hex[:8]}/damaged"
 
   def run(**extra):
     return subprocess.run(
-      helpers.main_command(workdir, **steps, **extra),
+      helpers.main_command(workdir, **STEPS, **extra),
       env=_env(gcs),
       capture_output=True,
       text=True,
@@ -181,18 +182,18 @@ def test_a_damaged_checkpoint_in_a_bucket_is_set_aside_and_the_run_resumes_from_
       cwd=tmp_path,
     )
 
-  first = run(**{"train.max_steps": 6})
+  first = run(**{"train.max_steps": 12})
   assert first.returncode == 0, first.stderr[-3000:]
-  assert helpers.checkpoint_steps(workdir) == [2, 4, 6]
-  arrays = [f for f in storage.find_files(f"{workdir}/checkpoints/6/state", "") if "/d/" in f]
+  assert helpers.checkpoint_steps(workdir) == [4, 8, 12]
+  arrays = [f for f in storage.find_files(f"{workdir}/checkpoints/12/state", "") if "/d/" in f]
   largest = max(arrays, key=lambda f: len(storage.read_bytes(f)))
   storage.write_bytes(largest, storage.read_bytes(largest)[: len(storage.read_bytes(largest)) // 2])
   resumed = run()
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"moved it to {workdir}/checkpoints/6.corrupt" in resumed.stdout
-  assert "Resumed from checkpoint at step 4" in resumed.stdout
-  assert storage.exists(f"{workdir}/checkpoints/6.corrupt/state/_METADATA")
-  assert helpers.checkpoint_steps(workdir)[-1] == 8  # step 6 written again by the resumed run
+  assert f"moved it to {workdir}/checkpoints/12.corrupt" in resumed.stdout
+  assert "Resumed from checkpoint at step 8" in resumed.stdout
+  assert storage.exists(f"{workdir}/checkpoints/12.corrupt/state/_METADATA")
+  assert helpers.checkpoint_steps(workdir)[-1] == 16  # step 12 written again by the resumed run
   got, want = helpers.load_params(workdir), helpers.load_params(reference)
   for path in want:
     np.testing.assert_array_equal(got[path], want[path], err_msg=path)

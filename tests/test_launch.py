@@ -231,7 +231,7 @@ def test_tpu_vm_sweeps_run_max_parallel_runs_at_once_into_a_bucket(tmp_path, gcs
   import uuid  # pylint: disable=import-outside-toplevel
 
   root = f"gs://bucket/{uuid.uuid4().hex[:8]}"
-  values = {**helpers.MICRO, "train.duration": "40 steps", "train.checkpoint_every": "2 steps"}
+  values = {**helpers.MICRO, "train.duration": "16 steps", "train.checkpoint_every": "4 steps"}
   path = tmp_path / "sweep.py"
   path.write_text(
     f"def get_sweep():\n  return dict(name='micro', base={helpers.TINY!r}, seeds=[0, 1], "
@@ -264,4 +264,4 @@ def test_tpu_vm_sweeps_run_max_parallel_runs_at_once_into_a_bucket(tmp_path, gcs
   assert sum(verb == "create" for verb, _ in lifecycle) == 3  # one preempted and re-created
   assert "Resumed from checkpoint at step" in result.stdout
   for run in sweep_lib.expand(sweep_lib.load_sweep(str(path))):
-    assert run.finished() and storage.read_json(f"{run.workdir}/final_eval.json")["step"] == 40
+    assert run.finished() and storage.read_json(f"{run.workdir}/final_eval.json")["step"] == 16
