@@ -35,25 +35,31 @@ def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
       f"{len(points)} patches cannot make {k} codes; use more --images or a smaller --size"
     )
   rng = np.random.default_rng(seed)
+  squares = np.sum(points**2, axis=1)
+  # |p - c|^2 as |p|^2 - 2 p.c + |c|^2: a matrix-vector product per draw, no [N, D] temporaries.
+  distance = lambda c: np.maximum(squares - 2 * (points @ c) + c @ c, 0)
   centroids = [points[rng.integers(len(points))]]
-  closest = np.sum((points - centroids[0]) ** 2, axis=1)
+  closest = distance(centroids[0])
   for _ in range(1, k):
     centroids.append(points[rng.choice(len(points), p=closest / closest.sum())])
-    closest = np.minimum(closest, np.sum((points - centroids[-1]) ** 2, axis=1))
+    closest = np.minimum(closest, distance(centroids[-1]))
   centroids = np.stack(centroids)
-  assign = jax.jit(nearest_code)
   x = jnp.asarray(points)
-  for _ in range(iterations):
-    codes = np.asarray(assign(x, jnp.asarray(centroids)))
-    sums = np.zeros_like(centroids)
-    np.add.at(sums, codes, points)
-    counts = np.bincount(codes, minlength=k)[:, None]
+
+  @jax.jit
+  def lloyd(centroids):
+    codes = nearest_code(x, centroids)
+    sums = jax.ops.segment_sum(x, codes, num_segments=k)
+    counts = jnp.bincount(codes, length=k)[:, None]
     # An empty cluster keeps its centroid rather than collapsing to zero.
-    centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
-  codes = np.asarray(assign(x, jnp.asarray(centroids)))
-  return centroids.astype(np.float32), float(
-    np.mean(np.sum((points - centroids[codes]) ** 2, axis=1))
-  )
+    return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), centroids)
+
+  centroids = jnp.asarray(centroids)
+  for _ in range(iterations):
+    centroids = lloyd(centroids)
+  codes = np.asarray(jax.jit(nearest_code)(x, centroids))
+  centroids = np.asarray(centroids, np.float32)
+  return centroids, float(np.mean(np.sum((points - centroids[codes]) ** 2, axis=1)))
 
 
 def patches_of(config, images: int, seed: int) -> np.ndarray:
