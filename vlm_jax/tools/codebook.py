@@ -46,8 +46,9 @@ def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
   centroids = np.stack(centroids)
   x = jnp.asarray(points)
 
+  # x is an argument, not a closure: a closed-over array would compile into the program as a constant.
   @jax.jit
-  def lloyd(centroids):
+  def lloyd(x, centroids):
     codes = nearest_code(x, centroids)
     sums = jax.ops.segment_sum(x, codes, num_segments=k)
     counts = jnp.bincount(codes, length=k)[:, None]
@@ -56,7 +57,7 @@ def kmeans(points: np.ndarray, k: int, iterations: int, seed: int):
 
   centroids = jnp.asarray(centroids)
   for _ in range(iterations):
-    centroids = lloyd(centroids)
+    centroids = lloyd(x, centroids)
   codes = np.asarray(jax.jit(nearest_code)(x, centroids))
   centroids = np.asarray(centroids, np.float32)
   return centroids, float(np.mean(np.sum((points - centroids[codes]) ** 2, axis=1)))
