@@ -29,11 +29,11 @@ def cwd(tmp_path):
   return tmp_path
 
 
-# The two longest tests of CI's second run (`-m "ci or slow"`): the docs' commands (about 20 minutes on 2
-# cores) and the tiny CLIP recipe as shipped (about 5). pytest-xdist's worksteal scheduler (pytest.ini)
-# gives each of the two workers half of the list in order, so the first starts at the head of the list and
-# the second in the middle: both start at once, and the other tests fill in around them instead of the run
-# waiting on one of them last.
+# The two longest tests of CI's second run (`-m "ci or slow"`): the docs' commands (about 10 minutes on 2
+# cores, two blocks at a time) and the tiny CLIP recipe as shipped (about 5). pytest-xdist's worksteal
+# scheduler (pytest.ini) gives each of the two workers half of the list in order, so the first starts at
+# the head of the list and the second in the middle: both start at once, and the other tests fill in
+# around them instead of the run waiting on one of them last.
 LONGEST = (
   "tests/test_readme.py::test_every_command_in_the_docs_runs_as_typed",
   "tests/test_end_to_end.py::test_tiny_clip_config_as_shipped",

@@ -11,15 +11,21 @@ changes, and nothing else:
   * `gs://BUCKET` is bucket `bucket` of a GCS emulator on 127.0.0.1 (tests/gcs.py);
   * the HF model folders, the OpenAI checkpoint and the big_vision .npz the convert commands read are
     small random models (tests/hf_models.py), made where the commands look for them.
+A block is a user's sequence, so its commands run one after another; blocks run two at a time (LANES), and a
+block waits for the blocks that made the paths it names (`runs/clip_tiny` for LiT, the LLaVA stages, the
+evaluation page and the exports): the order a reader meets them in, where it matters.
 Run it with `python -m pytest -m ci` (in CI's second run, after the fast tier).
 """
 
+import concurrent.futures
 import dataclasses
+import functools
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,6 +53,10 @@ SHORT_TIMING = {  # the same measurement, over fewer steps (flags given last win
   ("python", "-m", "vlm_jax.tools.input_bench"): ["--batches", "2", "--warmup", "1"],
 }
 CHECKOUT = ("experiments", "launch", "docs")  # what the commands read from the working directory
+LANES = 2  # blocks run at once: this test's commands are about 19 minutes one at a time on 2 cores
+# The paths blocks share: a bucket's, and those in the folders of the working directory that the commands
+# (and _make_inputs) write; the checkout's folders are only read.
+PATH = re.compile(r"(?:gs://\w+|\b(?:runs|data|exported|models))(?:/[\w.{}-]+)+")
 
 
 @dataclasses.dataclass
@@ -133,6 +143,85 @@ def _make_inputs(cwd):
   hf_models.make_hf_flava(cwd / "models" / "flava-full")
 
 
+def dependencies(blocks: list) -> list:
+  """For each block, the blocks that made the paths it names: for each path, the first block that names it
+  or a path above or below it. Later blocks read what earlier ones made (a run, shards, a converted model)
+  and add their own files beside it (evaluation records, exports); none rewrites it, so they need not wait
+  for each other."""
+  named = [set(PATH.findall(b.body)) for b in blocks]
+
+  def related(a, b):  # the same path, or one inside the other
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+  return [
+    {next(j for j in range(i + 1) if any(related(p, q) for q in named[j])) for p in named[i]} - {i}
+    for i in range(len(blocks))
+  ]
+
+
+def schedule_order(blocks: list, deps: list) -> list:
+  """Block indices, those with the longest chain of commands still to run after them first (the critical
+  path: a lane that starts a short block while a long chain waits makes the test as long as the chain)."""
+  dependents = [[j for j in range(len(blocks)) if i in deps[j]] for i in range(len(blocks))]
+
+  @functools.cache
+  def chain(i):
+    return len(_commands(blocks[i])) + max((chain(j) for j in dependents[i]), default=0)
+
+  return sorted(range(len(blocks)), key=lambda i: (-chain(i), i))
+
+
+def _commands(block: Block) -> list:
+  return bash_commands(block.body) if block.lang == "bash" else [block.body]
+
+
+def _run_block(block: Block, env: dict, cwd) -> str | None:
+  """Runs a block's commands in order; the first failure's report, or None. Prints each command's wall
+  (`pytest -s` shows them)."""
+  for command in _commands(block):
+    start = time.time()
+    argv = (
+      ["bash", "-eo", "pipefail", "-c", as_run(command)]
+      if block.lang == "bash"
+      else [sys.executable, "-c", command]
+    )
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=1200)
+    print(f"{block.doc}:{block.line}: {time.time() - start:.0f} s: {command[:80]}", flush=True)
+    if result.returncode != 0:
+      return (
+        f"{block.doc}:{block.line}: {argv[-1]}\n--- stdout\n{result.stdout[-3000:]}"
+        f"\n--- stderr\n{result.stderr[-5000:]}"
+      )
+  return None
+
+
+def test_blocks_wait_for_the_blocks_that_made_their_paths():
+  """The split that lets blocks run at once keeps what a reader relies on: LiT, the LLaVA stages, the
+  evaluation page and the exports come after the runs they use, and blocks that only use what they make
+  themselves (FLAVA with its codebook, the convert commands) or only read the checkout wait for nothing."""
+  blocks = _runnable()
+  deps = dependencies(blocks)
+
+  def where(text):
+    return next(i for i, b in enumerate(blocks) if text in b.body)
+
+  clip, prefixlm = where("--workdir runs/clip_tiny "), where("--workdir runs/prefixlm_tiny ")
+  assert deps[where("lit_b16.py:tiny")] == {clip}
+  assert deps[where("evaluate --workdir runs/clip_tiny")] == {clip, prefixlm}
+  assert deps[where('vlm_jax.load("runs/clip_tiny")')] == {
+    clip,
+    where("--workdir runs/coca_tiny"),
+    prefixlm,
+    where("--output runs/flava_full"),
+  }
+  assert deps[where("--to hf_clip")] == {clip}
+  assert deps[where("--to hf_flava")] == {where("--output runs/flava_full")}
+  for alone in ("--output runs/codebook.npy", "--from hf_clip", "--mode=compile"):
+    assert not deps[where(alone)], alone
+  # The runs that others wait on start first.
+  assert schedule_order(blocks, deps)[0] == clip
+
+
 @pytest.mark.ci
 def test_every_command_in_the_docs_runs_as_typed(tmp_path, gcs):
   for name in CHECKOUT:
@@ -143,21 +232,24 @@ def test_every_command_in_the_docs_runs_as_typed(tmp_path, gcs):
     **gcs,
     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
   }
-  for block in _runnable():
-    commands = bash_commands(block.body) if block.lang == "bash" else [block.body]
-    for command in commands:
-      argv = (
-        ["bash", "-eo", "pipefail", "-c", as_run(command)]
-        if block.lang == "bash"
-        else [sys.executable, "-c", command]
-      )
-      result = subprocess.run(
-        argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200
-      )
-      assert result.returncode == 0, (
-        f"{block.doc}:{block.line}: {argv[-1]}\n--- stdout\n{result.stdout[-3000:]}"
-        f"\n--- stderr\n{result.stderr[-5000:]}"
-      )
+  blocks = _runnable()
+  deps = dependencies(blocks)
+  waiting, running, done, failures = schedule_order(blocks, deps), {}, set(), []
+  with concurrent.futures.ThreadPoolExecutor(LANES) as lanes:
+    while running or (waiting and not failures):  # after a failure, the running blocks finish
+      if not failures:
+        for i in [i for i in waiting if deps[i] <= done][: LANES - len(running)]:
+          waiting.remove(i)
+          running[lanes.submit(_run_block, blocks[i], env, tmp_path)] = i
+      finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in finished:
+        i = running.pop(future)
+        if future.result() is None:
+          done.add(i)
+        else:
+          failures.append(future.result())
+  assert not failures, "\n\n".join(failures)
+  assert done == set(range(len(blocks)))
 
 
 def _sketches():
