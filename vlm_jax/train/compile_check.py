@@ -268,7 +268,7 @@ def find_max_batch(
   """The largest per-shard batch b (global batch b * batch_shards) whose train step fits a device, by
   compiling. A step's memory is about affine in its batch (the state once, activations per example), so
   each probe is the batch where the line through the two measured probes nearest the boundary meets the
-  capacity (3 to 11 compiles for the shipped pod recipes); without two measurements, or after two probes
+  capacity (3 to 12 compiles for the shipped pod recipes); without two measurements, or after two probes
   on the line in a row that did not halve the interval, it doubles from `start` (or halves) and
   bisects. The answer is a batch that fits whose next batch does not. `make_experiment(global_batch)`
   builds the Experiment; `start_report`, the start's report if it was measured already. Returns (b, its
