@@ -7,6 +7,7 @@ mid-save leaves the previous checkpoints intact and the partial one is ignored o
 import json
 import logging
 import re
+import sys
 
 from flax import traverse_util
 import grain
@@ -103,6 +104,22 @@ class _OrbaxErrorsWithoutTracebacks(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_OrbaxErrorsWithoutTracebacks())
+
+
+def _without_abandoned_reads(previous):
+  """When a restore fails (a damaged checkpoint, which newest_intact reports in one line), orbax leaves
+  its other array reads unawaited, and Python prints each one's error, with its traceback and its cause's,
+  when it collects them ('Exception ignored in: <coroutine object _read_array_index_and_device_put ...>'):
+  dozens of tracebacks of the one failure already reported. Those are dropped; the rest go to `previous`."""
+
+  def hook(unraisable):
+    if "_read_array_index_and_device_put" not in repr(unraisable.object):
+      previous(unraisable)
+
+  return hook
+
+
+sys.unraisablehook = _without_abandoned_reads(sys.unraisablehook)
 
 
 class Checkpointer:
